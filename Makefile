@@ -1,0 +1,52 @@
+# wearbus: `make up` runs the local stack, `make test` runs every check. Both set themselves up first.
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.wearbus-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup up test lint typecheck pytest bench system-deps clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "wearbus needs Python 3.11 or newer (python3.11 -m venv must work)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install wearbus with its test tools
+
+system-deps: ## install mosquitto (and the browser for console tests) when CI=true or WB_SYSTEM_DEPS=1 and they are missing
+	@if [ "$${CI:-}" = "true" ] || [ "$${WB_SYSTEM_DEPS:-}" = "1" ]; then \
+		need=""; command -v mosquitto >/dev/null || need="$$need mosquitto mosquitto-clients"; \
+		if [ -n "$$need" ]; then echo "installing$$need"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need) >/dev/null; fi; \
+	fi
+
+up: setup ## run the local stack: embedded broker, agent, four emulators and the day-in-the-life scenario
+	$(BIN)/wearbus up $(ARGS)
+
+lint: setup ## ruff (lint and format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup ## mypy --strict
+	$(BIN)/mypy
+
+pytest: setup system-deps ## the test suite (unit, contract against both brokers, end to end)
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest ## everything CI runs: lint, types, tests
+
+bench: setup ## the benchmark (quick form); ARGS='--full' for the long one
+	$(BIN)/wearbus bench $(ARGS)
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,502 @@
+"""The one module that touches the MQTT client library (aiomqtt 2.x over paho-mqtt 2.x).
+
+:class:`Bus` is an async context manager that owns its connection task. It connects by URL, speaks MQTT 5 where the
+broker does and 3.1.1 otherwise, reconnects with capped, jittered backoff and re-subscribes on every connect, sets
+the Will and a birth message, keeps a persistent session when asked, publishes envelopes and yields decoded
+:class:`~schemas.envelope.Message` objects with the topic's identity. With ``manual_ack`` a QoS 1 message is
+acknowledged only when the caller says so (:meth:`Bus.ack`), so nothing is acknowledged before it is stored.
+What does not decode goes to ``wb/v1/_dlq/{reason}`` (when ``dlq`` is on) and is logged; it never raises into the
+consumer's loop.
+
+aiomqtt manages the connection. Its receive path costs a task and an ``asyncio.wait`` per message (performance.md:
+~7k msg/s against paho's ~20k), so this module takes paho's ``on_message`` callback itself: each message is decoded
+in the callback, on the event loop, and appended to a deque; no task, no extra copy. Publishing goes straight to
+paho too, checking its return code (a full queue is waited out, never silently lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel
+
+from broker.logs import get_logger
+from broker.url import BrokerUrl
+from schemas import codec
+from schemas.envelope import Message, make, now_ms
+from schemas.errors import BusConnectionError, ContractError, PublishError
+from schemas.topics import dlq_topic, validate_filter
+
+Protocol = Literal["auto", "5", "3.1.1"]
+OnConnect = Callable[["Bus", bool], Awaitable[None]]
+OnReject = Callable[["Rejected"], None]
+
+_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish as-is (a Will, a birth, a goodbye)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that did not decode or validate."""
+
+    topic: str
+    payload: bytes
+    error: ContractError
+
+
+@dataclass(slots=True)
+class BusOptions:
+    """How a :class:`Bus` connects and behaves.
+
+    Attributes:
+        url: the broker URL (mqtt://, mqtts://, ws://, wss://), with user and password if any.
+        client_id: the MQTT client id (a random one when ``None``; persistent sessions need a stable one).
+        username: overrides the URL's user.
+        password: overrides the URL's password.
+        protocol: "auto" tries MQTT 5 first and falls back to 3.1.1 (amqtt speaks only 3.1.1).
+        persistent: keep the session (subscriptions and queued QoS 1 messages) across disconnects.
+        session_expiry_s: how long the broker keeps a persistent session (MQTT 5).
+        keepalive_s: MQTT keep-alive.
+        manual_ack: acknowledge QoS 1 messages only through :meth:`Bus.ack`.
+        receive_maximum: QoS 1 messages in flight towards us (MQTT 5), i.e. the ack window.
+        will: published by the broker if we vanish.
+        birth: published (retained, usually) on every connect.
+        goodbye: published before a clean disconnect (a clean disconnect does not fire the Will).
+        dlq: publish what does not decode to ``wb/v1/_dlq/{reason}``.
+        max_inbox: QoS 0 messages buffered for a slow consumer before the oldest are dropped (and counted).
+        max_outgoing: paho's outgoing queue cap (below its 16-bit packet-id limit).
+        connect_timeout_s: how long ``__aenter__`` waits for the first connection (0: do not wait).
+        backoff_min_s: first reconnect delay.
+        backoff_max_s: reconnect delay cap.
+        name: for logs.
+    """
+
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    protocol: Protocol = "auto"
+    persistent: bool = False
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+    manual_ack: bool = False
+    receive_maximum: int = 1000
+    will: Outgoing | None = None
+    birth: Outgoing | None = None
+    goodbye: Outgoing | None = None
+    dlq: bool = False
+    max_inbox: int = 100_000
+    max_outgoing: int = 20_000
+    connect_timeout_s: float = 10.0
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 15.0
+    name: str = "bus"
+    on_connect: list[OnConnect] = field(default_factory=list)
+    on_reject: list[OnReject] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters a bus keeps (exposed for status lines, benchmarks and tests)."""
+
+    received: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    published: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+
+class Bus:
+    """An MQTT connection that survives the broker going away. Use ``async with Bus(options) as bus:``."""
+
+    def __init__(self, options: BusOptions) -> None:
+        self.options = options
+        self.url = BrokerUrl.parse(options.url).with_credentials(options.username, options.password)
+        self.stats = BusStats()
+        self.session_present = False
+        self.protocol: Protocol = options.protocol
+        self._log = get_logger("bus", bus=options.name, broker=self.url.redacted())
+        self._subs: dict[str, int] = {}
+        self._inbox: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._client: aiomqtt.Client | None = None
+        self._paho: paho.Client | None = None
+        self._link = 0
+        self._connected = asyncio.Event()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_error: str = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"bus[{self.options.name}].connection")
+        if self.options.connect_timeout_s > 0:
+            try:
+                await self.wait_connected(self.options.connect_timeout_s)
+            except BusConnectionError:
+                await self.__aexit__(None, None, None)
+                raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closing = True
+        client = self._client
+        if client is not None and self.connected and self.options.goodbye is not None:
+            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
+                await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._wake()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bus is connected now."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected.
+
+        Raises:
+            BusConnectionError: not connected within ``timeout`` seconds, with the last error and what to do.
+        """
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise BusConnectionError(
+                f"could not connect to {self.url.redacted()} within {timeout:g} s"
+                f"{': ' + self._last_error if self._last_error else ''}. Is a broker running there? "
+                "Start one with `wearbus broker`, or name another with --broker URL."
+            ) from None
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            protocol = "5" if self.protocol in {"auto", "5"} else "3.1.1"
+            try:
+                await self._session(protocol)
+                attempt = 0
+            except aiomqtt.MqttError as exc:
+                self._last_error = str(exc)
+                refused = "refused" in str(exc).lower() and "not authori" not in str(exc).lower()
+                if self.protocol == "auto" and protocol == "5" and not self.stats.connects and not refused:
+                    # amqtt (and other 3.1.1-only brokers) refuse an MQTT 5 CONNECT: try 3.1.1 at once.
+                    self._log.info("mqtt5_refused_trying_311", error=str(exc))
+                    self.protocol = "3.1.1"
+                    continue
+                attempt += 1
+                delay = random.uniform(0, min(self.options.backoff_max_s, self.options.backoff_min_s * 2**attempt))
+                self._log.warning("bus_disconnected", error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _session(self, protocol: str) -> None:
+        opts = self.options
+        client = self._make_client(protocol)
+        try:
+            async with client:
+                self._on_connected(client, protocol)
+                try:
+                    for topic_filter, qos in self._subs.items():
+                        await client.subscribe(topic_filter, qos)
+                    if opts.birth is not None:
+                        await self.publish_raw(opts.birth)
+                    for hook in opts.on_connect:
+                        await hook(self, self.session_present)
+                    # shield: cancelling a task cancels the future it awaits, and aiomqtt would then skip DISCONNECT
+                    await asyncio.shield(client._disconnected)
+                finally:
+                    self._on_disconnected()
+        finally:
+            if self._paho is not None and self._paho is client._client:
+                self._paho = None
+
+    def _make_client(self, protocol: str) -> aiomqtt.Client:
+        opts = self.options
+        v5 = protocol == "5"
+        props: Properties | None = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = opts.session_expiry_s if opts.persistent else 0
+            props.ReceiveMaximum = opts.receive_maximum
+        will = None
+        if opts.will is not None:
+            will = aiomqtt.Will(opts.will.topic, opts.will.payload, opts.will.qos, opts.will.retain)
+        tls_context = None
+        if self.url.tls:
+            tls_context = ssl.create_default_context(cafile=self.url.ca)
+            if self.url.insecure:
+                tls_context.check_hostname = False
+        client = aiomqtt.Client(
+            self.url.host,
+            self.url.port,
+            username=self.url.username,
+            password=self.url.password,
+            identifier=opts.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=None if v5 else not opts.persistent,
+            clean_start=(not opts.persistent) if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            transport="websockets" if self.url.websocket else "tcp",
+            websocket_path=self.url.path if self.url.websocket else None,
+            keepalive=opts.keepalive_s,
+            properties=props,
+            tls_context=tls_context,
+            max_queued_outgoing_messages=opts.max_outgoing,
+            socket_options=[_NODELAY],
+            # A 3.1.1-only broker may not answer an MQTT 5 CONNECT at all (amqtt waits for more bytes), so the
+            # MQTT 5 probe of "auto" gives up quickly; loopback and LAN brokers answer in milliseconds.
+            timeout=3.0 if (v5 and self.protocol == "auto") else (opts.connect_timeout_s or 10.0),
+        )
+        client.pending_calls_threshold = 10**9
+        raw = client._client
+        raw.manual_ack_set(opts.manual_ack)
+        raw.on_message = self._on_message
+        aiomqtt_on_publish: Any = raw.on_publish
+        aiomqtt_on_connect: Any = raw.on_connect
+
+        def on_publish(c: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+            aiomqtt_on_publish(c, userdata, mid, rc, props)
+            fut = self._pending.pop(mid, None)
+            if fut is not None and not fut.done():
+                if getattr(rc, "is_failure", False):
+                    fut.set_exception(PublishError(f"the broker refused the publish: {rc}"))
+                else:
+                    fut.set_result(None)
+
+        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            self.session_present = bool(getattr(flags, "session_present", False))
+            if not getattr(rc, "is_failure", False):
+                # A new link before any message of this connection is read: queued messages of a persistent
+                # session arrive right behind the CONNACK, and their acks belong to this link.
+                self._link += 1
+                self._paho = c
+            aiomqtt_on_connect(c, userdata, flags, rc, props)
+
+        raw.on_publish = on_publish
+        raw.on_connect = on_connect
+        return client
+
+    def _on_connected(self, client: aiomqtt.Client, protocol: str) -> None:
+        self._client = client
+        self.protocol = "5" if protocol == "5" else "3.1.1"
+        self.stats.connects += 1
+        self._last_error = ""
+        self._connected.set()
+        self._log.info("bus_connected", protocol=self.protocol, session_present=self.session_present, link=self._link)
+
+    def _on_disconnected(self) -> None:
+        self._connected.clear()
+        self.stats.disconnects += 1
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(BusConnectionError("disconnected before the broker acknowledged the publish"))
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
+        payload: bytes = msg.payload  # type: ignore[assignment]  # paho hands bytes to on_message
+        content_type = None
+        props = getattr(msg, "properties", None)
+        if props is not None and hasattr(props, "ContentType"):
+            content_type = props.ContentType
+        try:
+            message = codec.decode(
+                topic,
+                payload,
+                content_type=content_type,
+                qos=msg.qos,
+                retain=msg.retain,
+                mid=msg.mid,
+                link=self._link,
+            )
+        except ContractError as exc:
+            self._reject(topic, payload, exc, msg)
+            return
+        self.stats.received += 1
+        inbox = self._inbox
+        if msg.qos == 0 and len(inbox) >= self.options.max_inbox:
+            inbox.popleft()
+            self.stats.dropped += 1
+        inbox.append(message)
+        self._wake()
+
+    def _reject(self, topic: str, payload: bytes, exc: ContractError, msg: paho.MQTTMessage) -> None:
+        if not payload and msg.retain:
+            return  # an empty retained payload clears a retained topic: a deliberate act, not an error
+        self.stats.rejected += 1
+        self._log.warning("message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field)
+        rejected = Rejected(topic, payload, exc)
+        for handler in self.options.on_reject:
+            handler(rejected)
+        if self.options.dlq and not topic.startswith("wb/v1/_dlq/"):
+            letter = codec.dead_letter(topic, payload, exc, seen_by=self.options.name)
+            raw = codec.encode(make(letter, ts=now_ms()))
+            self._publish_nowait(dlq_topic(exc.reason), raw, 1, False)
+        if self.options.manual_ack and msg.qos > 0 and self._paho is not None:
+            self._paho.ack(msg.mid, msg.qos)  # handled: it went to the DLQ
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Yield decoded messages as they arrive (for ever; stop by breaking out or cancelling)."""
+        inbox = self._inbox
+        while not self._closing or inbox:
+            while inbox:
+                yield inbox.popleft()
+            await self._wait_inbox()
+
+    async def batches(self, max_n: int = 500) -> AsyncIterator[list[Message]]:
+        """Yield what has arrived in lists of up to ``max_n`` (one store commit per list, one wake-up per burst)."""
+        inbox = self._inbox
+        while not self._closing or inbox:
+            if inbox:
+                n = min(max_n, len(inbox))
+                yield [inbox.popleft() for _ in range(n)]
+                continue
+            await self._wait_inbox()
+
+    async def _wait_inbox(self) -> None:
+        if self._closing:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def ack(self, message: Message) -> bool:
+        """Acknowledge a QoS 1 message received with ``manual_ack`` (call it once it is safely processed).
+
+        Returns:
+            whether a PUBACK was sent; false when the connection that delivered it is gone (the broker will deliver
+            it again on the persistent session, and deduplication by id makes that harmless).
+        """
+        if not self.options.manual_ack or message.qos == 0:
+            return False
+        if message.link != self._link or self._paho is None:
+            return False
+        self._paho.ack(message.mid, message.qos)
+        return True
+
+    # ------------------------------------------------------------------ subscribing
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again on every reconnect."""
+        self._subs[validate_filter(topic_filter)] = qos
+        if self._client is not None and self.connected:
+            try:
+                await self._client.subscribe(topic_filter, qos)
+            except aiomqtt.MqttError as exc:
+                raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Stop a subscription."""
+        self._subs.pop(topic_filter, None)
+        if self._client is not None and self.connected:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(topic_filter)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(
+        self,
+        topic: str,
+        envelope: BaseModel,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        fmt: codec.Format = "msgpack",
+        wait: bool = False,
+    ) -> None:
+        """Encode and publish an envelope.
+
+        Args:
+            topic: where to.
+            envelope: an :class:`~schemas.envelope.Envelope` (see :func:`schemas.envelope.make`).
+            qos: 0 or 1.
+            retain: keep it as the topic's retained message.
+            fmt: msgpack (default) or json.
+            wait: for QoS 1, return only once the broker has acknowledged it.
+
+        Raises:
+            BusConnectionError: not connected (callers with an outbox keep the message and retry).
+            PublishError: the broker refused it, or the outgoing queue stayed full.
+        """
+        await self.publish_raw(Outgoing(topic, codec.encode(envelope, fmt), qos, retain), wait=wait, fmt=fmt)
+
+    async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
+        """Publish bytes as they are (see :meth:`publish`)."""
+        for _ in range(2000):
+            rc, mid = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=wait)
+            if rc != paho.MQTT_ERR_QUEUE_SIZE:
+                break
+            await asyncio.sleep(0.005)  # paho's queue is full: let the network loop drain it
+        else:
+            raise PublishError(f"outgoing queue stayed full for 10 s; not published to {out.topic!r}")
+        if rc == paho.MQTT_ERR_NO_CONN:
+            raise BusConnectionError(f"not connected to {self.url.redacted()}; not published to {out.topic!r}")
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise PublishError(f"publish to {out.topic!r} failed: {paho.error_string(rc)}")
+        if wait and out.qos > 0:
+            fut = self._pending.get(mid)
+            if fut is not None:
+                await fut
+
+    def _publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        fmt: codec.Format | None = None,
+        *,
+        track: bool = False,
+    ) -> tuple[int, int]:
+        client = self._paho
+        if client is None or not self.connected:
+            return paho.MQTT_ERR_NO_CONN, 0
+        props = None
+        if self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if fmt is None:
+                fmt = "json" if payload[:1] == b"{" else "msgpack"
+            props.ContentType = codec.content_type(fmt)
+        info = client.publish(topic, payload, qos, retain, props)
+        if info.rc == paho.MQTT_ERR_SUCCESS:
+            self.stats.published += 1
+            if track and qos > 0 and not info.is_published():
+                self._pending[info.mid] = asyncio.get_running_loop().create_future()
+        return info.rc, info.mid

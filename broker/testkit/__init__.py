@@ -1,0 +1,1 @@
+"""The wearbus pytest plugin and topic-level test kit."""

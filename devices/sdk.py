@@ -1,0 +1,357 @@
+"""The device SDK: what an emulator or a real device bridge (an ESP32 ring, a phone app, a glasses bridge) needs.
+
+A :class:`Device` connects with its credentials (username and client id ``{user}/{kind}/{device}``), publishes a
+retained birth on ``state`` and leaves a Will that sets it offline, numbers its events (``seq``) within a session
+epoch, emits typed events through a bounded outbox that holds them while the broker or the agent is away and sends
+them in order when they return (what had to be dropped is counted and reported), dispatches typed actions to
+handlers and acknowledges every one (``done``, ``rejected`` with the reason, or ``expired``), and sends heartbeats.
+
+Subclasses declare handlers with :func:`on_action` and put their behaviour in :meth:`Device.behave`::
+
+    class MyRing(Device):
+        kind = Kind.RING
+
+        @on_action(Haptic)
+        async def haptic(self, action: Haptic, envelope: Envelope[Haptic]) -> str:
+            motor.buzz(action.pattern)
+            return "buzzed"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+from broker.client import Bus, BusOptions, Outgoing
+from broker.logs import get_logger
+from schemas import codec
+from schemas.actions import ACCEPTS, Ack, AgentState, DeviceState
+from schemas.clock import Clock, WallClock
+from schemas.envelope import Envelope, Message, make
+from schemas.errors import BusConnectionError, DeviceError, PublishError
+from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
+from schemas.topics import Channel, DeviceId, Kind, ack_topic, event_topic, state_topic
+
+A = TypeVar("A", bound=Body)
+Handler = Callable[[Any, Any, Envelope[Any]], Awaitable[str | None]]
+
+
+class ActionRejected(DeviceError):
+    """Raise from an action handler to answer ``rejected`` with this reason."""
+
+
+def on_action(model: type[A]) -> Callable[[Callable[[Any, A, Envelope[A]], Awaitable[str | None]]], Handler]:
+    """Mark a coroutine method as the handler of one action type; its return value is the ack's detail."""
+    action_type = model.model_fields["type"].default
+
+    def mark(fn: Callable[[Any, A, Envelope[A]], Awaitable[str | None]]) -> Handler:
+        fn.__wearbus_action__ = action_type  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@dataclass(slots=True)
+class DeviceConfig:
+    """How a device connects and behaves on the bus.
+
+    Attributes:
+        url: broker URL.
+        password: the device's password (its username is its client id); ``None`` for an open broker.
+        firmware: reported in the birth.
+        model: the hardware model reported in the birth.
+        outbox_size: events held while the broker or the agent is away; beyond it the oldest are dropped and counted.
+        heartbeat_s: wall seconds between heartbeats (0: none).
+        action_ttl_s: an action older than this (in simulated time) when it arrives is answered ``expired``.
+        keepalive_s: MQTT keep-alive; the broker fires the Will after ~1.5x this on a silent cut.
+        hold_while_agent_away: hold events while the agent's retained state says it is offline.
+    """
+
+    url: str = "mqtt://127.0.0.1:1883"
+    password: str | None = None
+    firmware: str = "wearbus-emu 0.1"
+    model: str = ""
+    outbox_size: int = 10_000
+    heartbeat_s: float = 10.0
+    action_ttl_s: float = 120.0
+    keepalive_s: int = 10
+    hold_while_agent_away: bool = True
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    """What a device counts."""
+
+    emitted: int = 0
+    sent: int = 0
+    dropped: int = 0
+    actions: int = 0
+    rejected: int = 0
+    expired: int = 0
+
+
+class Device:
+    """Base class of every device on the bus; an async context manager that owns its tasks."""
+
+    kind: ClassVar[Kind]
+    _handlers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers = dict(getattr(cls, "_handlers", {}))
+        for name, value in vars(cls).items():
+            action = getattr(value, "__wearbus_action__", None)
+            if action is not None:
+                handlers[action] = name
+        cls._handlers = handlers
+
+    def __init__(self, user: str, device: str, config: DeviceConfig | None = None, clock: Clock | None = None) -> None:
+        self.ident = DeviceId(user, self.kind, device)
+        self.config = config or DeviceConfig()
+        self.clock: Clock = clock or WallClock()
+        self.stats = DeviceStats()
+        self.epoch = time.time_ns() // 1_000_000
+        self.log = get_logger("device", device=self.ident.client_id)
+        self._seq = 0
+        self._outbox: deque[Outgoing] = deque()
+        self._outbox_wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._agents: dict[str, bool] = {}
+        self._started = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bus: Bus | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def capabilities(self) -> list[str]:
+        """The actions this device accepts."""
+        return sorted(ACCEPTS[self.kind])
+
+    def battery_pct(self) -> float | None:
+        """The battery level reported in the birth (override in a subclass)."""
+        return None
+
+    def state(self, *, online: bool) -> DeviceState:
+        """The retained state body."""
+        return DeviceState(
+            online=online,
+            kind=self.kind,
+            capabilities=self.capabilities,
+            firmware=self.config.firmware,
+            epoch=self.epoch,
+            battery_pct=self.battery_pct() if online else None,
+            model=self.config.model,
+            heartbeat_s=self.config.heartbeat_s or None,
+        )
+
+    def _state_bytes(self, *, online: bool) -> bytes:
+        return codec.encode(make(self.state(online=online), ts=self.clock.now_ms()))
+
+    @property
+    def bus(self) -> Bus:
+        """The device's bus connection (inside ``async with``)."""
+        if self._bus is None:
+            raise DeviceError(f"{self.ident} is not started")
+        return self._bus
+
+    async def __aenter__(self) -> Self:
+        cid = self.ident.client_id
+        topic = state_topic(self.ident)
+        options = BusOptions(
+            url=self.config.url,
+            client_id=cid,
+            username=cid if self.config.password is not None else None,
+            password=self.config.password,
+            keepalive_s=self.config.keepalive_s,
+            will=Outgoing(topic, self._state_bytes(online=False), 1, True),
+            goodbye=Outgoing(topic, self._state_bytes(online=False), 1, True),
+            connect_timeout_s=0,
+            name=cid,
+            on_connect=[self._on_connect],
+        )
+        self._bus = Bus(options)
+        await self._bus.__aenter__()
+        await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
+        await self._bus.subscribe("wb/v1/_agent/+/state", 1)
+        self._tasks = [
+            asyncio.create_task(self._receive(), name=f"device[{cid}].receive"),
+            asyncio.create_task(self._flush(), name=f"device[{cid}].outbox"),
+            asyncio.create_task(self.behave(), name=f"device[{cid}].behave"),
+        ]
+        if self.config.heartbeat_s > 0:
+            self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"device[{cid}].heartbeat"))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.drain(timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._bus is not None:
+            await self._bus.__aexit__(exc_type, exc, tb)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        """Wait until the device is connected to the broker."""
+        await self.bus.wait_connected(timeout)
+
+    async def run_forever(self) -> None:
+        """Wait until cancelled, surfacing the first task that failed."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise DeviceError(f"{self.ident}: {task.get_name()} failed") from task.exception()
+        await asyncio.Event().wait()
+
+    async def behave(self) -> None:
+        """The device's own behaviour (periodic sensors and such). The default does nothing."""
+        await asyncio.Event().wait()
+
+    async def _on_connect(self, bus: Bus, _session_present: bool) -> None:
+        await bus.publish_raw(Outgoing(state_topic(self.ident), self._state_bytes(online=True), 1, True))
+        self._outbox_wake.set()
+
+    async def publish_state(self) -> None:
+        """Republish the retained birth (after the battery or capabilities changed)."""
+        with contextlib.suppress(BusConnectionError):
+            await self.bus.publish_raw(Outgoing(state_topic(self.ident), self._state_bytes(online=True), 1, True))
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, body: Body, *, src_ts: int | None = None, corr: str | None = None) -> Envelope[Any]:
+        """Queue an event for publishing on its topic; returns its envelope (with id and seq).
+
+        Raises:
+            DeviceError: this kind of device does not publish that event.
+        """
+        try:
+            kind, event_class, name = event_key(self.kind, body)
+        except KeyError as exc:
+            raise DeviceError(str(exc)) from exc
+        self._seq += 1
+        envelope = make(body, ts=self.clock.now_ms(), seq=self._seq, src_ts=src_ts, corr=corr)
+        out = Outgoing(
+            event_topic(self.ident, event_class, name),
+            codec.encode(envelope),
+            EVENT_QOS[(kind, event_class, name)],
+            False,
+        )
+        if len(self._outbox) >= self.config.outbox_size:
+            self._outbox.popleft()
+            self.stats.dropped += 1
+            if self.stats.dropped in {1, 10, 100} or self.stats.dropped % 1000 == 0:
+                self.log.warning("outbox_full_dropping_oldest", dropped=self.stats.dropped)
+        self._outbox.append(out)
+        self.stats.emitted += 1
+        self._outbox_wake.set()
+        return envelope
+
+    @property
+    def outbox_depth(self) -> int:
+        """Events waiting to be sent."""
+        return len(self._outbox)
+
+    @property
+    def agent_away(self) -> bool:
+        """Whether an agent was seen and none is online now."""
+        return bool(self._agents) and not any(self._agents.values())
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until the outbox is empty; returns whether it is."""
+        if not self._outbox or self._bus is None or not self._bus.connected:
+            return not self._outbox
+        self._drained.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        return not self._outbox
+
+    async def _flush(self) -> None:
+        bus = self.bus
+        while True:
+            await self._outbox_wake.wait()
+            self._outbox_wake.clear()
+            while self._outbox and bus.connected and not (self.config.hold_while_agent_away and self.agent_away):
+                out = self._outbox[0]
+                try:
+                    # QoS 1 waits for PUBACK before the event leaves the outbox: a broker that dies now loses nothing.
+                    await bus.publish_raw(out, wait=out.qos > 0)
+                except (BusConnectionError, PublishError) as exc:
+                    self.log.info("outbox_holding", depth=len(self._outbox), why=str(exc))
+                    break
+                if self._outbox and self._outbox[0] is out:
+                    self._outbox.popleft()
+                self.stats.sent += 1
+            if not self._outbox:
+                self._drained.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            if not self.bus.connected:
+                continue
+            body = Heartbeat(
+                uptime_s=round(time.monotonic() - self._started, 3),
+                outbox=len(self._outbox),
+                dropped=self.stats.dropped,
+            )
+            _, cls, name = event_key(self.kind, body)
+            envelope = make(body, ts=self.clock.now_ms())
+            with contextlib.suppress(BusConnectionError, PublishError):
+                await self.bus.publish_raw(Outgoing(event_topic(self.ident, cls, name), codec.encode(envelope), 0))
+
+    # ------------------------------------------------------------------ actions
+
+    async def _receive(self) -> None:
+        async for message in self.bus.messages():
+            where = message.where
+            if where.channel is Channel.AGENT_STATE and isinstance(message.data, AgentState):
+                self._agents[where.name or ""] = message.data.online
+                self._outbox_wake.set()
+                continue
+            if where.channel is Channel.COMMAND and where.device == self.ident.device and where.user == self.ident.user:
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        envelope = message.envelope
+        action = message.data
+        action_type: str = getattr(action, "type", "")
+        self.stats.actions += 1
+        age_s = (self.clock.now_ms() - envelope.ts) / 1000
+        if age_s > self.config.action_ttl_s:
+            self.stats.expired += 1
+            await self._ack(envelope, action_type, "expired", f"arrived {age_s:.0f} s after it was sent")
+            return
+        name = self._handlers.get(action_type)
+        if name is None:
+            self.stats.rejected += 1
+            await self._ack(envelope, action_type, "rejected", f"{self.ident.kind} has no handler for {action_type}")
+            return
+        try:
+            detail = await getattr(self, name)(action, envelope)
+        except ActionRejected as exc:
+            self.stats.rejected += 1
+            await self._ack(envelope, action_type, "rejected", str(exc))
+            return
+        except Exception as exc:  # a handler bug must not kill the device: the agent learns it was rejected
+            self.stats.rejected += 1
+            self.log.exception("action_handler_failed", action=action_type)
+            await self._ack(envelope, action_type, "rejected", f"handler failed: {type(exc).__name__}: {exc}")
+            return
+        await self._ack(envelope, action_type, "done", detail or "")
+
+    async def _ack(self, envelope: Envelope[Any], action: str, status: str, detail: str) -> None:
+        ack = Ack(action_id=envelope.id, action=action, status=status, detail=detail[:500])
+        out = Outgoing(ack_topic(self.ident), codec.encode(make(ack, ts=self.clock.now_ms(), corr=envelope.id)), 1)
+        with contextlib.suppress(BusConnectionError, PublishError):
+            await self.bus.publish_raw(out)

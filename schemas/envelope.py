@@ -1,0 +1,116 @@
+"""The envelope every payload travels in, and the decoded message with its topic's identity."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.events import Body, Ms
+from schemas.topics import Topic
+
+B = TypeVar("B", bound=Body)
+
+_counter = itertools.count(1)
+_prefix = os.urandom(6).hex()
+
+
+def new_id() -> str:
+    """A unique id: 12 random hex digits per process, then a counter (cheap, sortable within a process)."""
+    return f"{_prefix}-{next(_counter):x}"
+
+
+def now_ms() -> int:
+    """Wall-clock ms since the epoch (for I/O edges only; pure code takes time from a clock)."""
+    return time.time_ns() // 1_000_000
+
+
+class Envelope(BaseModel, Generic[B]):
+    """One message on the bus.
+
+    Attributes:
+        id: unique id, the dedup key.
+        ts: publish time, ms since the epoch.
+        seq: per-device sequence number, increasing within a session epoch (0 when the sender does not count).
+        src_ts: when the sample was taken (ms); defaults to ``ts``. Ring batches arrive late.
+        corr: the id of the event that caused this action (actions and acks), if any.
+        data: the typed body, chosen by the topic.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    ts: Ms
+    seq: int = Field(default=0, ge=0)
+    src_ts: Ms | None = None
+    corr: str | None = Field(default=None, max_length=128)
+    data: B
+
+    @model_validator(mode="after")
+    def _default_src_ts(self) -> Envelope[B]:
+        if self.src_ts is None:
+            object.__setattr__(self, "src_ts", self.ts)
+        return self
+
+    @property
+    def sample_ts(self) -> int:
+        """When the sample was taken (``src_ts``, else ``ts``)."""
+        return self.src_ts if self.src_ts is not None else self.ts
+
+
+@cache
+def envelope_of(model: type[Body]) -> type[Envelope[Any]]:
+    """The envelope class for one body model (cached: pydantic builds a validator per parametrisation)."""
+    return Envelope[model]  # type: ignore[valid-type]
+
+
+def make(
+    data: B, *, ts: int | None = None, seq: int = 0, src_ts: int | None = None, corr: str | None = None
+) -> Envelope[B]:
+    """Wrap a body in an envelope with a fresh id (``ts`` defaults to the wall clock)."""
+    t = now_ms() if ts is None else ts
+    env: Envelope[B] = envelope_of(type(data))(
+        id=new_id(), ts=t, seq=seq, src_ts=t if src_ts is None else src_ts, corr=corr, data=data
+    )
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded message with the identity its topic gives it.
+
+    Attributes:
+        topic: the MQTT topic it came on.
+        where: the parsed topic (user, kind, device, channel, name).
+        envelope: the validated envelope.
+        qos: the QoS it was delivered with.
+        retain: whether it was a retained message.
+        mid: the MQTT packet id (for a manual acknowledgement of QoS 1).
+        size: the payload size in bytes.
+        link: which connection of the receiving client delivered it (an ack is valid only on that one).
+    """
+
+    topic: str
+    where: Topic
+    envelope: Envelope[Any]
+    qos: int = 0
+    retain: bool = False
+    mid: int = 0
+    size: int = 0
+    link: int = 0
+
+    @property
+    def data(self) -> Body:
+        """The typed body."""
+        body: Body = self.envelope.data
+        return body
+
+
+def dump(envelope: BaseModel) -> dict[str, Any]:
+    """An envelope as plain data (no ``None`` fields), ready for msgpack or JSON."""
+    return envelope.model_dump(exclude_none=True)

@@ -1,0 +1,98 @@
+"""The one exception tree of wearbus.
+
+Every error that wearbus raises on purpose derives from :class:`WearbusError`, so a caller can catch
+everything of ours with one ``except``. Library errors (paho, aiomqtt, amqtt, sqlite) are translated at
+the edge with ``raise ... from exc``.
+
+::
+
+    WearbusError
+    ├── ContractError                 the wire contract was broken
+    │   ├── TopicError                a topic outside the v1 layout (or a device on another's topic)
+    │   ├── DecodeError               the bytes are not msgpack/JSON, or too large
+    │   └── ValidationFailed          the payload decoded but does not fit the schema
+    ├── BusError                      reaching the broker
+    │   ├── BusConnectionError        cannot connect / the connection was lost
+    │   ├── BrokerPortInUse           the embedded broker cannot bind its port
+    │   └── PublishError              a publish was refused or could not be queued
+    ├── ConfigError                   a setting, a scenario file or a command-line value is wrong
+    ├── DeviceError                   an emulator or a device bridge failed
+    └── AgentError                    the agent failed
+        └── StoreError                the agent's SQLite store failed
+"""
+
+from __future__ import annotations
+
+
+class WearbusError(Exception):
+    """Root of every error wearbus raises on purpose."""
+
+
+class ContractError(WearbusError):
+    """The wire contract was broken: a topic, a payload or a schema.
+
+    Attributes:
+        topic: the MQTT topic the message came on (or was meant for), if known.
+        reason: a short machine-readable reason, also used as the DLQ topic level.
+        field: the dotted path of the offending field, if one is to blame.
+    """
+
+    reason = "contract"
+
+    def __init__(self, message: str, *, topic: str | None = None, field: str | None = None) -> None:
+        self.topic = topic
+        self.field = field
+        where = f" on {topic!r}" if topic else ""
+        at = f" at {field!r}" if field else ""
+        super().__init__(f"{message}{where}{at}")
+        self.detail = message
+
+
+class TopicError(ContractError):
+    """A topic that is not part of the v1 layout, or that a sender may not use."""
+
+    reason = "topic"
+
+
+class DecodeError(ContractError):
+    """The payload is not valid msgpack or JSON, or it is too large."""
+
+    reason = "decode"
+
+
+class ValidationFailed(ContractError):
+    """The payload decoded but does not fit the schema of its topic."""
+
+    reason = "schema"
+
+
+class BusError(WearbusError):
+    """A problem reaching or using the MQTT broker."""
+
+
+class BusConnectionError(BusError):
+    """Cannot connect to the broker, or the connection was lost."""
+
+
+class BrokerPortInUse(BusError):
+    """The embedded broker cannot listen: its port is taken."""
+
+
+class PublishError(BusError):
+    """A publish was refused by the broker or could not be queued."""
+
+
+class ConfigError(WearbusError):
+    """A setting, a scenario file or a command-line value is wrong."""
+
+
+class DeviceError(WearbusError):
+    """An emulator or a device bridge failed."""
+
+
+class AgentError(WearbusError):
+    """The agent failed."""
+
+
+class StoreError(AgentError):
+    """The agent's SQLite store failed."""

@@ -1,0 +1,259 @@
+"""The v1 topic layout: builder, parser and MQTT filter matcher.
+
+::
+
+    wb/v1/{user}/{kind}/{device}/evt/{class}/{name}   device -> bus, events
+    wb/v1/{user}/{kind}/{device}/cmd/{action}         agent -> device, actions
+    wb/v1/{user}/{kind}/{device}/ack                  device -> agent, action results
+    wb/v1/{user}/{kind}/{device}/state                device -> all, retained birth / Will
+    wb/v1/{user}/agent/context                        agent -> apps, retained fused context
+    wb/v1/_agent/{instance}/state                     agent -> all, retained online / Will
+    wb/v1/_dlq/{reason}                               bus -> operators, rejected messages
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from schemas.errors import TopicError
+
+ROOT = "wb/v1"
+_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
+_LEAF = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+class Kind(StrEnum):
+    """The four kinds of device."""
+
+    GLASSES = "glasses"
+    RING = "ring"
+    EARPHONES = "earphones"
+    PHONE = "phone"
+
+
+class EventClass(StrEnum):
+    """The class level of an event topic."""
+
+    SENSOR = "sensor"
+    GESTURE = "gesture"
+    VOICE = "voice"
+    SYSTEM = "system"
+
+
+class Channel(StrEnum):
+    """Which part of the layout a topic belongs to."""
+
+    EVENT = "evt"
+    COMMAND = "cmd"
+    ACK = "ack"
+    STATE = "state"
+    CONTEXT = "context"
+    AGENT_STATE = "agent_state"
+    DLQ = "dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceId:
+    """Who a device is: the identity that the topic (and the broker's ACL) gives it."""
+
+    user: str
+    kind: Kind
+    device: str
+
+    def __post_init__(self) -> None:
+        check_name(self.user, "user")
+        check_name(self.device, "device")
+
+    @property
+    def prefix(self) -> str:
+        """The topic prefix this device owns: ``wb/v1/{user}/{kind}/{device}``."""
+        return f"{ROOT}/{self.user}/{self.kind.value}/{self.device}"
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id (and username) a device connects with: ``{user}/{kind}/{device}``."""
+        return f"{self.user}/{self.kind.value}/{self.device}"
+
+    def __str__(self) -> str:
+        return self.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed v1 topic.
+
+    Attributes:
+        channel: which part of the layout.
+        user: the user (absent for agent state and DLQ topics).
+        kind: the device kind (device topics only).
+        device: the device id (device topics only).
+        name: the event class/name (``sensor/hr``), the action (``display.card``), the agent instance or the DLQ reason.
+    """
+
+    channel: Channel
+    user: str | None = None
+    kind: Kind | None = None
+    device: str | None = None
+    event_class: EventClass | None = None
+    name: str | None = None
+
+    @property
+    def device_id(self) -> DeviceId:
+        """The device identity of a device topic."""
+        if self.user is None or self.kind is None or self.device is None:
+            raise TopicError("not a device topic", topic=str(self))
+        return DeviceId(self.user, self.kind, self.device)
+
+    def __str__(self) -> str:
+        match self.channel:
+            case Channel.EVENT:
+                return f"{ROOT}/{self.user}/{self.kind}/{self.device}/evt/{self.event_class}/{self.name}"
+            case Channel.COMMAND:
+                return f"{ROOT}/{self.user}/{self.kind}/{self.device}/cmd/{self.name}"
+            case Channel.ACK:
+                return f"{ROOT}/{self.user}/{self.kind}/{self.device}/ack"
+            case Channel.STATE:
+                return f"{ROOT}/{self.user}/{self.kind}/{self.device}/state"
+            case Channel.CONTEXT:
+                return f"{ROOT}/{self.user}/agent/context"
+            case Channel.AGENT_STATE:
+                return f"{ROOT}/_agent/{self.name}/state"
+            case Channel.DLQ:
+                return f"{ROOT}/_dlq/{self.name}"
+        raise AssertionError(self.channel)  # pragma: no cover
+
+
+def check_name(value: str, what: str) -> str:
+    """Check a user or device id against ``[a-z0-9-]{1,64}``.
+
+    Raises:
+        TopicError: naming what is wrong.
+    """
+    if not _NAME.match(value):
+        raise TopicError(f"{what} {value!r} must match [a-z0-9-]{{1,64}}")
+    return value
+
+
+def event_topic(dev: DeviceId, event_class: EventClass | str, name: str) -> str:
+    """``wb/v1/{user}/{kind}/{device}/evt/{class}/{name}``."""
+    return f"{dev.prefix}/evt/{EventClass(event_class).value}/{name}"
+
+
+def command_topic(dev: DeviceId, action: str) -> str:
+    """``wb/v1/{user}/{kind}/{device}/cmd/{action}``."""
+    return f"{dev.prefix}/cmd/{action}"
+
+
+def ack_topic(dev: DeviceId) -> str:
+    """``wb/v1/{user}/{kind}/{device}/ack``."""
+    return f"{dev.prefix}/ack"
+
+
+def state_topic(dev: DeviceId) -> str:
+    """``wb/v1/{user}/{kind}/{device}/state`` (retained; the Will sets it offline)."""
+    return f"{dev.prefix}/state"
+
+
+def context_topic(user: str) -> str:
+    """``wb/v1/{user}/agent/context`` (retained fused context)."""
+    return f"{ROOT}/{check_name(user, 'user')}/agent/context"
+
+
+def agent_state_topic(instance: str) -> str:
+    """``wb/v1/_agent/{instance}/state`` (retained; the agent's Will sets it offline)."""
+    return f"{ROOT}/_agent/{check_name(instance, 'agent instance')}/state"
+
+
+def dlq_topic(reason: str) -> str:
+    """``wb/v1/_dlq/{reason}``."""
+    return f"{ROOT}/_dlq/{reason}"
+
+
+@lru_cache(maxsize=65536)
+def parse(topic: str) -> Topic:
+    """Parse a v1 topic.
+
+    Cached: a device publishes on a handful of topics, so parsing costs one dict lookup per message.
+
+    Raises:
+        TopicError: the topic is not part of the v1 layout, saying what is wrong.
+    """
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[0] != "wb" or parts[1] != "v1":
+        raise TopicError("topic is not under wb/v1/", topic=topic)
+    first = parts[2]
+    if first == "_agent":
+        if len(parts) == 5 and parts[4] == "state" and _NAME.match(parts[3]):
+            return Topic(Channel.AGENT_STATE, name=parts[3])
+        raise TopicError("expected wb/v1/_agent/{instance}/state", topic=topic)
+    if first == "_dlq":
+        if len(parts) == 4 and _LEAF.match(parts[3]):
+            return Topic(Channel.DLQ, name=parts[3])
+        raise TopicError("expected wb/v1/_dlq/{reason}", topic=topic)
+    if not _NAME.match(first):
+        raise TopicError(f"user {first!r} must match [a-z0-9-]{{1,64}}", topic=topic)
+    if len(parts) == 5 and parts[3] == "agent" and parts[4] == "context":
+        return Topic(Channel.CONTEXT, user=first)
+    if len(parts) < 6:
+        raise TopicError("expected wb/v1/{user}/{kind}/{device}/...", topic=topic)
+    try:
+        kind = Kind(parts[3])
+    except ValueError:
+        raise TopicError(f"kind {parts[3]!r} is not one of {', '.join(Kind)}", topic=topic) from None
+    device = parts[4]
+    if not _NAME.match(device):
+        raise TopicError(f"device {device!r} must match [a-z0-9-]{{1,64}}", topic=topic)
+    rest = parts[5:]
+    match rest:
+        case ["evt", cls, name] if _LEAF.match(name):
+            try:
+                event_class = EventClass(cls)
+            except ValueError:
+                raise TopicError(f"event class {cls!r} is not one of {', '.join(EventClass)}", topic=topic) from None
+            return Topic(Channel.EVENT, first, kind, device, event_class, name)
+        case ["cmd", action] if _LEAF.match(action):
+            return Topic(Channel.COMMAND, first, kind, device, name=action)
+        case ["ack"]:
+            return Topic(Channel.ACK, first, kind, device)
+        case ["state"]:
+            return Topic(Channel.STATE, first, kind, device)
+    raise TopicError("expected .../evt/{class}/{name}, .../cmd/{action}, .../ack or .../state", topic=topic)
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches the MQTT filter ``topic_filter`` (``+`` and ``#`` wildcards).
+
+    Topics beginning with ``$`` are not matched by a filter that begins with a wildcard (MQTT 3.1.1 §4.7.2).
+    """
+    if topic.startswith("$") and topic_filter[:1] in {"+", "#"}:
+        return False
+    f_parts = topic_filter.split("/")
+    t_parts = topic.split("/")
+    for i, f in enumerate(f_parts):
+        if f == "#":
+            return i == len(f_parts) - 1
+        if i >= len(t_parts):
+            return False
+        if f not in {"+", t_parts[i]}:
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+def validate_filter(topic_filter: str) -> str:
+    """Check that a subscription filter is well formed (``#`` only last, wildcards alone in their level).
+
+    Raises:
+        TopicError: saying what is wrong.
+    """
+    if not topic_filter:
+        raise TopicError("empty topic filter")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise TopicError("'#' must be alone and last in a filter", topic=topic_filter)
+        if "+" in level and level != "+":
+            raise TopicError("'+' must be alone in its level", topic=topic_filter)
+    return topic_filter
