@@ -1,0 +1,197 @@
+"""Settings of the pure core: every threshold of the proactive rules, timers, and the users' profiles."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_BASELINES: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A place the user names.
+
+    Attributes:
+        name: how the user and the phone app name it (``home``, ``office``, ``Hangzhou East Station``).
+        lat: latitude (WGS-84).
+        lon: longitude (WGS-84).
+        address: a street address, when known.
+    """
+
+    name: str
+    lat: float
+    lon: float
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsualOrder:
+    """What the user usually orders (the default when they say "my usual").
+
+    Attributes:
+        dish: the dish.
+        restaurant: where from.
+        qty: how many.
+        notes: notes for the kitchen ("less spicy").
+    """
+
+    dish: str
+    restaurant: str = ""
+    qty: int = 1
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """What the agent knows about a user before it has learned anything.
+
+    Attributes:
+        lang: the user's language (``en`` or ``zh``): used for proactive messages until the user speaks.
+        tz_offset_min: the user's offset from UTC in minutes (China: 480), for night, quiet hours, weekdays.
+        home: home, if known (learned from where the user sleeps otherwise).
+        office: the office, if known (learned from where weekday daytime is spent otherwise).
+        places: other named places (for ``navigate`` and ``hail_ride`` destinations).
+        usual_order: the default food order.
+        ride_product: the default ride product.
+        music_app: the music app to name in ``media.control`` queries (empty: the phone's default).
+        scripts: teleprompter scripts by name.
+        baselines: known personal baselines (``rhr_bpm``, ``hrv_ms``, ``skin_temp_c``, ``resp_brpm``); a given
+            baseline counts as learned, so the rules that compare with it are active from the first night.
+        muted_rules: proactive rules the user switched off ("don't show again").
+    """
+
+    lang: str = "en"
+    tz_offset_min: int = 0
+    home: Place | None = None
+    office: Place | None = None
+    places: tuple[Place, ...] = ()
+    usual_order: UsualOrder | None = None
+    ride_product: str = "standard"
+    music_app: str = ""
+    scripts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    baselines: Mapping[str, float] = field(default_factory=lambda: _NO_BASELINES)
+    muted_rules: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Every threshold and timer of the core (reference/devices.md §4.3 and §5).
+
+    Attributes:
+        hr_high_bpm: sustained high heart rate at rest.
+        hr_low_bpm: sustained low heart rate (awake).
+        hr_sustain_s: how long the heart rate must stay past a threshold.
+        hr_max_gap_s: the longest gap between samples that still counts as "stayed" (5-min sampling + slack).
+        rest_steps_per_bucket: at most this many steps in a 15-min bucket still counts as resting.
+        low_hr_while_asleep: judge low heart rate during sleep too.
+        min_quality: a reading with a lower signal quality is not valid.
+        spo2_low_pct: low blood oxygen.
+        spo2_consecutive: how many valid low readings in a row it takes.
+        spo2_recheck: ask the ring for a spot SpO2 after the first fresh low reading.
+        night_rhr_delta_bpm: a night resting heart rate this far above the baseline is "elevated".
+        skin_temp_dev_c: a nightly skin temperature deviation above this is flagged.
+        min_night_samples: heart-rate samples a night needs to be judged.
+        baseline_min_days: nights of data before a learned baseline is trusted.
+        baseline_prior_days: how many days the prior counts for in the running baseline.
+        baseline_min_alpha: the smallest weight a new day gets once the baseline is old.
+        prior_rhr_bpm: the prior resting heart rate.
+        prior_hrv_ms: the prior night HRV.
+        prior_skin_temp_c: the prior night skin temperature.
+        prior_resp_brpm: the prior night breathing rate.
+        glasses_cell_low_pct: a glasses cell below this, while the other cell is present, should be swapped.
+        courier_near_s: a courier this close (ETA) is announced.
+        leave_buffer_s: leave-now fires when calendar start - travel ETA - this buffer is reached.
+        travel_speed_mps: average door-to-door speed to estimate travel time.
+        default_travel_s: travel time when the event or the user has no position.
+        confirm_expiry_s: a confirmation (or a slot question) not answered in this time expires.
+        undo_window_s: T1 actions can be undone for this long.
+        ack_deadline_s: an output not acknowledged in this time goes to the next device.
+        quote_timeout_s: a task the phone does not quote in this time fails.
+        measure_timeout_s: a spot measurement without a result in this time is given up.
+        rate_limit_s: at most one nudge per user and metric in this time.
+        stale_ttl_s: acute rules (heart rate, SpO2) drop samples older than this.
+        stale_ttl_daily_s: night rules (resting HR, skin temperature) drop nights older than this.
+        fresh_sample_s: a reading this recent answers a health question without measuring again.
+        night_start_hour: local hour the night window starts.
+        night_end_hour: local hour the night window ends (the night is judged then).
+        night_close_grace_s: if no sample closes the night, a tick closes it this long after night_end_hour.
+        quiet_start_hour: local hour quiet hours start.
+        quiet_end_hour: local hour quiet hours end.
+        quiet_keywords: calendar titles or places containing one of these make a quiet setting.
+        event_default_s: assumed length of a calendar event.
+        asleep_window_s: a sleep sign this recent means the user is asleep.
+        moving_speed_mps: phone speed above this means moving.
+        place_radius_m: a position this close to a known place is at that place.
+        learn_min_s: dwell time before a learned home or office is trusted.
+        profiles: profiles by user.
+        default_profile: the profile of users not in ``profiles``.
+    """
+
+    hr_high_bpm: float = 120.0
+    hr_low_bpm: float = 45.0
+    hr_sustain_s: int = 600
+    hr_max_gap_s: int = 660
+    rest_steps_per_bucket: int = 60
+    low_hr_while_asleep: bool = False
+    min_quality: float = 0.6
+    spo2_low_pct: float = 90.0
+    spo2_consecutive: int = 2
+    spo2_recheck: bool = True
+    night_rhr_delta_bpm: float = 5.0
+    skin_temp_dev_c: float = 0.6
+    min_night_samples: int = 6
+    baseline_min_days: int = 3
+    baseline_prior_days: float = 3.0
+    baseline_min_alpha: float = 0.1
+    prior_rhr_bpm: float = 60.0
+    prior_hrv_ms: float = 45.0
+    prior_skin_temp_c: float = 33.0
+    prior_resp_brpm: float = 14.0
+    glasses_cell_low_pct: float = 15.0
+    courier_near_s: int = 180
+    leave_buffer_s: int = 300
+    travel_speed_mps: float = 8.0
+    default_travel_s: int = 1200
+    confirm_expiry_s: int = 60
+    undo_window_s: int = 10
+    ack_deadline_s: int = 5
+    quote_timeout_s: int = 30
+    measure_timeout_s: int = 45
+    rate_limit_s: int = 6 * 3600
+    stale_ttl_s: int = 2 * 3600
+    stale_ttl_daily_s: int = 18 * 3600
+    fresh_sample_s: int = 600
+    night_start_hour: int = 22
+    night_end_hour: int = 7
+    night_close_grace_s: int = 2 * 3600
+    quiet_start_hour: int = 23
+    quiet_end_hour: int = 7
+    quiet_keywords: tuple[str, ...] = (
+        "meeting",
+        "library",
+        "cinema",
+        "movie",
+        "theater",
+        "theatre",
+        "concert",
+        "会议",
+        "开会",
+        "图书馆",
+        "电影",
+        "剧院",
+        "音乐会",
+    )
+    event_default_s: int = 3600
+    asleep_window_s: int = 20 * 60
+    moving_speed_mps: float = 1.0
+    place_radius_m: float = 150.0
+    learn_min_s: int = 3 * 3600
+    profiles: Mapping[str, UserProfile] = field(default_factory=dict)
+    default_profile: UserProfile = field(default_factory=UserProfile)
+
+    def profile(self, user: str) -> UserProfile:
+        """The profile of ``user`` (the default profile if none is configured)."""
+        return self.profiles.get(user, self.default_profile)

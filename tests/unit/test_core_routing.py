@@ -1,0 +1,168 @@
+"""Core output routing: the best device for the situation, and fallback on offline, rejected or no ack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.core.engine import AgentCore
+from agent.core.testing import Rig, config, of, to
+from schemas.actions import Haptic, Notify, ShowCard, Speak, TaskStart
+from schemas.display import wrap
+from schemas.events import Activity, CalendarNext, GlassesWear, HeartRate, Money, PlaybackState, TaskStatus
+from schemas.topics import Kind
+
+MIN = 60_000
+SORRY = "Sorry, I didn't get that."
+
+
+def rig(**kw: Any) -> Rig:
+    r = Rig(AgentCore(config()))
+    r.ready(**kw)
+    return r
+
+
+def test_worn_glasses_get_a_card() -> None:
+    r = rig()
+    out = r.say("blah blah")
+    [cmd] = out.commands
+    assert isinstance(cmd.body, ShowCard)
+    assert cmd.body.title == SORRY
+    assert cmd.device.kind is Kind.GLASSES
+    assert cmd.deadline_ms == r.now + 5_000
+    assert cmd.reason == "skill:unknown"
+
+
+def test_without_glasses_the_earphones_speak() -> None:
+    out = rig(glasses=False).say("blah blah")
+    assert [type(c.body) for c in out.commands] == [Speak]
+    assert to(out, Kind.EARPHONES)
+
+
+def test_with_nothing_worn_the_phone_notifies() -> None:
+    out = rig(glasses=False, ears=False).say("blah blah", kind=Kind.PHONE)
+    assert of(to(out, Kind.PHONE), Notify) == [Notify(title=SORRY, body=SORRY)]
+
+
+def test_in_a_meeting_a_card_and_a_haptic_rather_than_speech() -> None:
+    r = rig()
+    r.send(Kind.PHONE, CalendarNext(title="Team meeting", start_ts=r.now - 5 * MIN))
+    out = r.say("blah blah")
+    assert of(out, Speak) == []
+    assert of(to(out, Kind.GLASSES), ShowCard)
+    assert of(to(out, Kind.RING), Haptic) == [Haptic(pattern="tap")]
+    assert r.core.snapshot("alice").quiet is True
+
+
+def test_quiet_without_glasses_goes_to_the_phone_not_the_ear() -> None:
+    r = rig(glasses=False)
+    r.send(Kind.PHONE, CalendarNext(title="图书馆自习", start_ts=r.now - 5 * MIN))
+    out = r.say("blah blah")
+    assert of(out, Speak) == []
+    assert of(to(out, Kind.PHONE), Notify)
+    assert of(to(out, Kind.RING), Haptic)
+
+
+def test_late_night_is_quiet() -> None:
+    r = rig()
+    r.now += 7 * 60 * MIN + 30 * MIN  # 23:30 local (UTC profile)
+    out = r.say("blah blah")
+    assert of(out, Speak) == []
+    assert of(out, Haptic)
+
+
+def test_on_the_move_a_short_card_and_speech() -> None:
+    r = rig()
+    r.send(Kind.EARPHONES, Activity(activity="walking"))
+    [start] = of(r.say("Order my usual."), TaskStart)
+    quote = TaskStatus(task_id=start.task_id, skill="order_food", status="quoted", price=Money(amount=32), eta_s=900)
+    out = r.send(Kind.PHONE, quote)
+    [card] = of(to(out, Kind.GLASSES), ShowCard)
+    assert len(wrap(card.body)) == 1
+    [speak] = of(to(out, Kind.EARPHONES), Speak)
+    assert speak.text.endswith("Confirm?")
+    assert r.core.snapshot("alice").moving is True
+
+
+def test_asleep_holds_a_non_urgent_output_until_awake() -> None:
+    r = rig()
+    r.ack(r.say("Remind me to stretch in 10 minutes").commands[0])
+    r.tick(9 * 60)
+    r.send(Kind.RING, HeartRate(bpm=52, source="sleep"))
+    assert r.core.snapshot("alice").asleep is True
+    assert r.tick(60).commands == []
+    out = r.send(Kind.GLASSES, GlassesWear(state="donned"))
+    [card] = of(out, ShowCard)
+    assert card.body == "stretch"
+
+
+def test_a_fallback_while_asleep_is_held_too() -> None:
+    r = rig()
+    r.say("blah blah")
+    r.at(1)
+    r.send(Kind.RING, HeartRate(bpm=52, source="sleep"))
+    assert r.tick(4).commands == []
+    assert of(r.send(Kind.GLASSES, GlassesWear(state="donned")), ShowCard)[0].title == SORRY
+
+
+# --- fallback -----------------------------------------------------------------------------------------------
+
+
+def test_glasses_offline_the_next_device_gets_it() -> None:
+    r = rig()
+    r.state(Kind.GLASSES, online=False)
+    out = r.say("blah blah")
+    assert [(c.device.kind, type(c.body)) for c in out.commands] == [(Kind.EARPHONES, Speak)]
+
+
+def test_rejected_card_falls_back_to_speech() -> None:
+    r = rig()
+    [card] = r.say("blah blah").commands
+    out = r.ack(card, "rejected")
+    [speak] = out.commands
+    assert isinstance(speak.body, Speak)
+    assert speak.body.text == SORRY
+    assert speak.device.kind is Kind.EARPHONES
+    assert (speak.corr, speak.reason) == (card.corr, "route:fallback")
+    assert speak.id != card.id
+
+
+def test_no_ack_before_the_deadline_falls_back_on_tick() -> None:
+    r = rig()
+    [card] = r.say("blah blah").commands
+    assert r.tick(4).commands == []
+    [speak] = r.tick(1).commands
+    assert isinstance(speak.body, Speak)
+    assert speak.corr == card.corr
+
+
+def test_an_acked_card_needs_no_fallback_and_shows_in_the_context() -> None:
+    r = rig()
+    [card] = r.say("blah blah").commands
+    r.ack(card)
+    assert r.tick(10).commands == []
+    assert r.core.snapshot("alice").display == "card"
+
+
+def test_device_going_offline_moves_what_it_has_not_acked() -> None:
+    r = rig()
+    assert len(r.say("blah blah").commands) == 1
+    out = r.state(Kind.GLASSES, online=False)
+    assert [(c.device.kind, type(c.body)) for c in out.commands] == [(Kind.EARPHONES, Speak)]
+    assert r.tick(10).commands[-1].device.kind is Kind.PHONE  # the earphones did not ack either
+
+
+def test_the_chain_ends_on_the_phone() -> None:
+    r = rig()
+    r.say("blah blah")
+    kinds = []
+    for _ in range(4):
+        kinds += [(c.device.kind, type(c.body).__name__) for c in r.tick(5).commands]
+    assert kinds == [(Kind.EARPHONES, "Speak"), (Kind.GLASSES, "Speak"), (Kind.PHONE, "Notify")]
+
+
+def test_playback_state_shows_in_the_context() -> None:
+    r = rig()
+    r.send(Kind.EARPHONES, PlaybackState(state="music", text="calm piano"))
+    assert r.core.snapshot("alice").speaking == "calm piano"
+    r.send(Kind.EARPHONES, PlaybackState(state="idle"))
+    assert r.core.snapshot("alice").speaking is None
