@@ -126,6 +126,7 @@ class Device:
         self._started = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._bus: Bus | None = None
+        self._done: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -332,6 +333,11 @@ class Device:
             self.stats.expired += 1
             await self._ack(envelope, action_type, "expired", f"arrived {age_s:.0f} s after it was sent")
             return
+        done = self._done.get(envelope.id)
+        if done is not None:
+            # The agent may publish an action twice across a crash (same id): carry it out once, ack again.
+            await self._ack(envelope, action_type, done[0], done[1])
+            return
         name = self._handlers.get(action_type)
         if name is None:
             self.stats.rejected += 1
@@ -351,6 +357,9 @@ class Device:
         await self._ack(envelope, action_type, "done", detail or "")
 
     async def _ack(self, envelope: Envelope[Any], action: str, status: str, detail: str) -> None:
+        self._done[envelope.id] = (status, detail)
+        while len(self._done) > 1024:
+            self._done.pop(next(iter(self._done)))
         ack = Ack(action_id=envelope.id, action=action, status=status, detail=detail[:500])
         out = Outgoing(ack_topic(self.ident), codec.encode(make(ack, ts=self.clock.now_ms(), corr=envelope.id)), 1)
         with contextlib.suppress(BusConnectionError, PublishError):

@@ -1,0 +1,100 @@
+"""What a run did, from the agent's database: tasks and their rounds, alerts, latencies, traffic, storage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.store import Store
+
+PAID = frozenset({"order_food", "hail_ride"})
+COMMITTED = frozenset(
+    {"committed", "confirmed", "completed", "delivered", "arriving", "in_progress", "accepted", "processing", "placed",
+     "accepted_by_merchant", "courier_assigned", "at_store", "picked_up", "near_customer", "done", "active"}
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class TaskLine:
+    """One task in the summary."""
+
+    task_id: str
+    user: str
+    skill: str
+    state: str
+    rounds: int
+    confirm_modality: str | None
+    slots_autofilled: list[str]
+    slots_asked: list[str]
+
+
+@dataclass(slots=True)
+class Summary:
+    """The summary of a run."""
+
+    db: str
+    tasks: list[TaskLine] = field(default_factory=list)
+    alerts: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_samples: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)
+    acks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def paid_rounds(self) -> list[int]:
+        """Rounds of the paid tasks that were committed."""
+        return [t.rounds for t in self.tasks if t.skill in PAID and t.state in COMMITTED]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        data = asdict(self)
+        data["paid_rounds"] = self.paid_rounds
+        return data
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+async def summarize(db: Path) -> Summary:
+    """Read a run's summary from the agent's database."""
+    summary = Summary(db=str(db))
+    async with Store(db) as store:
+        for t in await store.tasks():
+            summary.tasks.append(
+                TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,
+                         list(t.slots_autofilled), list(t.slots_asked))
+            )  # fmt: skip
+        for rule, n in await store.rows("SELECT rule, COUNT(*) FROM alerts GROUP BY rule ORDER BY rule"):
+            summary.alerts[str(rule)] = int(n)
+        latencies = [
+            float(r[0])
+            for r in await store.rows(
+                "SELECT a.published_wall_ms - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
+                " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt'"
+            )
+        ]
+        summary.latency_samples = len(latencies)
+        if latencies:
+            summary.latency_ms = {
+                "p50": percentile(latencies, 50),
+                "p99": percentile(latencies, 99),
+                "max": max(latencies),
+            }
+        for channel, cls, n in await store.rows(
+            "SELECT channel, CASE WHEN channel = 'evt' THEN substr(topic, instr(topic, '/evt/') + 5,"
+            " instr(substr(topic, instr(topic, '/evt/') + 5), '/') - 1) ELSE '' END AS cls, COUNT(*)"
+            " FROM events GROUP BY channel, cls ORDER BY channel, cls"
+        ):
+            summary.messages[f"{channel}/{cls}" if cls else str(channel)] = int(n)
+        summary.messages["cmd (actions out)"] = int(await store.scalar("SELECT COUNT(*) FROM actions") or 0)
+        for status, n in await store.rows("SELECT status, COUNT(*) FROM actions GROUP BY status"):
+            summary.acks[str(status)] = int(n)
+        for table in ("events", "actions", "tasks", "alerts", "context"):
+            summary.stored[table] = int(await store.scalar(f"SELECT COUNT(*) FROM {table}") or 0)  # noqa: S608
+    return summary

@@ -1,0 +1,105 @@
+"""The agent runtime over a real broker: a paid task in two rounds, and a restart in the middle of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.runtime import AgentRuntime, AgentSettings
+from agent.store import Store
+from broker.client import Bus, BusOptions
+from schemas.actions import DeviceState
+from schemas.envelope import Message, make
+from schemas.events import GlassesWear, Money, RingGesture, TaskStatus, Utterance
+from schemas.topics import Channel, Kind
+from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
+
+pytestmark = [pytest.mark.broker]
+DEVICES = {"glasses": "g1", "ring": "r1", "earphones": "b1", "phone": "p1"}
+
+
+@asynccontextmanager
+async def agent(url: str, db: Path, instance: str) -> AsyncIterator[AgentRuntime]:
+    settings = AgentSettings(url=url, db=db, instance=instance, username=AGENT_USER, password=AGENT_PASSWORD)
+    async with AgentRuntime(settings) as runtime:
+        await runtime.wait_connected(15)
+        yield runtime
+
+
+async def next_command(dev: Bus, name: str, within: float = 10) -> Message:
+    async with asyncio.timeout(within):
+        async for m in dev.messages():
+            if m.where.channel is Channel.COMMAND and m.where.name == name:
+                return m
+    raise AssertionError(name)  # pragma: no cover
+
+
+async def born(dev: Bus, user: str) -> None:
+    for kind, did in DEVICES.items():
+        await dev.publish(f"wb/v1/{user}/{kind}/{did}/state", make(DeviceState(online=True, kind=Kind(kind))),
+                          retain=True, wait=True)  # fmt: skip
+    await dev.publish(f"wb/v1/{user}/glasses/g1/evt/system/wear", make(GlassesWear(state="donned")), wait=True)
+
+
+async def quote(dev: Bus, user: str, start: Message) -> None:
+    status = TaskStatus(task_id=start.data.task_id, skill="order_food", status="quoted", eta_s=1800,  # type: ignore[attr-defined]
+                        price=Money(amount=32))  # fmt: skip
+    await dev.publish(f"wb/v1/{user}/phone/p1/evt/system/task_status", make(status, corr=start.envelope.id), wait=True)
+
+
+async def test_food_order_in_two_rounds(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    user = f"t-{uuid.uuid4().hex[:8]}"
+    async with agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"), Bus(BusOptions(url=any_broker.url)) as dev:
+        await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+        await born(dev, user)
+        await dev.publish(f"wb/v1/{user}/earphones/b1/evt/voice/utterance",
+                          make(Utterance(text="order my usual noodles")), wait=True)  # fmt: skip
+        start = await next_command(dev, "task.start")
+        await quote(dev, user, start)
+        card = await next_command(dev, "display.card")
+        assert card.envelope.corr is not None
+        await dev.publish(f"wb/v1/{user}/ring/r1/evt/gesture/press", make(RingGesture(gesture="press")), wait=True)
+        confirm = await next_command(dev, "task.confirm")
+        assert confirm.data.task_id == start.data.task_id  # type: ignore[attr-defined]
+    async with Store(tmp_path / "a.db") as store:
+        [task] = await store.tasks()
+    assert task.rounds == 2
+    assert task.confirm_modality == "ring"
+
+
+async def test_restart_mid_task_carries_on_and_repeats_nothing(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    user = f"t-{uuid.uuid4().hex[:8]}"
+    db = tmp_path / "a.db"
+    instance = f"agent-{user}"
+    async with Bus(BusOptions(url=any_broker.url)) as dev:
+        await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+        async with agent(any_broker.url, db, instance):
+            await born(dev, user)
+            await dev.publish(f"wb/v1/{user}/earphones/b1/evt/voice/utterance",
+                              make(Utterance(text="order my usual noodles")), wait=True)  # fmt: skip
+            start = await next_command(dev, "task.start")
+            await quote(dev, user, start)
+            await next_command(dev, "display.card")
+        # the agent is gone; the confirmation is queued for its persistent session
+        await dev.publish(f"wb/v1/{user}/ring/r1/evt/gesture/press", make(RingGesture(gesture="press")), wait=True)
+        async with agent(any_broker.url, db, instance) as runtime:
+            confirm = await next_command(dev, "task.confirm", within=15)
+            assert confirm.data.task_id == start.data.task_id  # type: ignore[attr-defined]
+            assert runtime.stats.replayed >= 0
+            # nothing else is sent again within a quiet second: no second task.start or confirm
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 1.0
+            again: list[Message] = []
+            while (left := deadline - loop.time()) > 0:
+                again += await dev.next_batch(100, timeout=left)
+            repeated = [m.topic for m in again if m.where.name in {"task.start", "task.confirm"}]
+            assert repeated == []
+    async with Store(db) as store:
+        counts = dict(await store.rows("SELECT type, COUNT(*) FROM actions GROUP BY type"))
+    assert counts["task.start"] == 1
+    assert counts["task.confirm"] == 1

@@ -1,0 +1,71 @@
+"""The agent's store: migrations, one transaction per batch, dedup set, snapshot + replay log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.store import MIGRATIONS, ActionRow, EventRow, Store, TaskRow
+from schemas.errors import StoreError
+
+
+def event(i: int) -> EventRow:
+    return EventRow(f"e{i}", "wb/v1/a/ring/r/evt/sensor/hr", "a", "ring", "r", "evt", "ring.hr", i, i, i, None,
+                    1000 + i, 2000 + i, 1, False, b"\x80")  # fmt: skip
+
+
+def action(i: int) -> ActionRow:
+    return ActionRow(f"a{i}", "wb/v1/a/glasses/g/cmd/display.card", "a", "glasses", "g", "display.card", f"e{i}",
+                     "skill", 1000 + i, 3000 + i, b"\x80")  # fmt: skip
+
+
+async def test_migrates_and_reopens(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    async with Store(db) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+        assert await store.scalar("PRAGMA journal_mode") == "wal"
+    async with Store(db) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+
+
+async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    async with Store(db) as store:
+        await store.db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="upgrade wearbus"):
+        async with Store(db):
+            pass
+
+
+async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        task = TaskRow("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
+                       None, 1, 2)  # fmt: skip
+        await store.commit_batch([event(1), event(2)], [action(1)], [task], [("low_spo2", "a", "re-measure", 5)])
+        await store.commit_batch([event(2), event(3)], [], [], [])  # e2 again: ignored
+        assert await store.known(["e1", "e2", "e3", "e4"]) == {"e1", "e2", "e3"}
+        assert await store.scalar("SELECT COUNT(*) FROM events") == 3
+        assert [a[0] for a in await store.unpublished()] == ["a1"]
+        await store.mark_published(["a1"], 4000)
+        assert await store.unpublished() == []
+        await store.mark_acks([("a1", "done", "shown", 5000)])
+        assert await store.rows("SELECT status, detail FROM actions") == [("done", "shown")]
+        done = TaskRow("t1", "a", "order_food", "committed", {"dish": "noodles"}, 2, ("address",), (), "ring", 1, 9)
+        await store.commit_batch([], [], [done], [])
+        [t] = await store.tasks()
+        assert (t.state, t.rounds, t.confirm_modality) == ("committed", 2, "ring")
+
+
+async def test_snapshot_and_replay_log(tmp_path: Path) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        await store.commit_batch([event(1)], [], [], [])
+        await store.save_core({"v": 1}, 10, 0)
+        await store.commit_batch([event(2)], [], [], [], ticks=[20])
+        await store.commit_batch([event(3)], [], [], [])
+        snap = await store.load_core()
+        assert snap is not None
+        state, seq, _ = snap
+        assert state == {"v": 1}
+        items = await store.since(seq)
+        assert [(k, v if k == "tick" else v.id) for k, v in items] == [("event", "e2"), ("tick", 20), ("event", "e3")]
