@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.core.config import CoreConfig
@@ -23,7 +26,7 @@ from broker.settings import Settings
 from schemas.clock import SimClock
 from schemas.errors import WearbusError
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -34,6 +37,8 @@ def register(app: typer.Typer) -> None:
     from agent.stack import up_command  # noqa: PLC0415 (keeps start-up of the other commands light)
 
     app.command("up")(up_command)
+    app.command("replay-agent")(replay_agent_command)
+    app.command("diff")(diff_command)
 
 
 def agent_command(
@@ -52,6 +57,20 @@ def agent_command(
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    cluster: Annotated[
+        str | None, typer.Option(help="Run as a member of this agent cluster (docs/scale-out.md); --db is unused.")
+    ] = None,
+    member: Annotated[str | None, typer.Option(help="Cluster member id (default: --instance).")] = None,
+    buckets: Annotated[int, typer.Option(help="Cluster: number of user buckets (same on every member).")] = 64,
+    nodes: Annotated[
+        str | None, typer.Option(help="Cluster: comma-separated broker node URLs (default: --broker).")
+    ] = None,
+    state: Annotated[str, typer.Option(help="Cluster: Redis URL of the shared bucket store.")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    partitions: Annotated[
+        str, typer.Option(help="Cluster: nats (broker partition mapping) or filters (per-user, needs --users).")
+    ] = "nats",
 ) -> None:
     """Run the agent: fuse every device's events, run skills and proactive rules, send actions, store everything."""
     configure_logging(log_level)
@@ -72,11 +91,57 @@ def agent_command(
         core=config,
     )
     clock = SimClock(speed, sim_start, sim_anchor)
+    if cluster is not None:
+        _run_cluster_member(settings, clock, cluster, member or instance, buckets, nodes, state, partitions)
+        return
     try:
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def _run_cluster_member(
+    settings: AgentSettings,
+    clock: SimClock,
+    cluster: str,
+    member: str,
+    buckets: int,
+    nodes: str | None,
+    state: str,
+    partitions: str,
+) -> None:
+    from agent.cluster import ClusterSettings, run_member  # noqa: PLC0415 (needs redis; only cluster members do)
+
+    if partitions not in {"nats", "filters"}:
+        err.print(f"[bold red]error:[/] --partitions must be nats or filters, not {partitions!r}")
+        raise typer.Exit(2)
+    urls = tuple(u.strip() for u in (nodes or settings.url).split(",") if u.strip())
+    try:
+        member_settings = ClusterSettings(
+            name=cluster,
+            member=member,
+            nodes=urls,
+            state_url=state,
+            buckets=buckets,
+            partitions="nats" if partitions == "nats" else "filters",
+            users=settings.users,
+            protocol="3.1.1" if partitions == "nats" else "auto",
+            agent=settings,
+        )
+        asyncio.run(_until_signalled(run_member(member_settings, clock)))
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
 
 
 async def _run_agent(settings: AgentSettings, clock: SimClock) -> None:
@@ -137,3 +202,57 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"Stored in {summary.db}: {stored}")
     if summary.paid_rounds:
         console.print(f"Interaction rounds of paid tasks: {summary.paid_rounds} (goal: 2 each)")
+
+
+def replay_agent_command(
+    recording: Annotated[Path, typer.Argument(help="A recording made with `wearbus record`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the action log (JSON lines).")] = Path(
+        "actions.jsonl"
+    ),
+    profiles: Annotated[Path | None, typer.Option(help="User profiles (a scenario or a users: file).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a core setting, e.g. --set hr_high_bpm=110; repeatable.")
+    ] = None,
+) -> None:
+    """Replay a recording into the agent's core on the simulation clock (deterministic) and log its actions."""
+    from agent.replay import describe, override, replay_into_core, write_actions  # noqa: PLC0415
+
+    try:
+        config = CoreConfig()
+        if profiles is not None:
+            config = replace(config, profiles=load_profiles(profiles))
+        config = override(config, set_ or [])
+        actions = replay_into_core(recording, config)
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    write_actions(output, actions)
+    out.print(f"{describe(actions)} written to {output}")
+
+
+def diff_command(
+    a: Annotated[Path, typer.Argument(help="Action log of the first agent version (`wearbus replay-agent`).")],
+    b: Annotated[Path, typer.Argument(help="Action log of the second agent version.")],
+) -> None:
+    """Show how the actions of two agent versions differ on the same recording (exit 1 when they differ)."""
+    from agent.replay import diff_actions, read_actions  # noqa: PLC0415
+
+    try:
+        lines = diff_actions(read_actions(a), read_actions(b), names=(str(a), str(b)))
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if not lines:
+        out.print("no difference in actions")
+        return
+    for line in lines:
+        if line.startswith(("+++", "---")):
+            style = "bold"
+        elif line.startswith("+"):
+            style = "green"
+        elif line.startswith("-"):
+            style = "red"
+        else:
+            style = "dim" if line.startswith("@@") else "default"
+        out.print(f"[{style}]{escape(line)}[/]", highlight=False)
+    raise typer.Exit(1)

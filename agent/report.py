@@ -75,8 +75,9 @@ async def summarize(db: Path) -> Summary:
         latencies = [
             float(r[0])
             for r in await store.rows(
-                "SELECT a.published_wall_ms - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
-                " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt'"
+                # the first action an event caused (later ones are fallbacks and progress updates by design)
+                "SELECT MIN(a.published_wall_ms) - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
+                " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt' GROUP BY e.id"
             )
         ]
         summary.latency_samples = len(latencies)

@@ -35,7 +35,7 @@ from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import Channel
 
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 KINDS = ("glasses", "ring", "earphones", "phone")
@@ -345,7 +345,9 @@ async def _up(
     tap_task: asyncio.Task[None] | None = None
     try:
         if broker_url is None:
-            if not _port_free(port):
+            if port == 0:
+                port = _free_port()
+            elif not _port_free(port):
                 new = _free_port()
                 err.print(
                     f"[yellow]port {port} is taken (a broker already running?); the embedded broker uses {new}. "
@@ -356,6 +358,7 @@ async def _up(
                                  run_dir / "broker.log"))  # fmt: skip
             await _wait_port(port, 20)
             broker_url = f"mqtt://127.0.0.1:{port}"
+            os.environ["WB_PROTOCOL"] = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
         users = [user] + [f"{user}-{i}" for i in range(2, n_users + 1)]
         anchor = int(time.time() * 1000) + 1500
         sim = ["--speed", str(speed), "--sim-anchor", str(anchor)]

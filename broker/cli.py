@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import time
 from collections import defaultdict, deque
@@ -347,12 +348,17 @@ def schema_export(out_dir: Annotated[Path, typer.Argument(help="Directory to wri
 # ---------------------------------------------------------------------------------------------- entry
 
 
+_BUILT_IN = ("broker.testkit.record:register", "broker.console.cli:register")
+
+
 def _register_extensions() -> None:
-    for ep in entry_points(group="wearbus.cli"):
+    targets = list(_BUILT_IN) + [ep.value for ep in entry_points(group="wearbus.cli")]
+    for target in targets:
+        module, _, name = target.partition(":")
         try:
-            register = ep.load()
-        except ImportError as exc:  # a half-installed extension must not break the core commands
-            err.print(f"[yellow]warning:[/] cannot load wearbus commands from {ep.value}: {exc}")
+            register = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:  # a half-installed extension must not break the others
+            err.print(f"[yellow]warning:[/] cannot load wearbus commands from {target}: {exc}")
             continue
         register(app)
 

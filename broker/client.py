@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 import ssl
@@ -45,6 +46,10 @@ OnConnect = Callable[["Bus", bool], Awaitable[None]]
 OnReject = Callable[["Rejected"], None]
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_READS_PER_WAKE = 256
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +142,11 @@ class Bus:
         self.url = BrokerUrl.parse(options.url).with_credentials(options.username, options.password)
         self.stats = BusStats()
         self.session_present = False
-        self.protocol: Protocol = options.protocol
+        # WB_PROTOCOL=3.1.1 skips the MQTT 5 probe of "auto" (``wearbus up`` sets it for the embedded broker)
+        env_protocol = os.environ.get("WB_PROTOCOL", "")
+        self.protocol: Protocol = (
+            env_protocol if options.protocol == "auto" and env_protocol in {"5", "3.1.1"} else options.protocol  # type: ignore[assignment]
+        )
         self._log = get_logger("bus", bus=options.name, broker=self.url.redacted())
         self._subs: dict[str, int] = {}
         self._inbox: deque[Message] = deque()
@@ -150,6 +159,11 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error: str = ""
+        # paho sends an empty client id when given none, which the generated Mosquitto config refuses
+        # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
+        self._random_id = f"wb-{random.getrandbits(48):012x}"
+        self._paused: tuple[socket.socket, Callable[[], None]] | None = None
+        self._awaiting = 0  # subscribes waiting for their SUBACK: reads must not pause
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,10 +185,15 @@ class Bus:
         if client is not None and self.connected and self.options.goodbye is not None:
             with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
                 await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives
+            # together with the broker's reply (bpo-42130), which would leave this waiting for ever.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         self._wake()
 
     @property
@@ -191,10 +210,15 @@ class Bus:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError:
+            error = self._last_error.lower()
+            hint = (
+                "The broker refused the login: check the username and password (mqtt://user:password@host:port)."
+                if "not authori" in error or "bad user name" in error
+                else "Is a broker running there? Start one with `wearbus broker`, or name another with --broker URL."
+            )
             raise BusConnectionError(
                 f"could not connect to {self.url.redacted()} within {timeout:g} s"
-                f"{': ' + self._last_error if self._last_error else ''}. Is a broker running there? "
-                "Start one with `wearbus broker`, or name another with --broker URL."
+                f"{': ' + self._last_error if self._last_error else ''}. {hint}"
             ) from None
 
     async def _run(self) -> None:
@@ -259,7 +283,7 @@ class Bus:
             self.url.port,
             username=self.url.username,
             password=self.url.password,
-            identifier=opts.client_id,
+            identifier=opts.client_id or self._random_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
             clean_session=None if v5 else not opts.persistent,
@@ -302,6 +326,16 @@ class Bus:
 
         raw.on_publish = on_publish
         raw.on_connect = on_connect
+        aiomqtt_on_socket_open: Any = raw.on_socket_open
+        loop = asyncio.get_running_loop()
+
+        def on_socket_open(c: paho.Client, userdata: Any, sock: Any) -> None:
+            aiomqtt_on_socket_open(c, userdata, sock)
+            if type(sock) is socket.socket:  # plain TCP; TLS and WebSocket keep aiomqtt's reader
+                # Queued after aiomqtt's add_reader, so this one replaces it for the same descriptor.
+                loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), self._reader(client, c, sock, loop))
+
+        raw.on_socket_open = on_socket_open
         return client
 
     def _on_connected(self, client: aiomqtt.Client, protocol: str) -> None:
@@ -321,6 +355,57 @@ class Bus:
         self._pending.clear()
 
     # ------------------------------------------------------------------ receiving
+
+    def _reader(
+        self, client: aiomqtt.Client, raw: paho.Client, sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[], None]:
+        """A socket reader that handles the packets already received in one wake-up, not one per wake-up.
+
+        paho's ``loop_read`` handles one packet per call while nothing of ours is in flight, and aiomqtt calls it
+        once per readable event, so each message cost a full turn of the event loop (docs/benchmarks.md); a
+        one-byte peek tells whether more is waiting. Once the inbox holds the receive maximum it stops: with
+        ``manual_ack`` it stops reading until the consumer has caught up (Mosquitto 2.0.11 sends a queued session
+        far beyond the receive maximum, and a loop busy reading starves the consumer and its store's thread of
+        the GIL), unless a PUBACK or SUBACK is awaited; otherwise it reads one packet per wake-up, as before.
+        Errors end the connection, as aiomqtt's own reader does.
+        """
+        inbox = self._inbox
+        high_water = max(100, self.options.receive_maximum)
+        pause = self.options.manual_ack
+        self._paused = None
+
+        def reader() -> None:
+            try:
+                for _ in range(_READS_PER_WAKE):
+                    if raw.loop_read() != paho.MQTT_ERR_SUCCESS or raw.socket() is not sock:
+                        return
+                    if len(inbox) >= high_water:
+                        if pause and not self._pending and not self._awaiting:
+                            loop.remove_reader(sock.fileno())
+                            self._paused = (sock, reader)
+                        return
+                    try:
+                        if not sock.recv(1, _PEEK):
+                            return  # end of stream: the next loop_read reports it
+                    except (BlockingIOError, InterruptedError):
+                        return
+            except Exception as exc:  # noqa: BLE001  (as aiomqtt: any failure here means the connection is broken)
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        return reader
+
+    def _resume_reads(self, *, force: bool = False) -> None:
+        """Read again once a paused inbox is down to half the receive maximum (at once with ``force``: someone
+        waits for the broker's answer, a PUBACK or a SUBACK, which comes behind what is queued)."""
+        paused = self._paused
+        if paused is None or (not force and len(self._inbox) > max(100, self.options.receive_maximum) // 2):
+            return
+        self._paused = None
+        sock, reader = paused
+        raw = self._paho
+        if raw is not None and raw.socket() is sock and sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(sock.fileno(), reader)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
@@ -375,7 +460,10 @@ class Bus:
         inbox = self._inbox
         while not self._closing or inbox:
             while inbox:
-                yield inbox.popleft()
+                message = inbox.popleft()
+                if self._paused is not None:
+                    self._resume_reads()
+                yield message
             await self._wait_inbox()
 
     async def batches(self, max_n: int = 500) -> AsyncIterator[list[Message]]:
@@ -384,7 +472,9 @@ class Bus:
         while not self._closing or inbox:
             if inbox:
                 n = min(max_n, len(inbox))
-                yield [inbox.popleft() for _ in range(n)]
+                batch = [inbox.popleft() for _ in range(n)]
+                self._resume_reads()
+                yield batch
                 continue
             await self._wait_inbox()
 
@@ -401,7 +491,9 @@ class Bus:
             finally:
                 self._waiter = None
         n = min(max_n, len(inbox))
-        return [inbox.popleft() for _ in range(n)]
+        batch = [inbox.popleft() for _ in range(n)]
+        self._resume_reads()
+        return batch
 
     async def _wait_inbox(self) -> None:
         if self._closing:
@@ -432,17 +524,26 @@ class Bus:
         """Subscribe now (if connected) and again on every reconnect."""
         self._subs[validate_filter(topic_filter)] = qos
         if self._client is not None and self.connected:
+            self._awaiting += 1
+            self._resume_reads(force=True)
             try:
                 await self._client.subscribe(topic_filter, qos)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
+            finally:
+                self._awaiting -= 1
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Stop a subscription."""
         self._subs.pop(topic_filter, None)
         if self._client is not None and self.connected:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.unsubscribe(topic_filter)
+            self._awaiting += 1
+            self._resume_reads(force=True)
+            try:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._client.unsubscribe(topic_filter)
+            finally:
+                self._awaiting -= 1
 
     # ------------------------------------------------------------------ publishing
 
@@ -488,6 +589,7 @@ class Bus:
         if wait and out.qos > 0:
             fut = self._pending.get(mid)
             if fut is not None:
+                self._resume_reads(force=True)
                 await fut
 
     def _publish_nowait(
