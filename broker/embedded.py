@@ -252,7 +252,12 @@ class EmbeddedBroker:
     ) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
-            await broker.shutdown()
+            try:
+                # amqtt 0.12 can hang in shutdown() while a QoS 1 delivery waits for its PUBACK: bound it.
+                await asyncio.wait_for(broker.shutdown(), 10.0)
+            except TimeoutError:
+                log.warning("embedded_broker_shutdown_timed_out", url=self.url)
+                await _close_listeners(broker)
             log.info("embedded_broker_stopped", url=self.url)
 
     def _check_port(self, port: int) -> None:

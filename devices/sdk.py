@@ -71,6 +71,9 @@ class DeviceConfig:
         action_ttl_s: an action older than this (in simulated time) when it arrives is answered ``expired``.
         keepalive_s: MQTT keep-alive; the broker fires the Will after ~1.5x this on a silent cut.
         hold_while_agent_away: hold events while the agent's retained state says it is offline.
+        resend_on_reconnect: after a reconnect, send the last this many events the broker acknowledged again.
+            Mosquitto acknowledges a publish before its next save, so a broker killed right after a PUBACK forgets
+            that event (measured: always the last one); the agent drops the copies by id. 0: never.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -82,6 +85,7 @@ class DeviceConfig:
     action_ttl_s: float = 120.0
     keepalive_s: int = 10
     hold_while_agent_away: bool = True
+    resend_on_reconnect: int = 8
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class DeviceStats:
     actions: int = 0
     rejected: int = 0
     expired: int = 0
+    resent: int = 0
 
 
 class Device:
@@ -120,12 +125,15 @@ class Device:
         self.log = get_logger("device", device=self.ident.client_id)
         self._seq = 0
         self._outbox: deque[Outgoing] = deque()
+        self._recent: deque[Outgoing] = deque(maxlen=max(0, self.config.resend_on_reconnect))
+        self._connects = 0
         self._outbox_wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._agents: dict[str, bool] = {}
         self._started = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._bus: Bus | None = None
+        self.link_up = True
         self._done: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -221,6 +229,19 @@ class Device:
 
     async def _on_connect(self, bus: Bus, _session_present: bool) -> None:
         await bus.publish_raw(Outgoing(state_topic(self.ident), self._state_bytes(online=True), 1, True))
+        self._connects += 1
+        if self._connects > 1 and self._recent:
+            # The broker may have died between its PUBACK and its save: send them again, ahead of (and older
+            # than) what waited in the outbox, so seq order holds; the agent deduplicates by id.
+            self._outbox.extendleft(reversed(self._recent))
+            self.stats.resent += len(self._recent)
+            self._recent.clear()
+        self._outbox_wake.set()
+
+    def set_link(self, up: bool) -> None:
+        """Simulate losing (``False``) or regaining the network: while it is down, events stay in the outbox (sent
+        in order once it is back), no heartbeat goes out and actions are not received."""
+        self.link_up = up
         self._outbox_wake.set()
 
     async def publish_state(self) -> None:
@@ -270,7 +291,7 @@ class Device:
 
     async def drain(self, timeout: float = 5.0) -> bool:
         """Wait (bounded) until the outbox is empty; returns whether it is."""
-        if not self._outbox or self._bus is None or not self._bus.connected:
+        if not self._outbox or self._bus is None or not self._bus.connected or not self.link_up:
             return not self._outbox
         self._drained.clear()
         with contextlib.suppress(TimeoutError):
@@ -282,7 +303,12 @@ class Device:
         while True:
             await self._outbox_wake.wait()
             self._outbox_wake.clear()
-            while self._outbox and bus.connected and not (self.config.hold_while_agent_away and self.agent_away):
+            while (
+                self._outbox
+                and self.link_up
+                and bus.connected
+                and not (self.config.hold_while_agent_away and self.agent_away)
+            ):
                 out = self._outbox[0]
                 try:
                     # QoS 1 waits for PUBACK before the event leaves the outbox: a broker that dies now loses nothing.
@@ -292,6 +318,8 @@ class Device:
                     break
                 if self._outbox and self._outbox[0] is out:
                     self._outbox.popleft()
+                if out.qos > 0:
+                    self._recent.append(out)
                 self.stats.sent += 1
             if not self._outbox:
                 self._drained.set()
@@ -299,7 +327,7 @@ class Device:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
-            if not self.bus.connected:
+            if not self.bus.connected or not self.link_up:
                 continue
             body = Heartbeat(
                 uptime_s=round(time.monotonic() - self._started, 3),
@@ -320,7 +348,9 @@ class Device:
                 self._agents[where.name or ""] = message.data.online
                 self._outbox_wake.set()
                 continue
-            if where.channel is Channel.COMMAND and where.device == self.ident.device and where.user == self.ident.user:
+            mine = where.device == self.ident.device and where.user == self.ident.user
+            # A device whose network is down (set_link) never hears the action.
+            if where.channel is Channel.COMMAND and mine and self.link_up:
                 await self._dispatch(message)
 
     async def _dispatch(self, message: Message) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, text_units, wrap
-from schemas.events import Body, Lang, Ms, Unit
+from schemas.events import MAX_COUNT, Body, Lang, Ms, Unit
 from schemas.topics import Kind
 
 
@@ -301,7 +301,7 @@ class DeviceState(Body):
     kind: Kind | None = None
     capabilities: list[str] = Field(default_factory=list, max_length=64)
     firmware: str = Field(default="", max_length=64)
-    epoch: int = Field(default=0, ge=0, description="session epoch: seq restarts from 1 in each")
+    epoch: int = Field(default=0, ge=0, le=MAX_COUNT, description="session epoch: seq restarts from 1 in each")
     battery_pct: float | None = Field(default=None, ge=0, le=100)
     model: str = Field(default="", max_length=64)
     heartbeat_s: float | None = Field(default=None, gt=0, le=3600)
@@ -353,7 +353,7 @@ class DeadLetter(Body):
     topic: str
     error: str
     field: str | None = None
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_COUNT)
     payload: str = Field(default="", description="the first bytes, as text if printable, else base64")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     seen_by: str = ""

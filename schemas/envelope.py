@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.events import Body, Ms
+from schemas.events import MAX_COUNT, Body, Ms
 from schemas.topics import Topic
 
 B = TypeVar("B", bound=Body)
@@ -46,7 +46,7 @@ class Envelope(BaseModel, Generic[B]):
 
     id: str = Field(min_length=1, max_length=128)
     ts: Ms
-    seq: int = Field(default=0, ge=0)
+    seq: int = Field(default=0, ge=0, le=MAX_COUNT)
     src_ts: Ms | None = None
     corr: str | None = Field(default=None, max_length=128)
     data: B

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.topics import EventClass, Kind
 
 Ms = Annotated[int, Field(ge=0, le=10**14, description="ms since the Unix epoch")]
+# Counters are bounded by what msgpack (64-bit) and SQLite (signed 64-bit) can hold: an envelope that validates but
+# cannot be stored or re-encoded would stop the agent, not reach the DLQ.
+MAX_COUNT = 2**63 - 1
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Pct = Annotated[float, Field(ge=0.0, le=100.0, description="percent")]
 Side = Literal["left", "right"]
@@ -71,8 +74,8 @@ class Heartbeat(Body):
 
     type: Literal["system.heartbeat"] = "system.heartbeat"
     uptime_s: float = Field(ge=0)
-    outbox: int = Field(default=0, ge=0, description="events waiting in the device's outbox")
-    dropped: int = Field(default=0, ge=0, description="events the outbox had to drop since start")
+    outbox: int = Field(default=0, ge=0, le=MAX_COUNT, description="events waiting in the device's outbox")
+    dropped: int = Field(default=0, ge=0, le=MAX_COUNT, description="events the outbox had to drop since start")
 
 
 # --------------------------------------------------------------------------- glasses
@@ -135,7 +138,7 @@ class PhotoCaptured(Body):
     width: int = Field(ge=1, le=8192)
     height: int = Field(ge=1, le=8192)
     format: Literal["jpeg", "heic"] = "jpeg"
-    bytes_len: int = Field(ge=0)
+    bytes_len: int = Field(ge=0, le=MAX_COUNT)
     uri: str = Field(max_length=512)
 
 
@@ -376,7 +379,7 @@ class PlaybackState(Body):
     type: Literal["earphones.playback"] = "earphones.playback"
     state: Literal["speaking", "idle", "music"]
     text: str | None = Field(default=None, max_length=2000)
-    queue: int = Field(default=0, ge=0)
+    queue: int = Field(default=0, ge=0, le=MAX_COUNT)
 
 
 # --------------------------------------------------------------------------- phone
@@ -436,7 +439,7 @@ class TaskStatus(Body):
         "cancelled",
         "failed",
     ]
-    status_seq: int = Field(default=0, ge=0, description="position in the task's own status sequence")
+    status_seq: int = Field(default=0, ge=0, le=MAX_COUNT, description="position in the task's own status sequence")
     eta_s: int | None = Field(default=None, ge=0, le=86_400)
     driver: Person | None = None
     courier_lat: float | None = Field(default=None, ge=-90, le=90)

@@ -159,7 +159,7 @@ class CoreConfig:
     undo_window_s: int = 10
     ack_deadline_s: int = 5
     quote_timeout_s: int = 30
-    measure_timeout_s: int = 45
+    measure_timeout_s: int = 90
     rate_limit_s: int = 6 * 3600
     stale_ttl_s: int = 2 * 3600
     stale_ttl_daily_s: int = 18 * 3600

@@ -89,12 +89,12 @@ def on_hr(turn: Turn, t: int, bpm: float, source: str, quality: float) -> None:
         span = window.run(i, cfg.hr_high_bpm, None, gap)
         if span is not None and span[1] - span[0] >= cfg.hr_sustain_s * 1000:
             text = say("rule.hr_high", lang, t=f"{cfg.hr_high_bpm:.0f}")
-            fire(turn, "hr_high", metric="hr", t=span[1], ttl_s=cfg.stale_ttl_s, text=text)
+            fire(turn, "hr_high", metric="hr_high", t=span[1], ttl_s=cfg.stale_ttl_s, text=text)
     elif bpm < cfg.hr_low_bpm:
         span = window.run(i, None, cfg.hr_low_bpm, gap, asleep_ok=cfg.low_hr_while_asleep)
         if span is not None and span[1] - span[0] >= cfg.hr_sustain_s * 1000:
             text = say("rule.hr_low", lang, t=f"{cfg.hr_low_bpm:.0f}")
-            fire(turn, "hr_low", metric="hr", t=span[1], ttl_s=cfg.stale_ttl_s, text=text)
+            fire(turn, "hr_low", metric="hr_low", t=span[1], ttl_s=cfg.stale_ttl_s, text=text)
 
 
 def on_spo2(turn: Turn, t: int, pct: float, quality: float) -> None:

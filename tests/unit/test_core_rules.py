@@ -127,6 +127,13 @@ def test_rate_limited_per_metric_for_six_hours() -> None:
     assert [a[0] for a in batch(r, hr_items(r.now - 20 * MIN, [125, 128, 126])).alerts] == ["hr_high"]
 
 
+def test_high_and_low_heart_rate_are_rate_limited_apart() -> None:
+    r = rig()
+    assert [a[0] for a in batch(r, hr_items(r.now - 20 * MIN, [125, 128, 126])).alerts] == ["hr_high"]
+    r.at(3600)  # an hour later, well inside the six hours: a low heart rate is a different nudge
+    assert [a[0] for a in batch(r, hr_items(r.now - 20 * MIN, [42, 41, 43])).alerts] == ["hr_low"]
+
+
 def test_low_heart_rate_awake_fires_but_not_asleep() -> None:
     r = rig()
     out = batch(r, hr_items(r.now - 20 * MIN, [42, 41, 43]))

@@ -1,0 +1,1 @@
+"""Scenarios shipped with wearbus (YAML files read with importlib.resources)."""

@@ -1,0 +1,76 @@
+"""`wearbus up` end to end: real processes, the bundled day in the life on a fast clock, the summary checked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from broker.testkit.mosquitto import MosquittoProcess
+from tests.conftest import require_mosquitto
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PAID = {"order_food", "hail_ride"}
+
+
+async def run_up(tmp_path: Path, *extra: str, timeout: float = 240) -> tuple[int, dict[str, object], str]:
+    summary = tmp_path / "summary.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "up", "--speed", "240", "--quiet", "--no-console", "--workdir",
+        str(tmp_path / "run"), "--json-summary", str(summary), *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    children: set[int] = set()
+    output = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while proc.returncode is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    children |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+                try:
+                    output += await asyncio.wait_for(proc.stdout.read(65536), 0.5)  # type: ignore[union-attr]
+                except TimeoutError:
+                    continue
+                if proc.stdout.at_eof():  # type: ignore[union-attr]
+                    await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"processes left behind: {alive}"
+    assert children, "up started no processes"
+    data = json.loads(summary.read_text()) if summary.exists() else {}
+    return proc.returncode or 0, data, output.decode(errors="replace")
+
+
+def check_summary(code: int, data: dict[str, object], output: str) -> None:
+    assert code == 0, output[-4000:]
+    tasks = data["tasks"]
+    assert isinstance(tasks, list)
+    skills = {t["skill"] for t in tasks}
+    assert skills >= PAID, output[-4000:]
+    paid_rounds = data["paid_rounds"]
+    assert isinstance(paid_rounds, list)
+    assert paid_rounds, f"no paid task was committed: {tasks}"
+    assert paid_rounds.count(2) >= 2, paid_rounds  # the food order and the ride: sentence + confirmation
+    assert data["alerts"], "no proactive rule fired"
+    assert data["failed_processes"] == []
+    assert "Summary" in output
+
+
+async def test_day_in_the_life_on_the_embedded_broker(tmp_path: Path) -> None:
+    code, data, output = await run_up(tmp_path, "--port", "0")
+    check_summary(code, data, output)
+
+
+async def test_day_in_the_life_on_mosquitto(tmp_path: Path) -> None:
+    require_mosquitto()
+    async with MosquittoProcess() as broker:
+        code, data, output = await run_up(tmp_path, "--broker", broker.url)
+    check_summary(code, data, output)
