@@ -71,6 +71,9 @@ def agent_command(
     partitions: Annotated[
         str, typer.Option(help="Cluster: nats (broker partition mapping) or filters (per-user, needs --users).")
     ] = "nats",
+    escape_dots: Annotated[
+        bool, typer.Option(help="Cluster: send '.' in topics as '_' (nats-server < 2.10; tests only).")
+    ] = False,
 ) -> None:
     """Run the agent: fuse every device's events, run skills and proactive rules, send actions, store everything."""
     configure_logging(log_level)
@@ -92,7 +95,9 @@ def agent_command(
     )
     clock = SimClock(speed, sim_start, sim_anchor)
     if cluster is not None:
-        _run_cluster_member(settings, clock, cluster, member or instance, buckets, nodes, state, partitions)
+        _run_cluster_member(
+            settings, clock, cluster, member or instance, buckets, nodes, state, partitions, escape_dots=escape_dots
+        )
         return
     try:
         asyncio.run(_run_agent(settings, clock))
@@ -110,6 +115,8 @@ def _run_cluster_member(
     nodes: str | None,
     state: str,
     partitions: str,
+    *,
+    escape_dots: bool,
 ) -> None:
     from agent.cluster import ClusterSettings, run_member  # noqa: PLC0415 (needs redis; only cluster members do)
 
@@ -127,6 +134,7 @@ def _run_cluster_member(
             partitions="nats" if partitions == "nats" else "filters",
             users=settings.users,
             protocol="3.1.1" if partitions == "nats" else "auto",
+            escape_dots=escape_dots,
             agent=settings,
         )
         asyncio.run(_until_signalled(run_member(member_settings, clock)))
@@ -254,5 +262,5 @@ def diff_command(
             style = "red"
         else:
             style = "dim" if line.startswith("@@") else "default"
-        out.print(f"[{style}]{escape(line)}[/]", highlight=False)
+        out.print(f"[{style}]{escape(line)}[/]", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

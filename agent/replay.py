@@ -25,8 +25,10 @@ from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
 from broker.testkit.record import load_recording
 from schemas import codec
+from schemas.actions import Ack
+from schemas.envelope import Message, make
 from schemas.errors import ConfigError, ContractError
-from schemas.topics import Channel
+from schemas.topics import Channel, ack_topic, parse
 
 AGENT_CHANNELS = frozenset({Channel.EVENT, Channel.ACK, Channel.STATE})
 
@@ -90,7 +92,13 @@ def replay_into_core(path: Path, config: CoreConfig | None = None, *, tick_s: fl
     step = int(tick_s * 1000)
 
     def take(outcome: Outcome, at: int) -> None:
-        actions.extend(_line(cmd, at) for cmd in outcome.commands)
+        # Every action is carried out at once by simulated devices: the recorded acks name the live run's action
+        # ids, so they are not replayed; without acks the core would fall back to other devices.
+        pending = list(outcome.commands)
+        while pending:
+            cmd = pending.pop(0)
+            actions.append(_line(cmd, at))
+            pending += core.handle(_ack_for(cmd, at), at).commands
 
     for rec in load_recording(path):
         try:
@@ -99,6 +107,8 @@ def replay_into_core(path: Path, config: CoreConfig | None = None, *, tick_s: fl
         except ContractError:
             continue  # it went to the DLQ when it was recorded, too
         if message.where.channel not in AGENT_CHANNELS or message.envelope.id in seen:
+            continue
+        if message.where.channel is Channel.ACK:
             continue
         seen.add(message.envelope.id)
         at = message.envelope.ts if now is None else max(now, message.envelope.ts)
@@ -115,6 +125,12 @@ def replay_into_core(path: Path, config: CoreConfig | None = None, *, tick_s: fl
             t = now + k * step
             take(core.tick(t), t)
     return actions
+
+
+def _ack_for(cmd: Command, at: int) -> Message:
+    action = getattr(cmd.body, "type", "")
+    envelope = make(Ack(action_id=cmd.id, action=action, status="done", detail="replay"), ts=at, corr=cmd.id)
+    return Message(ack_topic(cmd.device), parse(ack_topic(cmd.device)), envelope, qos=1)
 
 
 def _line(cmd: Command, at: int) -> ActionLine:
