@@ -162,8 +162,6 @@ class Bus:
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
-        self._paused: tuple[socket.socket, Callable[[], None]] | None = None
-        self._awaiting = 0  # subscribes waiting for their SUBACK: reads must not pause
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -333,7 +331,7 @@ class Bus:
             aiomqtt_on_socket_open(c, userdata, sock)
             if type(sock) is socket.socket:  # plain TCP; TLS and WebSocket keep aiomqtt's reader
                 # Queued after aiomqtt's add_reader, so this one replaces it for the same descriptor.
-                loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), self._reader(client, c, sock, loop))
+                loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), self._reader(client, c, sock))
 
         raw.on_socket_open = on_socket_open
         return client
@@ -354,35 +352,23 @@ class Bus:
                 fut.set_exception(BusConnectionError("disconnected before the broker acknowledged the publish"))
         self._pending.clear()
 
-    # ------------------------------------------------------------------ receiving
-
-    def _reader(
-        self, client: aiomqtt.Client, raw: paho.Client, sock: socket.socket, loop: asyncio.AbstractEventLoop
-    ) -> Callable[[], None]:
+    def _reader(self, client: aiomqtt.Client, raw: paho.Client, sock: socket.socket) -> Callable[[], None]:
         """A socket reader that handles the packets already received in one wake-up, not one per wake-up.
 
         paho's ``loop_read`` handles one packet per call while nothing of ours is in flight, and aiomqtt calls it
         once per readable event, so each message cost a full turn of the event loop (docs/benchmarks.md); a
-        one-byte peek tells whether more is waiting. Once the inbox holds the receive maximum it stops: with
-        ``manual_ack`` it stops reading until the consumer has caught up (Mosquitto 2.0.11 sends a queued session
-        far beyond the receive maximum, and a loop busy reading starves the consumer and its store's thread of
-        the GIL), unless a PUBACK or SUBACK is awaited; otherwise it reads one packet per wake-up, as before.
-        Errors end the connection, as aiomqtt's own reader does.
+        one-byte peek tells whether more is waiting. Once the inbox holds the receive maximum it reads one packet
+        per wake-up again, as before, so the consumer keeps its turns when a broker sends beyond the receive
+        maximum (Mosquitto 2.0.11 does, draining a queued session). Errors end the connection, as aiomqtt's own
+        reader does.
         """
         inbox = self._inbox
         high_water = max(100, self.options.receive_maximum)
-        pause = self.options.manual_ack
-        self._paused = None
 
         def reader() -> None:
             try:
                 for _ in range(_READS_PER_WAKE):
-                    if raw.loop_read() != paho.MQTT_ERR_SUCCESS or raw.socket() is not sock:
-                        return
-                    if len(inbox) >= high_water:
-                        if pause and not self._pending and not self._awaiting:
-                            loop.remove_reader(sock.fileno())
-                            self._paused = (sock, reader)
+                    if raw.loop_read() != paho.MQTT_ERR_SUCCESS or raw.socket() is not sock or len(inbox) >= high_water:
                         return
                     try:
                         if not sock.recv(1, _PEEK):
@@ -395,17 +381,7 @@ class Bus:
 
         return reader
 
-    def _resume_reads(self, *, force: bool = False) -> None:
-        """Read again once a paused inbox is down to half the receive maximum (at once with ``force``: someone
-        waits for the broker's answer, a PUBACK or a SUBACK, which comes behind what is queued)."""
-        paused = self._paused
-        if paused is None or (not force and len(self._inbox) > max(100, self.options.receive_maximum) // 2):
-            return
-        self._paused = None
-        sock, reader = paused
-        raw = self._paho
-        if raw is not None and raw.socket() is sock and sock.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(sock.fileno(), reader)
+    # ------------------------------------------------------------------ receiving
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
@@ -460,10 +436,7 @@ class Bus:
         inbox = self._inbox
         while not self._closing or inbox:
             while inbox:
-                message = inbox.popleft()
-                if self._paused is not None:
-                    self._resume_reads()
-                yield message
+                yield inbox.popleft()
             await self._wait_inbox()
 
     async def batches(self, max_n: int = 500) -> AsyncIterator[list[Message]]:
@@ -472,9 +445,7 @@ class Bus:
         while not self._closing or inbox:
             if inbox:
                 n = min(max_n, len(inbox))
-                batch = [inbox.popleft() for _ in range(n)]
-                self._resume_reads()
-                yield batch
+                yield [inbox.popleft() for _ in range(n)]
                 continue
             await self._wait_inbox()
 
@@ -491,9 +462,7 @@ class Bus:
             finally:
                 self._waiter = None
         n = min(max_n, len(inbox))
-        batch = [inbox.popleft() for _ in range(n)]
-        self._resume_reads()
-        return batch
+        return [inbox.popleft() for _ in range(n)]
 
     async def _wait_inbox(self) -> None:
         if self._closing:
@@ -524,26 +493,17 @@ class Bus:
         """Subscribe now (if connected) and again on every reconnect."""
         self._subs[validate_filter(topic_filter)] = qos
         if self._client is not None and self.connected:
-            self._awaiting += 1
-            self._resume_reads(force=True)
             try:
                 await self._client.subscribe(topic_filter, qos)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
-            finally:
-                self._awaiting -= 1
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Stop a subscription."""
         self._subs.pop(topic_filter, None)
         if self._client is not None and self.connected:
-            self._awaiting += 1
-            self._resume_reads(force=True)
-            try:
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await self._client.unsubscribe(topic_filter)
-            finally:
-                self._awaiting -= 1
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(topic_filter)
 
     # ------------------------------------------------------------------ publishing
 
@@ -589,7 +549,6 @@ class Bus:
         if wait and out.qos > 0:
             fut = self._pending.get(mid)
             if fut is not None:
-                self._resume_reads(force=True)
                 await fut
 
     def _publish_nowait(

@@ -1,0 +1,55 @@
+"""``wearbus bench`` (quick mode) end to end: the command runs, and every documented figure is there and positive.
+
+Timing and ratios are never asserted (the machine is shared): only that each figure exists and is positive, that
+nothing was lost, and that the JSON report has the keys docs/benchmarks.md documents.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
+
+BENCH = (sys.executable, "-c", "import typer; from agent.bench import bench_command; typer.run(bench_command)")
+TOP_KEYS = {"schema", "mode", "started", "machine", "mix", "workdir", "broker", "throughput", "latency", "scale",
+            "dlq", "core_memory", "duration_s", "rows", "ratios", "targets"}  # fmt: skip
+RECEIVERS = {"paho_q1", "bus_q1", "agent_q1"}
+LATENCIES = {"rtt_paho_idle", "e2e_idle", "rtt_paho_load", "e2e_load"}
+
+
+def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [*BENCH, "--json", str(out), "--keep", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=380, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "agent / paho, QoS 1" in done.stdout
+    report = json.loads(out.read_text())
+    assert set(report) >= TOP_KEYS
+    assert report["mode"] == "quick"
+    tp = report["throughput"]
+    assert set(tp) >= RECEIVERS
+    for name in RECEIVERS | {n for n in ("paho_q0", "c_q0", "c_q1", "paho5_q1") if n in tp}:
+        assert tp[name]["rate"] > 0, name
+        assert tp[name]["lost"] == 0, name
+    lat = report["latency"]
+    assert set(lat) >= LATENCIES
+    for name in LATENCIES:
+        assert lat[name]["n"] > 0, name
+        assert 0 < lat[name]["p50_us"] <= lat[name]["p99_us"] <= lat[name]["p999_us"], name
+    sc = report["scale"]
+    for key in ("offered_per_s", "stored_per_s", "agent_cpu_pct", "agent_rss_mb", "fleet_cpu_pct"):
+        assert sc[key] > 0, key
+    assert sc["connections"] == 4 * sc["users"]
+    assert sc["fleet"]["connect_failed"] == 0
+    assert report["core_memory"]["bytes_per_user"] > 0
+    assert report["ratios"]["agent / paho, QoS 1"] > 0
+    assert {"target", "met"} <= set(next(iter(report["targets"].values())))
+    for row in report["rows"]:
+        assert {"section", "metric", "value", "unit", "ratio", "baseline", "target", "met"} == set(row)
