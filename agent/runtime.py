@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,13 +38,24 @@ from agent.store import ActionRow, EventRow, Store, TaskRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
 from schemas import codec
-from schemas.actions import Ack, AgentState, ContextSnapshot
+from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
 from schemas.clock import Clock, WallClock
-from schemas.envelope import Envelope, Message, envelope_of, make, now_ms
+from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
-from schemas.topics import Channel, agent_state_topic, command_topic, context_topic, dlq_topic
+from schemas.topics import (
+    Channel,
+    DeviceId,
+    Kind,
+    agent_state_topic,
+    command_topic,
+    context_topic,
+    dlq_topic,
+    parse,
+    state_topic,
+)
 
 VERSION = "0.1.0"
+AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
 
 
 def wall_ms() -> int:
@@ -65,8 +78,14 @@ class AgentSettings:
         tick_s: wall seconds between timer ticks.
         snapshot_s: wall seconds between core snapshots (the log since the last one is replayed on restart).
         context_s: wall seconds between retained context republishes per user.
+        heartbeat_misses: a device whose birth announced heartbeats (``heartbeat_s``) and that has sent nothing for
+            this many heartbeat intervals is marked offline, before its Will (which a silent network cut delays to
+            ~1.5x keep-alive + 5 s); 0: wait for the Will.
         core: the core's thresholds and user profiles.
         admission: limits on timestamps and rates.
+        subscriptions: the filters the agent subscribes (a cluster's bucket session selects its users with them).
+        presence: publish the retained ``wb/v1/_agent/{instance}/state`` with a Will (a cluster's bucket sessions
+            leave that to their member).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -79,8 +98,11 @@ class AgentSettings:
     tick_s: float = 0.2
     snapshot_s: float = 2.0
     context_s: float = 1.0
+    heartbeat_misses: int = 3
     core: CoreConfig = field(default_factory=CoreConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    subscriptions: tuple[str, ...] = AGENT_FILTERS
+    presence: bool = True
 
 
 @dataclass(slots=True)
@@ -95,12 +117,25 @@ class AgentStats:
     replayed: int = 0
     alerts: int = 0
     batches: int = 0
+    silent: int = 0
 
 
 class AgentRuntime:
-    """The agent process's body. ``async with AgentRuntime(settings) as agent: await agent.run()``."""
+    """The agent process's body. ``async with AgentRuntime(settings) as agent: await agent.run()``.
 
-    def __init__(self, settings: AgentSettings, clock: Clock | None = None, core: AgentCore | None = None) -> None:
+    ``store`` replaces the SQLite store at ``settings.db`` and ``bus_factory`` the plain :class:`Bus` (both for
+    :mod:`agent.cluster`, whose buckets keep their store in Redis and connect to a broker cluster).
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        clock: Clock | None = None,
+        core: AgentCore | None = None,
+        *,
+        store: Store | None = None,
+        bus_factory: Callable[[BusOptions], Bus] = Bus,
+    ) -> None:
         self.settings = settings
         self.clock: Clock = clock or WallClock()
         self.core = core or AgentCore(settings.core)
@@ -109,12 +144,19 @@ class AgentRuntime:
         self.log = get_logger("agent", instance=settings.instance)
         self._store: Store | None = None
         self._bus: Bus | None = None
+        self._given_store = store
+        self._bus_factory = bus_factory
         self._dirty_users: set[str] = set()
         self._last_context: dict[str, float] = {}
         self._last_snapshot = 0.0
         self._last_tick = 0.0
         self._pump: asyncio.Task[None] | None = None
         self._replaying = False
+        self._acked: list[str] = []  # actions whose PUBACK came, to mark published
+        self._republish = False
+        # (user, kind, device) -> [heartbeat_s, monotonic time of its last message]
+        self._liveness: dict[tuple[str, str, str], list[float]] = {}
+        self._connects_seen = 0
 
     @property
     def store(self) -> Store:
@@ -132,7 +174,7 @@ class AgentRuntime:
 
     async def __aenter__(self) -> Self:
         s = self.settings
-        self._store = await Store(s.db).__aenter__()
+        self._store = await (self._given_store or Store(s.db)).__aenter__()
         await self._restore()
         state = agent_state_topic(s.instance)
 
@@ -150,16 +192,16 @@ class AgentRuntime:
             persistent=True,
             manual_ack=True,
             dlq=True,
-            will=Outgoing(state, presence(False), 1, True),
-            birth=Outgoing(state, presence(True), 1, True),
-            goodbye=Outgoing(state, presence(False), 1, True),
+            will=Outgoing(state, presence(False), 1, True) if s.presence else None,
+            birth=Outgoing(state, presence(True), 1, True) if s.presence else None,
+            goodbye=Outgoing(state, presence(False), 1, True) if s.presence else None,
             connect_timeout_s=0,
             name=s.instance,
             receive_maximum=max(100, s.batch * 2),
         )
-        self._bus = Bus(options)
+        self._bus = self._bus_factory(options)
         await self._bus.__aenter__()
-        for topic_filter in ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state"):
+        for topic_filter in s.subscriptions:
             await self._bus.subscribe(topic_filter, 1)
         self._pump = asyncio.create_task(self._run_pump(), name=f"agent[{s.instance}].pump")
         return self
@@ -173,6 +215,7 @@ class AgentRuntime:
                 await self._pump
         if self._store is not None:
             with contextlib.suppress(Exception):
+                await self._mark_acked()
                 await self._save_core()
         if self._bus is not None:
             await self._bus.__aexit__(exc_type, exc, tb)
@@ -234,9 +277,18 @@ class AgentRuntime:
         while True:
             if not bus.connected:
                 await bus.wait_connected(None)
+            await self._mark_acked()
+            if self._republish:
+                self._republish, republished = False, False
             if not republished:
-                await self._republish_stored()
-                republished = True
+                try:
+                    await self._republish_stored()
+                    republished = True
+                except (BusConnectionError, PublishError) as exc:
+                    # The link dropped again: still unpublished, so they go out after the next connect.
+                    self.log.warning("republish_interrupted", error=str(exc))
+                    await asyncio.sleep(s.tick_s)
+                    continue
             batch = await bus.next_batch(s.batch, timeout=s.tick_s)
             mono = time.monotonic()
             ticks: list[int] = []
@@ -248,6 +300,7 @@ class AgentRuntime:
                 if ticked.commands or ticked.tasks or ticked.alerts:
                     ticks.append(at)
                 outcome.extend(ticked)
+                batch += self._silent_devices()
             if batch or ticks:
                 try:
                     await self._process(batch, outcome, ticks)
@@ -268,6 +321,7 @@ class AgentRuntime:
         fresh: list[Message] = []
         seen: set[str] = set()
         for message in batch:
+            self._observe(message)
             eid = message.envelope.id
             if eid in known or eid in seen:
                 self.stats.duplicates += 1
@@ -285,8 +339,15 @@ class AgentRuntime:
         rows: list[EventRow] = []
         acks: list[tuple[str, str, str, int]] = []
         for message in fresh:
-            outcome.extend(self.core.handle(message, now))
-            rows.append(_event_row(message, now, received))
+            try:
+                handled = self.core.handle(message, now)
+                row = _event_row(message, now, received)
+            except Exception as exc:  # a message that breaks the agent must not stop it: it would come back for ever
+                self.log.exception("message_failed", topic=message.topic, id=message.envelope.id)
+                self._refuse(message, "agent", f"the agent could not handle it: {type(exc).__name__}: {exc}")
+                continue
+            outcome.extend(handled)
+            rows.append(row)
             if message.where.channel is Channel.ACK and isinstance(message.data, Ack):
                 ack = message.data
                 acks.append((ack.action_id, ack.status, ack.detail, now))
@@ -305,11 +366,18 @@ class AgentRuntime:
             self.log.info("proactive_alert", rule=rule, user=user, text=text)
         self._dirty_users |= outcome.context_changed
         if actions:
-            # A broker acknowledges QoS 1 publishes in order (MQTT 4.6.0-2), so waiting for the last PUBACK
-            # waits for them all.
-            for i, action in enumerate(actions):
-                await bus.publish_raw(Outgoing(action.topic, action.payload, 1), wait=i == len(actions) - 1)
-            await store.mark_published([a.id for a in actions], wall_ms())
+            # Published without waiting: behind a deep backlog the PUBACK queues behind everything the broker has
+            # already sent us, and a pump waiting for it would stall. Actions are stored, so one that never got
+            # its PUBACK is published again after a reconnect or a restart (devices ignore a repeated action id).
+            for action in actions:
+                out = Outgoing(action.topic, action.payload, 1)
+                try:
+                    fut = bus.publish_future(out)
+                except PublishError:
+                    await bus.publish_raw(out, wait=True)  # paho's queue is full: wait for room
+                    self._acked.append(action.id)
+                    continue
+                fut.add_done_callback(functools.partial(self._on_puback, action.id))
             self.stats.actions += len(actions)
             for cmd in outcome.commands:
                 self.log.info(
@@ -318,6 +386,66 @@ class AgentRuntime:
                 )  # fmt: skip
         for message in batch:
             bus.ack(message)
+
+    # ------------------------------------------------------------------ liveness (heartbeats)
+
+    def _observe(self, message: Message) -> None:
+        """Note that a device spoke (any message proves it is alive, even a duplicate or a refused one)."""
+        where = message.where
+        s = self.settings
+        if where.user is None or where.kind is None or where.device is None or s.heartbeat_misses <= 0:
+            return
+        if s.users is not None and where.user not in s.users:
+            return
+        key = (where.user, where.kind.value, where.device)
+        body = message.data
+        if where.channel is Channel.STATE and isinstance(body, DeviceState):
+            if body.online and body.heartbeat_s:
+                self._liveness[key] = [body.heartbeat_s, time.monotonic()]
+            else:
+                self._liveness.pop(key, None)
+        elif key in self._liveness:
+            self._liveness[key][1] = time.monotonic()
+
+    def _silent_devices(self) -> list[Message]:
+        """Offline states for devices that missed ``heartbeat_misses`` heartbeats, as if their Will had come.
+
+        They go through the pump like any message (stored, so a restart replays them). While the agent itself was
+        disconnected it heard nobody, so every clock restarts at a reconnect.
+        """
+        bus = self.bus
+        mono = time.monotonic()
+        if bus.stats.connects != self._connects_seen:
+            self._connects_seen = bus.stats.connects
+            for alive in self._liveness.values():
+                alive[1] = mono
+        if not self._liveness or not bus.connected:
+            return []
+        misses = self.settings.heartbeat_misses
+        out: list[Message] = []
+        for key, (every_s, last) in list(self._liveness.items()):
+            if mono - last <= misses * every_s:
+                continue
+            del self._liveness[key]
+            user, kind, device = key
+            topic = state_topic(DeviceId(user, Kind(kind), device))
+            body = DeviceState(online=False, kind=Kind(kind))
+            envelope = envelope_of(DeviceState)(id=f"silent-{new_id()}", ts=self.clock.now_ms(), data=body)
+            out.append(Message(topic, parse(topic), envelope, qos=1))
+            self.stats.silent += 1
+            self.log.warning("device_silent", device=f"{user}/{kind}/{device}", silent_s=round(mono - last, 1))
+        return out
+
+    def _on_puback(self, action_id: str, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._acked.append(action_id)
+        else:
+            self._republish = True  # not acknowledged: publish the stored row again once reconnected
+
+    async def _mark_acked(self) -> None:
+        if self._acked:
+            ids, self._acked = self._acked, []
+            await self.store.mark_published(ids, wall_ms())
 
     def _action_row(self, cmd: Command, now: int, created_wall: int) -> ActionRow:
         body = cmd.body
@@ -344,7 +472,11 @@ class AgentRuntime:
             self.log.warning("message_refused", topic=message.topic, reason=reason, why=why, total=self.stats.refused)
         error = ValidationFailed(why, topic=message.topic)
         error.reason = reason
-        letter = codec.dead_letter(message.topic, codec.encode(message.envelope), error, seen_by=self.settings.instance)
+        try:
+            raw = codec.encode(message.envelope)
+        except (OverflowError, TypeError, ValueError):  # what cannot be re-encoded is shown as text
+            raw = repr(message.envelope).encode()
+        letter = codec.dead_letter(message.topic, raw, error, seen_by=self.settings.instance)
         with contextlib.suppress(BusConnectionError, PublishError):
             self.bus._publish_nowait(dlq_topic(reason), codec.encode(make(letter, ts=now_ms())), 1, False)
 

@@ -551,6 +551,27 @@ class Bus:
             if fut is not None:
                 await fut
 
+    def publish_future(self, out: Outgoing, *, fmt: codec.Format | None = None) -> asyncio.Future[None]:
+        """Publish without waiting; the future completes when the broker has acknowledged it (QoS 1).
+
+        For a caller that must not stall behind the broker's answer (the agent's pump records what was
+        acknowledged later). The future fails with :class:`BusConnectionError` when the connection ends first.
+
+        Raises:
+            BusConnectionError: not connected.
+            PublishError: refused, or paho's outgoing queue is full (wait with :meth:`publish_raw` instead).
+        """
+        rc, mid = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=True)
+        if rc == paho.MQTT_ERR_NO_CONN:
+            raise BusConnectionError(f"not connected to {self.url.redacted()}; not published to {out.topic!r}")
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise PublishError(f"publish to {out.topic!r} failed: {paho.error_string(rc)}")
+        fut = self._pending.get(mid) if out.qos > 0 else None
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
+
     def _publish_nowait(
         self,
         topic: str,
