@@ -22,10 +22,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install wearbus with its test tools
 
-system-deps: ## install mosquitto (and the browser for console tests) when CI=true or WB_SYSTEM_DEPS=1 and they are missing
+system-deps: ## install mosquitto, nats-server, redis-server and the browser for the console test when CI=true or WB_SYSTEM_DEPS=1 and they are missing
 	@if [ "$${CI:-}" = "true" ] || [ "$${WB_SYSTEM_DEPS:-}" = "1" ]; then \
 		need=""; command -v mosquitto >/dev/null || need="$$need mosquitto mosquitto-clients"; \
 		command -v chromium >/dev/null && command -v chromedriver >/dev/null || need="$$need chromium chromium-driver"; \
+		command -v nats-server >/dev/null || need="$$need nats-server"; \
+		command -v redis-server >/dev/null || need="$$need redis-server"; \
 		if [ -n "$$need" ]; then echo "installing$$need"; \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need) >/dev/null; fi; \
 	fi

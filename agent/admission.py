@@ -18,6 +18,11 @@ class AdmissionConfig:
         max_future_s: how far ahead of the agent's clock a publish time may be.
         max_past_s: how old a publish time may be (a device's outbox holds events for a while; a week is plenty).
         max_devices: devices tracked for rate limiting (least recently seen forgotten first), bounding memory.
+        backlog_s: an event is charged at the time the device published it (never later than now, never before
+            its previous event), up to this far back: a backlog that waited in the broker or in the device's
+            outbox while the agent was away arrives all at once but was sent at an ordinary pace, so it is not a
+            flood. A device that back-dates its events gains at most this many seconds of allowance. 0: charge
+            every event when it arrives.
     """
 
     rate_per_s: float = 20.0
@@ -25,6 +30,7 @@ class AdmissionConfig:
     max_future_s: float = 300.0
     max_past_s: float = 7 * 86_400.0
     max_devices: int = 100_000
+    backlog_s: float = 600.0
 
 
 class Admission:
@@ -46,12 +52,14 @@ class Admission:
         if where.device is None:
             return None
         key = f"{where.user}/{where.kind}/{where.device}"
-        tokens, last = self._buckets.pop(key, (cfg.burst, now_ms))
-        tokens = min(cfg.burst, tokens + max(0, now_ms - last) / 1000 * cfg.rate_per_s)
+        sent = min(now_ms, max(ts, now_ms - int(cfg.backlog_s * 1000)))
+        tokens, last = self._buckets.pop(key, (cfg.burst, sent))
+        sent = max(sent, last)
+        tokens = min(cfg.burst, tokens + (sent - last) / 1000 * cfg.rate_per_s)
         if tokens < 1:
-            self._remember(key, tokens, now_ms)
+            self._remember(key, tokens, sent)
             return "rate", f"{key} sends faster than {cfg.rate_per_s:g}/s (burst {cfg.burst:g})"
-        self._remember(key, tokens - 1, now_ms)
+        self._remember(key, tokens - 1, sent)
         return None
 
     def _remember(self, key: str, tokens: float, now_ms: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.core.config import CoreConfig
+from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
 from agent.report import Summary, summarize
 from agent.runtime import AgentRuntime, AgentSettings
@@ -60,6 +62,14 @@ def agent_command(
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    llm_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible API for sentences the built-in parser misses (off by default); "
+            "e.g. http://127.0.0.1:8000/v1 for vLLM. Key from WB_LLM_API_KEY."
+        ),
+    ] = None,
+    llm_model: Annotated[str, typer.Option(help="The model name for --llm-url.")] = "qwen",
     cluster: Annotated[
         str | None, typer.Option(help="Run as a member of this agent cluster (docs/scale-out.md); --db is unused.")
     ] = None,
@@ -95,6 +105,9 @@ def agent_command(
         password=password,
         users=frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None,
         core=config,
+        resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
+        if llm_url
+        else None,
     )
     clock = SimClock(speed, sim_start, sim_anchor)
     if cluster is not None:

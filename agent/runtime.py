@@ -34,6 +34,9 @@ from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
+from agent.core.intents import Intent, Skill, Unknown
+from agent.core.intents import parse as parse_text
+from agent.llm import ChatResolver
 from agent.store import ActionRow, EventRow, Store, TaskRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
@@ -42,6 +45,7 @@ from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
+from schemas.events import Utterance
 from schemas.topics import (
     Channel,
     DeviceId,
@@ -81,6 +85,7 @@ class AgentSettings:
         heartbeat_misses: a device whose birth announced heartbeats (``heartbeat_s``) and that has sent nothing for
             this many heartbeat intervals is marked offline, before its Will (which a silent network cut delays to
             ~1.5x keep-alive + 5 s); 0: wait for the Will.
+        resolver: the optional LLM resolver for sentences the built-in parser does not understand (off: None).
         core: the core's thresholds and user profiles.
         admission: limits on timestamps and rates.
         subscriptions: the filters the agent subscribes (a cluster's bucket session selects its users with them).
@@ -99,6 +104,7 @@ class AgentSettings:
     snapshot_s: float = 2.0
     context_s: float = 1.0
     heartbeat_misses: int = 3
+    resolver: ChatResolver | None = None
     core: CoreConfig = field(default_factory=CoreConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     subscriptions: tuple[str, ...] = AGENT_FILTERS
@@ -241,6 +247,7 @@ class AgentRuntime:
             state, seq, _ = snap
             self.core.restore(state)
         self._replaying = True
+        resolved = await store.resolutions() if self.settings.resolver is not None else {}
         try:
             for kind, item in await store.since(seq):
                 if kind == "tick":
@@ -251,6 +258,8 @@ class AgentRuntime:
                         message = codec.decode(row.topic, row.payload, qos=row.qos, retain=row.retain)
                     except ContractError:
                         continue
+                    if row.id in resolved:
+                        self.core.hints[row.id] = _intent(resolved[row.id])
                     self.core.handle(message, row.handled_ms)
                 self.stats.replayed += 1
         finally:
@@ -338,6 +347,7 @@ class AgentRuntime:
         received = wall_ms()
         rows: list[EventRow] = []
         acks: list[tuple[str, str, str, int]] = []
+        resolutions = await self._resolve(fresh)
         for message in fresh:
             try:
                 handled = self.core.handle(message, now)
@@ -357,7 +367,7 @@ class AgentRuntime:
                          tuple(t.slots_asked), t.confirm_modality, t.created_ms, t.updated_ms)
                  for t in outcome.tasks]  # fmt: skip
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
-        await store.commit_batch(rows, actions, tasks, alerts, ticks)
+        await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
         await store.mark_acks(acks)
         self.stats.processed += len(fresh)
         self.stats.batches += 1
@@ -436,6 +446,29 @@ class AgentRuntime:
             self.log.warning("device_silent", device=f"{user}/{kind}/{device}", silent_s=round(mono - last, 1))
         return out
 
+    async def _resolve(self, fresh: list[Message]) -> list[tuple[str, str]]:
+        """Ask the optional LLM resolver about final utterances the built-in parser does not understand."""
+        resolver = self.settings.resolver
+        if resolver is None:
+            return []
+        out: list[tuple[str, str]] = []
+        for message in fresh:
+            body = message.data
+            if (
+                not isinstance(body, Utterance)
+                or not body.final
+                or not isinstance(parse_text(body.text, body.lang), Unknown)
+            ):
+                continue
+            intent = await resolver.resolve(body.text, body.lang)
+            if intent is None:
+                continue
+            self.core.hints[message.envelope.id] = intent
+            data = {"skill": intent.skill.value, "slots": dict(intent.slots), "lang": intent.lang, "text": intent.text}
+            out.append((message.envelope.id, json.dumps(data, ensure_ascii=False)))
+            self.log.info("llm_resolved", skill=intent.skill.value, slots=dict(intent.slots))
+        return out
+
     def _on_puback(self, action_id: str, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self._acked.append(action_id)
@@ -501,6 +534,11 @@ class AgentRuntime:
                 await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(envelope), 1, True))
             saved.append((user, json.dumps(snapshot.model_dump(mode="json"), ensure_ascii=False), now))
         await self.store.save_contexts(saved)
+
+
+def _intent(raw: str) -> Intent:
+    data = json.loads(raw)
+    return Intent(skill=Skill(data["skill"]), slots=data["slots"], lang=data["lang"], text=data["text"])
 
 
 def _event_row(message: Message, handled_ms: int, received_wall: int) -> EventRow:

@@ -106,6 +106,13 @@ MIGRATIONS: tuple[str, ...] = (
         at_ms INTEGER NOT NULL
     );
     """,
+    # v2: intents the optional LLM resolver gave for utterances, so a replay after a restart sees them too
+    """
+    CREATE TABLE resolutions (
+        event_id TEXT PRIMARY KEY,
+        intent TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -187,7 +194,12 @@ class Store:
             await self.db.execute("PRAGMA synchronous=NORMAL")
             await self.db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
-        except (aiosqlite.Error, OSError) as exc:
+        except (aiosqlite.Error, OSError, StoreError) as exc:
+            if self._db is not None:  # close its thread now, not when the event loop is gone
+                await self._db.close()
+                self._db = None
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open the agent's database {self.path}: {exc}") from exc
         return self
 
@@ -236,11 +248,19 @@ class Store:
         tasks: Sequence[TaskRow],
         alerts: Sequence[tuple[str, str, str, int]],
         ticks: Sequence[int] = (),
+        resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Store one batch atomically (events, the actions they caused, tasks, alerts and tick times)."""
+        """Store one batch atomically (events, the actions they caused, tasks, alerts, tick times, resolutions)."""
         db = self.db
         try:
             await db.execute("BEGIN")
+            if ticks:
+                async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
+                    row = await cur.fetchone()
+                last = int(row[0]) if row else 0
+                await db.executemany(
+                    "INSERT INTO ticks (after_event_seq, at_ms) VALUES (?, ?)", [(last, t) for t in ticks]
+                )
             await db.executemany(
                 "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
                 " handled_ms, received_wall_ms, qos, retain, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -252,13 +272,6 @@ class Store:
                     for e in events
                 ],
             )  # fmt: skip
-            if ticks:
-                async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
-                    row = await cur.fetchone()
-                last = int(row[0]) if row else 0
-                await db.executemany(
-                    "INSERT INTO ticks (after_event_seq, at_ms) VALUES (?, ?)", [(last, t) for t in ticks]
-                )
             await db.executemany(
                 "INSERT OR IGNORE INTO actions (id, topic, user, kind, device, type, corr, reason, created_ms,"
                 " created_wall_ms, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -283,6 +296,7 @@ class Store:
                 ],
             )  # fmt: skip
             await db.executemany("INSERT INTO alerts (rule, user, text, at_ms) VALUES (?,?,?,?)", alerts)
+            await db.executemany("INSERT OR REPLACE INTO resolutions (event_id, intent) VALUES (?,?)", resolutions)
             await db.commit()
         except aiosqlite.Error as exc:
             await db.rollback()
@@ -358,6 +372,10 @@ class Store:
                 out.append((int(r[0]), 1 + int(r[1]), ("tick", int(r[2]))))
         out.sort(key=lambda x: (x[0], x[1]))
         return [item for _, _, item in out]
+
+    async def resolutions(self) -> dict[str, str]:
+        """Resolved intents (JSON) by utterance event id."""
+        return {str(r[0]): str(r[1]) for r in await self.rows("SELECT event_id, intent FROM resolutions")}
 
     async def save_contexts(self, snapshots: Sequence[tuple[str, str, int]]) -> None:
         """Keep the last context snapshot per user: ``(user, json, at_ms)``."""

@@ -75,6 +75,9 @@ class AgentCore:
         self.config = config if config is not None else CoreConfig()
         self._users: dict[str, UserContext] = {}
         self._ids = Ids()
+        # Intents resolved outside the core (the optional LLM resolver) for utterances by envelope id; consumed
+        # when that utterance is handled, so the core stays pure and a replay given the same hints is the same.
+        self.hints: dict[str, Intent] = {}
         self._handlers: dict[type[Body], Handler] = {
             Utterance: self._utterance,
             Wake: self._wake,
@@ -337,7 +340,8 @@ class AgentCore:
         tag = body.lang
         if lang_of(tag) == "en" and detect_lang(normalize_text(body.text)[:500]) == "zh":
             tag = "zh"  # many ASR front ends leave the default tag on Chinese text
-        parsed = parse(body.text, tag)
+        hint = self.hints.pop(env.id, None)
+        parsed = hint if hint is not None else parse(body.text, tag)
         lang = lang_of(parsed.lang)
         talk = turn.ctx.talk
         if talk.asking is not None and skills.answer(turn, body.text, lang, parsed):

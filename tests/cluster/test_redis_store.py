@@ -1,0 +1,122 @@
+"""The shared bucket store against a private redis-server: fencing, dedup, the log, snapshots, the outbox."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent.store import ActionRow, EventRow, TaskRow
+from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Any]:
+    binary = require_redis_server()
+    require_redis_client()
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    async with RedisServer(binary) as server:
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def store(redis: Any, member: str, cluster: str = "c", bucket: int = 3) -> Any:
+    from agent.cluster import RedisBucketStore  # noqa: PLC0415
+
+    return RedisBucketStore(redis, cluster, bucket, member)
+
+
+def event(eid: str, seq: int) -> EventRow:
+    return EventRow(
+        id=eid, topic="wb/v1/alice/ring/r1/evt/sensor/hr", user="alice", kind="ring", device="r1", channel="evt",
+        type="ring.hr", ts=1000 + seq, src_ts=None, dev_seq=seq, corr=None, handled_ms=2000 + seq,
+        received_wall_ms=3000 + seq, qos=1, retain=False, payload=b"\x81\xa2id",
+    )  # fmt: skip
+
+
+def action(aid: str, corr: str) -> ActionRow:
+    return ActionRow(aid, "wb/v1/alice/glasses/g1/cmd/display.card", "alice", "glasses", "g1", "display.card", corr,
+                     "skill:time", 5, 6, b"payload-" + aid.encode())  # fmt: skip
+
+
+async def test_a_new_holder_fences_the_old_one(redis: Any) -> None:
+    from agent.cluster import FencedError  # noqa: PLC0415
+
+    a, b = store(redis, "c-a1"), store(redis, "c-a2")
+    assert await a.claim({"c-a1", "c-a2"}) is None
+    assert await b.claim({"c-a1", "c-a2"}) == "c-a1"  # a live holder is waited for
+    assert await b.claim({"c-a2"}) is None  # a dead one is not
+    assert b.epoch == a.epoch + 1
+    with pytest.raises(FencedError):
+        await a.commit_batch([event("e1", 1)], [], [], [])
+    with pytest.raises(FencedError):
+        await a.save_core({"version": 1, "ids": 0, "users": {}}, 0, 0)
+    assert not await a.release()  # no longer the holder: cannot free it for anyone
+    assert await b.holder() == ("c-a2", b.epoch)
+    assert await b.release()
+    assert (await b.holder())[0] == ""
+    c = store(redis, "c-a3")
+    assert await c.claim({"c-a1", "c-a2", "c-a3"}) is None  # released: free for anyone
+    d = store(redis, "c-a4")
+    assert await d.claim({"c-a3", "c-a4"}, force=True) is None  # a forced claim takes it from a live holder
+    assert await b.known(["e1"]) == set()
+
+
+async def test_the_log_dedup_and_snapshot_carry_a_bucket_to_the_next_member(redis: Any) -> None:
+    a = store(redis, "c-a1")
+    await a.claim(set())
+    await a.commit_batch([event("e1", 1), event("e2", 2)], [action("x1", "e2")], [], [], ticks=[2500])
+    await a.save_core({"version": 1, "ids": 4, "users": {"alice": {"n": 1}}}, 2600, 0)
+    await a.commit_batch([event("e3", 3)], [], [], [("rule", "alice", "text", 7)])
+    b = store(redis, "c-a2")
+    await b.claim(set())
+    assert await b.known(["e1", "e3", "e9"]) == {"e1", "e3"}
+    snap = await b.load_core()
+    assert snap is not None
+    state, watermark, tick_ms = snap
+    assert state == {"version": 1, "ids": 4, "users": {"alice": {"n": 1}}}
+    assert tick_ms == 2600
+    after = await b.since(watermark)
+    assert [(kind, item.id) for kind, item in after] == [("event", "e3")]
+    everything = await b.since(0)
+    assert [k for k, _ in everything] == ["event", "event", "tick", "event"]
+    assert everything[0][1] == event("e1", 1)
+    assert await b.unpublished() == [("x1", "wb/v1/alice/glasses/g1/cmd/display.card", b"payload-x1")]
+    await b.mark_published(["x1"], 9)
+    assert await b.unpublished() == []
+
+
+async def test_a_snapshot_writes_only_the_users_that_changed(redis: Any) -> None:
+    a = store(redis, "c-a1")
+    await a.claim(set())
+    await a.save_core({"version": 1, "ids": 0, "users": {"alice": {"n": 1}, "bob": {"n": 1}}}, 1, 0)
+    await redis.hset(a.k_core_users, "bob", '{"n":"untouched"}')
+    await a.save_core({"version": 1, "ids": 1, "users": {"alice": {"n": 2}, "bob": {"n": 1}}}, 2, 0)
+    snap = await a.load_core()
+    assert snap is not None
+    assert snap[0]["users"] == {"alice": {"n": 2}, "bob": {"n": "untouched"}}
+
+
+async def test_outbox_keeps_creation_order_and_tasks_round_trip(redis: Any) -> None:
+    a = store(redis, "c-a1", cluster="o" + secrets.token_hex(2))
+    await a.claim(set())
+    ids = [f"x{i}" for i in range(12)]
+    task = TaskRow("t1", "alice", "order_food", "asking", {"dish": "noodles"}, 1, ("place",), ("dish",), None, 5, 6)
+    await a.commit_batch([], [action(i, "e1") for i in ids], [task], [])
+    assert [row[0] for row in await a.unpublished()] == ids
+    assert await a.tasks() == [task]
+
+
+async def test_resolver_intents_travel_with_the_bucket(redis: Any) -> None:
+    a = store(redis, "c-a1")
+    await a.claim(set())
+    await a.commit_batch([event("e1", 1)], [], [], [], resolutions=[("e1", '{"skill": "time"}')])
+    b = store(redis, "c-a2")
+    await b.claim(set())
+    assert await b.resolutions() == {"e1": '{"skill": "time"}'}

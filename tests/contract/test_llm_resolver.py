@@ -1,0 +1,118 @@
+"""The optional LLM resolver against a local fake OpenAI-compatible server, alone and inside the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.llm import ChatResolver, ResolverConfig, parse_reply
+from agent.runtime import AgentRuntime, AgentSettings
+from agent.store import Store
+from broker.client import Bus, BusOptions
+from broker.embedded import EmbeddedBroker, free_port
+from schemas.actions import DeviceState
+from schemas.envelope import make
+from schemas.events import Utterance
+from schemas.topics import Channel, Kind
+
+SENTENCE = "could you sort out transport to the airport for me"
+
+
+class FakeOpenAI:
+    """Answers /v1/chat/completions: a hail_ride tool call when the sentence mentions an airport, else text."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeOpenAI:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        body = json.loads(await reader.readexactly(length))
+        self.requests.append(body)
+        text = body["messages"][-1]["content"]
+        if "airport" in text:
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "c1", "type": "function",
+                "function": {"name": "hail_ride", "arguments": json.dumps({"destination": "airport"})}}]}  # fmt: skip
+        else:
+            message = {"role": "assistant", "content": "no tool fits"}
+        data = json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+        )
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def resolver(port: int) -> ChatResolver:
+    return ChatResolver(ResolverConfig(f"http://127.0.0.1:{port}/v1", "qwen-test", api_key="k"))
+
+
+async def test_resolves_with_a_tool_call(fake: FakeOpenAI) -> None:
+    intent = await resolver(fake.port).resolve(SENTENCE, "en")
+    assert intent is not None
+    assert intent.skill == "hail_ride"
+    assert dict(intent.slots) == {"destination": "airport"}
+    [request] = fake.requests
+    assert request["model"] == "qwen-test"
+    assert {t["function"]["name"] for t in request["tools"]} >= {"order_food", "hail_ride", "navigate"}
+
+
+async def test_no_tool_call_and_no_server_give_none(fake: FakeOpenAI) -> None:
+    assert await resolver(fake.port).resolve("what a nice day", "en") is None
+    assert await resolver(free_port()).resolve(SENTENCE, "en") is None  # nothing listens there
+
+
+def test_malformed_replies_give_none() -> None:
+    assert parse_reply({}, "x", "en") is None
+    bad = {"choices": [{"message": {"tool_calls": [{"function": {"name": "launch_rocket", "arguments": "{}"}}]}}]}
+    assert parse_reply(bad, "x", "en") is None
+
+
+@pytest.mark.broker
+async def test_the_agent_uses_it_for_what_the_parser_misses(fake: FakeOpenAI, tmp_path: Path) -> None:
+    user = f"t-{uuid.uuid4().hex[:8]}"
+    async with EmbeddedBroker(port=free_port(), users={"agent": "pw"}) as broker:
+        settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance=f"agent-{user}", username="agent",
+                                 password="pw", resolver=resolver(fake.port))  # fmt: skip
+        async with AgentRuntime(settings) as agent, Bus(BusOptions(url=broker.url)) as dev:
+            await agent.wait_connected(15)
+            await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+            for kind, did in (("phone", "p1"), ("earphones", "b1")):
+                await dev.publish(f"wb/v1/{user}/{kind}/{did}/state", make(DeviceState(online=True, kind=Kind(kind))),
+                                  retain=True, wait=True)  # fmt: skip
+            await dev.publish(
+                f"wb/v1/{user}/earphones/b1/evt/voice/utterance", make(Utterance(text=SENTENCE)), wait=True
+            )
+            async with asyncio.timeout(15):
+                async for m in dev.messages():
+                    if m.where.channel is Channel.COMMAND and m.where.name == "task.start":
+                        assert m.data.skill == "hail_ride"  # type: ignore[attr-defined]
+                        break
+    async with Store(tmp_path / "a.db") as store:
+        assert len(await store.resolutions()) == 1
