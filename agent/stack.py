@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from rich.console import Console
 from agent.report import summarize
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
+from broker.net import free_port, port_free, wait_port
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import Channel
@@ -137,38 +137,6 @@ class Supervisor:
             for w in self._watchers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise WearbusError(f"the embedded broker did not open port {port} within {timeout:g} s") from None
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return
 
 
 def default_scenario() -> Path:
@@ -346,9 +314,9 @@ async def _up(
     try:
         if broker_url is None:
             if port == 0:
-                port = _free_port()
-            elif not _port_free(port):
-                new = _free_port()
+                port = free_port()
+            elif not port_free(port):
+                new = free_port()
                 err.print(
                     f"[yellow]port {port} is taken (a broker already running?); the embedded broker uses {new}. "
                     f"To use the broker on {port} instead: wearbus up --broker mqtt://127.0.0.1:{port}[/]"
@@ -356,7 +324,10 @@ async def _up(
                 port = new
             await sup.start(Proc("broker", [*wearbus, "broker", "--port", str(port), "--user", f"agent:{agent_pw}"],
                                  run_dir / "broker.log"))  # fmt: skip
-            await _wait_port(port, 20)
+            try:
+                await wait_port(port, 20)
+            except TimeoutError as exc:
+                raise WearbusError(f"the embedded broker did not open port {port}: {exc}") from exc
             broker_url = f"mqtt://127.0.0.1:{port}"
             os.environ["WB_PROTOCOL"] = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
         users = [user] + [f"{user}-{i}" for i in range(2, n_users + 1)]
@@ -377,7 +348,7 @@ async def _up(
                                        "agent", "--password", agent_pw, "--profiles", str(scenario), *sim],
                              run_dir / "agent.log"))  # fmt: skip
         if with_console:
-            cport = console_port if _port_free(console_port) else _free_port()
+            cport = console_port if port_free(console_port) else free_port()
             await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport)],
                                  run_dir / "console.log", restart=True))  # fmt: skip
             err.print(f"[green]web console:[/] http://127.0.0.1:{cport}/")

@@ -37,19 +37,14 @@ from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 
+from broker.net import free_port
 from schemas.errors import BrokerPortInUse, BusError, ConfigError
+
+__all__ = ["EmbeddedBroker", "free_port", "hash_amqtt_password", "read_amqtt_password_file", "serve_embedded"]
 
 log = structlog.get_logger(__name__)
 
 _HASHER = PasswordHash((Argon2Hasher(),))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def hash_amqtt_password(password: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import pytest
 
-from broker.embedded import free_port
+from broker.net import free_port, wait_port
 
 NATS_SEARCH = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 REDIS_SEARCH = ("/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server")
@@ -64,23 +64,6 @@ def require_redis_client() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but the redis Python package is missing: add redis>=5 to the dev dependencies")
         pytest.skip("the redis Python package is not installed (pip install redis)")
-
-
-async def wait_port(port: int, within: float) -> None:
-    """Wait until 127.0.0.1:port accepts TCP connections."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {within:g} s") from None
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return
 
 
 def _get_json(url: str) -> dict[str, Any]:
