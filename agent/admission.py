@@ -38,7 +38,8 @@ class Admission:
 
     def __init__(self, config: AdmissionConfig | None = None) -> None:
         self.config = config or AdmissionConfig()
-        self._buckets: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # (user, kind, device) -> (tokens, ms the device's last event was charged at), least recently seen first
+        self._buckets: OrderedDict[tuple[str | None, str | None, str], tuple[float, int]] = OrderedDict()
 
     def check(self, message: Message, now_ms: int) -> tuple[str, str] | None:
         """``None`` when admitted, else ``(reason, explanation)``."""
@@ -51,18 +52,29 @@ class Admission:
         where = message.where
         if where.device is None:
             return None
-        key = f"{where.user}/{where.kind}/{where.device}"
-        sent = min(now_ms, max(ts, now_ms - int(cfg.backlog_s * 1000)))
-        tokens, last = self._buckets.pop(key, (cfg.burst, sent))
-        sent = max(sent, last)
-        tokens = min(cfg.burst, tokens + (sent - last) / 1000 * cfg.rate_per_s)
+        key = (where.user, where.kind, where.device)
+        # charged when it was published, never later than now nor earlier than the backlog allowance
+        sent = now_ms if ts > now_ms else max(ts, now_ms - int(cfg.backlog_s * 1000))
+        burst, rate = cfg.burst, cfg.rate_per_s
+        buckets = self._buckets
+        state = buckets.pop(key, None)
+        if state is None:
+            tokens = burst
+        else:
+            tokens, last = state
+            if sent > last:
+                tokens = min(burst, tokens + (sent - last) / 1000 * rate)
+            else:
+                sent, tokens = last, min(burst, tokens)
         if tokens < 1:
             self._remember(key, tokens, sent)
-            return "rate", f"{key} sends faster than {cfg.rate_per_s:g}/s (burst {cfg.burst:g})"
+            device = f"{where.user}/{where.kind}/{where.device}"
+            return "rate", f"{device} sends faster than {rate:g}/s (burst {burst:g})"
         self._remember(key, tokens - 1, sent)
         return None
 
-    def _remember(self, key: str, tokens: float, now_ms: int) -> None:
-        self._buckets[key] = (tokens, now_ms)
-        if len(self._buckets) > self.config.max_devices:
-            self._buckets.popitem(last=False)
+    def _remember(self, key: tuple[str | None, str | None, str], tokens: float, now_ms: int) -> None:
+        buckets = self._buckets
+        buckets[key] = (tokens, now_ms)
+        if len(buckets) > self.config.max_devices:
+            buckets.popitem(last=False)

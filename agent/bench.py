@@ -42,6 +42,8 @@ from schemas.errors import BusError, WearbusError
 from schemas.topics import Kind, parse
 
 SCHEMA_VERSION = 1
+#: The sections ``--only`` can choose.
+SECTIONS = frozenset({"ingest", "latency", "scale", "core"})
 #: ``wearbus agent`` itself (its typer command), started without the CLI's other extensions.
 AGENT_COMMAND = (hx.PY, "-c", "import typer; from agent.cli import agent_command; typer.run(agent_command)")
 out = Console()
@@ -92,6 +94,7 @@ class BenchOptions:
     head_pose_hz: float = 5.0
     keep: Path | None = None
     scale_users: int | None = None
+    only: frozenset[str] = SECTIONS
 
 
 # ---------------------------------------------------------------------------------------------- the agent process
@@ -448,19 +451,24 @@ async def run_bench(options: BenchOptions, say: Any = None) -> dict[str, Any]:
         dlq = DlqWatch()
         await dlq.open(broker)
         try:
-            report["throughput"] = await throughput(broker, wd, sizes, say)
-            agent = AgentProcess(broker, wd, f"bench-agent-{os.getpid()}")
-            await agent.start()
-            try:
-                report["latency"] = await latency(broker, agent, wd, sizes, options.head_pose_hz, say)
-                report["scale"] = await scale(broker, agent, wd, sizes, scale_users, options.head_pose_hz, say)
-            finally:
-                await agent.stop()
+            if "ingest" in options.only:
+                report["throughput"] = await throughput(broker, wd, sizes, say)
+            if options.only & {"latency", "scale"}:
+                agent = AgentProcess(broker, wd, f"bench-agent-{os.getpid()}")
+                await agent.start()
+                try:
+                    if "latency" in options.only:
+                        report["latency"] = await latency(broker, agent, wd, sizes, options.head_pose_hz, say)
+                    if "scale" in options.only:
+                        report["scale"] = await scale(broker, agent, wd, sizes, scale_users, options.head_pose_hz, say)
+                finally:
+                    await agent.stop()
         finally:
             dlq.close()
         report["dlq"] = {"count": dlq.count, "reasons": dlq.reasons}
-    say("core: memory per user context (in this process)")
-    report["core_memory"] = core_bytes_per_user(sizes.core_users, options.head_pose_hz)
+    if "core" in options.only:
+        say("core: memory per user context (in this process)")
+        report["core_memory"] = core_bytes_per_user(sizes.core_users, options.head_pose_hz)
     report["duration_s"] = time.monotonic() - started
     rows = summarize(report)
     report["rows"] = hx.rows_to_json(rows)
@@ -484,14 +492,16 @@ def summarize(report: dict[str, Any]) -> list[Row]:
     for name, label in (("paho_q0", "paho (threaded) receive, QoS 0"), ("paho_q1", "paho (threaded) receive, QoS 1"),
                         ("paho5_q1", "paho (threaded) receive, QoS 1, MQTT 5"),
                         ("c_q0", "mosquitto_sub (C) receive, QoS 0"), ("c_q1", "mosquitto_sub (C) receive, QoS 1"),
-                        ("bus_q1", "Bus receive (decoded), QoS 1")):  # fmt: skip
+                        ("bus_q1", "Bus receive (decoded), QoS 1"),
+                        ("bus_paho_q1", "Bus on paho (the old transport), QoS 1")):  # fmt: skip
         if name in tp:
             rows.append(Row("raw baselines", label, tp[name]["rate"], "msg/s"))
     paho_q1, c_q1 = _get(tp, "paho_q1", "rate"), _get(tp, "c_q1", "rate")
     if "bus_q1" in tp:
         rows.append(Row("raw baselines", "Bus / paho, QoS 1", None, "", hx.ratio(_get(tp, "bus_q1", "rate"), paho_q1),
                         "paho QoS 1"))  # fmt: skip
-        for name, label in (("paho_q1", "paho"), ("paho5_q1", "paho MQTT 5"), ("bus_q1", "Bus")):
+        for name, label in (("paho_q1", "paho"), ("paho5_q1", "paho MQTT 5"), ("bus_q1", "Bus"),
+                            ("bus_paho_q1", "Bus on paho")):  # fmt: skip
             if _get(tp, name, "cpu_us_per_msg"):
                 rows.append(Row("raw baselines", f"{label} CPU per message, QoS 1", tp[name]["cpu_us_per_msg"], "µs"))
     lat = report.get("latency", {})
@@ -609,9 +619,21 @@ def bench_command(
     head_pose_hz: Annotated[float, typer.Option(help="The glasses' head-pose rate in the device mix.")] = 5.0,
     users: Annotated[int | None, typer.Option(help="Users of the scale section (quick 250, full 2,500).")] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep logs and databases in this directory.")] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Run only these sections, comma-separated: ingest, latency, scale, core (default: all)."),
+    ] = None,
 ) -> None:
     """Measure the bus and the agent against raw MQTT baselines taken in the same run, and print a table."""
-    options = BenchOptions(full=full, broker=broker, head_pose_hz=head_pose_hz, keep=keep, scale_users=users)
+    sections = SECTIONS
+    if only:
+        sections = frozenset(part.strip() for part in only.split(",") if part.strip())
+        if not sections or not sections <= SECTIONS:
+            err.print(f"[bold red]error:[/] --only takes some of {', '.join(sorted(SECTIONS))}; got {only!r}")
+            raise typer.Exit(2)
+    options = BenchOptions(
+        full=full, broker=broker, head_pose_hz=head_pose_hz, keep=keep, scale_users=users, only=sections
+    )
     try:
         report = asyncio.run(run_bench(options))
     except WearbusError as exc:

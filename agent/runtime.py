@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +67,10 @@ AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
 def wall_ms() -> int:
     """Wall-clock ms (for latency accounting only)."""
     return time.time_ns() // 1_000_000
+
+
+#: Seconds between two passes over every device's last sign of life (heartbeats come every 10 s or more).
+LIVENESS_SCAN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -152,10 +158,13 @@ class AgentRuntime:
         self._bus: Bus | None = None
         self._given_store = store
         self._bus_factory = bus_factory
-        self._dirty_users: set[str] = set()
+        self._dirty_users: set[str] = set()  # context changed, not republished yet
+        self._context_due: list[tuple[float, str]] = []  # heap: (monotonic time due, user), one per dirty user
         self._last_context: dict[str, float] = {}
         self._last_snapshot = 0.0
+        self._snapshot_every = settings.snapshot_s
         self._last_tick = 0.0
+        self._last_liveness = 0.0
         self._pump: asyncio.Task[None] | None = None
         self._replaying = False
         self._acked: list[str] = []  # actions whose PUBACK came, to mark published
@@ -223,10 +232,12 @@ class AgentRuntime:
             with contextlib.suppress(Exception):
                 await self._mark_acked()
                 await self._save_core()
-        if self._bus is not None:
-            await self._bus.__aexit__(exc_type, exc, tb)
-        if self._store is not None:
-            await self._store.__aexit__(exc_type, exc, tb)
+        try:
+            if self._bus is not None:
+                await self._bus.__aexit__(exc_type, exc, tb)
+        finally:  # close the store even when the bus fails to close (its thread would keep the process alive)
+            if self._store is not None:
+                await self._store.__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
         """Run until cancelled; a failure of the pump ends the process (deployment restarts it)."""
@@ -309,7 +320,9 @@ class AgentRuntime:
                 if ticked.commands or ticked.tasks or ticked.alerts:
                     ticks.append(at)
                 outcome.extend(ticked)
-                batch += self._silent_devices()
+                if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
+                    self._last_liveness = mono
+                    batch += self._silent_devices()
             if batch or ticks:
                 try:
                     await self._process(batch, outcome, ticks)
@@ -317,27 +330,33 @@ class AgentRuntime:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
                     republished = False
-            if mono - self._last_snapshot >= s.snapshot_s:
-                self._last_snapshot = mono
+            if mono - self._last_snapshot >= self._snapshot_every:
+                self._last_snapshot = started = time.monotonic()
                 await self._save_core()
+                # A snapshot holds the event loop while it runs (~0.1 ms a changed user): keep it under ~4 % of the
+                # time, so thousands of busy users snapshot less often instead of stalling every event behind it.
+                self._snapshot_every = max(s.snapshot_s, 25 * (time.monotonic() - started))
             await self._publish_contexts()
 
     async def _process(self, batch: list[Message], outcome: Outcome, ticks: list[int]) -> None:
         store = self.store
         bus = self.bus
-        s = self.settings
-        known = await store.known(m.envelope.id for m in batch) if batch else set()
+        users = self.settings.users
+        stats = self.stats
+        known = await store.known([m.envelope.id for m in batch]) if batch else set()
         fresh: list[Message] = []
         seen: set[str] = set()
+        check = self.admission.check
+        arrived = self.clock.now_ms()
         for message in batch:
             self._observe(message)
             eid = message.envelope.id
             if eid in known or eid in seen:
-                self.stats.duplicates += 1
+                stats.duplicates += 1
                 continue
-            if s.users is not None and message.where.user not in s.users:
+            if users is not None and message.where.user not in users:
                 continue
-            refusal = self.admission.check(message, self.clock.now_ms())
+            refusal = check(message, arrived)
             if refusal is not None:
                 self._refuse(message, *refusal)
                 continue
@@ -348,9 +367,10 @@ class AgentRuntime:
         rows: list[EventRow] = []
         acks: list[tuple[str, str, str, int]] = []
         resolutions = await self._resolve(fresh)
+        handle = self.core.handle
         for message in fresh:
             try:
-                handled = self.core.handle(message, now)
+                handled = handle(message, now)
                 row = _event_row(message, now, received)
             except Exception as exc:  # a message that breaks the agent must not stop it: it would come back for ever
                 self.log.exception("message_failed", topic=message.topic, id=message.envelope.id)
@@ -358,9 +378,10 @@ class AgentRuntime:
                 continue
             outcome.extend(handled)
             rows.append(row)
-            if message.where.channel is Channel.ACK and isinstance(message.data, Ack):
+            if message.where.channel is Channel.ACK:
                 ack = message.data
-                acks.append((ack.action_id, ack.status, ack.detail, now))
+                if isinstance(ack, Ack):
+                    acks.append((ack.action_id, ack.status, ack.detail, now))
         created = wall_ms()
         actions = [self._action_row(cmd, now, created) for cmd in outcome.commands]
         tasks = [TaskRow(t.task_id, t.user, t.skill, t.state, dict(t.slots), t.rounds, tuple(t.slots_autofilled),
@@ -368,17 +389,11 @@ class AgentRuntime:
                  for t in outcome.tasks]  # fmt: skip
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
         await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
-        await store.mark_acks(acks)
-        self.stats.processed += len(fresh)
-        self.stats.batches += 1
-        self.stats.alerts += len(alerts)
-        for rule, user, text in outcome.alerts:
-            self.log.info("proactive_alert", rule=rule, user=user, text=text)
-        self._dirty_users |= outcome.context_changed
-        if actions:
-            # Published without waiting: behind a deep backlog the PUBACK queues behind everything the broker has
-            # already sent us, and a pump waiting for it would stall. Actions are stored, so one that never got
-            # its PUBACK is published again after a reconnect or a restart (devices ignore a repeated action id).
+        try:
+            # Published as soon as they are stored, and without waiting: behind a deep backlog the PUBACK queues
+            # behind everything the broker has already sent us, and a pump waiting for it would stall. Actions are
+            # stored, so one that never got its PUBACK is published again after a reconnect or a restart (devices
+            # ignore a repeated action id).
             for action in actions:
                 out = Outgoing(action.topic, action.payload, 1)
                 try:
@@ -388,7 +403,20 @@ class AgentRuntime:
                     self._acked.append(action.id)
                     continue
                 fut.add_done_callback(functools.partial(self._on_puback, action.id))
-            self.stats.actions += len(actions)
+            if actions:
+                bus.flush()  # on the wire now, not after the rest of this pump turn
+        finally:
+            # The devices' acks of earlier actions: recorded after the publishes (they do not delay the actions),
+            # even when publishing failed (the ack messages are stored, so a redelivery would be a duplicate).
+            await store.mark_acks(acks)
+        stats.processed += len(fresh)
+        stats.batches += 1
+        stats.alerts += len(alerts)
+        for rule, user, text in outcome.alerts:
+            self.log.info("proactive_alert", rule=rule, user=user, text=text)
+        self._note_contexts(outcome.context_changed)
+        if actions:
+            stats.actions += len(actions)
             for cmd in outcome.commands:
                 self.log.info(
                     "action_published", action=cmd.body.type, device=cmd.device.client_id,  # type: ignore[attr-defined]
@@ -514,15 +542,29 @@ class AgentRuntime:
             self.bus._publish_nowait(dlq_topic(reason), codec.encode(make(letter, ts=now_ms())), 1, False)
 
     async def _save_core(self) -> None:
-        await self.store.save_core(self.core.export_state(), self.clock.now_ms(), wall_ms())
+        # only the users changed since the last snapshot; the store keeps every user's latest state
+        await self.store.save_core(self.core.export_changed(), self.clock.now_ms(), wall_ms())
+
+    def _note_contexts(self, changed: set[str]) -> None:
+        """Users whose context changed: due for a republish ``context_s`` after their last one."""
+        dirty = self._dirty_users
+        every = self.settings.context_s
+        for user in changed:
+            if user not in dirty:
+                dirty.add(user)
+                last = self._last_context.get(user)  # never published: due at once
+                heapq.heappush(self._context_due, (-math.inf if last is None else last + every, user))
 
     async def _publish_contexts(self) -> None:
-        if not self._dirty_users or not self.bus.connected:
+        due_heap = self._context_due
+        if not due_heap or not self.bus.connected:
             return
         mono = time.monotonic()
-        due = [u for u in self._dirty_users if mono - self._last_context.get(u, 0.0) >= self.settings.context_s]
-        if not due:
+        if due_heap[0][0] > mono:  # nobody is due yet: no scan of every changed user on each pump turn
             return
+        due: list[str] = []
+        while due_heap and due_heap[0][0] <= mono:
+            due.append(heapq.heappop(due_heap)[1])
         now = self.clock.now_ms()
         saved: list[tuple[str, str, int]] = []
         for user in due:
@@ -541,24 +583,40 @@ def _intent(raw: str) -> Intent:
     return Intent(skill=Skill(data["skill"]), slots=data["slots"], lang=data["lang"], text=data["text"])
 
 
+# The first bytes of an envelope that ``codec.decode`` without a content type reads back as what it was: JSON (an
+# object, maybe after white space) or a msgpack map (fixmap, map16, map32). Anything else (JSON with a byte order
+# mark or in UTF-16, accepted because its MQTT 5 content type said JSON) is stored re-encoded, so that a replay
+# after a restart can always decode what was stored.
+_SELF_DESCRIBING = frozenset(b"{ \t\r\n") | frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
+def _stored_payload(message: Message) -> bytes:
+    """The bytes to store for a message: as they came off the wire, else the envelope encoded again."""
+    raw = message.raw
+    if raw and raw[0] in _SELF_DESCRIBING:
+        return raw
+    return codec.encode(message.envelope)  # made in process (silent devices), or not self-describing
+
+
 def _event_row(message: Message, handled_ms: int, received_wall: int) -> EventRow:
     env = message.envelope
     where = message.where
+    kind = where.kind
     return EventRow(
-        id=env.id,
-        topic=message.topic,
-        user=where.user,
-        kind=where.kind.value if where.kind else None,
-        device=where.device,
-        channel=where.channel.value,
-        type=getattr(message.data, "type", ""),
-        ts=env.ts,
-        src_ts=env.src_ts,
-        dev_seq=env.seq,
-        corr=env.corr,
-        handled_ms=handled_ms,
-        received_wall_ms=received_wall,
-        qos=message.qos,
-        retain=message.retain,
-        payload=codec.encode(env),
+        env.id,
+        message.topic,
+        where.user,
+        kind.value if kind else None,
+        where.device,
+        where.channel.value,
+        getattr(env.data, "type", ""),
+        env.ts,
+        env.src_ts,
+        env.seq,
+        env.corr,
+        handled_ms,
+        received_wall,
+        message.qos,
+        message.retain,
+        _stored_payload(message),
     )

@@ -11,19 +11,40 @@ What it keeps:
 
 One batch of messages is one transaction: events, actions, tasks and alerts commit together before any action is
 published and before any MQTT acknowledgement, so a crash at any point neither loses nor repeats an effect.
+
+Two connections to one WAL file. The ingest path (the dedup check ``known`` and every write: ``commit_batch``,
+``mark_published``, ``mark_acks``, ``save_core``, ``save_contexts``) runs on a plain :mod:`sqlite3` connection on
+the event loop's own thread, synchronously, behind the same async methods: a 500-row batch commits in a few ms
+(WAL, ``synchronous=NORMAL``, one transaction per batch; only another process writing the same file could make it
+wait, for at most the 5 s busy timeout). Through aiosqlite each call is a hand-off to its thread
+and back, and every hand-off waits for the GIL: while the event loop is busy (a deep backlog) the worker gets the
+GIL only at the 5 ms switch interval, so a batch of a handful of calls costs tens of ms of convoy, which collapsed
+the agent behind a backlog and added milliseconds to every utterance -> card round trip. The aiosqlite connection
+stays for the migrations and the read side (console, report, replay, tests: ``rows``, ``scalar``, ``tasks``,
+``since``, ``load_core``, ``unpublished``, ...); it runs in autocommit mode and the store never writes through it,
+so the two never wait on each other's write lock (WAL readers never block the writer). SQLite's automatic
+checkpoint is off on the writer (it would copy the WAL into the database, with an fsync, inside whichever commit
+crossed 1000 pages: a stall of the event loop of several ms); a passive checkpoint runs on aiosqlite's thread
+instead, at most every :data:`CHECKPOINT_EVERY_S` after a write (passive: it never takes the write lock, so the
+writer never waits for it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import aiosqlite
 
+from broker.logs import get_logger
 from schemas.errors import StoreError
 
 MIGRATIONS: tuple[str, ...] = (
@@ -113,12 +134,18 @@ MIGRATIONS: tuple[str, ...] = (
         intent TEXT NOT NULL
     );
     """,
+    # v3: the core snapshot per user, so a snapshot writes only the users that changed (core_state keeps the rest)
+    """
+    CREATE TABLE core_users (
+        user TEXT PRIMARY KEY,
+        state TEXT NOT NULL
+    );
+    """,
 )
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """An event as stored."""
+class EventRow(NamedTuple):
+    """An event as stored (a named tuple in column order: one per event on the hot path, bound as it is)."""
 
     id: str
     topic: str
@@ -172,32 +199,52 @@ class TaskRow:
     updated_ms: int
 
 
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
+    " handled_ms, received_wall_ms, qos, retain, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_KNOWN_CHUNK = 500  # ids per dedup query (well under SQLite's limit on bound parameters)
+CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WAL (when something was written)
+
+
 class Store:
     """The agent's database. ``async with Store(path) as store:``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpointed = time.monotonic()
 
     @property
     def db(self) -> aiosqlite.Connection:
-        """The open connection."""
+        """The open read connection (aiosqlite, autocommit)."""
         if self._db is None:
             raise StoreError("the store is not open")
         return self._db
 
+    @property
+    def writer(self) -> sqlite3.Connection:
+        """The connection every write goes through (plain sqlite3, used on the event loop's thread only)."""
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return self._writer
+
     async def __aenter__(self) -> Self:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = await aiosqlite.connect(self.path)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self.db.execute("PRAGMA journal_mode=WAL")
             await self.db.execute("PRAGMA synchronous=NORMAL")
             await self.db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
-        except (aiosqlite.Error, OSError, StoreError) as exc:
-            if self._db is not None:  # close its thread now, not when the event loop is gone
-                await self._db.close()
-                self._db = None
+            self._writer = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            self._writer.execute("PRAGMA foreign_keys=ON")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the loop: _maybe_checkpoint
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            await self._close()  # close aiosqlite's thread now, not when the event loop is gone
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open the agent's database {self.path}: {exc}") from exc
@@ -206,9 +253,20 @@ class Store:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint  # it logs its errors rather than raise them
+            self._checkpoint = None
+        writer, self._writer = self._writer, None
+        db, self._db = self._db, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if db is not None:
+                await db.close()
 
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
@@ -228,17 +286,55 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection; a SQLite error becomes :class:`StoreError`."""
+        con = self.writer
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not store {what}: {exc}") from exc
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        """After a write: start a passive checkpoint on aiosqlite's thread if the last one is old and done.
+
+        (The WAL file's size says nothing: once checkpointed, the log is written again from its start.)
+        """
+        now = time.monotonic()
+        if now - self._checkpointed < CHECKPOINT_EVERY_S or (self._checkpoint and not self._checkpoint.done()):
+            return
+        self._checkpointed = now
+        self._checkpoint = asyncio.get_running_loop().create_task(self._checkpoint_wal())
+
+    async def _checkpoint_wal(self) -> None:
+        try:
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+                await cur.fetchall()
+        except (sqlite3.Error, StoreError, ValueError) as exc:  # closed meanwhile, or the disk is failing
+            get_logger("store").warning("checkpoint_failed", db=str(self.path), error=str(exc))
+
     # ------------------------------------------------------------------ the batch transaction
 
     async def known(self, ids: Iterable[str]) -> set[str]:
         """Which of these envelope ids were already processed (the dedup check)."""
         wanted = list(ids)
         found: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self.db.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk) as cur:  # noqa: S608
-                found.update(r[0] for r in await cur.fetchall())
+        con = self.writer
+        try:
+            for i in range(0, len(wanted), _KNOWN_CHUNK):
+                chunk = wanted[i : i + _KNOWN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in con.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))  # noqa: S608
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not check {len(wanted)} ids against the stored events: {exc}") from exc
         return found
 
     async def commit_batch(
@@ -251,73 +347,59 @@ class Store:
         resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Store one batch atomically (events, the actions they caused, tasks, alerts, tick times, resolutions)."""
-        db = self.db
-        try:
-            await db.execute("BEGIN")
+        if not (events or actions or tasks or alerts or ticks or resolutions):
+            return
+        with self._transaction(f"a batch of {len(events)} events") as con:
             if ticks:
-                async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
-                    row = await cur.fetchone()
+                row = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
                 last = int(row[0]) if row else 0
-                await db.executemany(
-                    "INSERT INTO ticks (after_event_seq, at_ms) VALUES (?, ?)", [(last, t) for t in ticks]
-                )
-            await db.executemany(
-                "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
-                " handled_ms, received_wall_ms, qos, retain, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        e.id, e.topic, e.user, e.kind, e.device, e.channel, e.type, e.ts, e.src_ts, e.dev_seq,
-                        e.corr, e.handled_ms, e.received_wall_ms, e.qos, int(e.retain), e.payload,
-                    )
-                    for e in events
-                ],
-            )  # fmt: skip
-            await db.executemany(
-                "INSERT OR IGNORE INTO actions (id, topic, user, kind, device, type, corr, reason, created_ms,"
-                " created_wall_ms, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (a.id, a.topic, a.user, a.kind, a.device, a.type, a.corr, a.reason, a.created_ms,
-                     a.created_wall_ms, a.payload)
-                    for a in actions
-                ],
-            )  # fmt: skip
-            await db.executemany(
-                "INSERT INTO tasks (task_id, user, skill, state, slots, rounds, slots_autofilled, slots_asked,"
-                " confirm_modality, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(task_id) DO UPDATE SET state=excluded.state, slots=excluded.slots,"
-                " rounds=excluded.rounds, slots_autofilled=excluded.slots_autofilled,"
-                " slots_asked=excluded.slots_asked, confirm_modality=excluded.confirm_modality,"
-                " updated_ms=excluded.updated_ms",
-                [
-                    (t.task_id, t.user, t.skill, t.state, json.dumps(t.slots, ensure_ascii=False, default=str),
-                     t.rounds, json.dumps(list(t.slots_autofilled)), json.dumps(list(t.slots_asked)),
-                     t.confirm_modality, t.created_ms, t.updated_ms)
-                    for t in tasks
-                ],
-            )  # fmt: skip
-            await db.executemany("INSERT INTO alerts (rule, user, text, at_ms) VALUES (?,?,?,?)", alerts)
-            await db.executemany("INSERT OR REPLACE INTO resolutions (event_id, intent) VALUES (?,?)", resolutions)
-            await db.commit()
-        except aiosqlite.Error as exc:
-            await db.rollback()
-            raise StoreError(f"could not store a batch of {len(events)} events: {exc}") from exc
+                con.executemany("INSERT INTO ticks (after_event_seq, at_ms) VALUES (?, ?)", [(last, t) for t in ticks])
+            if events:
+                con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
+            if actions:
+                con.executemany(
+                    "INSERT OR IGNORE INTO actions (id, topic, user, kind, device, type, corr, reason, created_ms,"
+                    " created_wall_ms, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (a.id, a.topic, a.user, a.kind, a.device, a.type, a.corr, a.reason, a.created_ms,
+                         a.created_wall_ms, a.payload)
+                        for a in actions
+                    ],
+                )  # fmt: skip
+            if tasks:
+                con.executemany(
+                    "INSERT INTO tasks (task_id, user, skill, state, slots, rounds, slots_autofilled, slots_asked,"
+                    " confirm_modality, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(task_id) DO UPDATE SET state=excluded.state, slots=excluded.slots,"
+                    " rounds=excluded.rounds, slots_autofilled=excluded.slots_autofilled,"
+                    " slots_asked=excluded.slots_asked, confirm_modality=excluded.confirm_modality,"
+                    " updated_ms=excluded.updated_ms",
+                    [
+                        (t.task_id, t.user, t.skill, t.state, json.dumps(t.slots, ensure_ascii=False, default=str),
+                         t.rounds, json.dumps(list(t.slots_autofilled)), json.dumps(list(t.slots_asked)),
+                         t.confirm_modality, t.created_ms, t.updated_ms)
+                        for t in tasks
+                    ],
+                )  # fmt: skip
+            if alerts:
+                con.executemany("INSERT INTO alerts (rule, user, text, at_ms) VALUES (?,?,?,?)", alerts)
+            if resolutions:
+                con.executemany("INSERT OR REPLACE INTO resolutions (event_id, intent) VALUES (?,?)", resolutions)
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:
         """Record that these actions reached the broker."""
         if ids:
-            await self.db.executemany(
-                "UPDATE actions SET published_wall_ms = ? WHERE id = ?", [(wall_ms, i) for i in ids]
-            )
-            await self.db.commit()
+            with self._transaction(f"{len(ids)} published marks") as con:
+                con.executemany("UPDATE actions SET published_wall_ms = ? WHERE id = ?", [(wall_ms, i) for i in ids])
 
     async def mark_acks(self, acks: Sequence[tuple[str, str, str, int]]) -> None:
         """Record device acks: ``(action_id, status, detail, at_ms)``."""
         if acks:
-            await self.db.executemany(
-                "UPDATE actions SET status = ?, detail = ?, acked_ms = ? WHERE id = ?",
-                [(status, detail, at, action_id) for action_id, status, detail, at in acks],
-            )
-            await self.db.commit()
+            with self._transaction(f"{len(acks)} device acks") as con:
+                con.executemany(
+                    "UPDATE actions SET status = ?, detail = ?, acked_ms = ? WHERE id = ?",
+                    [(status, detail, at, action_id) for action_id, status, detail, at in acks],
+                )
 
     async def unpublished(self) -> list[tuple[str, str, bytes]]:
         """Actions stored but not known to be published: ``(id, topic, payload)`` in creation order."""
@@ -329,18 +411,30 @@ class Store:
     # ------------------------------------------------------------------ core snapshots and replay
 
     async def save_core(self, state: dict[str, Any], tick_ms: int, wall_ms: int) -> None:
-        """Snapshot the core, with the last event it includes."""
-        async with self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as cur:
-            row = await cur.fetchone()
-        seq = int(row[0]) if row else 0
-        await self.db.execute(
-            "INSERT INTO core_state (id, state, event_seq, tick_ms, saved_wall_ms) VALUES (1, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
-            " tick_ms=excluded.tick_ms, saved_wall_ms=excluded.saved_wall_ms",
-            (json.dumps(state, ensure_ascii=False, separators=(",", ":")), seq, tick_ms, wall_ms),
-        )
-        await self.db.execute("DELETE FROM ticks WHERE after_event_seq < ?", (seq,))
-        await self.db.commit()
+        """Snapshot the core, with the last event it includes.
+
+        ``state["users"]`` may hold only the users that changed since the last snapshot (``export_changed``): every
+        other user's row stays as it was, which is still their state, so the rows together are the core as of now.
+        """
+        users: dict[str, Any] = state.get("users", {})
+        head = {k: v for k, v in state.items() if k != "users"}
+        text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
+        rows = [(user, json.dumps(data, ensure_ascii=False, separators=(",", ":"))) for user, data in users.items()]
+        with self._transaction("the core snapshot") as con:
+            con.executemany(
+                "INSERT INTO core_users (user, state) VALUES (?, ?)"
+                " ON CONFLICT(user) DO UPDATE SET state=excluded.state",
+                rows,
+            )
+            row = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            seq = int(row[0]) if row else 0
+            con.execute(
+                "INSERT INTO core_state (id, state, event_seq, tick_ms, saved_wall_ms) VALUES (1, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
+                " tick_ms=excluded.tick_ms, saved_wall_ms=excluded.saved_wall_ms",
+                (text, seq, tick_ms, wall_ms),
+            )
+            con.execute("DELETE FROM ticks WHERE after_event_seq < ?", (seq,))
 
     async def load_core(self) -> tuple[dict[str, Any], int, int] | None:
         """The last core snapshot: ``(state, event_seq, tick_ms)``, or None."""
@@ -348,7 +442,12 @@ class Store:
             row = await cur.fetchone()
         if row is None:
             return None
-        return json.loads(row[0]), int(row[1]), int(row[2])
+        state: dict[str, Any] = json.loads(row[0])  # a snapshot written before v3 holds every user in here
+        async with self.db.execute("SELECT user, state FROM core_users") as cur:
+            users = {user: json.loads(data) async for user, data in cur}
+        if users:
+            state.setdefault("users", {}).update(users)
+        return state, int(row[1]), int(row[2])
 
     async def since(self, event_seq: int) -> list[tuple[str, Any]]:
         """What happened after a snapshot, in order: ``("event", EventRow)`` and ``("tick", at_ms)``."""
@@ -380,12 +479,12 @@ class Store:
     async def save_contexts(self, snapshots: Sequence[tuple[str, str, int]]) -> None:
         """Keep the last context snapshot per user: ``(user, json, at_ms)``."""
         if snapshots:
-            await self.db.executemany(
-                "INSERT INTO context (user, snapshot, updated_ms) VALUES (?,?,?) ON CONFLICT(user) DO UPDATE SET"
-                " snapshot=excluded.snapshot, updated_ms=excluded.updated_ms",
-                snapshots,
-            )
-            await self.db.commit()
+            with self._transaction(f"{len(snapshots)} context snapshots") as con:
+                con.executemany(
+                    "INSERT INTO context (user, snapshot, updated_ms) VALUES (?,?,?) ON CONFLICT(user) DO UPDATE SET"
+                    " snapshot=excluded.snapshot, updated_ms=excluded.updated_ms",
+                    snapshots,
+                )
 
     # ------------------------------------------------------------------ reading (report, tests)
 

@@ -1,4 +1,4 @@
-"""The one module that touches the MQTT client library (aiomqtt 2.x over paho-mqtt 2.x).
+"""The one module that touches the MQTT client libraries (aiomqtt 2.x over paho-mqtt 2.x, and :mod:`broker.mqtt`).
 
 :class:`Bus` is an async context manager that owns its connection task. It connects by URL, speaks MQTT 5 where the
 broker does and 3.1.1 otherwise, reconnects with capped, jittered backoff and re-subscribes on every connect, sets
@@ -8,10 +8,19 @@ acknowledged only when the caller says so (:meth:`Bus.ack`), so nothing is ackno
 What does not decode goes to ``wb/v1/_dlq/{reason}`` (when ``dlq`` is on) and is logged; it never raises into the
 consumer's loop.
 
-aiomqtt manages the connection. Its receive path costs a task and an ``asyncio.wait`` per message (performance.md:
-~7k msg/s against paho's ~20k), so this module takes paho's ``on_message`` callback itself: each message is decoded
-in the callback, on the event loop, and appended to a deque; no task, no extra copy. Publishing goes straight to
-paho too, checking its return code (a full queue is waited out, never silently lost).
+Two transports, one behaviour (the contract tests run on both):
+
+- ``native`` (the default for ``mqtt://`` and ``mqtts://``): :class:`broker.mqtt.Connection`, our own MQTT 3.1.1 / 5
+  protocol on asyncio. paho's receive path was the ceiling of the agent's ingest (docs/benchmarks.md: about half
+  of the agent's CPU, and paho over MQTT 5 receives at half its MQTT 3.1.1 rate); this one parses every packet of a
+  socket read in one pass and writes once per turn of the event loop. With ``manual_ack`` it stops reading from
+  the socket while the consumer is a receive maximum behind (TCP backpressure: the broker keeps the rest queued).
+- ``paho`` (WebSocket URLs, or ``transport="paho"`` / ``WB_TRANSPORT=paho``): aiomqtt manages the connection; its
+  receive path costs a task per message, so this module takes paho's ``on_message`` callback itself and reads
+  every packet already received per wake-up. Publishing goes straight to paho, checking its return code.
+
+Either way each message is decoded on the event loop and appended to a deque (no task per message), and a full
+outgoing queue is waited out, never silently lost.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
+from broker import mqtt
 from broker.logs import get_logger
 from broker.url import BrokerUrl
 from schemas import codec
@@ -42,6 +52,7 @@ from schemas.errors import BusConnectionError, ContractError, PublishError
 from schemas.topics import dlq_topic, validate_filter
 
 Protocol = Literal["auto", "5", "3.1.1"]
+Transport = Literal["auto", "native", "paho"]
 OnConnect = Callable[["Bus", bool], Awaitable[None]]
 OnReject = Callable[["Rejected"], None]
 
@@ -81,6 +92,8 @@ class BusOptions:
         username: overrides the URL's user.
         password: overrides the URL's password.
         protocol: "auto" tries MQTT 5 first and falls back to 3.1.1 (amqtt speaks only 3.1.1).
+        transport: "auto" is the native protocol (:mod:`broker.mqtt`) for mqtt:// and mqtts:// and paho for
+            WebSocket URLs; ``WB_TRANSPORT=paho`` or ``native`` overrides "auto".
         persistent: keep the session (subscriptions and queued QoS 1 messages) across disconnects.
         session_expiry_s: how long the broker keeps a persistent session (MQTT 5).
         keepalive_s: MQTT keep-alive.
@@ -103,6 +116,7 @@ class BusOptions:
     username: str | None = None
     password: str | None = None
     protocol: Protocol = "auto"
+    transport: Transport = "auto"
     persistent: bool = False
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
@@ -147,12 +161,19 @@ class Bus:
         self.protocol: Protocol = (
             env_protocol if options.protocol == "auto" and env_protocol in {"5", "3.1.1"} else options.protocol  # type: ignore[assignment]
         )
+        env_transport = os.environ.get("WB_TRANSPORT", "")
+        transport = options.transport
+        if transport == "auto":
+            transport = env_transport if env_transport in {"native", "paho"} else "native"  # type: ignore[assignment]
+        self.transport: Transport = "paho" if self.url.websocket else transport
         self._log = get_logger("bus", bus=options.name, broker=self.url.redacted())
         self._subs: dict[str, int] = {}
         self._inbox: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._client: aiomqtt.Client | None = None
         self._paho: paho.Client | None = None
+        self._conn: mqtt.Connection | None = None
+        self._high_water = max(100, options.receive_maximum)
         self._link = 0
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
@@ -179,8 +200,7 @@ class Bus:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closing = True
-        client = self._client
-        if client is not None and self.connected and self.options.goodbye is not None:
+        if self.connected and self.options.goodbye is not None:
             with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
                 await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
         task = self._task
@@ -226,9 +246,14 @@ class Bus:
             try:
                 await self._session(protocol)
                 attempt = 0
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, BusConnectionError) as exc:
                 self._last_error = str(exc)
-                refused = "refused" in str(exc).lower() and "not authori" not in str(exc).lower()
+                if isinstance(exc, BusConnectionError):  # the native transport says what happened
+                    refused = not isinstance(exc, mqtt.NoAnswer) and not (
+                        isinstance(exc, mqtt.Refused) and exc.unsupported_version
+                    )
+                else:
+                    refused = "refused" in str(exc).lower() and "not authori" not in str(exc).lower()
                 if self.protocol == "auto" and protocol == "5" and not self.stats.connects and not refused:
                     # amqtt (and other 3.1.1-only brokers) refuse an MQTT 5 CONNECT: try 3.1.1 at once.
                     self._log.info("mqtt5_refused_trying_311", error=str(exc))
@@ -240,11 +265,81 @@ class Bus:
                 await asyncio.sleep(delay)
 
     async def _session(self, protocol: str) -> None:
+        if self.transport == "native":
+            await self._session_native(protocol)
+        else:
+            await self._session_paho(protocol)
+
+    async def _session_native(self, protocol: str) -> None:
+        opts = self.options
+        v5 = protocol == "5"
+        will = None
+        if opts.will is not None:
+            will = mqtt.Will(opts.will.topic, opts.will.payload, opts.will.qos, opts.will.retain)
+        spec = mqtt.ConnectSpec(
+            client_id=opts.client_id or self._random_id,
+            v5=v5,
+            keepalive_s=opts.keepalive_s,
+            clean_start=not opts.persistent,
+            session_expiry_s=opts.session_expiry_s if opts.persistent else 0,
+            receive_maximum=opts.receive_maximum,
+            username=self.url.username,
+            password=self.url.password,
+            will=will,
+        )
+
+        def on_connack(session_present: bool) -> None:
+            # A new link before any message of this connection is handed over: queued messages of a persistent
+            # session arrive right behind the CONNACK, and their acks belong to this link.
+            self.session_present = session_present
+            self._link += 1
+
+        conn = await mqtt.Connection.open(
+            self.url.host,
+            self.url.port,
+            spec,
+            self._deliver,
+            manual_ack=opts.manual_ack,
+            max_queued=opts.max_outgoing,
+            tls=self._tls_context(),
+            # A 3.1.1-only broker may not answer an MQTT 5 CONNECT at all (amqtt waits for more bytes), so the
+            # MQTT 5 probe of "auto" gives up quickly; loopback and LAN brokers answer in milliseconds.
+            timeout=3.0 if (v5 and self.protocol == "auto") else (opts.connect_timeout_s or 10.0),
+            on_connack=on_connack,
+        )
+        self._conn = conn
+        try:
+            self._on_connected(protocol)
+            try:
+                if self._subs:
+                    await conn.subscribe(list(self._subs.items()))
+                if opts.birth is not None:
+                    await self.publish_raw(opts.birth)
+                for hook in opts.on_connect:
+                    await hook(self, self.session_present)
+                await asyncio.shield(conn.closed)
+            finally:
+                self._on_disconnected()
+        finally:
+            conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
+            if self._conn is conn:
+                self._conn = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.url.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.url.ca)
+        if self.url.insecure:
+            context.check_hostname = False
+        return context
+
+    async def _session_paho(self, protocol: str) -> None:
         opts = self.options
         client = self._make_client(protocol)
         try:
             async with client:
-                self._on_connected(client, protocol)
+                self._client = client
+                self._on_connected(protocol)
                 try:
                     for topic_filter, qos in self._subs.items():
                         await client.subscribe(topic_filter, qos)
@@ -271,11 +366,7 @@ class Bus:
         will = None
         if opts.will is not None:
             will = aiomqtt.Will(opts.will.topic, opts.will.payload, opts.will.qos, opts.will.retain)
-        tls_context = None
-        if self.url.tls:
-            tls_context = ssl.create_default_context(cafile=self.url.ca)
-            if self.url.insecure:
-                tls_context.check_hostname = False
+        tls_context = self._tls_context()
         client = aiomqtt.Client(
             self.url.host,
             self.url.port,
@@ -336,13 +427,18 @@ class Bus:
         raw.on_socket_open = on_socket_open
         return client
 
-    def _on_connected(self, client: aiomqtt.Client, protocol: str) -> None:
-        self._client = client
+    def _on_connected(self, protocol: str) -> None:
         self.protocol = "5" if protocol == "5" else "3.1.1"
         self.stats.connects += 1
         self._last_error = ""
         self._connected.set()
-        self._log.info("bus_connected", protocol=self.protocol, session_present=self.session_present, link=self._link)
+        self._log.info(
+            "bus_connected",
+            protocol=self.protocol,
+            transport=self.transport,
+            session_present=self.session_present,
+            link=self._link,
+        )
 
     def _on_disconnected(self) -> None:
         self._connected.clear()
@@ -384,35 +480,40 @@ class Bus:
     # ------------------------------------------------------------------ receiving
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        topic = msg.topic
-        payload: bytes = msg.payload  # type: ignore[assignment]  # paho hands bytes to on_message
-        content_type = None
         props = getattr(msg, "properties", None)
-        if props is not None and hasattr(props, "ContentType"):
-            content_type = props.ContentType
+        content_type = getattr(props, "ContentType", None) if props is not None else None
+        payload: bytes = msg.payload  # type: ignore[assignment]  # paho hands bytes to on_message
+        self._deliver(msg.topic, payload, msg.qos, bool(msg.retain), msg.mid, content_type)
+
+    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+        """Every received PUBLISH, from either transport: decode, validate, queue (subclasses hook in here)."""
         try:
             message = codec.decode(
-                topic,
-                payload,
-                content_type=content_type,
-                qos=msg.qos,
-                retain=msg.retain,
-                mid=msg.mid,
-                link=self._link,
+                topic, payload, content_type=content_type, qos=qos, retain=retain, mid=mid, link=self._link
             )
         except ContractError as exc:
-            self._reject(topic, payload, exc, msg)
+            self._reject(topic, payload, exc, qos, retain, mid)
             return
         self.stats.received += 1
         inbox = self._inbox
-        if msg.qos == 0 and len(inbox) >= self.options.max_inbox:
+        if qos == 0 and len(inbox) >= self.options.max_inbox:
             inbox.popleft()
             self.stats.dropped += 1
         inbox.append(message)
+        if len(inbox) >= self._high_water and self.options.manual_ack and self._conn is not None:
+            self._conn.pause()  # TCP backpressure: the broker keeps the rest until the consumer catches up
         self._wake()
 
-    def _reject(self, topic: str, payload: bytes, exc: ContractError, msg: paho.MQTTMessage) -> None:
-        if not payload and msg.retain:
+    def _take(self, n: int) -> list[Message]:
+        inbox = self._inbox
+        taken = [inbox.popleft() for _ in range(min(n, len(inbox)))]
+        conn = self._conn
+        if conn is not None and conn.paused and len(inbox) <= self._high_water // 2:
+            conn.resume()
+        return taken
+
+    def _reject(self, topic: str, payload: bytes, exc: ContractError, qos: int, retain: bool, mid: int) -> None:
+        if not payload and retain:
             return  # an empty retained payload clears a retained topic: a deliberate act, not an error
         self.stats.rejected += 1
         self._log.warning("message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field)
@@ -423,8 +524,8 @@ class Bus:
             letter = codec.dead_letter(topic, payload, exc, seen_by=self.options.name)
             raw = codec.encode(make(letter, ts=now_ms()))
             self._publish_nowait(dlq_topic(exc.reason), raw, 1, False)
-        if self.options.manual_ack and msg.qos > 0 and self._paho is not None:
-            self._paho.ack(msg.mid, msg.qos)  # handled: it went to the DLQ
+        if self.options.manual_ack and qos > 0:
+            self._send_ack(mid, qos)  # handled: it went to the DLQ
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -436,7 +537,7 @@ class Bus:
         inbox = self._inbox
         while not self._closing or inbox:
             while inbox:
-                yield inbox.popleft()
+                yield self._take(1)[0]
             await self._wait_inbox()
 
     async def batches(self, max_n: int = 500) -> AsyncIterator[list[Message]]:
@@ -444,8 +545,7 @@ class Bus:
         inbox = self._inbox
         while not self._closing or inbox:
             if inbox:
-                n = min(max_n, len(inbox))
-                yield [inbox.popleft() for _ in range(n)]
+                yield self._take(max_n)
                 continue
             await self._wait_inbox()
 
@@ -461,8 +561,7 @@ class Bus:
                 await asyncio.wait([waiter], timeout=timeout)
             finally:
                 self._waiter = None
-        n = min(max_n, len(inbox))
-        return [inbox.popleft() for _ in range(n)]
+        return self._take(max_n)
 
     async def _wait_inbox(self) -> None:
         if self._closing:
@@ -480,28 +579,63 @@ class Bus:
             whether a PUBACK was sent; false when the connection that delivered it is gone (the broker will deliver
             it again on the persistent session, and deduplication by id makes that harmless).
         """
-        if not self.options.manual_ack or message.qos == 0:
+        if not self.options.manual_ack or message.qos == 0 or message.link != self._link:
             return False
-        if message.link != self._link or self._paho is None:
-            return False
-        self._paho.ack(message.mid, message.qos)
-        return True
+        return self._send_ack(message.mid, message.qos)
+
+    def flush(self) -> None:
+        """Send what was published or acknowledged so far now, not at the end of this turn of the event loop.
+
+        The native transport gathers the writes of one turn into one; a caller with more work before its next
+        ``await`` (the agent's pump after publishing a batch's actions) calls this so the actions do not wait for it.
+        """
+        if self._conn is not None:
+            self._conn.flush()
+
+    def _send_ack(self, mid: int, qos: int) -> bool:
+        if self._conn is not None:
+            self._conn.ack(mid)
+            return True
+        if self._paho is not None:
+            self._paho.ack(mid, qos)
+            return True
+        return False
 
     # ------------------------------------------------------------------ subscribing
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again on every reconnect."""
         self._subs[validate_filter(topic_filter)] = qos
-        if self._client is not None and self.connected:
+        if self.connected:
+            await self._subscribe_now([(topic_filter, qos)])
+
+    async def _subscribe_now(self, filters: list[tuple[str, int]]) -> list[int]:
+        """Subscribe on the current connection; the granted QoS (or a failure code >= 0x80) per filter.
+
+        Raises:
+            BusConnectionError: not connected, or no SUBACK.
+        """
+        if self._conn is not None:
+            return await self._conn.subscribe(filters)
+        client = self._client
+        if client is None or not self.connected:
+            raise BusConnectionError("not connected")
+        granted: list[int] = []
+        for topic_filter, qos in filters:
             try:
-                await self._client.subscribe(topic_filter, qos)
+                codes = await client.subscribe(topic_filter, qos)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
+            granted += [code if isinstance(code, int) else code.value for code in codes]
+        return granted
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Stop a subscription."""
         self._subs.pop(topic_filter, None)
-        if self._client is not None and self.connected:
+        if self._conn is not None:
+            with contextlib.suppress(BusConnectionError):
+                await self._conn.unsubscribe([topic_filter])
+        elif self._client is not None and self.connected:
             with contextlib.suppress(aiomqtt.MqttError):
                 await self._client.unsubscribe(topic_filter)
 
@@ -536,20 +670,18 @@ class Bus:
     async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
         """Publish bytes as they are (see :meth:`publish`)."""
         for _ in range(2000):
-            rc, mid = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=wait)
+            rc, fut = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=wait)
             if rc != paho.MQTT_ERR_QUEUE_SIZE:
                 break
-            await asyncio.sleep(0.005)  # paho's queue is full: let the network loop drain it
+            await asyncio.sleep(0.005)  # the outgoing queue is full: let the network loop drain it
         else:
             raise PublishError(f"outgoing queue stayed full for 10 s; not published to {out.topic!r}")
         if rc == paho.MQTT_ERR_NO_CONN:
             raise BusConnectionError(f"not connected to {self.url.redacted()}; not published to {out.topic!r}")
         if rc != paho.MQTT_ERR_SUCCESS:
             raise PublishError(f"publish to {out.topic!r} failed: {paho.error_string(rc)}")
-        if wait and out.qos > 0:
-            fut = self._pending.get(mid)
-            if fut is not None:
-                await fut
+        if wait and fut is not None:
+            await fut
 
     def publish_future(self, out: Outgoing, *, fmt: codec.Format | None = None) -> asyncio.Future[None]:
         """Publish without waiting; the future completes when the broker has acknowledged it (QoS 1).
@@ -561,12 +693,11 @@ class Bus:
             BusConnectionError: not connected.
             PublishError: refused, or paho's outgoing queue is full (wait with :meth:`publish_raw` instead).
         """
-        rc, mid = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=True)
+        rc, fut = self._publish_nowait(out.topic, out.payload, out.qos, out.retain, fmt, track=True)
         if rc == paho.MQTT_ERR_NO_CONN:
             raise BusConnectionError(f"not connected to {self.url.redacted()}; not published to {out.topic!r}")
         if rc != paho.MQTT_ERR_SUCCESS:
             raise PublishError(f"publish to {out.topic!r} failed: {paho.error_string(rc)}")
-        fut = self._pending.get(mid) if out.qos > 0 else None
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(None)
@@ -581,19 +712,32 @@ class Bus:
         fmt: codec.Format | None = None,
         *,
         track: bool = False,
-    ) -> tuple[int, int]:
-        client = self._paho
-        if client is None or not self.connected:
-            return paho.MQTT_ERR_NO_CONN, 0
-        props = None
+    ) -> tuple[int, asyncio.Future[None] | None]:
+        """Publish now; (paho's return code, a future for the PUBACK when ``track`` and QoS 1)."""
+        if not self.connected:
+            return paho.MQTT_ERR_NO_CONN, None
+        content_type = None
         if self.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if fmt is None:
                 fmt = "json" if payload[:1] == b"{" else "msgpack"
-            props.ContentType = codec.content_type(fmt)
+            content_type = codec.content_type(fmt)
+        conn = self._conn
+        if conn is not None:
+            rc, fut = conn.publish(topic, payload, qos, retain, content_type, track=track)
+            if rc == mqtt.ERR_SUCCESS:
+                self.stats.published += 1
+            return rc, fut
+        client = self._paho
+        if client is None:
+            return paho.MQTT_ERR_NO_CONN, None
+        props = None
+        if content_type is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = content_type
         info = client.publish(topic, payload, qos, retain, props)
+        fut = None
         if info.rc == paho.MQTT_ERR_SUCCESS:
             self.stats.published += 1
             if track and qos > 0 and not info.is_published():
-                self._pending[info.mid] = asyncio.get_running_loop().create_future()
-        return info.rc, info.mid
+                fut = self._pending[info.mid] = asyncio.get_running_loop().create_future()
+        return info.rc, fut

@@ -247,6 +247,7 @@ class EmbeddedBroker:
     ) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
+            _drop_clients(broker)
             try:
                 # amqtt 0.12 can hang in shutdown() while a QoS 1 delivery waits for its PUBACK: bound it.
                 await asyncio.wait_for(broker.shutdown(), 10.0)
@@ -319,3 +320,18 @@ async def _close_listeners(broker: Any) -> None:
             await server.close_instance()
         except OSError:
             log.warning("embedded_broker_listener_close_failed", exc_info=True)
+
+
+def _drop_clients(broker: Broker) -> None:
+    """Close every client's socket before ``shutdown()``, as a broker process that ends does.
+
+    amqtt 0.12's ``shutdown()`` stops each session's handler and waits for its reader task, which can hang in its
+    connection-closed handling while the client keeps writing (seen with a subscriber acknowledging a stream of
+    QoS 1 deliveries); the client then stays connected to a broker that is gone. Closing the sockets first ends
+    every reader on its own and tells every client at once.
+    """
+    for _session, handler in list(broker._sessions.values()):
+        writer = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()

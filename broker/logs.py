@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written: a test runner swaps it per test and closes the old one,
+    and a logger holding the old one would raise on every later line (in the middle of a message callback)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
@@ -17,7 +31,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
         json: JSON lines when true, a console renderer when false; by default JSON unless the stream is a tty.
         stream: where to write (stderr by default, so that stdout stays free for a command's own output).
     """
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else cast(TextIO, _Stderr())
     use_json = not out.isatty() if json is None else json
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any = (

@@ -120,7 +120,8 @@ def decode(
         envelope: Envelope[Any] = envelope_of(model).model_validate(obj)
     except ValidationError as exc:
         raise validation_failed(exc, topic) from exc
-    return Message(topic, where, envelope, qos, retain, mid, len(payload), link)
+    raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
+    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw)
 
 
 def loads(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, TypeVar
 
@@ -93,6 +93,8 @@ class Message:
         mid: the MQTT packet id (for a manual acknowledgement of QoS 1).
         size: the payload size in bytes.
         link: which connection of the receiving client delivered it (an ack is valid only on that one).
+        raw: the payload bytes as received (:func:`schemas.codec.decode` fills it; empty for a message made in
+            process), so a consumer that keeps the envelope can store them instead of encoding it again.
     """
 
     topic: str
@@ -103,6 +105,7 @@ class Message:
     mid: int = 0
     size: int = 0
     link: int = 0
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def data(self) -> Body:

@@ -114,6 +114,10 @@ class Core(Protocol):
         """Everything needed to carry on after a restart (JSON-serialisable)."""
         ...
 
+    def export_changed(self) -> dict[str, Any]:
+        """As :meth:`export_state`, with only the users whose state changed since the last call."""
+        ...
+
     def restore(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`export_state` returned."""
         ...

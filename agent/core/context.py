@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +122,8 @@ class HrWindow:
 
     A bucket keeps its first and last sample time, its lowest and highest bpm and two flags (every sample at
     rest; any sample asleep); that is all the sustained-HR rules need, whatever order the samples arrive in.
-    Two flat arrays (``key, first, last, flags`` and ``lo, hi`` per bucket) keep it to ~50 bytes a bucket.
+    Two flat arrays keep it to 32 bytes a bucket: ``key, first, last, flags`` as 32-bit ints (the bucket number,
+    and the sample times as ms after the bucket's start) and ``lo, hi`` as floats.
     """
 
     __slots__ = ("ints", "vals")
@@ -129,7 +131,7 @@ class HrWindow:
     ASLEEP = 2
 
     def __init__(self) -> None:
-        self.ints: array[int] = array("q")
+        self.ints: array[int] = array("i")
         self.vals: array[float] = array("d")
 
     def __len__(self) -> int:
@@ -141,11 +143,11 @@ class HrWindow:
 
     def first(self, j: int) -> int:
         """The first sample time in bucket ``j``."""
-        return self.ints[4 * j + 1]
+        return self.ints[4 * j] * BUCKET_MS + self.ints[4 * j + 1]
 
     def last(self, j: int) -> int:
         """The last sample time in bucket ``j``."""
-        return self.ints[4 * j + 2]
+        return self.ints[4 * j] * BUCKET_MS + self.ints[4 * j + 2]
 
     def add(self, t: int, bpm: float, flags: int, keep_from: int) -> int:
         """Add one sample; drop buckets that end before ``keep_from``. Returns the sample's bucket index."""
@@ -153,7 +155,7 @@ class HrWindow:
         while ints and (ints[0] + 1) * BUCKET_MS <= keep_from:
             del ints[:4]
             del vals[:2]
-        key = t // BUCKET_MS
+        key, off = divmod(t, BUCKET_MS)
         n = len(ints) // 4
         last = ints[4 * n - 4] if n else -1
         if key > last:
@@ -170,14 +172,14 @@ class HrWindow:
                     hi = mid
             i = lo
         if i < n and ints[4 * i] == key:
-            ints[4 * i + 1] = min(ints[4 * i + 1], t)
-            ints[4 * i + 2] = max(ints[4 * i + 2], t)
+            ints[4 * i + 1] = min(ints[4 * i + 1], off)
+            ints[4 * i + 2] = max(ints[4 * i + 2], off)
             old = ints[4 * i + 3]
             ints[4 * i + 3] = (old & flags & self.RESTING) | ((old | flags) & self.ASLEEP)
             vals[2 * i] = min(vals[2 * i], bpm)
             vals[2 * i + 1] = max(vals[2 * i + 1], bpm)
             return i
-        ints[4 * i : 4 * i] = array("q", (key, t, t, flags))
+        ints[4 * i : 4 * i] = array("i", (key, off, off, flags))
         vals[2 * i : 2 * i] = array("d", (bpm, bpm))
         return i
 
@@ -212,18 +214,86 @@ class HrWindow:
             return None
         return sum(self.vals) / (2 * n)
 
-    def to_data(self) -> list[list[Any]]:
-        """JSON-ready rows ``[key, first, last, flags, lo, hi]``."""
-        return [[*self.ints[4 * j : 4 * j + 4], *self.vals[2 * j : 2 * j + 2]] for j in range(len(self))]
+    def to_data(self) -> list[tuple[int, int, int, int, float, float]]:
+        """JSON-ready rows ``[key, first, last, flags, lo, hi]`` (sample times in ms since the epoch).
+
+        Rows are tuples, and a bucket of one sample repeats its time and bpm objects: the core's snapshot holds
+        every user's rows at once, so they are kept small (the JSON is the same).
+        """
+        ints, vals, rows = self.ints, self.vals, []
+        for j in range(len(ints) // 4):
+            key, a, b, flags = ints[4 * j : 4 * j + 4]
+            base = key * BUCKET_MS
+            first = base + a
+            lo, hi = vals[2 * j], vals[2 * j + 1]
+            rows.append((key, first, first if b == a else base + b, flags, lo, lo if hi == lo else hi))
+        return rows
 
     @classmethod
     def from_data(cls, rows: list[list[Any]]) -> HrWindow:
         """Rebuild from :meth:`to_data`."""
         w = cls()
         for key, first, last, flags, lo, hi in rows:
-            w.ints.extend((int(key), int(first), int(last), int(flags)))
+            base = int(key) * BUCKET_MS
+            w.ints.extend((int(key), int(first) - base, int(last) - base, int(flags)))
             w.vals.extend((float(lo), float(hi)))
         return w
+
+
+class StepBuckets:
+    """The last few step buckets ``(start, seconds, steps)`` in start order, one start at most once.
+
+    One flat array (24 bytes a bucket instead of ~170 for a list of tuples of ints); iterates as the tuples.
+    """
+
+    __slots__ = ("ints",)
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self) -> None:
+        self.ints: array[int] = array("q")
+
+    def __len__(self) -> int:
+        return len(self.ints) // 3
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        ints = self.ints
+        for j in range(0, len(ints), 3):
+            yield ints[j], ints[j + 1], ints[j + 2]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepBuckets) and self.ints == other.ints
+
+    def pop(self, start: int) -> int | None:
+        """Remove the bucket that starts at ``start``; its steps, or None if there is none."""
+        ints = self.ints
+        for j in range(0, len(ints), 3):
+            if ints[j] == start:
+                steps = ints[j + 2]
+                del ints[j : j + 3]
+                return steps
+        return None
+
+    def put(self, start: int, seconds: int, steps: int, keep: int) -> None:
+        """Insert a bucket in start order (none with this start may be present); keep the last ``keep``."""
+        ints = self.ints
+        j = len(ints)
+        while j and ints[j - 3] > start:
+            j -= 3
+        ints[j:j] = array("q", (start, seconds, steps))
+        if len(ints) > 3 * keep:
+            del ints[: len(ints) - 3 * keep]
+
+    def to_data(self) -> list[tuple[int, int, int]]:
+        """JSON-ready rows ``[start, seconds, steps]``."""
+        return list(self)
+
+    @classmethod
+    def from_data(cls, rows: list[list[Any]]) -> StepBuckets:
+        """Rebuild from :meth:`to_data`."""
+        b = cls()
+        for start, seconds, steps in rows:
+            b.ints.extend((int(start), int(seconds), int(steps)))
+        return b
 
 
 @dataclass(slots=True)
@@ -291,7 +361,7 @@ class Health:
     stress_ts: int = 0
     hr_window: HrWindow = field(default_factory=HrWindow)
     spo2_recent: list[tuple[int, float]] = field(default_factory=list)
-    steps: list[tuple[int, int, int]] = field(default_factory=list)
+    steps: StepBuckets = field(default_factory=StepBuckets)
     steps_day: int = -1
     steps_today: int = 0
     sleep_seen: int = 0
@@ -311,6 +381,72 @@ class Health:
 
 
 # --- place
+
+
+class Cells:
+    """Dwell time per ~100 m cell, in the order the cells were first credited (at most a few).
+
+    One flat array ``lat, lon, night seconds, weekday-daytime seconds`` per cell (32 bytes a cell instead of ~200 for
+    a dict of ``"lat,lon"`` keys and lists); exported as that dict, ``{"30.265,120.131": [night, day]}``.
+    """
+
+    __slots__ = ("vals",)
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self) -> None:
+        self.vals: array[float] = array("d")
+
+    def __len__(self) -> int:
+        return len(self.vals) // 4
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cells) and self.vals == other.vals
+
+    def credit(self, key: str, night: float, day: float, keep: int) -> None:
+        """Add dwell time to cell ``key`` (created last if new); past ``keep`` cells drop the one with the least."""
+        lat, lon = cell_center(key)
+        vals = self.vals
+        for j in range(0, len(vals), 4):
+            if vals[j] == lat and vals[j + 1] == lon:
+                break
+        else:
+            j = len(vals)
+            vals.extend((lat, lon, 0.0, 0.0))
+        vals[j + 2] += night
+        vals[j + 3] += day
+        if len(vals) > 4 * keep:
+            smallest = min(range(0, len(vals), 4), key=lambda i: vals[i + 2] + vals[i + 3])
+            del vals[smallest : smallest + 4]
+
+    def most(self, which: int, skip: int = -1) -> int:
+        """The index of the cell with the most night (``which`` 0) or daytime (1) seconds, not ``skip``; -1 if none."""
+        best, most = -1, 0.0
+        for i in range(len(self)):
+            value = self.vals[4 * i + 2 + which]
+            if i != skip and (best < 0 or value > most):
+                best, most = i, value
+        return best
+
+    def seconds(self, i: int, which: int) -> float:
+        """Night (``which`` 0) or daytime (1) seconds of cell ``i``."""
+        return self.vals[4 * i + 2 + which]
+
+    def center(self, i: int) -> tuple[float, float]:
+        """The position of cell ``i``."""
+        return self.vals[4 * i], self.vals[4 * i + 1]
+
+    def to_data(self) -> dict[str, tuple[float, float]]:
+        """JSON-ready ``{"lat,lon": [night, day]}``, in order."""
+        v = self.vals
+        return {cell_key(v[j], v[j + 1]): (v[j + 2], v[j + 3]) for j in range(0, len(v), 4)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, list[Any]]) -> Cells:
+        """Rebuild from :meth:`to_data`."""
+        c = cls()
+        for key, (night, day) in data.items():
+            c.vals.extend((*cell_center(key), float(night), float(day)))
+        return c
 
 
 @dataclass(slots=True)
@@ -337,7 +473,7 @@ class Where:
     activity: str | None = None
     activity_ts: int = 0
     act_hist: list[tuple[int, str]] = field(default_factory=list)
-    cells: dict[str, list[float]] = field(default_factory=dict)
+    cells: Cells = field(default_factory=Cells)
     cell: str | None = None
     cell_ts: int = 0
 
@@ -706,18 +842,14 @@ def add_steps(ctx: UserContext, start: int, seconds: int, steps: int, profile: U
     """Record a step bucket (a bucket seen again replaces itself) and today's total."""
     h = ctx.health
     day = local(start, profile) // DAY_MS
-    old = next((b for b in h.steps if b[0] == start), None)
-    if old is not None:
-        h.steps.remove(old)
-        if day == h.steps_day:
-            h.steps_today -= old[2]
+    old = h.steps.pop(start)
+    if old is not None and day == h.steps_day:
+        h.steps_today -= old
     if day > h.steps_day:
         h.steps_day, h.steps_today = day, 0
     if day == h.steps_day:
         h.steps_today += steps
-    h.steps.append((start, seconds, steps))
-    h.steps.sort()
-    del h.steps[:-MAX_STEP_BUCKETS]
+    h.steps.put(start, seconds, steps, MAX_STEP_BUCKETS)
 
 
 def add_sleep(ctx: UserContext, stage: str, start: int, end: int) -> None:
@@ -780,12 +912,7 @@ def learn_dwell(w: Where, key: str, t: int, cfg: CoreConfig, profile: UserProfil
                 day += (nxt - a) / 1000
             a = nxt
         if night or day:
-            acc = w.cells.setdefault(w.cell, [0.0, 0.0])
-            acc[0] += night
-            acc[1] += day
-            if len(w.cells) > MAX_CELLS:
-                smallest = min(w.cells, key=lambda k: w.cells[k][0] + w.cells[k][1])
-                del w.cells[smallest]
+            w.cells.credit(w.cell, night, day, MAX_CELLS)
     if key != w.cell or t < w.cell_ts:
         w.cell, w.cell_ts = key, t
     else:
@@ -794,16 +921,16 @@ def learn_dwell(w: Where, key: str, t: int, cfg: CoreConfig, profile: UserProfil
 
 def learned(w: Where, which: str, cfg: CoreConfig) -> tuple[float, float] | None:
     """The learned home (most night time) or office (most weekday daytime, not home), if trusted."""
-    min_s = cfg.learn_min_s
-    home = max(w.cells, key=lambda k: w.cells[k][0], default=None)
-    if home is not None and w.cells[home][0] < min_s:
-        home = None
+    min_s, cells = cfg.learn_min_s, w.cells
+    home = cells.most(0)
+    if home >= 0 and cells.seconds(home, 0) < min_s:
+        home = -1
     if which == "home":
-        return cell_center(home) if home is not None else None
-    office = max((k for k in w.cells if k != home), key=lambda k: w.cells[k][1], default=None)
-    if office is None or w.cells[office][1] < min_s:
+        return cells.center(home) if home >= 0 else None
+    office = cells.most(1, skip=home)
+    if office < 0 or cells.seconds(office, 1) < min_s:
         return None
-    return cell_center(office)
+    return cells.center(office)
 
 
 def known_place(ctx: UserContext, which: str, cfg: CoreConfig, profile: UserProfile) -> Place | None:

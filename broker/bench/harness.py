@@ -399,6 +399,7 @@ class Receiver:
     qos: int
     client_id: str
     protocol: int = 4  # 4: MQTT 3.1.1, 5: MQTT 5 (paho only)
+    transport: str = "auto"  # Bus only: its transport (native, or paho underneath as before)
 
 
 async def mosquitto_sub(
@@ -446,7 +447,7 @@ async def raw_receiver(
         return await mosquitto_sub(broker, recv, action, expected, workdir, max_s)
     spec = {"host": broker.host, "port": broker.port, "client_id": recv.client_id, "qos": recv.qos,
             "filters": list(AGENT_FILTERS), "action": action, "expected": expected, "idle_s": idle_s,
-            "max_s": max_s, "protocol": recv.protocol, **broker.creds()}  # fmt: skip
+            "max_s": max_s, "protocol": recv.protocol, "transport": recv.transport, **broker.creds()}  # fmt: skip
     argv = [PY, "-m", "broker.bench.raw", recv.client, "--spec", json.dumps(spec)]
     return await run_json(argv, workdir / f"raw-{recv.name}.log", max_s + 30)
 
@@ -459,7 +460,8 @@ def receivers(broker: BrokerHandle, tag: str) -> list[Receiver]:
         Receiver("paho5_q1", "paho", 1, f"bench-paho51-{tag}", protocol=5),
         Receiver("c_q0", "c", 0, f"bench-c0-{tag}"),
         Receiver("c_q1", "c", 1, f"bench-c1-{tag}"),
-        Receiver("bus_q1", "bus", 1, f"bench-bus1-{tag}"),
+        Receiver("bus_q1", "bus", 1, f"bench-bus1-{tag}", transport="native"),
+        Receiver("bus_paho_q1", "bus", 1, f"bench-busp1-{tag}", transport="paho"),
     ]
     if broker.kind == "embedded":  # amqtt: no QoS 0 queueing for offline sessions, no MQTT 5
         cases = [c for c in cases if c.qos == 1 and c.protocol == 4]

@@ -172,6 +172,7 @@ async def bus_receive(spec: dict[str, Any]) -> dict[str, Any]:
         username=spec.get("username"),
         password=spec.get("password"),
         persistent=action != "clear",
+        transport=spec.get("transport", "auto"),
         name="bench-bus",
     )
     if action in {"prepare", "clear"}:

@@ -2,8 +2,8 @@
 
 The test kit needs what :class:`~broker.client.Bus` deliberately hides: the payload bytes (a recording must
 replay them byte for byte), the QoS and retain flag of messages that do not decode (a contract check still
-judges them), and the content type. ``Bus`` decodes inside paho's ``on_message`` callback and keeps no bytes,
-so :class:`RawBus` takes that callback over. With ``passthrough=False`` (the default) nothing is decoded or
+judges them), and the content type. ``Bus`` decodes each PUBLISH in :meth:`Bus._deliver` and keeps no bytes,
+so :class:`RawBus` takes that hook over. With ``passthrough=False`` (the default) nothing is decoded or
 queued by the ``Bus`` itself: the listeners are the only consumers, so an unread inbox cannot grow.
 """
 
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as paho
 
 from broker.client import Bus, BusOptions
 
@@ -56,11 +53,9 @@ class RawBus(Bus):
         self.listeners: list[RawListener] = list(listeners or [])
         self.passthrough = passthrough
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        content_type = getattr(props, "ContentType", None) if props is not None else None
-        raw = RawMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), content_type)
+    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+        raw = RawMessage(topic, bytes(payload), qos, retain, content_type)
         for listener in self.listeners:
             listener(raw)
         if self.passthrough:
-            super()._on_message(client, userdata, msg)
+            super()._deliver(topic, payload, qos, retain, mid, content_type)

@@ -22,6 +22,14 @@ from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
 pytestmark = [pytest.mark.broker]
 
 
+@pytest.fixture(autouse=True, params=["native", "paho"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case runs on both transports of the Bus (broker/mqtt.py, and paho as WebSocket URLs use it)."""
+    name: str = request.param
+    monkeypatch.setenv("WB_TRANSPORT", name)
+    return name
+
+
 def user() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 

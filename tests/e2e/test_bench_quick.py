@@ -35,7 +35,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert report["mode"] == "quick"
     tp = report["throughput"]
     assert set(tp) >= RECEIVERS
-    for name in RECEIVERS | {n for n in ("paho_q0", "c_q0", "c_q1", "paho5_q1") if n in tp}:
+    for name in RECEIVERS | {n for n in ("paho_q0", "c_q0", "c_q1", "paho5_q1", "bus_paho_q1") if n in tp}:
         assert tp[name]["rate"] > 0, name
         assert tp[name]["lost"] == 0, name
     lat = report["latency"]
@@ -53,3 +53,17 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert {"target", "met"} <= set(next(iter(report["targets"].values())))
     for row in report["rows"]:
         assert {"section", "metric", "value", "unit", "ratio", "baseline", "target", "met"} == set(row)
+
+
+def test_only_runs_the_chosen_sections_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    out = tmp_path / "core.json"
+    done = subprocess.run([*BENCH, "--only", "core", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["core_memory"]["bytes_per_user"] > 0
+    assert "throughput" not in report
+    assert "latency" not in report
+    bad = subprocess.run([*BENCH, "--only", "ingest,speed"], capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2
+    assert "--only takes some of" in bad.stdout + bad.stderr

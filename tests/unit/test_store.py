@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
+from agent.core.engine import AgentCore
 from agent.store import MIGRATIONS, ActionRow, EventRow, Store, TaskRow
+from broker.bench import mix
+from schemas import codec
 from schemas.errors import StoreError
 
 
@@ -70,3 +74,27 @@ async def test_snapshot_and_replay_log(tmp_path: Path) -> None:
         items = await store.since(seq)
         # live, the pump ticks before it handles a batch; the replay keeps that order
         assert [(k, v if k == "tick" else v.id) for k, v in items] == [("tick", 20), ("event", "e2"), ("event", "e3")]
+
+
+async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Path) -> None:
+    """A snapshot writes only the users that changed; the rows together restore exactly the live core."""
+    now = 1_800_000_000_000
+    messages = [codec.decode(t, p, qos=1) for t, p in mix.backlog(6, 20, random.Random(3), now)]
+    live = AgentCore()
+    async with Store(tmp_path / "a.db") as store:
+        for i, message in enumerate(messages):
+            live.handle(message, now + i)
+            if i % 25 == 0:
+                live.tick(now + i)
+                await store.save_core(live.export_changed(), now + i, now + i)
+        await store.save_core(live.export_changed(), now, now)
+        assert live.export_changed()["users"] == {}  # nothing changed since
+        live.handle(messages[-1], now + len(messages))  # one user's message: only that user is written
+        changed = live.export_changed()
+        assert list(changed["users"]) == [messages[-1].where.user]
+        await store.save_core(changed, now, now)
+        snap = await store.load_core()
+    assert snap is not None
+    restored = AgentCore()
+    restored.restore(snap[0])
+    assert restored.export_state() == live.export_state()

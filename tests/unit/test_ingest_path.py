@@ -1,0 +1,227 @@
+"""The agent's ingest path without a broker: what is stored (the wire bytes), in which order things happen (commit,
+publish, acknowledge), dedup across a restart, the store's two connections and its background checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+import agent.store as store_module
+from agent.core.api import Outcome
+from agent.runtime import AgentRuntime, AgentSettings, _event_row
+from agent.store import ActionRow, EventRow, Store, TaskRow
+from broker.bench import mix
+from broker.client import BusStats, Outgoing
+from schemas import codec
+from schemas.actions import DeviceState
+from schemas.envelope import Message, envelope_of, now_ms
+from schemas.errors import StoreError
+from schemas.topics import Channel, Kind, parse
+
+USER = "alice"
+
+
+class FakeBus:
+    """What the runtime's processing asks of a bus; it checks, through its own connection, what is committed."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.connected = True
+        self.stats = BusStats()
+        self.published: list[Outgoing] = []
+        self.uncommitted_publishes: list[str] = []
+        self.acked: list[str] = []
+        self.uncommitted_acks: list[str] = []
+        self.dead_letters: list[str] = []
+        self.flushes = 0
+
+    def _committed(self, table: str, row_id: str) -> bool:
+        con = sqlite3.connect(self.db)
+        try:
+            return con.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone() is not None  # noqa: S608
+        finally:
+            con.close()
+
+    def publish_future(self, out: Outgoing, *, fmt: codec.Format | None = None) -> asyncio.Future[None]:
+        action_id = msgpack.unpackb(out.payload)["id"]
+        if not self._committed("actions", action_id):
+            self.uncommitted_publishes.append(action_id)
+        self.published.append(out)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
+        self.published.append(out)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def ack(self, message: Message) -> bool:
+        eid = message.envelope.id
+        if message.where.channel is not Channel.DLQ and not self._committed("events", eid):
+            self.uncommitted_acks.append(eid)
+        self.acked.append(eid)
+        return True
+
+    def _publish_nowait(self, topic: str, payload: bytes, qos: int, retain: bool, *_: Any, **__: Any) -> Any:
+        self.dead_letters.append(topic)
+        return 0, None
+
+
+@asynccontextmanager
+async def runtime(db: Path, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, FakeBus]]:
+    """An agent runtime with its real store and a fake bus, its pump not started."""
+    agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings))
+    bus = FakeBus(db)
+    agent._store = await Store(db).__aenter__()
+    agent._bus = bus  # type: ignore[assignment]
+    try:
+        yield agent, bus
+    finally:
+        await agent.store.__aexit__(None, None, None)
+
+
+def wire(topic: str, payload: bytes, mid: int = 1) -> Message:
+    """A message exactly as the bus hands it over."""
+    return codec.decode(topic, payload, qos=1, mid=mid, link=1)
+
+
+def births() -> list[Message]:
+    rng = random.Random(1)
+    return [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(1, 0, rng, now_ms(), prefix=USER), start=1)]
+
+
+def question(event_id: str, text: str = "what time is it") -> Message:
+    topic = f"wb/v1/{USER}00000/earphones/e1/evt/voice/utterance"
+    return wire(topic, mix.pack(event_id, now_ms(), 1, mix.utterance(text)))
+
+
+async def stored_payloads(store: Store) -> dict[str, bytes]:
+    return {str(r[0]): bytes(r[1]) for r in await store.rows("SELECT id, payload FROM events")}
+
+
+async def test_stored_as_received_committed_before_publish_and_ack(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "a.db") as (agent, bus):
+        batch = [*births(), question("q-1")]
+        await agent._process(batch, Outcome(), [])
+        cards = [o for o in bus.published if o.topic.endswith("/cmd/display.card")]
+        assert len(cards) == 1
+        assert bus.uncommitted_publishes == []
+        assert bus.uncommitted_acks == []
+        assert sorted(bus.acked) == sorted(m.envelope.id for m in batch)
+        stored = await stored_payloads(agent.store)
+        assert stored == {m.envelope.id: m.raw for m in batch}  # the bytes that came off the wire
+        assert await agent.store.scalar("SELECT COUNT(*) FROM actions WHERE type = 'display.card'") == 1
+
+
+async def test_duplicates_are_dropped_in_a_batch_and_after_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    async with runtime(db) as (agent, bus):
+        await agent._process([*births(), question("q-1"), question("q-1")], Outcome(), [])
+        assert agent.stats.duplicates == 1
+        published = len(bus.published)
+    async with runtime(db) as (agent, bus):
+        await agent._process([question("q-1")], Outcome(), [])
+        assert agent.stats.duplicates == 1
+        assert bus.published == []
+        assert bus.acked == ["q-1"]  # acknowledged all the same: it is safely stored
+    assert published > 0
+    async with Store(db) as store:
+        assert await store.scalar("SELECT COUNT(*) FROM events WHERE id = 'q-1'") == 1
+
+
+async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "a.db") as (agent, bus):
+        topic = f"wb/v1/{USER}/ring/r1/evt/system/battery"
+        body = {"type": "ring.battery", "level_pct": 50.0, "charging": False}
+        future = wire(topic, mix.pack("far-ahead", now_ms() + 86_400_000, 1, body))
+        await agent._process([future], Outcome(), [])
+        assert bus.dead_letters == ["wb/v1/_dlq/future"]
+        assert bus.acked == ["far-ahead"]
+        assert await stored_payloads(agent.store) == {}
+
+
+def test_a_message_made_in_process_or_not_self_describing_is_stored_encoded() -> None:
+    topic = f"wb/v1/{USER}/ring/r1/state"
+    env = envelope_of(DeviceState)(id="silent-1", ts=now_ms(), data=DeviceState(online=False, kind=Kind.RING))
+    made = Message(topic, parse(topic), env, qos=1)
+    assert made.raw == b""
+    assert _event_row(made, 1, 2).payload == codec.encode(env)
+    # JSON with a byte order mark, accepted because its content type said so: a replay could not sniff it
+    text = b"\xef\xbb\xbf" + codec.encode(env, "json")
+    received = codec.decode(topic, text, content_type=codec.JSON)
+    assert received.raw == text
+    stored = _event_row(received, 1, 2).payload
+    assert codec.decode(topic, stored).envelope == env
+    plain_json = codec.encode(env, "json")
+    assert _event_row(codec.decode(topic, plain_json), 1, 2).payload == plain_json
+
+
+def test_raw_takes_no_part_in_equality_or_repr() -> None:
+    topic = f"wb/v1/{USER}/ring/r1/state"
+    payload = codec.encode(envelope_of(DeviceState)(id="s-1", ts=now_ms(), data=DeviceState(online=True)))
+    received = codec.decode(topic, payload)
+    assert received.raw == payload
+    assert received == Message(topic, received.where, received.envelope, size=len(payload))
+    assert "raw" not in repr(received)
+
+
+async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "a.db", context_s=3600.0) as (agent, bus):
+        await agent._process(births(), Outcome(), [])
+        await agent._publish_contexts()
+        first = [o.topic for o in bus.published if o.topic.endswith("/agent/context")]
+        assert first == [f"wb/v1/{USER}00000/agent/context"]
+        ring_gone = mix.state_payload("ring-off", now_ms(), Kind.RING, online=False)
+        await agent._process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)], Outcome(), [])
+        await agent._publish_contexts()  # changed again, but not due for an hour
+        assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
+        assert agent._dirty_users == {f"{USER}00000"}
+        assert await agent.store.scalar("SELECT COUNT(*) FROM context") == 1
+
+
+def event(i: int) -> EventRow:
+    return EventRow(f"e{i}", "wb/v1/a/ring/r/evt/sensor/hr", "a", "ring", "r", "evt", "ring.hr", i, i, i, None,
+                    1000 + i, 2000 + i, 1, False, b"\x80")  # fmt: skip
+
+
+async def test_writes_have_their_own_connection_and_a_failed_batch_leaves_nothing(tmp_path: Path) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        await store.commit_batch([event(1)], [], [], [])
+        assert await store.scalar("SELECT COUNT(*) FROM events") == 1  # the read side sees the commit
+        assert not store.db.in_transaction
+        assert not store.writer.in_transaction
+        action = ActionRow("a1", "wb/v1/a/glasses/g/cmd/display.card", "a", "glasses", "g", "display.card", "e2",
+                           "skill", 1, 2, b"\x80")  # fmt: skip
+        broken = TaskRow("t1", None, "order_food", "asking", {}, 1, (), (), None, 1, 2)  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="a batch of 1 events"):
+            await store.commit_batch([event(2)], [action], [broken], [])
+        assert not store.writer.in_transaction
+        assert await store.known(["e1", "e2"]) == {"e1"}
+        assert await store.unpublished() == []
+        await store.commit_batch([event(2)], [], [], [])
+        assert await store.known(["e1", "e2", "e3"]) == {"e1", "e2"}
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "a.db"
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 1e9)
+    async with Store(db) as store:
+        before = db.stat().st_size
+        await store.commit_batch([event(i) for i in range(2000)], [], [], [])
+        assert db.stat().st_size == before  # no automatic checkpoint inside the commit
+        monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.0)
+        await store.commit_batch([event(5000)], [], [], [])
+        task = store._checkpoint
+        assert task is not None
+        await task
+        assert db.stat().st_size > before
