@@ -454,12 +454,6 @@ class Connection(asyncio.Protocol):
         if self._out:
             self._flush()  # the acknowledgements of this chunk leave now, in one write
 
-    def pause_writing(self) -> None:  # the kernel buffer is full: asyncio keeps the rest; nothing to do
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # ------------------------------------------------------------------ incoming packets
 
     def _handle(self, first: int, buf: bytes, pos: int, end: int) -> None:
@@ -608,9 +602,9 @@ class Connection(asyncio.Protocol):
             return ERR_NO_CONN, None
         props = b""
         if self.v5:
-            props = self._props_cache.get(content_type) or self._props_cache.setdefault(
-                content_type, content_type_properties(content_type)
-            )
+            props = self._props_cache.get(content_type, b"")
+            if not props:
+                props = self._props_cache[content_type] = content_type_properties(content_type)
         if not qos:
             self._write(encode_publish(topic.encode(), payload, 0, retain, 0, props))
             return ERR_SUCCESS, None
