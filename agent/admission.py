@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from schemas.envelope import Message
@@ -38,8 +37,9 @@ class Admission:
 
     def __init__(self, config: AdmissionConfig | None = None) -> None:
         self.config = config or AdmissionConfig()
-        # (user, kind, device) -> (tokens, ms the device's last event was charged at), least recently seen first
-        self._buckets: OrderedDict[tuple[str | None, str | None, str], tuple[float, int]] = OrderedDict()
+        # (user, kind, device) -> (tokens, ms the device's last event was charged at), least recently seen first (a
+        # plain dict keeps insertion order: a device seen again is popped and put back at the end)
+        self._buckets: dict[tuple[str | None, str | None, str], tuple[float, int]] = {}
 
     def check(self, message: Message, now_ms: int) -> tuple[str, str] | None:
         """``None`` when admitted, else ``(reason, explanation)``."""
@@ -52,7 +52,7 @@ class Admission:
         where = message.where
         if where.device is None:
             return None
-        key = (where.user, where.kind, where.device)
+        key = (where.user, where.kind._value_ if where.kind else None, where.device)  # a str hashes in C, an enum not
         # charged when it was published, never later than now nor earlier than the backlog allowance
         sent = now_ms if ts > now_ms else max(ts, now_ms - int(cfg.backlog_s * 1000))
         burst, rate = cfg.burst, cfg.rate_per_s
@@ -77,4 +77,4 @@ class Admission:
         buckets = self._buckets
         buckets[key] = (tokens, now_ms)
         if len(buckets) > self.config.max_devices:
-            buckets.popitem(last=False)
+            del buckets[next(iter(buckets))]

@@ -73,6 +73,9 @@ def agent_command(
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    slow_turn_ms: Annotated[
+        float, typer.Option(help="Log pump_turn_slow when one pass of the pump holds the loop longer (0: never).")
+    ] = 100.0,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -116,6 +119,7 @@ def agent_command(
         password=password,
         users=frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None,
         core=config,
+        slow_turn_ms=slow_turn_ms,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,

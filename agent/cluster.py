@@ -28,14 +28,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from agent.runtime import AgentRuntime, AgentSettings, AgentStats
-from agent.store import ActionRow, EventRow, Store, TaskRow
+from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from broker.url import BrokerUrl
@@ -340,6 +340,8 @@ class RedisBucketStore(Store):
         log_retention_s: how much of the event log is kept before the last snapshot (for reports and audits).
     """
 
+    sliced_snapshots: ClassVar[bool] = False  # a bucket's share of the users is small: its snapshot is written whole
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -443,7 +445,7 @@ class RedisBucketStore(Store):
         actions: Sequence[ActionRow],
         tasks: Sequence[TaskRow],
         alerts: Sequence[tuple[str, str, str, int]],
-        ticks: Sequence[int] = (),
+        ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
         """One batch, atomically and fenced: log entries, dedup ids, actions with their outbox, tasks, alerts and
@@ -462,8 +464,9 @@ class RedisBucketStore(Store):
                 })  # fmt: skip
             if events:
                 pipe.zadd(self.k_seen, {e.id: now for e in events})
-            for at in ticks:
-                pipe.xadd(self.k_log, {"k": "t", "at": at, "by": by})
+            for tick in ticks:
+                users = "" if tick.users is None else json.dumps(tick.users)
+                pipe.xadd(self.k_log, {"k": "t", "at": tick.at_ms, "users": users, "by": by})
             for a in actions:
                 row = [a.topic, a.payload, a.user, a.kind, a.device, a.type, a.corr, a.reason, a.created_ms,
                        a.created_wall_ms, by]  # fmt: skip
@@ -514,8 +517,22 @@ class RedisBucketStore(Store):
                 out.append((action_id, str(row[0]), bytes(row[1])))
         return out
 
-    async def save_core(self, state: dict[str, Any], tick_ms: int, wall_ms: int) -> None:
-        """Snapshot the core (only the users whose state changed), with the log position it includes; trim."""
+    async def save_core(
+        self,
+        state: dict[str, Any],
+        tick_ms: int,
+        wall_ms: int,
+        *,
+        round_start: Mark | None = None,
+        complete: bool = True,
+    ) -> Mark:
+        """Snapshot the core (only the users whose state changed), with the log position it includes; trim.
+
+        A bucket holds a share of the users, so its snapshot is written whole (``sliced_snapshots`` is false): every
+        user as of one log position, which the replay starts after.
+        """
+        if round_start is not None or not complete:
+            raise StoreError("the bucket store writes a snapshot whole, not in slices")
         users: dict[str, Any] = state.get("users", {})
         changed = {}
         for user, data in users.items():
@@ -540,9 +557,10 @@ class RedisBucketStore(Store):
 
         await self._fenced(build)
         self._saved_users.update(changed)
+        return Mark(watermark, watermark)
 
-    async def load_core(self) -> tuple[dict[str, Any], int, int] | None:
-        """The bucket's last snapshot: ``(state, watermark, tick_ms)``, or None."""
+    async def load_core(self) -> Snapshot | None:
+        """The bucket's last snapshot (every user as of its watermark, so no user has a mark of their own), or None."""
         core = await self.redis.hgetall(self.k_core)
         if not core:
             return None
@@ -550,16 +568,17 @@ class RedisBucketStore(Store):
         state: dict[str, Any] = json.loads(core[b"head"])
         state["users"] = {_s(u): json.loads(v) for u, v in users_raw.items()}
         self._saved_users = {_s(u): _s(v) for u, v in users_raw.items()}
-        return state, int(core[b"watermark"]), int(core[b"tick_ms"])
+        return Snapshot(state, int(core[b"watermark"]), int(core[b"tick_ms"]), {})
 
-    async def since(self, event_seq: int) -> list[tuple[str, Any]]:
-        """Log entries after a snapshot's watermark, in order: ``("event", EventRow)`` and ``("tick", at_ms)``."""
+    async def since(self, event_seq: int) -> list[tuple[str, Any, int]]:
+        """Log entries after a snapshot's watermark, in order: ``("event", EventRow, position)`` and ``("tick",
+        TickRow, position)`` (the position: the entry's stream id as a number)."""
         start = f"({_int_to_stream_id(event_seq)}" if event_seq else "-"
-        out: list[tuple[str, Any]] = []
+        out: list[tuple[str, Any, int]] = []
         while True:
             entries = await self.redis.xrange(self.k_log, min=start, max="+", count=1000)
-            for _sid, f in entries:
-                out.append(_log_item(f))
+            for sid, f in entries:
+                out.append((*_log_item(f), _stream_id_to_int(_s(sid))))
             if len(entries) < 1000:
                 return out
             start = f"({_s(entries[-1][0])}"
@@ -595,7 +614,8 @@ class RedisBucketStore(Store):
 
 def _log_item(f: dict[bytes, bytes]) -> tuple[str, Any]:
     if f.get(b"k") == b"t":
-        return "tick", int(f[b"at"])
+        users = f.get(b"users", b"")  # absent in entries written before ticks covered slices of users
+        return "tick", TickRow(int(f[b"at"]), tuple(json.loads(users)) if users else None)
     src_ts = int(f[b"src_ts"])
     return "event", EventRow(
         id=_s(f[b"id"]), topic=_s(f[b"topic"]), user=_s(f[b"user"]) or None, kind=_s(f[b"kind"]) or None,

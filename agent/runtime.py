@@ -5,7 +5,8 @@ One pump task does everything in order, so the core never runs concurrently with
 1. take what has arrived (up to a batch) from the bus, or wait at most one tick interval;
 2. drop envelope ids already processed (the store's ``events`` table is the dedup set) and refuse what fails
    admission (timestamps, per-device rate) to the DLQ;
-3. hand each new message to the core with the simulated time; let timers fire (``tick``);
+3. let the timers of the next slice of users fire (``tick``: every user once per ``tick_s``, :data:`TICK_SLICE`
+   users per turn); hand each new message to the core with the simulated time;
 4. commit events, the actions they caused, tasks and alerts in one SQLite transaction;
 5. publish the actions (QoS 1, waiting for the broker), mark them published;
 6. only then acknowledge the MQTT messages (manual ack on a persistent session).
@@ -39,7 +40,7 @@ from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
-from agent.store import ActionRow, EventRow, Store, TaskRow
+from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
 from schemas import codec
@@ -71,6 +72,15 @@ def wall_ms() -> int:
 
 #: Seconds between two passes over every device's last sign of life (heartbeats come every 10 s or more).
 LIVENESS_SCAN_S = 1.0
+#: Users ticked in one pump turn at most. Every user is ticked once per ``tick_s``, in slices: a tick of thousands
+#: of users at once held the event loop for tens of ms, five times a second, and every event waited behind it.
+TICK_SLICE = 100
+#: Users written in one slice of a snapshot round (one pump turn) at most; fewer when they take long to write.
+SNAPSHOT_SLICE = 50
+#: Wall seconds a slice of a snapshot round aims to take.
+SNAPSHOT_BUDGET_S = 0.003
+#: Retained contexts republished in one pump turn at most (~0.1-0.3 ms each); the others due go in the next turns.
+CONTEXT_SLICE = 20
 
 
 @dataclass(slots=True)
@@ -97,6 +107,8 @@ class AgentSettings:
         subscriptions: the filters the agent subscribes (a cluster's bucket session selects its users with them).
         presence: publish the retained ``wb/v1/_agent/{instance}/state`` with a Will (a cluster's bucket sessions
             leave that to their member).
+        slow_turn_ms: a pump turn that holds the event loop longer than this logs ``pump_turn_slow`` with the time
+            of each of its parts (every event behind it waited that long); 0: never.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -115,6 +127,7 @@ class AgentSettings:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     subscriptions: tuple[str, ...] = AGENT_FILTERS
     presence: bool = True
+    slow_turn_ms: float = 100.0
 
 
 @dataclass(slots=True)
@@ -163,7 +176,11 @@ class AgentRuntime:
         self._last_context: dict[str, float] = {}
         self._last_snapshot = 0.0
         self._snapshot_every = settings.snapshot_s
+        self._round: _Round | None = None  # the snapshot being written, a slice of users per pump turn
+        self._snapshot_pace = _Pace(SNAPSHOT_BUDGET_S, 1, SNAPSHOT_SLICE, guess_s=300e-6)
         self._last_tick = 0.0
+        self._tick_users: list[str] = []  # this round of ticks: every user, ticked TICK_SLICE per pump turn
+        self._tick_pos = 0
         self._last_liveness = 0.0
         self._pump: asyncio.Task[None] | None = None
         self._replaying = False
@@ -254,17 +271,24 @@ class AgentRuntime:
         store = self.store
         snap = await store.load_core()
         seq = 0
+        marks: dict[str, Mark] = {}
         if snap is not None:
-            state, seq, _ = snap
-            self.core.restore(state)
+            self.core.restore(snap.state)
+            seq, marks = snap.replay_from, snap.marks
         self._replaying = True
         resolved = await store.resolutions() if self.settings.resolver is not None else {}
         try:
-            for kind, item in await store.since(seq):
-                if kind == "tick":
-                    self.core.tick(int(item))
+            for kind, item, position in await store.since(seq):
+                if kind == "tick":  # each user's timers, unless their stored state was written after this tick
+                    tick: TickRow = item
+                    users = self.core.users if tick.users is None else tick.users
+                    due = [u for u in users if u not in marks or not marks[u].covers(kind, position)]
+                    self.core.tick(tick.at_ms, due)
                 else:
                     row: EventRow = item
+                    mark = marks.get(row.user or "")
+                    if mark is not None and mark.covers(kind, position):
+                        continue  # the user's state was written after this event: it is in there already
                     try:
                         message = codec.decode(row.topic, row.payload, qos=row.qos, retain=row.retain)
                     except ContractError:
@@ -309,20 +333,23 @@ class AgentRuntime:
                     self.log.warning("republish_interrupted", error=str(exc))
                     await asyncio.sleep(s.tick_s)
                     continue
-            batch = await bus.next_batch(s.batch, timeout=s.tick_s)
+            ticking = self._tick_pos < len(self._tick_users)
+            backlog = ticking or self._round is not None
+            backlog = backlog or bool(self._context_due and self._context_due[0][0] <= time.monotonic())
+            batch = await bus.next_batch(s.batch, timeout=0.0 if backlog else s.tick_s)
             mono = time.monotonic()
-            ticks: list[int] = []
+            turn = _Turn(len(batch))
+            ticks: list[TickRow] = []
             outcome = Outcome()
-            if mono - self._last_tick >= s.tick_s:
+            if not ticking and mono - self._last_tick >= s.tick_s:
                 self._last_tick = mono
-                at = self.clock.now_ms()
-                ticked = self.core.tick(at)
-                if ticked.commands or ticked.tasks or ticked.alerts:
-                    ticks.append(at)
-                outcome.extend(ticked)
+                self._tick_users, self._tick_pos = self.core.users, 0
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     batch += self._silent_devices()
+            if self._tick_pos < len(self._tick_users):
+                ticks += self._tick_slice(outcome)
+            turn.lap("tick")
             if batch or ticks:
                 try:
                     await self._process(batch, outcome, ticks)
@@ -330,15 +357,32 @@ class AgentRuntime:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
                     republished = False
-            if mono - self._last_snapshot >= self._snapshot_every:
-                self._last_snapshot = started = time.monotonic()
-                await self._save_core()
-                # A snapshot holds the event loop while it runs (~0.1 ms a changed user): keep it under ~4 % of the
-                # time, so thousands of busy users snapshot less often instead of stalling every event behind it.
-                self._snapshot_every = max(s.snapshot_s, 25 * (time.monotonic() - started))
-            await self._publish_contexts()
+                turn.lap("process")
+            if self._round is None and mono - self._last_snapshot >= self._snapshot_every:
+                self._last_snapshot = mono
+                self._round = _Round(self.core.take_changed())
+            if self._round is not None:
+                turn.snapshot_users = await self._snapshot_slice(self._round)
+                turn.lap("snapshot")
+            turn.contexts = await self._publish_contexts()
+            turn.lap("contexts")
+            if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
+                self.log.warning("pump_turn_slow", **turn.report())
 
-    async def _process(self, batch: list[Message], outcome: Outcome, ticks: list[int]) -> None:
+    def _tick_slice(self, outcome: Outcome) -> list[TickRow]:
+        """Tick the next :data:`TICK_SLICE` users of this round; the tick to store if it changed anything."""
+        users = self._tick_users[self._tick_pos : self._tick_pos + TICK_SLICE]
+        self._tick_pos += len(users)
+        at = self.clock.now_ms()
+        ticked = self.core.tick(at, users)
+        outcome.extend(ticked)
+        # Stored with the users whose timers did something, so a replay fires the same ones at the same time (a
+        # tick that only cleared a timer or refreshed a flag fires again on the restored state: the same result).
+        changed = {c.device.user for c in ticked.commands} | {t.user for t in ticked.tasks}
+        changed.update(user for _, user, _ in ticked.alerts)
+        return [TickRow(at, tuple(sorted(changed)))] if changed else []
+
+    async def _process(self, batch: list[Message], outcome: Outcome, ticks: list[TickRow]) -> None:
         store = self.store
         bus = self.bus
         users = self.settings.users
@@ -362,6 +406,19 @@ class AgentRuntime:
                 continue
             seen.add(eid)
             fresh.append(message)
+        first, rest = _answer_first(fresh)
+        if first and rest:  # somebody is waiting for an answer: theirs is stored and published before the rest
+            await self._settle(first, outcome, ticks)
+            outcome, ticks, fresh = Outcome(), [], rest
+        await self._settle(fresh, outcome, ticks)
+        for message in batch:
+            bus.ack(message)
+
+    async def _settle(self, fresh: list[Message], outcome: Outcome, ticks: list[TickRow]) -> None:
+        """Handle new messages, store them with what they caused in one transaction, then publish the actions."""
+        store = self.store
+        bus = self.bus
+        stats = self.stats
         now = self.clock.now_ms()
         received = wall_ms()
         rows: list[EventRow] = []
@@ -422,8 +479,6 @@ class AgentRuntime:
                     "action_published", action=cmd.body.type, device=cmd.device.client_id,  # type: ignore[attr-defined]
                     corr=cmd.corr, reason=cmd.reason,
                 )  # fmt: skip
-        for message in batch:
-            bus.ack(message)
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 
@@ -435,7 +490,7 @@ class AgentRuntime:
             return
         if s.users is not None and where.user not in s.users:
             return
-        key = (where.user, where.kind.value, where.device)
+        key = (where.user, where.kind._value_, where.device)  # _value_: a plain attribute, not enum's property
         body = message.data
         if where.channel is Channel.STATE and isinstance(body, DeviceState):
             if body.online and body.heartbeat_s:
@@ -541,9 +596,41 @@ class AgentRuntime:
         with contextlib.suppress(BusConnectionError, PublishError):
             self.bus._publish_nowait(dlq_topic(reason), codec.encode(make(letter, ts=now_ms())), 1, False)
 
-    async def _save_core(self) -> None:
-        # only the users changed since the last snapshot; the store keeps every user's latest state
-        await self.store.save_core(self.core.export_changed(), self.clock.now_ms(), wall_ms())
+    async def _snapshot_slice(self, snap: _Round) -> int:
+        """Write the next slice of the snapshot round; at its end, plan the next round. How many users it wrote.
+
+        A user's state takes ~0.1-0.4 ms to write and thousands may have changed: a round written at once held the
+        event loop for hundreds of ms. The store keeps how far each user's row goes, so a restart replays into each
+        user only what their row does not include.
+        """
+        started = time.perf_counter()
+        store = self.store
+        size = self._snapshot_pace.size() if store.sliced_snapshots else len(snap.users)
+        users = snap.users[snap.pos : snap.pos + size]
+        snap.pos += len(users)
+        done = snap.pos >= len(snap.users)
+        mark = await store.save_core(
+            self.core.export_users(users), self.clock.now_ms(), wall_ms(), round_start=snap.start, complete=done
+        )
+        snap.start = snap.start or mark
+        took = time.perf_counter() - started
+        snap.spent += took
+        self._snapshot_pace.record(len(users), took)
+        if done:
+            self._round = None
+            # keep snapshots under ~4 % of the time: thousands of busy users snapshot less often
+            self._snapshot_every = max(self.settings.snapshot_s, 25 * snap.spent)
+        return len(users)
+
+    async def _save_core(self) -> int:
+        """Write the snapshot round in progress and every other changed user at once (at shutdown); how many."""
+        snap = self._round or _Round([])
+        self._round = None
+        users = [*snap.users[snap.pos :], *self.core.take_changed()]
+        await self.store.save_core(
+            self.core.export_users(users), self.clock.now_ms(), wall_ms(), round_start=snap.start, complete=True
+        )
+        return len(users)
 
     def _note_contexts(self, changed: set[str]) -> None:
         """Users whose context changed: due for a republish ``context_s`` after their last one."""
@@ -555,15 +642,16 @@ class AgentRuntime:
                 last = self._last_context.get(user)  # never published: due at once
                 heapq.heappush(self._context_due, (-math.inf if last is None else last + every, user))
 
-    async def _publish_contexts(self) -> None:
+    async def _publish_contexts(self) -> int:
+        """Republish the retained context of the users due (changed, and not republished for ``context_s``)."""
         due_heap = self._context_due
         if not due_heap or not self.bus.connected:
-            return
+            return 0
         mono = time.monotonic()
         if due_heap[0][0] > mono:  # nobody is due yet: no scan of every changed user on each pump turn
-            return
+            return 0
         due: list[str] = []
-        while due_heap and due_heap[0][0] <= mono:
+        while due_heap and due_heap[0][0] <= mono and len(due) < CONTEXT_SLICE:  # the others in the next turns
             due.append(heapq.heappop(due_heap)[1])
         now = self.clock.now_ms()
         saved: list[tuple[str, str, int]] = []
@@ -576,6 +664,87 @@ class AgentRuntime:
                 await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(envelope), 1, True))
             saved.append((user, json.dumps(snapshot.model_dump(mode="json"), ensure_ascii=False), now))
         await self.store.save_contexts(saved)
+        return len(saved)
+
+
+#: What a user waits on an answer to (a sentence, a tap, a press, a nod, a ring gesture).
+INTERACTIVE = frozenset({
+    "voice.utterance", "gesture.head", "glasses.touch", "glasses.button", "glasses.ui_event", "ring.gesture",
+    "earphones.touch", "phone.tap",
+})  # fmt: skip
+
+
+def _answer_first(fresh: list[Message]) -> tuple[list[Message], list[Message]]:
+    """Split a batch: every message of the users who sent something :data:`INTERACTIVE`, then the others.
+
+    Each user's messages keep their order (the core's decisions for one user depend on it; users are independent).
+    Behind a batch of hundreds of sensor samples, the answer to a sentence waits for its own user's messages only.
+    """
+    waiting = {m.where.user for m in fresh if getattr(m.envelope.data, "type", "") in INTERACTIVE}
+    if not waiting:
+        return [], fresh
+    first: list[Message] = []
+    rest: list[Message] = []
+    for message in fresh:
+        (first if message.where.user in waiting else rest).append(message)
+    return first, rest
+
+
+class _Pace:
+    """How many items of some work fit a time budget, from the time an item took lately (a moving average)."""
+
+    __slots__ = ("budget_s", "hi", "lo", "per_item_s")
+
+    def __init__(self, budget_s: float, lo: int, hi: int, *, guess_s: float) -> None:
+        self.budget_s = budget_s
+        self.lo = lo
+        self.hi = hi
+        self.per_item_s = guess_s
+
+    def size(self) -> int:
+        """Items for the next turn: as many as fit the budget, within ``lo`` and ``hi``."""
+        return max(self.lo, min(self.hi, int(self.budget_s / self.per_item_s)))
+
+    def record(self, items: int, seconds: float) -> None:
+        """``items`` took ``seconds``."""
+        if items > 0:
+            self.per_item_s += 0.2 * (seconds / items - self.per_item_s)
+
+
+@dataclass(slots=True)
+class _Round:
+    """One snapshot round: the users changed when it began, written a slice at a time."""
+
+    users: list[str]
+    pos: int = 0
+    start: Mark | None = None  # the store's mark when the round began (its first slice)
+    spent: float = 0.0  # seconds the round's slices took
+
+
+class _Turn:
+    """The wall time of the parts of one pump turn (for ``pump_turn_slow``)."""
+
+    __slots__ = ("batch", "contexts", "laps", "mark", "snapshot_users", "start")
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.start = self.mark = time.perf_counter()
+        self.laps: dict[str, float] = {}
+        self.snapshot_users = 0
+        self.contexts = 0
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.laps[part] = (now - self.mark) * 1000
+        self.mark = now
+
+    def total_ms(self) -> float:
+        return (self.mark - self.start) * 1000
+
+    def report(self) -> dict[str, Any]:
+        parts = {f"{part}_ms": round(ms, 1) for part, ms in self.laps.items()}
+        return {"total_ms": round(self.total_ms(), 1), "batch": self.batch, "snapshot_users": self.snapshot_users,
+                "contexts": self.contexts, **parts}  # fmt: skip
 
 
 def _intent(raw: str) -> Intent:
@@ -606,9 +775,9 @@ def _event_row(message: Message, handled_ms: int, received_wall: int) -> EventRo
         env.id,
         message.topic,
         where.user,
-        kind.value if kind else None,
+        kind._value_ if kind else None,  # _value_ (a plain attribute) rather than enum's slower property
         where.device,
-        where.channel.value,
+        where.channel._value_,
         getattr(env.data, "type", ""),
         env.ts,
         env.src_ts,

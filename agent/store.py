@@ -36,11 +36,11 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import aiosqlite
 
@@ -141,6 +141,50 @@ MIGRATIONS: tuple[str, ...] = (
         state TEXT NOT NULL
     );
     """,
+    # v4: the events table on the ingest path writes one B-tree and one index per event, not four: no
+    # AUTOINCREMENT (it rewrote the sqlite_sequence row in every transaction; events are never deleted, so the rowid
+    # already only grows) and no index on (user, handled_ms) (nothing queries it: the replay reads by seq, the
+    # dedup by id). The table is copied, so upgrading a large database takes a while once.
+    """
+    CREATE TABLE events_v4 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL,
+        user TEXT,
+        kind TEXT,
+        device TEXT,
+        channel TEXT NOT NULL,
+        type TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        src_ts INTEGER,
+        dev_seq INTEGER,
+        corr TEXT,
+        handled_ms INTEGER NOT NULL,
+        received_wall_ms INTEGER NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    );
+    INSERT INTO events_v4 SELECT seq, id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,
+        handled_ms, received_wall_ms, qos, retain, payload FROM events ORDER BY seq;
+    DROP TABLE events;
+    ALTER TABLE events_v4 RENAME TO events;
+    DELETE FROM sqlite_sequence WHERE name = 'events';
+    """,
+    # v5: a tick may cover some users only (the pump ticks its users in slices, so a tick of thousands of users
+    # never holds the event loop at once): the users a stored tick covered, as a JSON list (NULL: every user)
+    """
+    ALTER TABLE ticks ADD COLUMN users TEXT;
+    """,
+    # v6: a snapshot is written a slice of users at a time, so each user's row says how far it goes (the last event
+    # and the last tick it includes). Rows of before were written all together, at core_state.event_seq, before
+    # every tick still stored (ticks before it were deleted with that snapshot).
+    """
+    ALTER TABLE core_users ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE core_users ADD COLUMN tick_n INTEGER NOT NULL DEFAULT 0;
+    UPDATE core_users SET event_seq = COALESCE((SELECT event_seq FROM core_state WHERE id = 1), 0),
+        tick_n = COALESCE((SELECT MIN(n) - 1 FROM ticks), 0);
+    """,
 )
 
 
@@ -163,6 +207,46 @@ class EventRow(NamedTuple):
     qos: int
     retain: bool
     payload: bytes
+
+
+class Mark(NamedTuple):
+    """How far one user's stored state goes: the last event (``seq``) and the last stored tick (``n``) it includes."""
+
+    event_seq: int
+    tick_n: int
+
+    def covers(self, kind: str, position: int) -> bool:
+        """Whether an item of :meth:`Store.since` (``kind``, its position) is already in the user's state."""
+        return position <= (self.tick_n if kind == "tick" else self.event_seq)
+
+
+class Snapshot(NamedTuple):
+    """A stored core snapshot.
+
+    Attributes:
+        state: what :meth:`AgentCore.restore` takes (the head and every user's state).
+        replay_from: replay the events after this ``seq`` and the ticks stored since.
+        tick_ms: the simulated time of the last snapshot.
+        marks: per user, what their state already includes (an item it covers is not replayed into it); a user
+            without a mark replays everything after ``replay_from``.
+    """
+
+    state: dict[str, Any]
+    replay_from: int
+    tick_ms: int
+    marks: dict[str, Mark]
+
+
+class TickRow(NamedTuple):
+    """A tick that changed something, stored so that a replay fires the same timers at the same time.
+
+    Attributes:
+        at_ms: the simulated time of the tick.
+        users: the users it covered (None: every user).
+    """
+
+    at_ms: int
+    users: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +293,9 @@ CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WA
 
 class Store:
     """The agent's database. ``async with Store(path) as store:``."""
+
+    #: Whether a snapshot may be written a slice of users at a time (each user's row has its own mark).
+    sliced_snapshots: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -343,17 +430,20 @@ class Store:
         actions: Sequence[ActionRow],
         tasks: Sequence[TaskRow],
         alerts: Sequence[tuple[str, str, str, int]],
-        ticks: Sequence[int] = (),
+        ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Store one batch atomically (events, the actions they caused, tasks, alerts, tick times, resolutions)."""
+        """Store one batch atomically (events, the actions they caused, tasks, alerts, ticks, resolutions)."""
         if not (events or actions or tasks or alerts or ticks or resolutions):
             return
         with self._transaction(f"a batch of {len(events)} events") as con:
             if ticks:
                 row = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
                 last = int(row[0]) if row else 0
-                con.executemany("INSERT INTO ticks (after_event_seq, at_ms) VALUES (?, ?)", [(last, t) for t in ticks])
+                con.executemany(
+                    "INSERT INTO ticks (after_event_seq, at_ms, users) VALUES (?, ?, ?)",
+                    [(last, t.at_ms, None if t.users is None else json.dumps(t.users)) for t in ticks],
+                )
             if events:
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
             if actions:
@@ -410,48 +500,75 @@ class Store:
 
     # ------------------------------------------------------------------ core snapshots and replay
 
-    async def save_core(self, state: dict[str, Any], tick_ms: int, wall_ms: int) -> None:
-        """Snapshot the core, with the last event it includes.
+    async def save_core(
+        self,
+        state: dict[str, Any],
+        tick_ms: int,
+        wall_ms: int,
+        *,
+        round_start: Mark | None = None,
+        complete: bool = True,
+    ) -> Mark:
+        """Snapshot users of the core, each with the mark of what it includes (everything stored so far).
 
-        ``state["users"]`` may hold only the users that changed since the last snapshot (``export_changed``): every
-        other user's row stays as it was, which is still their state, so the rows together are the core as of now.
+        A snapshot is written in rounds: the users changed since the last round, a slice at a time (a slice holds the
+        event loop, so the runtime keeps it short). ``state["users"]`` holds one slice (``export_users``); every
+        other user's row stays as it was, which is still their state as of their own mark. When ``complete``, the
+        round that began at ``round_start`` (None: with this slice) is written entirely, and the replay after a
+        restart can start there: every user with an event since then has a row that covers it.
+
+        Returns:
+            the mark of this slice (the caller keeps the first as ``round_start`` for the rest of the round).
         """
-        users: dict[str, Any] = state.get("users", {})
+        users: Mapping[str, Any] = state.get("users", {})
         head = {k: v for k, v in state.items() if k != "users"}
         text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
-        rows = [(user, json.dumps(data, ensure_ascii=False, separators=(",", ":"))) for user, data in users.items()]
         with self._transaction("the core snapshot") as con:
+            row = con.execute(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT COALESCE(MAX(n), 0) FROM ticks)"
+            ).fetchone()
+            mark = Mark(int(row[0]), int(row[1]))
             con.executemany(
-                "INSERT INTO core_users (user, state) VALUES (?, ?)"
-                " ON CONFLICT(user) DO UPDATE SET state=excluded.state",
-                rows,
+                "INSERT INTO core_users (user, state, event_seq, tick_n) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(user) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
+                " tick_n=excluded.tick_n",
+                (
+                    (user, json.dumps(data, ensure_ascii=False, separators=(",", ":")), mark.event_seq, mark.tick_n)
+                    for user, data in users.items()
+                ),
             )
-            row = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            seq = int(row[0]) if row else 0
             con.execute(
-                "INSERT INTO core_state (id, state, event_seq, tick_ms, saved_wall_ms) VALUES (1, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
-                " tick_ms=excluded.tick_ms, saved_wall_ms=excluded.saved_wall_ms",
-                (text, seq, tick_ms, wall_ms),
+                "INSERT INTO core_state (id, state, event_seq, tick_ms, saved_wall_ms) VALUES (1, ?, 0, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET state=excluded.state, tick_ms=excluded.tick_ms,"
+                " saved_wall_ms=excluded.saved_wall_ms",
+                (text, tick_ms, wall_ms),
             )
-            con.execute("DELETE FROM ticks WHERE after_event_seq < ?", (seq,))
+            if complete:
+                replay_from = (round_start or mark).event_seq
+                con.execute("UPDATE core_state SET event_seq = ? WHERE id = 1", (replay_from,))
+                con.execute("DELETE FROM ticks WHERE after_event_seq < ?", (replay_from,))
+        return mark
 
-    async def load_core(self) -> tuple[dict[str, Any], int, int] | None:
-        """The last core snapshot: ``(state, event_seq, tick_ms)``, or None."""
+    async def load_core(self) -> Snapshot | None:
+        """The last core snapshot, or None."""
         async with self.db.execute("SELECT state, event_seq, tick_ms FROM core_state WHERE id = 1") as cur:
             row = await cur.fetchone()
         if row is None:
             return None
         state: dict[str, Any] = json.loads(row[0])  # a snapshot written before v3 holds every user in here
-        async with self.db.execute("SELECT user, state FROM core_users") as cur:
-            users = {user: json.loads(data) async for user, data in cur}
+        marks: dict[str, Mark] = {}
+        users: dict[str, Any] = {}
+        async with self.db.execute("SELECT user, state, event_seq, tick_n FROM core_users") as cur:
+            async for user, data, event_seq, tick_n in cur:
+                users[user] = json.loads(data)
+                marks[user] = Mark(int(event_seq), int(tick_n))
         if users:
             state.setdefault("users", {}).update(users)
-        return state, int(row[1]), int(row[2])
+        return Snapshot(state, int(row[1]), int(row[2]), marks)
 
-    async def since(self, event_seq: int) -> list[tuple[str, Any]]:
-        """What happened after a snapshot, in order: ``("event", EventRow)`` and ``("tick", at_ms)``."""
-        out: list[tuple[int, int, tuple[str, Any]]] = []
+    async def since(self, event_seq: int) -> list[tuple[str, Any, int]]:
+        """What happened after a snapshot, in order: ``("event", EventRow, seq)`` and ``("tick", TickRow, n)``."""
+        out: list[tuple[int, int, tuple[str, Any, int]]] = []
         async with self.db.execute(
             "SELECT seq, id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr, handled_ms,"
             " received_wall_ms, qos, retain, payload FROM events WHERE seq > ? ORDER BY seq",
@@ -463,12 +580,13 @@ class Store:
                     src_ts=r[9], dev_seq=r[10], corr=r[11], handled_ms=r[12], received_wall_ms=r[13], qos=r[14],
                     retain=bool(r[15]), payload=bytes(r[16]),
                 )  # fmt: skip
-                out.append((int(r[0]), 0, ("event", row)))
+                out.append((int(r[0]), 0, ("event", row, int(r[0]))))
         async with self.db.execute(
-            "SELECT after_event_seq, n, at_ms FROM ticks WHERE after_event_seq >= ? ORDER BY n", (event_seq,)
+            "SELECT after_event_seq, n, at_ms, users FROM ticks WHERE after_event_seq >= ? ORDER BY n", (event_seq,)
         ) as cur:
             async for r in cur:
-                out.append((int(r[0]), 1 + int(r[1]), ("tick", int(r[2]))))
+                users = None if r[3] is None else tuple(json.loads(r[3]))
+                out.append((int(r[0]), 1 + int(r[1]), ("tick", TickRow(int(r[2]), users), int(r[1]))))
         out.sort(key=lambda x: (x[0], x[1]))
         return [item for _, _, item in out]
 

@@ -11,15 +11,27 @@ import unicodedata
 LINES_PER_SCREEN = 5
 LINE_UNITS = 120
 _WIDE = frozenset({"W", "F"})
+# The first wide code point of this Python's Unicode tables: every character before it (ASCII, Latin-1, ...) costs
+# 3 units, so the common Latin text is measured without a table look-up per character.
+_FIRST_WIDE = chr(next(cp for cp in range(0x110000) if unicodedata.east_asian_width(chr(cp)) in _WIDE))
 
 
 def char_units(ch: str) -> int:
     """Display units of one character (5 for CJK / full-width, 3 otherwise)."""
+    if ch < _FIRST_WIDE and len(ch) == 1:
+        return 3
     return 5 if unicodedata.east_asian_width(ch) in _WIDE else 3
+
+
+def _narrow(text: str) -> bool:
+    """Whether no character of ``text`` is wide (each then costs 3 units)."""
+    return text.isascii() or max(text) < _FIRST_WIDE
 
 
 def text_units(text: str) -> int:
     """Display units of a string."""
+    if _narrow(text):
+        return 3 * len(text)
     return sum(char_units(ch) for ch in text)
 
 
@@ -30,6 +42,9 @@ def wrap(text: str, units: int = LINE_UNITS) -> list[str]:
     """
     lines: list[str] = []
     for paragraph in text.split("\n"):
+        if text_units(paragraph) <= units:
+            lines.append(paragraph.strip())  # what the loop below makes of a paragraph that fits one line
+            continue
         line = ""
         for token in _tokens(paragraph):
             candidate = (line + token) if line else token.lstrip()
@@ -66,8 +81,9 @@ def _tokens(paragraph: str) -> list[str]:
     """Split into wrap points: a CJK character is its own token; Latin words keep their leading space."""
     tokens: list[str] = []
     word = ""
+    narrow = _narrow(paragraph)
     for ch in paragraph:
-        if char_units(ch) == 5:
+        if not narrow and char_units(ch) == 5:
             if word:
                 tokens.append(word)
                 word = ""

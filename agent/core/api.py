@@ -9,6 +9,7 @@ deterministic).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ class Command:
         device: the target device.
         body: the action body (``schemas.actions``), e.g. ``ShowCard``.
         corr: the id of the event that caused it (every action carries one).
-        id: a deterministic action id (derived from ``corr`` and a per-core counter, so a replay gives the same ids).
+        id: a deterministic action id (from ``corr`` and the user's action counter, so a replay gives the same ids).
         deadline_ms: when the core will fall back to another device if no ack has come (None: no fallback).
         reason: a short tag for logs and the timeline (``skill:order_food``, ``rule:low_spo2``, ``route:fallback``).
     """
@@ -102,8 +103,9 @@ class Core(Protocol):
         """Fuse one decoded message (event, ack or device state) into the context and decide what to do."""
         ...
 
-    def tick(self, now_ms: int) -> Outcome:
-        """Let timers fire: expiries, undo windows, ack deadlines and fallbacks, rule checks."""
+    def tick(self, now_ms: int, users: Iterable[str] | None = None) -> Outcome:
+        """Let timers fire (of these users; None: every user): expiries, undo windows, ack deadlines and fallbacks,
+        rule checks."""
         ...
 
     def snapshot(self, user: str) -> ContextSnapshot:
@@ -112,6 +114,14 @@ class Core(Protocol):
 
     def export_state(self) -> dict[str, Any]:
         """Everything needed to carry on after a restart (JSON-serialisable)."""
+        ...
+
+    def take_changed(self) -> list[str]:
+        """The users whose state changed since the last call."""
+        ...
+
+    def export_users(self, users: Iterable[str]) -> dict[str, Any]:
+        """As :meth:`export_state`, with only these users."""
         ...
 
     def export_changed(self) -> dict[str, Any]:

@@ -587,6 +587,7 @@ class Talk:
         last_dish: the last food order (for "my usual").
         last_restaurant: its restaurant.
         task_counter: for task ids.
+        action_counter: for action ids (:func:`agent.core.routing.action_id`).
     """
 
     lang: str = "en"
@@ -603,6 +604,7 @@ class Talk:
     last_dish: str | None = None
     last_restaurant: str | None = None
     task_counter: int = 0
+    action_counter: int = 0
 
 
 # --- routing memory
@@ -1010,7 +1012,7 @@ def quiet(ctx: UserContext, now: int, cfg: CoreConfig, profile: UserProfile) -> 
         if any(k in text for k in words):
             return True
     place = (ctx.where.place or "").lower()
-    return any(k in place for k in words)
+    return any(map(place.__contains__, words))
 
 
 def moving(ctx: UserContext, now: int, cfg: CoreConfig) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from agent.core import context as cx
@@ -11,7 +11,7 @@ from agent.core.api import Outcome
 from agent.core.config import CoreConfig
 from agent.core.context import CalendarEvent, DeviceInfo, UserContext
 from agent.core.intents import Intent, Reply, ReplyKind, detect_lang, normalize_text, parse
-from agent.core.routing import Ids, Turn
+from agent.core.routing import Turn
 from agent.core.state import dump, load
 from agent.core.wording import lang_of, say
 from schemas.actions import Ack, ClearDisplay, ContextSnapshot, DeviceState, DeviceSummary
@@ -53,7 +53,7 @@ from schemas.events import (
 )
 from schemas.topics import Channel, Kind
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: each user counts their own action ids
 _UNDO_WORDS = frozenset({"undo", "undo that", "undo it", "撤销", "撤回", "撤销吧", "撤回吧"})
 _YES_RING = frozenset({"press", "pinch", "double_pinch"})
 _CONTEXT_ITEMS = (Steps, SleepSegment)
@@ -74,8 +74,7 @@ class AgentCore:
     def __init__(self, config: CoreConfig | None = None) -> None:
         self.config = config if config is not None else CoreConfig()
         self._users: dict[str, UserContext] = {}
-        self._ids = Ids()
-        # Users whose state changed since the last export_changed(): a snapshot writes only those (at 2,500 users a
+        # Users whose state changed since the last take_changed(): a snapshot writes only those (at 2,500 users a
         # full export took ~260 ms of the event loop every snapshot; docs/benchmarks.md).
         self._dirty: set[str] = set()
         # Intents resolved outside the core (the optional LLM resolver) for utterances by envelope id; consumed
@@ -127,8 +126,8 @@ class AgentCore:
         self._dirty.add(where.user)
         ctx.now = max(ctx.now, now_ms)
         profile = self.config.profile(where.user)
-        turn = Turn(self.config, profile, ctx, now=now_ms, corr=message.envelope.id, outcome=out, ids=self._ids)
-        dev = cx.device(ctx, where.kind.value, where.device)
+        turn = Turn(self.config, profile, ctx, now=now_ms, corr=message.envelope.id, outcome=out)
+        dev = cx.device(ctx, where.kind._value_, where.device)  # _value_: enum's .value is a slower property
         body = message.envelope.data
         if where.channel is Channel.EVENT:
             dev.last_seen = now_ms
@@ -144,14 +143,19 @@ class AgentCore:
             self._state(turn, dev, body)
         return out
 
-    def tick(self, now_ms: int) -> Outcome:
-        """Let timers fire: expiries, undo windows, ack deadlines and fallbacks, time-driven rules."""
+    def tick(self, now_ms: int, users: Iterable[str] | None = None) -> Outcome:
+        """Let timers fire: expiries, undo windows, ack deadlines and fallbacks, time-driven rules.
+
+        ``users``: only these (a runtime with thousands of users ticks them in slices); None: every user.
+        """
         out = Outcome()
         cfg = self.config
-        for user, ctx in self._users.items():
+        known = self._users
+        chosen = known.items() if users is None else [(u, known[u]) for u in users if u in known]
+        for user, ctx in chosen:
             ctx.now = max(ctx.now, now_ms)
             before = (len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed))
-            turn = Turn(cfg, cfg.profile(user), ctx, now=now_ms, corr=f"tick-{user}", outcome=out, ids=self._ids)
+            turn = Turn(cfg, cfg.profile(user), ctx, now=now_ms, corr=f"tick-{user}", outcome=out)
             routing.expire(turn)
             tasks.tick(turn)
             skills.tick(turn)
@@ -220,34 +224,42 @@ class AgentCore:
 
     def export_state(self) -> dict[str, Any]:
         """Everything needed to carry on after a restart, as JSON-ready data."""
-        return {
-            "version": STATE_VERSION,
-            "ids": self._ids.n,
-            "users": {user: dump(ctx) for user, ctx in self._users.items()},
-        }
+        return {"version": STATE_VERSION, "users": {user: dump(ctx) for user, ctx in self._users.items()}}
 
-    def export_changed(self) -> dict[str, Any]:
-        """As :meth:`export_state`, with only the users changed since the last call (a store keeps the others).
+    def take_changed(self) -> list[str]:
+        """The users whose state changed since the last call (or since :meth:`export_changed`)."""
+        changed = [user for user in self._dirty if user in self._users]
+        self._dirty.clear()
+        return changed
+
+    def export_users(self, users: Iterable[str]) -> dict[str, Any]:
+        """As :meth:`export_state`, with only these users (a store keeps the others).
 
         ``users`` is a read-only mapping that dumps each user when it is read, so a store that encodes them one at a
         time never holds the data of thousands of users at once (a full export at 2,500 users built ~70 MB of
         temporary objects). Read it before handling anything else.
         """
-        changed = [user for user in self._dirty if user in self._users]
-        self._dirty.clear()
-        return {"version": STATE_VERSION, "ids": self._ids.n, "users": _Dumped(self._users, changed)}
+        return {"version": STATE_VERSION, "users": _Dumped(self._users, [u for u in users if u in self._users])}
+
+    def export_changed(self) -> dict[str, Any]:
+        """As :meth:`export_users` of the users changed since the last call."""
+        return self.export_users(self.take_changed())
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`export_state` returned.
+        """Restore what :meth:`export_state` returned (or a state of version 1, whose action counter was shared).
 
         Raises:
             AgentError: the state is of another version or does not fit.
         """
-        if state.get("version") != STATE_VERSION:
-            raise AgentError(f"cannot restore core state version {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise AgentError(f"cannot restore core state version {version!r}")
         users = {user: load(UserContext, data) for user, data in state.get("users", {}).items()}
+        if version == 1:  # one counter for every user's action ids: each user goes on past it, so no id comes again
+            shared = int(state.get("ids", 0))
+            for ctx in users.values():
+                ctx.talk.action_counter = max(ctx.talk.action_counter, shared)
         self._users = users
-        self._ids = Ids(int(state.get("ids", 0)))
         self._dirty.clear()
 
     # --- helpers
@@ -359,8 +371,11 @@ class AgentCore:
             return
         self._awake(turn)
         tag = body.lang
-        if lang_of(tag) == "en" and detect_lang(normalize_text(body.text)[:500]) == "zh":
-            tag = "zh"  # many ASR front ends leave the default tag on Chinese text
+        normal: str | None = None  # body.text normalised, once it is needed
+        if lang_of(tag) == "en":
+            normal = normalize_text(body.text)
+            if detect_lang(normal[:500]) == "zh":
+                tag = "zh"  # many ASR front ends leave the default tag on Chinese text
         hint = self.hints.pop(env.id, None)
         parsed = hint if hint is not None else parse(body.text, tag)
         lang = lang_of(parsed.lang)
@@ -374,7 +389,9 @@ class AgentCore:
             if parsed.kind is ReplyKind.CANCEL:
                 tasks.cancel_latest(turn, lang)  # "cancel my ride": the task in progress
             return
-        if normalize_text(body.text).strip(" .!?").lower() in _UNDO_WORDS and skills.undo(turn):
+        if normal is None:
+            normal = normalize_text(body.text)
+        if normal.strip(" .!?").lower() in _UNDO_WORDS and skills.undo(turn):
             return
         if isinstance(parsed, Intent):
             skills.start(turn, parsed)

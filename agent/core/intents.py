@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -147,6 +148,10 @@ def normalize_text(text: str) -> str:
     Returns:
         The normalised string.
     """
+    if text.isascii() and text.isprintable():
+        # NFKC leaves ASCII as it is, and printable ASCII has no C* character and no whitespace but " ".
+        folded = text.translate(_PUNCT)
+        return (_SPACES.sub(" ", folded) if "  " in folded else folded).strip()
     folded = unicodedata.normalize("NFKC", text).translate(_PUNCT)
     # Categories C* are control, format, surrogate, private-use and unassigned code points.
     cleaned = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in folded)
@@ -166,6 +171,8 @@ def detect_lang(text: str) -> str:
     Returns:
         "zh" or "en".
     """
+    if text.isascii():
+        return "en"  # no Han character
     han = len(_HAN.findall(text))
     if han == 0:
         return "en"
@@ -631,6 +638,14 @@ def parse(text: str, lang: str | None = None) -> Parsed:
     Raises:
         TypeError: if ``text`` is not a str.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    if len(text) > MAX_CHARS:
+        return _parse(text, lang)
+    return _parse_cached(text, lang)
+
+
+def _parse(text: str, lang: str | None) -> Parsed:
     body = _prepare(text)
     code = _lang_code(lang) or detect_lang(body or normalize_text(text)[:MAX_CHARS])
     if not body:
@@ -645,6 +660,12 @@ def parse(text: str, lang: str | None = None) -> Parsed:
             skill, slots = found
             return Intent(skill=skill, slots=MappingProxyType(slots), lang=code, text=text)
     return Unknown(lang=code, text=text)
+
+
+PARSE_CACHE_SIZE = 1024
+"""Utterances whose parse is kept: people ask the same few things again and again (what ``parse`` returns is
+immutable, and the same for the same text and tag). Longer input than MAX_CHARS is never kept."""
+_parse_cached = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_parse)
 
 
 def parse_slot_answer(skill: Skill | str, slot: str, text: str, lang: str | None = None) -> SlotValue | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 from pydantic import ValidationError
 
 from agent.core.api import Command, Outcome, TaskRecord
@@ -44,22 +47,16 @@ _DISPLAY_APP: dict[str, str | None] = {
 }
 
 
-class Ids:
-    """The counter that makes action ids deterministic (exported with the core's state).
+def action_id(corr: str, n: int) -> str:
+    """The id of a user's ``n``-th action, caused by event ``corr`` (deterministic: a replay gives the same ids).
 
-    Attributes:
-        n: the last number handed out.
+    The counter is the user's own, so a replay into one user (whose stored state is older than the others') gives
+    that user's ids again. Event ids are unique across users; one too long to be kept whole is shortened with a hash
+    of the whole, so two users never share an id.
     """
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int = 0) -> None:
-        self.n = n
-
-    def next(self, corr: str) -> str:
-        """A fresh id derived from the causing event's id."""
-        self.n += 1
-        return f"{corr[:100]}:{self.n}"
+    if len(corr) > 100:
+        corr = f"{corr[:83]}~{hashlib.blake2b(corr.encode(), digest_size=8).hexdigest()}"
+    return f"{corr}:{n}"
 
 
 class Turn:
@@ -72,10 +69,9 @@ class Turn:
         now: agent time.
         corr: the id of the event that causes what is sent.
         outcome: what the call produces.
-        ids: the action id counter.
     """
 
-    __slots__ = ("cfg", "corr", "ctx", "ids", "now", "outcome", "profile")
+    __slots__ = ("cfg", "corr", "ctx", "now", "outcome", "profile")
 
     def __init__(
         self,
@@ -86,7 +82,6 @@ class Turn:
         now: int,
         corr: str,
         outcome: Outcome,
-        ids: Ids,
     ) -> None:
         self.cfg = cfg
         self.profile = profile
@@ -94,7 +89,6 @@ class Turn:
         self.now = now
         self.corr = corr
         self.outcome = outcome
-        self.ids = ids
 
     def because(self, corr: str) -> Turn:
         """The same turn, with commands caused by another event."""
@@ -105,7 +99,6 @@ class Turn:
             now=self.now,
             corr=corr or self.corr,
             outcome=self.outcome,
-            ids=self.ids,
         )
 
     def send(
@@ -121,9 +114,11 @@ class Turn:
         target = dev if dev is not None else primary(self.ctx, kind)
         if target is None:
             return None
-        cmd_id = self.ids.next(self.corr)
+        talk = self.ctx.talk
+        talk.action_counter += 1
+        cmd_id = action_id(self.corr, talk.action_counter)
         due = self.now + self.cfg.ack_deadline_s * 1000 if deadline else None
-        where = DeviceId(self.ctx.user, Kind(kind), target.name)
+        where = _device_id(self.ctx.user, kind, target.name)
         self.outcome.commands.append(Command(where, body, self.corr, cmd_id, due, reason))
         return cmd_id
 
@@ -168,8 +163,11 @@ def chain(turn: Turn, out: Output) -> list[str]:
 
     In a quiet setting nothing is spoken aloud; a confirmation's phone fallback is a prompt the user can tap.
     """
+    return _chain(turn, out, hush=quiet(turn.ctx, turn.now, turn.cfg, turn.profile))
+
+
+def _chain(turn: Turn, out: Output, *, hush: bool) -> list[str]:
     ctx = turn.ctx
-    hush = quiet(ctx, turn.now, turn.cfg, turn.profile)
     glasses = usable(ctx, "glasses") is not None
     channels: list[str] = []
     if glasses:
@@ -197,8 +195,8 @@ def deliver(turn: Turn, out: Output) -> None:
     if out.urgency != "high" and asleep(ctx, turn.now, turn.cfg):
         hold(turn, out)
         return
-    channels = chain(turn, out)
     hush = quiet(ctx, turn.now, turn.cfg, turn.profile)
+    channels = _chain(turn, out, hush=hush)
     on_the_move = moving(ctx, turn.now, turn.cfg)
     if channels:
         first, rest = channels[0], channels[1:]
@@ -226,7 +224,7 @@ def _send_channel(turn: Turn, channel: str, out: Output, rest: list[str], *, sho
     cmd_id = turn.send(kind, body, reason, deadline=bool(rest), dev=dev)
     if cmd_id is None or not rest or dev is None:
         return
-    action = type(body).model_fields["type"].default
+    action = _action(type(body))
     outputs = turn.ctx.outputs
     outputs[cmd_id] = Pending(channel, action, list(rest), out, turn.corr, turn.now + turn.cfg.ack_deadline_s * 1000)
     while len(outputs) > MAX_PENDING:
@@ -245,6 +243,18 @@ def fall_back(turn: Turn, pending: Pending) -> None:
         if channel_ok(t, channel):
             _send_channel(t, channel, pending.out, rest, short=False, reason="route:fallback")
             return
+
+
+@functools.cache
+def _action(body: type[Body]) -> str:
+    """The action name of a body class (its ``type`` literal, e.g. ``display.card``)."""
+    return str(body.model_fields["type"].default)
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_id(user: str, kind: str, name: str) -> DeviceId:
+    """A device's (immutable, checked) id: the same few devices are addressed again and again."""
+    return DeviceId(user, Kind(kind), name)
 
 
 # --- acks and timers

@@ -92,7 +92,7 @@ async def measure_redis(url: str, users: int, n: int) -> list[str]:
     await reader.claim(set())
     snap = await reader.load_core()
     assert snap is not None  # noqa: S101
-    await reader.since(snap[1])
+    await reader.since(snap.replay_from)
     takeover = time.perf_counter() - t
     size = sum(len(json.dumps(u)) for u in state["users"].values())
     keys = await client.keys(f"wb:{{{cluster}-0}}:*")

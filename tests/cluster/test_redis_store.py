@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.store import ActionRow, EventRow, TaskRow
+from agent.store import ActionRow, EventRow, TaskRow, TickRow
 from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
 
 
@@ -71,7 +71,9 @@ async def test_a_new_holder_fences_the_old_one(redis: Any) -> None:
 async def test_the_log_dedup_and_snapshot_carry_a_bucket_to_the_next_member(redis: Any) -> None:
     a = store(redis, "c-a1")
     await a.claim(set())
-    await a.commit_batch([event("e1", 1), event("e2", 2)], [action("x1", "e2")], [], [], ticks=[2500])
+    await a.commit_batch(
+        [event("e1", 1), event("e2", 2)], [action("x1", "e2")], [], [], ticks=[TickRow(2500, ("alice",))]
+    )
     await a.save_core({"version": 1, "ids": 4, "users": {"alice": {"n": 1}}}, 2600, 0)
     await a.commit_batch([event("e3", 3)], [], [], [("rule", "alice", "text", 7)])
     b = store(redis, "c-a2")
@@ -79,14 +81,15 @@ async def test_the_log_dedup_and_snapshot_carry_a_bucket_to_the_next_member(redi
     assert await b.known(["e1", "e3", "e9"]) == {"e1", "e3"}
     snap = await b.load_core()
     assert snap is not None
-    state, watermark, tick_ms = snap
-    assert state == {"version": 1, "ids": 4, "users": {"alice": {"n": 1}}}
-    assert tick_ms == 2600
-    after = await b.since(watermark)
-    assert [(kind, item.id) for kind, item in after] == [("event", "e3")]
+    assert snap.state == {"version": 1, "ids": 4, "users": {"alice": {"n": 1}}}
+    assert (snap.tick_ms, snap.marks) == (2600, {})
+    after = await b.since(snap.replay_from)
+    assert [(kind, item.id) for kind, item, _ in after] == [("event", "e3")]
     everything = await b.since(0)
-    assert [k for k, _ in everything] == ["event", "event", "tick", "event"]
+    assert [k for k, _, _ in everything] == ["event", "event", "tick", "event"]
+    assert [pos for _, _, pos in everything] == sorted(pos for _, _, pos in everything)
     assert everything[0][1] == event("e1", 1)
+    assert everything[2][1] == TickRow(2500, ("alice",))
     assert await b.unpublished() == [("x1", "wb/v1/alice/glasses/g1/cmd/display.card", b"payload-x1")]
     await b.mark_published(["x1"], 9)
     assert await b.unpublished() == []
@@ -100,7 +103,7 @@ async def test_a_snapshot_writes_only_the_users_that_changed(redis: Any) -> None
     await a.save_core({"version": 1, "ids": 1, "users": {"alice": {"n": 2}, "bob": {"n": 1}}}, 2, 0)
     snap = await a.load_core()
     assert snap is not None
-    assert snap[0]["users"] == {"alice": {"n": 2}, "bob": {"n": "untouched"}}
+    assert snap.state["users"] == {"alice": {"n": 2}, "bob": {"n": "untouched"}}
 
 
 async def test_outbox_keeps_creation_order_and_tasks_round_trip(redis: Any) -> None:

@@ -135,6 +135,21 @@ def test_no_ack_before_the_deadline_falls_back_on_tick() -> None:
     assert speak.corr == card.corr
 
 
+def test_a_tick_of_some_users_leaves_the_others_timers_alone() -> None:
+    core = AgentCore(config())
+    alice, bob = Rig(core, user="alice"), Rig(core, user="bob")
+    alice.ready()
+    bob.ready()
+    bob.now = alice.now = max(alice.now, bob.now)
+    [card_a] = alice.say("blah blah").commands
+    [card_b] = bob.say("blah blah").commands
+    late = alice.now + 6_000  # both ack deadlines have passed
+    assert core.tick(late, ["bob", "nobody"]).commands[0].corr == card_b.corr
+    [speak] = core.tick(late, ["alice"]).commands
+    assert (speak.corr, speak.device.user) == (card_a.corr, "alice")
+    assert core.tick(late).commands == []
+
+
 def test_an_acked_card_needs_no_fallback_and_shows_in_the_context() -> None:
     r = rig()
     [card] = r.say("blah blah").commands

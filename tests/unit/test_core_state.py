@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agent.core.config import CoreConfig, UserProfile
 from agent.core.context import Output, UserContext
 from agent.core.engine import AgentCore
-from agent.core.routing import build, card
+from agent.core.routing import action_id, build, card
 from agent.core.testing import HOME, OFFICE, STATION, Rig, config, of, profile
 from schemas.actions import ShowCard, TaskStart
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, text_units, wrap
@@ -142,6 +142,33 @@ def test_the_script_exercises_what_must_survive_a_restart() -> None:
 def test_restore_refuses_another_version() -> None:
     with pytest.raises(AgentError):
         AgentCore().restore({"version": 99, "users": {}})
+
+
+def test_a_version_1_state_goes_on_past_the_shared_action_counter() -> None:
+    """Version 1 counted every user's action ids together: after it, each user's own count starts past it."""
+    r = Rig(AgentCore(config()))
+    r.ready()
+    [before] = r.say("blah blah").commands
+    state = json.loads(json.dumps(r.core.export_state()))
+    for data in state["users"].values():
+        data["talk"].pop("action_counter")
+    r.core = AgentCore(config())
+    r.core.restore({**state, "version": 1, "ids": 57})
+    [after] = r.say("blah blah").commands
+    assert before.id.endswith(":1")
+    assert after.id.endswith(":58")
+
+
+def test_action_ids_are_each_users_own_and_fit_an_envelope() -> None:
+    core = AgentCore(config())
+    alice, bob = Rig(core, user="alice"), Rig(core, user="bob")
+    alice.ready()
+    bob.ready()
+    [a] = alice.say("blah blah").commands
+    [b] = bob.say("blah blah").commands
+    assert (a.id.rsplit(":", 1)[1], b.id.rsplit(":", 1)[1]) == ("1", "1")  # one counter per user
+    assert action_id("x" * 128, 7) != action_id("x" * 127 + "y", 7)
+    assert len(action_id("x" * 128, 10**9)) <= 128
 
 
 # --- memory

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import agent.runtime as runtime_module
 import agent.store as store_module
 from agent.core.api import Outcome
 from agent.runtime import AgentRuntime, AgentSettings, _event_row
@@ -22,6 +23,7 @@ from broker.bench import mix
 from broker.client import BusStats, Outgoing
 from schemas import codec
 from schemas.actions import DeviceState
+from schemas.clock import Clock, ManualClock
 from schemas.envelope import Message, envelope_of, now_ms
 from schemas.errors import StoreError
 from schemas.topics import Channel, Kind, parse
@@ -78,9 +80,9 @@ class FakeBus:
 
 
 @asynccontextmanager
-async def runtime(db: Path, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, FakeBus]]:
+async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, FakeBus]]:
     """An agent runtime with its real store and a fake bus, its pump not started."""
-    agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings))
+    agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings), clock)
     bus = FakeBus(db)
     agent._store = await Store(db).__aenter__()
     agent._bus = bus  # type: ignore[assignment]
@@ -121,6 +123,82 @@ async def test_stored_as_received_committed_before_publish_and_ack(tmp_path: Pat
         stored = await stored_payloads(agent.store)
         assert stored == {m.envelope.id: m.raw for m in batch}  # the bytes that came off the wire
         assert await agent.store.scalar("SELECT COUNT(*) FROM actions WHERE type = 'display.card'") == 1
+
+
+async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "a.db") as (agent, bus):
+        rng = random.Random(2)
+        backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, now_ms(), prefix=USER), start=1)]
+        await agent._process(backlog[: len(backlog) // 2], Outcome(), [])
+        stored_before = await agent.store.scalar("SELECT COUNT(*) FROM events")
+        rest = [*backlog[len(backlog) // 2 :], question("q-1")]
+        asker = rest[-1].where.user
+        published_at: list[int] = []
+        original = bus.publish_future
+
+        def spy(out: Outgoing, *, fmt: codec.Format | None = None) -> asyncio.Future[None]:
+            con = sqlite3.connect(bus.db)
+            try:
+                published_at.append(con.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            finally:
+                con.close()
+            return original(out, fmt=fmt)
+
+        bus.publish_future = spy  # type: ignore[method-assign]
+        await agent._process(rest, Outcome(), [])
+        theirs = sum(1 for m in rest if m.where.user == asker)
+        assert 0 < theirs < len(rest)
+        assert published_at == [stored_before + theirs]  # only the asker's messages were stored before the card
+        users = [u for (u,) in await agent.store.rows("SELECT user FROM events ORDER BY seq")][stored_before:]
+        assert users[:theirs] == [asker] * theirs
+        assert asker not in users[theirs:]
+        # each user's messages keep their order
+        for user in {m.where.user for m in rest}:
+            mine = [m.envelope.id for m in rest if m.where.user == user]
+            ids = [i for (i,) in await agent.store.rows("SELECT id FROM events WHERE user = ? ORDER BY seq", user)]
+            assert ids[-len(mine) :] == mine
+        assert {m.envelope.id for m in rest} <= set(bus.acked)
+        assert bus.uncommitted_acks == []
+
+
+async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users ticked and written a few at a time, timers firing, then a crash before the round ends: each user's row
+    covers its own part of the log, and the replay into each user of the rest gives back the live core exactly."""
+    monkeypatch.setattr(runtime_module, "SNAPSHOT_SLICE", 3)
+    monkeypatch.setattr(runtime_module, "TICK_SLICE", 4)
+    db = tmp_path / "a.db"
+    clock = ManualClock(now_ms())
+    rng = random.Random(5)
+    backlog = mix.backlog(12, 12, rng, clock.now_ms(), prefix=USER)
+    users = sorted({parse(t).user or "" for t, _ in backlog})
+
+    def asks(n: int) -> list[tuple[str, bytes]]:
+        return [(f"wb/v1/{u}/earphones/e1/evt/voice/utterance", mix.pack(f"ask{n}-{u}", clock.now_ms(), n,
+                 mix.utterance("how many steps today"))) for u in users[::2]]  # fmt: skip
+
+    third = len(backlog) // 3
+    ordered = [*backlog[:third], *asks(1), *backlog[third : 2 * third], *asks(2), *backlog[2 * third :]]
+    messages = [wire(t, p, i) for i, (t, p) in enumerate(ordered, start=1)]
+    stored_ticks = 0
+    async with runtime(db, clock) as (agent, _):
+        for k in range(0, len(messages), 15):
+            outcome, ticks = Outcome(), []
+            if agent._tick_pos >= len(agent._tick_users):
+                agent._tick_users, agent._tick_pos = agent.core.users, 0
+            ticks += agent._tick_slice(outcome)
+            stored_ticks += len(ticks)
+            await agent._process(messages[k : k + 15], outcome, ticks)
+            agent._round = agent._round or runtime_module._Round(agent.core.take_changed())
+            await agent._snapshot_slice(agent._round)
+            clock.advance(2.5)  # the cards' ack deadlines pass: ticks fall back to the earphones
+        assert agent._round is not None  # a crash in the middle of a round
+        live = agent.core.export_state()
+    assert stored_ticks > 0
+    async with runtime(db, clock) as (restarted, _):
+        await restarted._restore()
+        assert restarted.core.export_state() == live
 
 
 async def test_duplicates_are_dropped_in_a_batch_and_after_a_restart(tmp_path: Path) -> None:
@@ -225,3 +303,16 @@ async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeyp
         assert task is not None
         await task
         assert db.stat().st_size > before
+
+
+def test_the_pace_fits_its_budget_within_its_bounds() -> None:
+    pace = runtime_module._Pace(0.008, 50, 500, guess_s=50e-6)
+    assert pace.size() == 160
+    for _ in range(50):
+        pace.record(100, 0.001)  # 10 µs an item: 800 would fit
+    assert pace.size() == 500
+    for _ in range(50):
+        pace.record(10, 0.01)  # 1 ms an item: 8 would fit
+    assert pace.size() == 50
+    pace.record(0, 1.0)  # nothing was done: nothing learnt
+    assert pace.size() == 50

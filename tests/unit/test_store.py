@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from agent.core.engine import AgentCore
-from agent.store import MIGRATIONS, ActionRow, EventRow, Store, TaskRow
+from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
 from broker.bench import mix
 from schemas import codec
 from schemas.errors import StoreError
@@ -31,6 +32,26 @@ async def test_migrates_and_reopens(tmp_path: Path) -> None:
         assert await store.scalar("PRAGMA journal_mode") == "wal"
     async with Store(db) as store:
         assert await store.schema_version() == len(MIGRATIONS)
+
+
+async def test_v4_keeps_the_events_and_their_order(tmp_path: Path) -> None:
+    """A v3 database (AUTOINCREMENT, the user index) upgrades with every event, seq and tick watermark kept."""
+    db = tmp_path / "a.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con.executemany(_INSERT_EVENT, [event(i) for i in range(1, 6)])
+    con.execute("INSERT INTO ticks (after_event_seq, at_ms) VALUES (4, 99)")
+    con.close()
+    async with Store(db) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+        assert await store.rows("SELECT seq, id FROM events ORDER BY seq") == [(i, f"e{i}") for i in range(1, 6)]
+        assert await store.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_user'") == 0
+        assert "AUTOINCREMENT" not in await store.scalar("SELECT sql FROM sqlite_master WHERE name = 'events'")
+        await store.commit_batch([event(6)], [], [], [])
+        assert await store.scalar("SELECT seq FROM events WHERE id = 'e6'") == 6
+        assert await store.known(["e1", "e6", "e7"]) == {"e1", "e6"}
+        assert [kind for kind, _, _ in await store.since(0)] == ["event"] * 4 + ["tick", "event", "event"]
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -65,15 +86,38 @@ async def test_snapshot_and_replay_log(tmp_path: Path) -> None:
     async with Store(tmp_path / "a.db") as store:
         await store.commit_batch([event(1)], [], [], [])
         await store.save_core({"v": 1}, 10, 0)
-        await store.commit_batch([event(2)], [], [], [], ticks=[20])
+        await store.commit_batch([event(2)], [], [], [], ticks=[TickRow(20)])
         await store.commit_batch([event(3)], [], [], [])
         snap = await store.load_core()
         assert snap is not None
-        state, seq, _ = snap
-        assert state == {"v": 1}
-        items = await store.since(seq)
+        assert snap.state == {"v": 1}
+        items = await store.since(snap.replay_from)
         # live, the pump ticks before it handles a batch; the replay keeps that order
-        assert [(k, v if k == "tick" else v.id) for k, v in items] == [("tick", 20), ("event", "e2"), ("event", "e3")]
+        assert [(k, v if k == "tick" else v.id, pos) for k, v, pos in items] == [
+            ("tick", TickRow(20), 1),
+            ("event", "e2", 2),
+            ("event", "e3", 3),
+        ]
+
+
+async def test_a_snapshot_in_slices_marks_how_far_each_user_goes(tmp_path: Path) -> None:
+    """Rows written at different times cover different parts of the log; the replay starts where the round began."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.commit_batch([event(1)], [], [], [], ticks=[TickRow(5, ("a",))])
+        start = await store.save_core({"v": 1, "users": {"a": {"n": 1}}}, 10, 0, complete=False)
+        assert start == Mark(1, 1)
+        await store.commit_batch([event(2)], [], [], [], ticks=[TickRow(6, ("b",))])
+        assert (await store.load_core()) == Snapshot({"v": 1, "users": {"a": {"n": 1}}}, 0, 10, {"a": start})
+        last = await store.save_core({"v": 1, "users": {"b": {"n": 2}}}, 11, 0, round_start=start, complete=True)
+        assert last == Mark(2, 2)
+        await store.commit_batch([event(3)], [], [], [])
+        snap = await store.load_core()
+        assert snap == Snapshot({"v": 1, "users": {"a": {"n": 1}, "b": {"n": 2}}}, 1, 11, {"a": start, "b": last})
+        items = await store.since(snap.replay_from)
+        assert [(k, pos) for k, _, pos in items] == [("tick", 2), ("event", 2), ("event", 3)]
+        assert [snap.marks["a"].covers(k, pos) for k, _, pos in items] == [False, False, False]
+        assert [snap.marks["b"].covers(k, pos) for k, _, pos in items] == [True, True, False]
+        assert await store.scalar("SELECT COUNT(*) FROM ticks") == 1  # the tick before the round's start is gone
 
 
 async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Path) -> None:
@@ -96,5 +140,5 @@ async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Pat
         snap = await store.load_core()
     assert snap is not None
     restored = AgentCore()
-    restored.restore(snap[0])
+    restored.restore(snap.state)
     assert restored.export_state() == live.export_state()
