@@ -392,8 +392,9 @@ class AgentRuntime:
         seen: set[str] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
+        mono = time.monotonic()
         for message in batch:
-            self._observe(message)
+            self._observe(message, mono)
             eid = message.envelope.id
             if eid in known or eid in seen:
                 stats.duplicates += 1
@@ -482,8 +483,8 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 
-    def _observe(self, message: Message) -> None:
-        """Note that a device spoke (any message proves it is alive, even a duplicate or a refused one)."""
+    def _observe(self, message: Message, mono: float) -> None:
+        """Note that a device spoke at ``mono`` (any message proves it is alive, even a duplicate or a refused one)."""
         where = message.where
         s = self.settings
         if where.user is None or where.kind is None or where.device is None or s.heartbeat_misses <= 0:
@@ -494,11 +495,11 @@ class AgentRuntime:
         body = message.data
         if where.channel is Channel.STATE and isinstance(body, DeviceState):
             if body.online and body.heartbeat_s:
-                self._liveness[key] = [body.heartbeat_s, time.monotonic()]
+                self._liveness[key] = [body.heartbeat_s, mono]
             else:
                 self._liveness.pop(key, None)
         elif key in self._liveness:
-            self._liveness[key][1] = time.monotonic()
+            self._liveness[key][1] = mono
 
     def _silent_devices(self) -> list[Message]:
         """Offline states for devices that missed ``heartbeat_misses`` heartbeats, as if their Will had come.
