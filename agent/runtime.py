@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import heapq
 import json
 import math
@@ -108,7 +109,8 @@ class AgentSettings:
         presence: publish the retained ``wb/v1/_agent/{instance}/state`` with a Will (a cluster's bucket sessions
             leave that to their member).
         slow_turn_ms: a pump turn that holds the event loop longer than this logs ``pump_turn_slow`` with the time
-            of each of its parts (every event behind it waited that long); 0: never.
+            of each of its parts and of the garbage collections in it (every event behind it waited that long); 0:
+            never.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -189,6 +191,7 @@ class AgentRuntime:
         # (user, kind, device) -> [heartbeat_s, monotonic time of its last message]
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
+        self._gc_clock = _GcClock()
 
     @property
     def store(self) -> Store:
@@ -235,6 +238,7 @@ class AgentRuntime:
         await self._bus.__aenter__()
         for topic_filter in s.subscriptions:
             await self._bus.subscribe(topic_filter, 1)
+        gc.callbacks.append(self._gc_clock)
         self._pump = asyncio.create_task(self._run_pump(), name=f"agent[{s.instance}].pump")
         return self
 
@@ -245,6 +249,8 @@ class AgentRuntime:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        with contextlib.suppress(ValueError):  # not registered: __aenter__ failed before
+            gc.callbacks.remove(self._gc_clock)
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._mark_acked()
@@ -338,7 +344,7 @@ class AgentRuntime:
             backlog = backlog or bool(self._context_due and self._context_due[0][0] <= time.monotonic())
             batch = await bus.next_batch(s.batch, timeout=0.0 if backlog else s.tick_s)
             mono = time.monotonic()
-            turn = _Turn(len(batch))
+            turn = _Turn(len(batch), self._gc_clock)
             ticks: list[TickRow] = []
             outcome = Outcome()
             if not ticking and mono - self._last_tick >= s.tick_s:
@@ -722,17 +728,37 @@ class _Round:
     spent: float = 0.0  # seconds the round's slices took
 
 
+class _GcClock:
+    """Wall time the process spent in garbage collection, and its full collections (a ``gc.callbacks`` entry)."""
+
+    __slots__ = ("full", "spent_s", "started")
+
+    def __init__(self) -> None:
+        self.spent_s = 0.0
+        self.full = 0
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        self.spent_s += time.perf_counter() - self.started
+        self.full += info.get("generation") == 2
+
+
 class _Turn:
-    """The wall time of the parts of one pump turn (for ``pump_turn_slow``)."""
+    """The wall time of the parts of one pump turn, and of the garbage collections in it (for ``pump_turn_slow``)."""
 
-    __slots__ = ("batch", "contexts", "laps", "mark", "snapshot_users", "start")
+    __slots__ = ("batch", "contexts", "gc", "gc_full", "gc_spent_s", "laps", "mark", "snapshot_users", "start")
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, gc_clock: _GcClock) -> None:
         self.batch = batch
         self.start = self.mark = time.perf_counter()
         self.laps: dict[str, float] = {}
         self.snapshot_users = 0
         self.contexts = 0
+        self.gc = gc_clock
+        self.gc_spent_s, self.gc_full = gc_clock.spent_s, gc_clock.full
 
     def lap(self, part: str) -> None:
         now = time.perf_counter()
@@ -744,8 +770,9 @@ class _Turn:
 
     def report(self) -> dict[str, Any]:
         parts = {f"{part}_ms": round(ms, 1) for part, ms in self.laps.items()}
+        gc_ms = round((self.gc.spent_s - self.gc_spent_s) * 1000, 1)
         return {"total_ms": round(self.total_ms(), 1), "batch": self.batch, "snapshot_users": self.snapshot_users,
-                "contexts": self.contexts, **parts}  # fmt: skip
+                "contexts": self.contexts, **parts, "gc_ms": gc_ms, "gc_full": self.gc.full - self.gc_full}  # fmt: skip
 
 
 def _intent(raw: str) -> Intent:

@@ -4,6 +4,7 @@ publish, acknowledge), dedup across a restart, the store's two connections and i
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sqlite3
 from collections.abc import AsyncIterator
@@ -316,3 +317,19 @@ def test_the_pace_fits_its_budget_within_its_bounds() -> None:
     assert pace.size() == 50
     pace.record(0, 1.0)  # nothing was done: nothing learnt
     assert pace.size() == 50
+
+
+def test_a_slow_turn_reports_its_parts_and_the_garbage_collections_in_it() -> None:
+    clock = runtime_module._GcClock()
+    gc.callbacks.append(clock)
+    try:
+        turn = runtime_module._Turn(7, clock)
+        turn.lap("process")
+        gc.collect()
+        turn.lap("snapshot")
+    finally:
+        gc.callbacks.remove(clock)
+    report = turn.report()
+    assert (report["batch"], report["gc_full"]) == (7, 1)
+    assert report["gc_ms"] > 0
+    assert set(report) >= {"total_ms", "process_ms", "snapshot_ms", "contexts", "snapshot_users"}
