@@ -124,10 +124,6 @@ class Core(Protocol):
         """As :meth:`export_state`, with only these users."""
         ...
 
-    def export_changed(self) -> dict[str, Any]:
-        """As :meth:`export_state`, with only the users whose state changed since the last call."""
-        ...
-
     def restore(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`export_state` returned."""
         ...

@@ -227,7 +227,7 @@ class AgentCore:
         return {"version": STATE_VERSION, "users": {user: dump(ctx) for user, ctx in self._users.items()}}
 
     def take_changed(self) -> list[str]:
-        """The users whose state changed since the last call (or since :meth:`export_changed`)."""
+        """The users whose state changed since the last call."""
         changed = [user for user in self._dirty if user in self._users]
         self._dirty.clear()
         return changed
@@ -240,10 +240,6 @@ class AgentCore:
         temporary objects). Read it before handling anything else.
         """
         return {"version": STATE_VERSION, "users": _Dumped(self._users, [u for u in users if u in self._users])}
-
-    def export_changed(self) -> dict[str, Any]:
-        """As :meth:`export_users` of the users changed since the last call."""
-        return self.export_users(self.take_changed())
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`export_state` returned (or a state of version 1, whose action counter was shared).
@@ -556,7 +552,7 @@ class AgentCore:
 
 
 class _Dumped(Mapping[str, Any]):
-    """Users' state, dumped when read (see :meth:`AgentCore.export_changed`)."""
+    """Users' state, dumped when read (see :meth:`AgentCore.export_users`)."""
 
     def __init__(self, users: dict[str, UserContext], names: list[str]) -> None:
         self._users = users

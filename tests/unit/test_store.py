@@ -130,11 +130,11 @@ async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Pat
             live.handle(message, now + i)
             if i % 25 == 0:
                 live.tick(now + i)
-                await store.save_core(live.export_changed(), now + i, now + i)
-        await store.save_core(live.export_changed(), now, now)
-        assert live.export_changed()["users"] == {}  # nothing changed since
+                await store.save_core(live.export_users(live.take_changed()), now + i, now + i)
+        await store.save_core(live.export_users(live.take_changed()), now, now)
+        assert live.take_changed() == []  # nothing changed since
         live.handle(messages[-1], now + len(messages))  # one user's message: only that user is written
-        changed = live.export_changed()
+        changed = live.export_users(live.take_changed())
         assert list(changed["users"]) == [messages[-1].where.user]
         await store.save_core(changed, now, now)
         snap = await store.load_core()
