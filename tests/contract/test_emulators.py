@@ -344,6 +344,12 @@ async def test_kill_9_leaves_the_will_sigterm_says_goodbye_and_a_scenario_ends_w
 async def test_events_held_while_the_broker_was_down_arrive_in_order(
     any_broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
+    if any_broker.name == "embedded":
+        pytest.skip(
+            "amqtt 0.12 keeps what it accepted in memory and drops its broadcast queue when it stops ('N messages "
+            "not broadcasted'): an event it acknowledged just before the restart is lost for every subscriber "
+            "(1 run in 4 here); no loss across a broker restart needs Mosquitto (documented in the README)"
+        )
     url = any_broker.url
     user = fresh_user()
     agent = f"a-{user}"
