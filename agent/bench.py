@@ -528,32 +528,33 @@ def summarize(report: dict[str, Any]) -> list[Row]:
     for key, label, base in (("e2e_idle", "idle", "rtt_paho_idle"), ("e2e_load", "under load", "rtt_paho_load")):
         if key not in lat:
             continue
-        e2e, raw_idle, raw_same = lat[key], lat.get("rtt_paho_idle", {}), lat.get(base, {})
+        e2e, raw_idle = lat[key], lat.get("rtt_paho_idle", {})
         if not e2e.get("n"):
             rows.append(Row("e2e latency", f"utterance to glasses {label}: no answer in 5 s (probing stopped)",
                             float(e2e.get("timeouts", 0)), "probes", target="0", met=False))  # fmt: skip
             continue
+        # Each against the raw round trip under the same conditions (the load slows the broker for both). The
+        # targets are judged both ways under load: the issue does not say which raw round trip it means.
+        raw_same = lat.get(base) or {}
         users = _get(lat, "load", "users")
         suffix = f" ({users} users)" if key == "e2e_load" else ""
-        p50r = hx.ratio(e2e["p50_us"], raw_idle.get("p50_us"))
-        p99r = hx.ratio(e2e["p99_us"], raw_idle.get("p99_us"))
-        target = key == "e2e_load"
-        rows.append(Row("e2e latency", f"utterance to glasses {label}{suffix} p50", e2e["p50_us"], "µs", p50r,
-                        "paho RTT idle p50", "<= 2x" if target else "",
-                        (p50r <= 2.0 if p50r is not None else None) if target else None))  # fmt: skip
-        rows.append(Row("e2e latency", f"utterance to glasses {label}{suffix} p99", e2e["p99_us"], "µs", p99r,
-                        "paho RTT idle p99", "<= 5x" if target else "",
-                        (p99r <= 5.0 if p99r is not None else None) if target else None))  # fmt: skip
-        rows.append(Row("e2e latency", f"utterance to glasses {label}{suffix} p99.9", e2e["p999_us"], "µs",
-                        hx.ratio(e2e["p999_us"], raw_idle.get("p999_us")), "paho RTT idle p99.9"))  # fmt: skip
+        loaded = key == "e2e_load"
+        for pct, field_, limit in (("p50", "p50_us", 2.0), ("p99", "p99_us", 5.0), ("p99.9", "p999_us", 0.0)):
+            r = hx.ratio(e2e[field_], raw_same.get(field_))
+            goal = loaded and limit > 0
+            base_name = "paho RTT load" if loaded else "paho RTT idle"
+            rows.append(Row("e2e latency", f"utterance to glasses {label}{suffix} {pct}", e2e[field_], "µs", r,
+                            f"{base_name} {pct}", f"<= {limit:g}x" if goal else "",
+                            (r <= limit if r is not None else None) if goal else None))  # fmt: skip
         if e2e.get("timeouts"):
             rows.append(Row("e2e latency", f"utterance to glasses {label}: no answer in 5 s",
                             float(e2e["timeouts"]), "probes", target="0", met=False))  # fmt: skip
-        if key == "e2e_load":
-            rows.append(Row("e2e latency", "p50 / paho RTT under the same load", None, "",
-                            hx.ratio(e2e["p50_us"], raw_same.get("p50_us")), "paho RTT load p50"))  # fmt: skip
-            rows.append(Row("e2e latency", "p99 / paho RTT under the same load", None, "",
-                            hx.ratio(e2e["p99_us"], raw_same.get("p99_us")), "paho RTT load p99"))  # fmt: skip
+        if loaded:
+            for pct, field_, limit in (("p50", "p50_us", 2.0), ("p99", "p99_us", 5.0)):
+                r = hx.ratio(e2e[field_], raw_idle.get(field_))
+                met = None if r is None else r <= limit
+                rows.append(Row("e2e latency", f"{pct} under load / paho RTT idle", None, "", r,
+                                f"paho RTT idle {pct}", f"<= {limit:g}x", met))  # fmt: skip
     sc = report.get("scale")
     if sc:
         n = sc["users"]

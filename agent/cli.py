@@ -76,6 +76,13 @@ def agent_command(
     slow_turn_ms: Annotated[
         float, typer.Option(help="Log pump_turn_slow when one pass of the pump holds the loop longer (0: never).")
     ] = 100.0,
+    linger_ms: Annotated[
+        float,
+        typer.Option(
+            help="Wait up to this long for a fuller batch when a few non-interactive events are waiting "
+            "(a sentence or a gesture never waits; 0: never)."
+        ),
+    ] = 5.0,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -120,6 +127,7 @@ def agent_command(
         users=frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None,
         core=config,
         slow_turn_ms=slow_turn_ms,
+        linger_s=linger_ms / 1000,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,

@@ -247,7 +247,14 @@ class PartitionBus(Bus):
         """Whether deliveries are being held after a reconnect."""
         return self._hold_until > 0
 
-    async def next_batch(self, max_n: int = 500, timeout: float | None = None) -> list[Message]:
+    async def next_batch(
+        self,
+        max_n: int = 500,
+        timeout: float | None = None,
+        *,
+        linger: float = 0.0,
+        urgent: Callable[[Message], bool] | None = None,
+    ) -> list[Message]:
         """As :meth:`Bus.next_batch`, but nothing comes out while a reconnect hold lasts."""
         if self._hold_until:
             remaining = self._hold_until - time.monotonic()
@@ -257,7 +264,7 @@ class PartitionBus(Bus):
                     return []
             self._hold_until = 0.0
             _per_device_order(self._inbox)
-        return await super().next_batch(max_n, timeout)
+        return await super().next_batch(max_n, timeout, linger=linger, urgent=urgent)
 
 
 def _per_device_order(inbox: Any) -> None:

@@ -148,6 +148,12 @@ class BusStats:
     disconnects: int = 0
 
 
+def _settle(waiter: asyncio.Future[bool]) -> None:
+    """A wait's timer: it ended without a wake."""
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Bus:
     """An MQTT connection that survives the broker going away. Use ``async with Bus(options) as bus:``."""
 
@@ -169,7 +175,13 @@ class Bus:
         self._log = get_logger("bus", bus=options.name, broker=self.url.redacted())
         self._subs: dict[str, int] = {}
         self._inbox: deque[Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        # While next_batch lingers: the inbox size that ends it, and what ends it at once (see next_batch).
+        self._fill = 0
+        self._urgent: Callable[[Message], bool] | None = None
+        # How many messages the broker may send before it waits for our acks, as far as we know: what a linger that
+        # ran out of time had gathered. Lingering for more than that could only wait. Reset when more arrive.
+        self._window = 0
         self._client: aiomqtt.Client | None = None
         self._paho: paho.Client | None = None
         self._conn: mqtt.Connection | None = None
@@ -502,7 +514,7 @@ class Bus:
         inbox.append(message)
         if len(inbox) >= self._high_water and self.options.manual_ack and self._conn is not None:
             self._conn.pause()  # TCP backpressure: the broker keeps the rest until the consumer catches up
-        self._wake()
+        self._wake(message)
 
     def _take(self, n: int) -> list[Message]:
         inbox = self._inbox
@@ -527,10 +539,29 @@ class Bus:
         if self.options.manual_ack and qos > 0:
             self._send_ack(mid, qos)  # handled: it went to the DLQ
 
-    def _wake(self) -> None:
+    def _wake(self, message: Message | None = None) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done():
+            return
+        if message is not None and self._fill and len(self._inbox) < self._fill:
+            urgent = self._urgent
+            if urgent is None or not urgent(message):
+                return  # lingering: neither full nor urgent yet
+        waiter.set_result(True)
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for :meth:`_wake` or ``timeout`` seconds; whether it was woken (a plain future and a timer: cheaper
+        than ``asyncio.wait``, and this runs once per pump turn)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _settle, waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def messages(self) -> AsyncIterator[Message]:
         """Yield decoded messages as they arrive (for ever; stop by breaking out or cancelling)."""
@@ -549,28 +580,49 @@ class Bus:
                 continue
             await self._wait_inbox()
 
-    async def next_batch(self, max_n: int = 500, timeout: float | None = None) -> list[Message]:
+    async def next_batch(
+        self,
+        max_n: int = 500,
+        timeout: float | None = None,
+        *,
+        linger: float = 0.0,
+        urgent: Callable[[Message], bool] | None = None,
+    ) -> list[Message]:
         """What has arrived (up to ``max_n``), waiting at most ``timeout`` seconds for the first; may be empty.
 
         Unlike cancelling an ``async for``, a timeout here loses nothing: the next call gets what came meanwhile.
+
+        Args:
+            max_n: messages at most.
+            timeout: seconds to wait for the first message (None: for ever; 0: just let the event loop run once).
+            linger: once something is here, wait up to this many seconds more for a fuller batch, unless ``max_n``
+                are here or a message for which ``urgent`` is true arrives (it ends the wait at once). A consumer
+                with a fixed cost per batch (a transaction) pays it less often; what is urgent does not wait. The
+                wait is also cut short at the number of messages a linger that ran out of time had gathered, until
+                more than that arrive at once: a broker that sends only so many before it waits for our acks
+                (Mosquitto's ``max_inflight_messages``) costs one linger, not one per batch.
+            urgent: see ``linger``.
         """
         inbox = self._inbox
         if not inbox and not self._closing:
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait([waiter], timeout=timeout)
-            finally:
-                self._waiter = None
+            await self._wait(timeout)
+        if linger > 0 and inbox and not self._closing:
+            if self._window and len(inbox) > self._window:
+                self._window = 0  # more came than we thought the broker would send: it was not its window
+            fill = min(max_n, self._window or max_n)
+            if len(inbox) < fill and (urgent is None or not any(map(urgent, inbox))):
+                self._fill, self._urgent = fill, urgent
+                try:
+                    woken = await self._wait(linger)
+                finally:
+                    self._fill, self._urgent = 0, None
+                if not woken:
+                    self._window = len(inbox)  # no more came: perhaps all the broker sends before our acks
         return self._take(max_n)
 
     async def _wait_inbox(self) -> None:
-        if self._closing:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        if not self._closing:
+            await self._wait(None)
 
     def ack(self, message: Message) -> bool:
         """Acknowledge a QoS 1 message received with ``manual_ack`` (call it once it is safely processed).

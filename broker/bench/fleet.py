@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import heapq
 import json
+import math
 import os
 import random
 import resource
@@ -229,10 +230,9 @@ class Fleet:
                 stream = dev.streams[si]
                 self._send(dev, stream)
                 n += 1
-                nxt = due + stream.period_s
-                if nxt < now:
+                nxt = next_due(due, now, stream.period_s)
+                if nxt > due + stream.period_s:
                     self.stats.late += 1
-                    nxt = now + stream.period_s
                 self._push(nxt, index, si)
             if now >= next_report:
                 next_report += progress_s
@@ -272,6 +272,19 @@ class Fleet:
         line = {"event": event, "t": time.monotonic(), **self.totals(), **extra}
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
+
+
+def next_due(due: float, now: float, period_s: float) -> float:
+    """When a periodic stream sends next, after the send that was due at ``due`` happened at ``now``.
+
+    Behind schedule (after connecting thousands, or a stall) it skips what was missed but keeps its phase.
+    Restarting every late stream at ``now + period`` would line them all up, and the fleet would send in bursts
+    that no set of independent devices sends (and the agent's latency would be measured behind them).
+    """
+    nxt = due + period_s
+    if nxt <= now:
+        nxt = due + (math.floor((now - due) / period_s) + 1) * period_s
+    return nxt
 
 
 def raise_nofile(wanted: int) -> int:

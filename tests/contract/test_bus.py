@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 import pytest
 
 from broker.client import Bus, BusOptions, Outgoing
+from broker.testkit.mosquitto import MosquittoProcess
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.envelope import Message, make
 from schemas.events import HeartRate, Utterance
-from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
+from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
 
 pytestmark = [pytest.mark.broker]
 
@@ -208,3 +209,96 @@ async def test_qos1_publish_waits_for_the_broker(any_broker: BrokerUnderTest) ->
         for _ in range(50):
             await pub.publish_raw(Outgoing(f"wb/v1/{u}/ring/r1/evt/sensor/hr", raw, 1), wait=True)
         assert pub.stats.published == 50
+
+
+def _is_utterance(message: Message) -> bool:
+    return isinstance(message.data, Utterance)
+
+
+async def _received(b: Bus, n: int, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while b.stats.received < n:  # noqa: ASYNC110 (a counter, not an event; bounded by the timeout)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_lingering_batch_waits_for_more_until_something_urgent_comes(any_broker: BrokerUnderTest) -> None:
+    u = user()
+    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+        await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
+        taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, urgent=_is_utterance))
+        for bpm in (60, 61, 62):
+            await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
+        await _received(sub, 3)
+        await asyncio.sleep(0.1)
+        assert not taking.done()  # three heart rates, nothing urgent: it lingers for more
+        await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="hi")), wait=True)
+        async with asyncio.timeout(10):  # far less than the 60 s linger: only the sentence can have ended it
+            batch = await taking
+    assert [type(m.data).__name__ for m in batch] == ["HeartRate", "HeartRate", "HeartRate", "Utterance"]
+
+
+async def test_a_lingering_batch_ends_when_full(any_broker: BrokerUnderTest) -> None:
+    u = user()
+    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+        await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
+        for bpm in range(60, 65):
+            await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
+        await _received(sub, 5)
+        async with asyncio.timeout(10):
+            first = await sub.next_batch(3, timeout=5.0, linger=60.0)
+            second = await sub.next_batch(2, timeout=5.0, linger=60.0)
+    assert [m.data.bpm for m in first + second] == [60, 61, 62, 63, 64]  # type: ignore[attr-defined]
+
+
+async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: BrokerUnderTest) -> None:
+    """A linger during which nothing came means the broker holds the rest until we ack (Mosquitto's in-flight
+    limit): from then on, that many waiting messages end the wait at once, until more than that arrive."""
+    u = user()
+    hr = f"wb/v1/{u}/ring/r1/evt/sensor/hr"
+    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+        await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
+
+        async def send(n: int, total: int) -> None:
+            for _ in range(n):
+                await pub.publish(hr, make(HeartRate(bpm=60)), wait=True)
+            await _received(sub, total)
+
+        await send(2, 2)
+        assert len(await sub.next_batch(100, timeout=5.0, linger=0.3)) == 2  # nothing more came in 0.3 s
+        await send(2, 4)
+        async with asyncio.timeout(10):  # two waiting: the learnt window, so no 60 s linger
+            assert len(await sub.next_batch(100, timeout=5.0, linger=60.0)) == 2
+        await send(3, 7)  # more than the window: it was not one; lingering is back
+        taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, urgent=_is_utterance))
+        await asyncio.sleep(0.2)
+        assert not taking.done()
+        await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="hi")), wait=True)
+        async with asyncio.timeout(10):
+            assert len(await taking) == 4
+
+
+async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks() -> None:
+    """Mosquitto sends a session only ``max_inflight_messages`` before it waits for acks: a consumer that lingers
+    for more would wait out every linger. It learns the window from the first one instead."""
+    require_mosquitto()
+    u = user()
+    async with MosquittoProcess(extra_lines=["max_inflight_messages 4"]) as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        options = {"client_id": f"agent-{u}", "persistent": True, "manual_ack": True, "protocol": "3.1.1"}
+        async with bus(url, **options) as agent:
+            await agent.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
+        async with bus(url) as pub:
+            for bpm in range(40, 80):
+                await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
+        got: list[int] = []
+        sizes: list[int] = []
+        async with bus(url, **options) as agent:
+            async with asyncio.timeout(15):  # 10 lingers of 5 s each if it never learnt
+                while len(got) < 40:
+                    batch = await agent.next_batch(100, timeout=5.0, linger=5.0)
+                    sizes.append(len(batch))
+                    got += [m.data.bpm for m in batch]  # type: ignore[attr-defined]
+                    for m in batch:
+                        agent.ack(m)
+    assert got == list(range(40, 80))
+    assert max(sizes) <= 4  # the broker's window

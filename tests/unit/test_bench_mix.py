@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.bench import mix
+from broker.bench.fleet import next_due
 from schemas import codec
 from schemas.actions import Ack, DeviceState
 from schemas.topics import Channel, Kind
@@ -56,3 +57,32 @@ def test_backlog_has_births_then_unique_valid_events(users: int, per_user: int) 
     assert first.where.channel is Channel.STATE
     for topic, payload in backlog:
         codec.decode(topic, payload, qos=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    phase=st.floats(0.0, 1.0),
+    period=st.sampled_from([0.2, 1.0, 10.0, 60.0]),
+    behind=st.floats(0.0, 500.0),
+)
+def test_a_late_stream_keeps_its_phase(phase: float, period: float, behind: float) -> None:
+    """A fleet that fell behind skips the sends it missed but does not line its streams up (no bursts)."""
+    due = 1000.0 + phase * period
+    now = due + behind
+    nxt = next_due(due, now, period)
+    assert nxt > now
+    assert nxt - now <= period + 1e-9
+    periods = (nxt - due) / period
+    assert abs(periods - round(periods)) < 1e-6  # the same phase as before
+    assert round(periods) >= 1
+
+
+def test_streams_that_were_all_late_stay_spread_out() -> None:
+    """Many streams due at random phases, all served late at once: their next sends stay as spread as before."""
+    rng = random.Random(7)
+    period = 0.2
+    dues = [rng.uniform(0, period) for _ in range(1000)]
+    now = 3.0  # the scheduler started three seconds late (connecting the fleet)
+    nexts = sorted(next_due(d, now, period) for d in dues)
+    assert nexts[0] > now
+    assert nexts[-1] - nexts[0] > 0.9 * period  # not all within a few ms of now + period
