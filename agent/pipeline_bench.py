@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.core.api import Outcome
 from agent.runtime import AgentRuntime, AgentSettings
 from broker.bench import mix
 from broker.client import Outgoing
@@ -116,7 +115,7 @@ def decoded(wire: list[Wire], link: int) -> list[Message]:
 async def step(agent: AgentRuntime, batch: list[Message]) -> None:
     """One pump step without the bus: mark published actions, process the batch, republish changed contexts."""
     await agent._mark_acked()
-    await agent._process(batch, Outcome(), [])
+    await agent._process(batch)
     await agent._publish_contexts()
 
 
@@ -149,7 +148,7 @@ async def utterance_latency(agent: AgentRuntime, traffic: Traffic, rounds: int) 
             [message] = decoded([traffic.utterance(r % traffic.users, now_ms())], bus._link)
             published.clear()
             start = time.perf_counter()
-            await agent._process([message], Outcome(), [])
+            await agent._process([message])
             if published:
                 out.append((published[0] - start) * 1000)
             await agent._mark_acked()

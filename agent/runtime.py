@@ -352,25 +352,19 @@ class AgentRuntime:
                 batch = await bus.next_batch(s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive)
             mono = time.monotonic()
             turn = _Turn(len(batch), self._gc_clock)
-            ticks: list[TickRow] = []
-            outcome = Outcome()
             if not ticking and mono - self._last_tick >= s.tick_s:
                 self._last_tick = mono
                 self._tick_users, self._tick_pos = self.core.users, 0
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     batch += self._silent_devices()
-            if self._tick_pos < len(self._tick_users):
-                ticks += self._tick_slice(outcome)
-            turn.lap("tick")
-            if batch or ticks:
+            if batch or self._tick_pos < len(self._tick_users):
                 try:
-                    await self._process(batch, outcome, ticks)
+                    await self._process(batch, turn)
                 except (BusConnectionError, PublishError) as exc:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
                     republished = False
-                turn.lap("process")
             if self._round is None and mono - self._last_snapshot >= self._snapshot_every:
                 self._last_snapshot = mono
                 self._round = _Round(self.core.take_changed())
@@ -395,14 +389,27 @@ class AgentRuntime:
         changed.update(user for _, user, _ in ticked.alerts)
         return [TickRow(at, tuple(sorted(changed)))] if changed else []
 
-    async def _process(self, batch: list[Message], outcome: Outcome, ticks: list[TickRow]) -> None:
+    async def _process(self, batch: list[Message], turn: _Turn | None = None) -> None:
+        """One pump turn's work: the batch and the next slice of timers, each stored, then published, then acked.
+
+        Somebody waiting for an answer goes first: their messages are checked, stored and answered in a transaction
+        of their own, before the timers' slice and the rest of the batch (which follow in a second one, the ticks
+        stored after the first's events, as they ran).
+        """
         first, rest = _answer_first(batch)
-        if first and rest:  # somebody is waiting for an answer: theirs is checked, stored and published first
-            await self._settle(await self._admit(first), outcome, ticks)
-            outcome, ticks = Outcome(), []
-        else:
-            rest = batch
-        await self._settle(await self._admit(rest), outcome, ticks)
+        if first:
+            await self._settle(await self._admit(first), Outcome(), [])
+            if turn is not None:
+                turn.lap("answer")
+        outcome = Outcome()
+        ticking = self._tick_pos < len(self._tick_users)
+        ticks = self._tick_slice(outcome) if ticking else []
+        if turn is not None:
+            turn.lap("tick")
+        if rest or ticking:
+            await self._settle(await self._admit(rest), outcome, ticks)
+            if turn is not None:
+                turn.lap("process")
         ack = self.bus.ack
         for message in batch:  # once all of it is stored (a crash before this: the broker delivers it again)
             ack(message)

@@ -91,18 +91,28 @@ def test_targets_are_judged_on_same_run_ratios() -> None:
     assert met["agent / mosquitto_sub, QoS 1"] is True
     assert met["utterance to glasses under load (100 users) p50"] is True
     assert met["utterance to glasses under load (100 users) p99"] is True
+    assert met["p50 under load / paho RTT idle"] is True  # 350 / 200
+    assert met["p99 under load / paho RTT idle"] is True  # 1,500 / 400
     assert met["agent RSS growth per user"] is True
     missed = verdicts(summarize(report(agent_rate=9_000, e2e_p50=900, per_user_kb=20)))
     assert missed["agent / paho, QoS 1"] is False
     assert missed["agent / mosquitto_sub, QoS 1"] is False
     assert missed["utterance to glasses under load (100 users) p50"] is False
+    assert missed["p50 under load / paho RTT idle"] is False
     assert missed["agent RSS growth per user"] is False
+    # Met against the round trip under the same load (500 / 250), missed against the idle one (500 / 200).
+    split = verdicts(summarize(report(agent_rate=21_000, e2e_p50=500, per_user_kb=8)))
+    assert split["utterance to glasses under load (100 users) p50"] is True
+    assert split["p50 under load / paho RTT idle"] is False
 
 
 def test_ratio_rows_carry_the_ratio() -> None:
     rows = {r.metric: r for r in summarize(report(agent_rate=10_000, e2e_p50=400, per_user_kb=8))}
     assert rows["agent / paho, QoS 1"].ratio == pytest.approx(0.5)
-    assert rows["utterance to glasses under load (100 users) p50"].ratio == pytest.approx(2.0)
+    assert rows["utterance to glasses under load (100 users) p50"].ratio == pytest.approx(1.6)  # the loaded RTT
+    assert rows["utterance to glasses under load (100 users) p50"].baseline == "paho RTT load p50"
+    assert rows["p50 under load / paho RTT idle"].ratio == pytest.approx(2.0)
+    assert rows["utterance to glasses idle p50"].ratio == pytest.approx(1.5)  # idle against idle
 
 
 def test_missing_sections_give_fewer_rows_not_errors() -> None:

@@ -17,7 +17,6 @@ import pytest
 
 import agent.runtime as runtime_module
 import agent.store as store_module
-from agent.core.api import Outcome
 from agent.runtime import AgentRuntime, AgentSettings, _event_row
 from agent.store import ActionRow, EventRow, Store, TaskRow
 from broker.bench import mix
@@ -115,7 +114,7 @@ async def stored_payloads(store: Store) -> dict[str, bytes]:
 async def test_stored_as_received_committed_before_publish_and_ack(tmp_path: Path) -> None:
     async with runtime(tmp_path / "a.db") as (agent, bus):
         batch = [*births(), question("q-1")]
-        await agent._process(batch, Outcome(), [])
+        await agent._process(batch)
         cards = [o for o in bus.published if o.topic.endswith("/cmd/display.card")]
         assert len(cards) == 1
         assert bus.uncommitted_publishes == []
@@ -130,7 +129,7 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
     async with runtime(tmp_path / "a.db") as (agent, bus):
         rng = random.Random(2)
         backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, now_ms(), prefix=USER), start=1)]
-        await agent._process(backlog[: len(backlog) // 2], Outcome(), [])
+        await agent._process(backlog[: len(backlog) // 2])
         stored_before = await agent.store.scalar("SELECT COUNT(*) FROM events")
         rest = [*backlog[len(backlog) // 2 :], question("q-1")]
         asker = rest[-1].where.user
@@ -146,7 +145,7 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
             return original(out, fmt=fmt)
 
         bus.publish_future = spy  # type: ignore[method-assign]
-        await agent._process(rest, Outcome(), [])
+        await agent._process(rest)
         theirs = sum(1 for m in rest if m.where.user == asker)
         assert 0 < theirs < len(rest)
         assert published_at == [stored_before + theirs]  # only the asker's messages were stored before the card
@@ -182,20 +181,17 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
     third = len(backlog) // 3
     ordered = [*backlog[:third], *asks(1), *backlog[third : 2 * third], *asks(2), *backlog[2 * third :]]
     messages = [wire(t, p, i) for i, (t, p) in enumerate(ordered, start=1)]
-    stored_ticks = 0
     async with runtime(db, clock) as (agent, _):
         for k in range(0, len(messages), 15):
-            outcome, ticks = Outcome(), []
             if agent._tick_pos >= len(agent._tick_users):
                 agent._tick_users, agent._tick_pos = agent.core.users, 0
-            ticks += agent._tick_slice(outcome)
-            stored_ticks += len(ticks)
-            await agent._process(messages[k : k + 15], outcome, ticks)
+            await agent._process(messages[k : k + 15])  # the questions first, then a slice of timers, then the rest
             agent._round = agent._round or runtime_module._Round(agent.core.take_changed())
             await agent._snapshot_slice(agent._round)
             clock.advance(2.5)  # the cards' ack deadlines pass: ticks fall back to the earphones
         assert agent._round is not None  # a crash in the middle of a round
         live = agent.core.export_state()
+        stored_ticks = agent.store.writer.execute("SELECT COUNT(*) FROM ticks").fetchone()[0]
     assert stored_ticks > 0
     async with runtime(db, clock) as (restarted, _):
         await restarted._restore()
@@ -205,11 +201,11 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
 async def test_duplicates_are_dropped_in_a_batch_and_after_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     async with runtime(db) as (agent, bus):
-        await agent._process([*births(), question("q-1"), question("q-1")], Outcome(), [])
+        await agent._process([*births(), question("q-1"), question("q-1")])
         assert agent.stats.duplicates == 1
         published = len(bus.published)
     async with runtime(db) as (agent, bus):
-        await agent._process([question("q-1")], Outcome(), [])
+        await agent._process([question("q-1")])
         assert agent.stats.duplicates == 1
         assert bus.published == []
         assert bus.acked == ["q-1"]  # acknowledged all the same: it is safely stored
@@ -223,7 +219,7 @@ async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tm
         topic = f"wb/v1/{USER}/ring/r1/evt/system/battery"
         body = {"type": "ring.battery", "level_pct": 50.0, "charging": False}
         future = wire(topic, mix.pack("far-ahead", now_ms() + 86_400_000, 1, body))
-        await agent._process([future], Outcome(), [])
+        await agent._process([future])
         assert bus.dead_letters == ["wb/v1/_dlq/future"]
         assert bus.acked == ["far-ahead"]
         assert await stored_payloads(agent.store) == {}
@@ -256,12 +252,12 @@ def test_raw_takes_no_part_in_equality_or_repr() -> None:
 
 async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> None:
     async with runtime(tmp_path / "a.db", context_s=3600.0) as (agent, bus):
-        await agent._process(births(), Outcome(), [])
+        await agent._process(births())
         await agent._publish_contexts()
         first = [o.topic for o in bus.published if o.topic.endswith("/agent/context")]
         assert first == [f"wb/v1/{USER}00000/agent/context"]
         ring_gone = mix.state_payload("ring-off", now_ms(), Kind.RING, online=False)
-        await agent._process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)], Outcome(), [])
+        await agent._process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)])
         await agent._publish_contexts()  # changed again, but not due for an hour
         assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
         assert agent._dirty_users == {f"{USER}00000"}
