@@ -254,6 +254,7 @@ class PartitionBus(Bus):
         *,
         linger: float = 0.0,
         urgent: Callable[[Message], bool] | None = None,
+        enough: int | None = None,
     ) -> list[Message]:
         """As :meth:`Bus.next_batch`, but nothing comes out while a reconnect hold lasts."""
         if self._hold_until:
@@ -264,7 +265,7 @@ class PartitionBus(Bus):
                     return []
             self._hold_until = 0.0
             _per_device_order(self._inbox)
-        return await super().next_batch(max_n, timeout, linger=linger, urgent=urgent)
+        return await super().next_batch(max_n, timeout, linger=linger, urgent=urgent, enough=enough)
 
 
 def _per_device_order(inbox: Any) -> None:

@@ -80,6 +80,9 @@ TICK_SLICE = 100
 SNAPSHOT_SLICE = 50
 #: Wall seconds a slice of a snapshot round aims to take.
 SNAPSHOT_BUDGET_S = 0.0015
+#: Waiting messages that end a linger (``linger_s``): their turn's fixed cost (a dedup query, a transaction) is
+#: already spread thin, and behind a backlog a linger for more would leave the pump idle while the broker sends.
+LINGER_ENOUGH = 64
 #: Retained contexts republished in one pump turn at most (~0.1-0.3 ms each); the others due go in the next turns.
 CONTEXT_SLICE = 20
 
@@ -349,7 +352,9 @@ class AgentRuntime:
             if backlog:
                 batch = await bus.next_batch(s.batch, timeout=0.0)
             else:
-                batch = await bus.next_batch(s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive)
+                batch = await bus.next_batch(
+                    s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
+                )
             mono = time.monotonic()
             turn = _Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:

@@ -587,6 +587,7 @@ class Bus:
         *,
         linger: float = 0.0,
         urgent: Callable[[Message], bool] | None = None,
+        enough: int | None = None,
     ) -> list[Message]:
         """What has arrived (up to ``max_n``), waiting at most ``timeout`` seconds for the first; may be empty.
 
@@ -602,6 +603,8 @@ class Bus:
                 more than that arrive at once: a broker that sends only so many before it waits for our acks
                 (Mosquitto's ``max_inflight_messages``) costs one linger, not one per batch.
             urgent: see ``linger``.
+            enough: no linger once this many are waiting (default ``max_n``): a batch that size already spreads
+                the consumer's fixed cost, and waiting for more would only leave the consumer idle.
         """
         inbox = self._inbox
         if not inbox and not self._closing:
@@ -609,7 +612,7 @@ class Bus:
         if linger > 0 and inbox and not self._closing:
             if self._window and len(inbox) > self._window:
                 self._window = 0  # more came than we thought the broker would send: it was not its window
-            fill = min(max_n, self._window or max_n)
+            fill = min(max_n, enough or max_n, self._window or max_n)
             if len(inbox) < fill and (urgent is None or not any(map(urgent, inbox))):
                 self._fill, self._urgent = fill, urgent
                 try:

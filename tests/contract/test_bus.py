@@ -250,6 +250,27 @@ async def test_a_lingering_batch_ends_when_full(any_broker: BrokerUnderTest) -> 
     assert [m.data.bpm for m in first + second] == [60, 61, 62, 63, 64]  # type: ignore[attr-defined]
 
 
+async def test_a_lingering_batch_ends_when_enough_are_waiting(any_broker: BrokerUnderTest) -> None:
+    u = user()
+    hr = f"wb/v1/{u}/ring/r1/evt/sensor/hr"
+    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+        await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
+        taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, enough=3))
+        for bpm in (60, 61):
+            await pub.publish(hr, make(HeartRate(bpm=bpm)), wait=True)
+        await _received(sub, 2)
+        await asyncio.sleep(0.1)
+        assert not taking.done()  # two of the three: it lingers
+        await pub.publish(hr, make(HeartRate(bpm=62)), wait=True)
+        async with asyncio.timeout(10):
+            assert len(await taking) == 3
+        for bpm in (63, 64, 65, 66):
+            await pub.publish(hr, make(HeartRate(bpm=bpm)), wait=True)
+        await _received(sub, 7)
+        async with asyncio.timeout(10):  # four waiting, three are enough: no linger at all
+            assert len(await sub.next_batch(100, timeout=5.0, linger=60.0, enough=3)) == 4
+
+
 async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: BrokerUnderTest) -> None:
     """A linger during which nothing came means the broker holds the rest until we ack (Mosquitto's in-flight
     limit): from then on, that many waiting messages end the wait at once, until more than that arrive."""
