@@ -407,11 +407,10 @@ class AgentRuntime:
             if turn is not None:
                 turn.lap("answer")
         outcome = Outcome()
-        ticking = self._tick_pos < len(self._tick_users)
-        ticks = self._tick_slice(outcome) if ticking else []
+        ticks = self._tick_slice(outcome) if self._tick_pos < len(self._tick_users) else []
         if turn is not None:
             turn.lap("tick")
-        if rest or ticking:
+        if rest or ticks or outcome.context_changed:  # not for timers that did nothing
             await self._settle(await self._admit(rest), outcome, ticks)
             if turn is not None:
                 turn.lap("process")
