@@ -83,8 +83,6 @@ SNAPSHOT_BUDGET_S = 0.0015
 #: Waiting messages that end a linger (``linger_s``): their turn's fixed cost (a dedup query, a transaction) is
 #: already spread thin, and behind a backlog a linger for more would leave the pump idle while the broker sends.
 LINGER_ENOUGH = 64
-#: Messages a second (over the last second) below which the pump does not linger at all.
-LINGER_MIN_RATE = 200.0
 #: Retained contexts republished in one pump turn at most (~0.1-0.3 ms each); the others due go in the next turns.
 CONTEXT_SLICE = 20
 
@@ -118,8 +116,7 @@ class AgentSettings:
             never.
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
-            leave the loop free more often for the next sentence or gesture, which never lingers); only while more
-            than :data:`LINGER_MIN_RATE` messages a second arrive; 0: never.
+            leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -202,7 +199,6 @@ class AgentRuntime:
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
         self._gc_clock = _GcClock()
-        self._arrivals = _Rate()
 
     @property
     def store(self) -> Store:
@@ -356,14 +352,10 @@ class AgentRuntime:
             if backlog:
                 batch = await bus.next_batch(s.batch, timeout=0.0)
             else:
-                # Lingering pays only when messages come often (a turn's fixed cost, many times a second); at a
-                # trickle it would only delay them.
-                linger = s.linger_s if self._arrivals.per_s >= LINGER_MIN_RATE else 0.0
                 batch = await bus.next_batch(
-                    s.batch, timeout=s.tick_s, linger=linger, urgent=_interactive, enough=LINGER_ENOUGH
+                    s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
                 )
             mono = time.monotonic()
-            self._arrivals.add(len(batch), mono)
             turn = _Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
                 self._last_tick = mono
@@ -752,24 +744,6 @@ class _Pace:
         """``items`` took ``seconds``."""
         if items > 0:
             self.per_item_s += 0.2 * (seconds / items - self.per_item_s)
-
-
-class _Rate:
-    """Messages a second over the last window (about a second) that has ended."""
-
-    __slots__ = ("count", "per_s", "since", "window_s")
-
-    def __init__(self, window_s: float = 1.0) -> None:
-        self.window_s = window_s
-        self.since = time.monotonic()
-        self.count = 0
-        self.per_s = 0.0
-
-    def add(self, n: int, now: float) -> None:
-        self.count += n
-        if now - self.since >= self.window_s:
-            self.per_s = self.count / (now - self.since)
-            self.since, self.count = now, 0
 
 
 @dataclass(slots=True)

@@ -31,7 +31,6 @@ import os
 import random
 import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -180,11 +179,9 @@ class Bus:
         # While next_batch lingers: the inbox size that ends it, and what ends it at once (see next_batch).
         self._fill = 0
         self._urgent: Callable[[Message], bool] | None = None
-        # How many messages the broker may send before it waits for our acks, as far as we know: what a linger had
-        # gathered when nothing more came in its last quarter. Lingering for more could only wait. Reset when more
-        # than that arrive at once.
+        # How many messages the broker may send before it waits for our acks, as far as we know: what a linger that
+        # ran out of time had gathered. Lingering for more than that could only wait. Reset when more arrive.
         self._window = 0
-        self._arrived = 0.0  # the last arrival during a linger (monotonic seconds)
         self._client: aiomqtt.Client | None = None
         self._paho: paho.Client | None = None
         self._conn: mqtt.Connection | None = None
@@ -549,7 +546,6 @@ class Bus:
         if message is not None and self._fill and len(self._inbox) < self._fill:
             urgent = self._urgent
             if urgent is None or not urgent(message):
-                self._arrived = time.monotonic()
                 return  # lingering: neither full nor urgent yet
         waiter.set_result(True)
 
@@ -603,9 +599,9 @@ class Bus:
             linger: once something is here, wait up to this many seconds more for a fuller batch, unless ``max_n``
                 are here or a message for which ``urgent`` is true arrives (it ends the wait at once). A consumer
                 with a fixed cost per batch (a transaction) pays it less often; what is urgent does not wait. The
-                wait is also cut short at the number of messages a linger had gathered when nothing more came in
-                its last quarter, until more than that arrive at once: a broker that sends only so many before it
-                waits for our acks (Mosquitto's ``max_inflight_messages``) costs one linger, not one per batch.
+                wait is also cut short at the number of messages a linger that ran out of time had gathered, until
+                more than that arrive at once: a broker that sends only so many before it waits for our acks
+                (Mosquitto's ``max_inflight_messages``) costs one linger, not one per batch.
             urgent: see ``linger``.
             enough: no linger once this many are waiting (default ``max_n``): a batch that size already spreads
                 the consumer's fixed cost, and waiting for more would only leave the consumer idle.
@@ -619,15 +615,12 @@ class Bus:
             fill = min(max_n, enough or max_n, self._window or max_n)
             if len(inbox) < fill and (urgent is None or not any(map(urgent, inbox))):
                 self._fill, self._urgent = fill, urgent
-                start = self._arrived = time.monotonic()
                 try:
                     woken = await self._wait(linger)
                 finally:
                     self._fill, self._urgent = 0, None
-                if not woken and self._arrived - start < linger * 0.75:
-                    # nothing came in the last quarter of the wait: the broker holds the rest until we ack (under a
-                    # steady load they keep coming to the end, and the next linger waits as long again)
-                    self._window = len(inbox)
+                if not woken:
+                    self._window = len(inbox)  # no more came: perhaps all the broker sends before our acks
         return self._take(max_n)
 
     async def _wait_inbox(self) -> None:

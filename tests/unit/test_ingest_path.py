@@ -329,19 +329,3 @@ def test_a_slow_turn_reports_its_parts_and_the_garbage_collections_in_it() -> No
     assert (report["batch"], report["gc_full"]) == (7, 1)
     assert report["gc_ms"] > 0
     assert set(report) >= {"total_ms", "process_ms", "snapshot_ms", "contexts", "snapshot_users"}
-
-
-def test_the_arrival_rate_is_counted_over_whole_windows() -> None:
-    """The pump lingers only while messages come often; the rate it looks at is the last full window's."""
-    rate = runtime_module._Rate(window_s=1.0)
-    start = rate.since
-    assert rate.per_s == 0.0  # nothing known yet: no linger
-    for k in range(10):
-        rate.add(30, start + 0.1 * k)  # 300 in the first second
-    assert rate.per_s == 0.0  # the window has not ended
-    rate.add(0, start + 1.0)
-    assert rate.per_s == pytest.approx(300.0)
-    assert rate.per_s >= runtime_module.LINGER_MIN_RATE
-    rate.add(5, start + 2.0)  # a trickle: 5 in the next second
-    assert rate.per_s == pytest.approx(5.0)
-    assert rate.per_s < runtime_module.LINGER_MIN_RATE
