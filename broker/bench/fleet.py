@@ -284,6 +284,8 @@ def next_due(due: float, now: float, period_s: float) -> float:
     nxt = due + period_s
     if nxt <= now:
         nxt = due + (math.floor((now - due) / period_s) + 1) * period_s
+        if nxt <= now:  # rounding, when ``now`` falls on the phase
+            nxt += period_s
     return nxt
 
 
