@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import random
+import shlex
 import sqlite3
 import time
 import tracemalloc
@@ -46,6 +47,8 @@ SCHEMA_VERSION = 1
 SECTIONS = frozenset({"ingest", "latency", "scale", "core"})
 #: ``wearbus agent`` itself (its typer command), started without the CLI's other extensions.
 AGENT_COMMAND = (hx.PY, "-c", "import typer; from agent.cli import agent_command; typer.run(agent_command)")
+#: Extra ``wearbus agent`` options for every agent the bench starts (to look into it: ``--slow-turn-ms 0.001``).
+AGENT_ARGS_ENV = "WEARBUS_BENCH_AGENT_ARGS"
 out = Console()
 err = Console(stderr=True)
 
@@ -130,7 +133,8 @@ class AgentProcess:
             BusError: it exited, or did not come online in time.
         """
         argv = [*AGENT_COMMAND, "--broker", self.broker.url, "--db", str(self.db),
-                "--instance", self.instance, "--log-level", "warning"]  # fmt: skip
+                "--instance", self.instance, "--log-level", "warning",
+                *shlex.split(os.environ.get(AGENT_ARGS_ENV, ""))]  # fmt: skip
         if self.broker.agent_username:
             argv += ["--username", self.broker.agent_username, "--password", self.broker.agent_password or ""]
         self.proc = await hx.spawn(argv, self.log)

@@ -44,6 +44,7 @@ from schemas.topics import Kind
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 MAX_TIMEOUT_STREAK = 20
+HEARTBEAT_S = 10.0  # what the probe's devices announce in their birth (mix.state_payload)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -270,9 +271,13 @@ def rtt(spec: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + float(spec.get("max_s", 60))
     wait_s = float(spec.get("timeout_s", 5))
     cpu0 = cpu_seconds()
+    next_beat = time.monotonic() + HEARTBEAT_S
     for i in range(n_total):
         if time.monotonic() > deadline:
             break
+        if mode == "agent" and time.monotonic() >= next_beat:  # the devices are alive (announced: every 10 s)
+            next_beat += HEARTBEAT_S
+            _heartbeats(client, users, i)
         user = users[i % len(users)]
         eid = f"p{time.time_ns():x}-{i}"
         payload = mix.pack(eid, time.time_ns() // 1_000_000, i + 1, mix.utterance(mix.QUESTIONS[0]))
@@ -302,6 +307,18 @@ def rtt(spec: dict[str, Any]) -> dict[str, Any]:
     cpu = cpu_seconds() - cpu0
     client.disconnect()
     return {**latency_summary(samples), "timeouts": timeouts, "aborted": streak >= MAX_TIMEOUT_STREAK, "cpu_s": cpu}
+
+
+def _heartbeats(client: paho.Client, users: list[str], n: int) -> None:
+    """A heartbeat from each device of ``users`` (a run longer than three beats would find them silent)."""
+    now = time.time_ns() // 1_000_000
+    beats = [s for s in mix.default_streams() if s.name == "heartbeat"]
+    for user in users:
+        for stream in beats:
+            body = stream.build(random.Random(n), now)
+            eid = f"h{now:x}-{n}-{user}-{stream.kind.value}"
+            client.publish(mix.topic_of(user, stream), mix.pack(eid, now, 0, body), 1)
+    client.loop(timeout=0)
 
 
 def _bring_online(client: paho.Client, users: list[str]) -> None:

@@ -31,6 +31,19 @@ from schemas.topics import Channel, Kind, parse
 USER = "alice"
 
 
+def _noon_ms() -> int:
+    """The last noon (UTC, the core's default time zone) within a day: what the core decides about a question
+    depends on the hour (quiet hours, 23:00-07:00, send a haptic instead of speech), and a test must not."""
+    day, now = 86_400_000, now_ms()
+    noon = now // day * day + day // 2
+    return noon if noon <= now else noon - day
+
+
+#: The time every message of these tests is sent at and the agent's clock shows (a daytime hour, and within the
+#: admission's limits on publish times).
+NOON = _noon_ms()
+
+
 class FakeBus:
     """What the runtime's processing asks of a bus; it checks, through its own connection, what is committed."""
 
@@ -82,6 +95,7 @@ class FakeBus:
 @asynccontextmanager
 async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, FakeBus]]:
     """An agent runtime with its real store and a fake bus, its pump not started."""
+    clock = clock or ManualClock(NOON)
     agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings), clock)
     bus = FakeBus(db)
     agent._store = await Store(db).__aenter__()
@@ -99,12 +113,12 @@ def wire(topic: str, payload: bytes, mid: int = 1) -> Message:
 
 def births() -> list[Message]:
     rng = random.Random(1)
-    return [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(1, 0, rng, now_ms(), prefix=USER), start=1)]
+    return [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(1, 0, rng, NOON, prefix=USER), start=1)]
 
 
 def question(event_id: str, text: str = "what time is it") -> Message:
     topic = f"wb/v1/{USER}00000/earphones/e1/evt/voice/utterance"
-    return wire(topic, mix.pack(event_id, now_ms(), 1, mix.utterance(text)))
+    return wire(topic, mix.pack(event_id, NOON, 1, mix.utterance(text)))
 
 
 async def stored_payloads(store: Store) -> dict[str, bytes]:
@@ -128,7 +142,7 @@ async def test_stored_as_received_committed_before_publish_and_ack(tmp_path: Pat
 async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp_path: Path) -> None:
     async with runtime(tmp_path / "a.db") as (agent, bus):
         rng = random.Random(2)
-        backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, now_ms(), prefix=USER), start=1)]
+        backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, NOON, prefix=USER), start=1)]
         await agent._process(backlog[: len(backlog) // 2])
         stored_before = await agent.store.scalar("SELECT COUNT(*) FROM events")
         rest = [*backlog[len(backlog) // 2 :], question("q-1")]
@@ -169,7 +183,7 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
     monkeypatch.setattr(runtime_module, "SNAPSHOT_SLICE", 3)
     monkeypatch.setattr(runtime_module, "TICK_SLICE", 4)
     db = tmp_path / "a.db"
-    clock = ManualClock(now_ms())
+    clock = ManualClock(NOON)
     rng = random.Random(5)
     backlog = mix.backlog(12, 12, rng, clock.now_ms(), prefix=USER)
     users = sorted({parse(t).user or "" for t, _ in backlog})
@@ -218,7 +232,7 @@ async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tm
     async with runtime(tmp_path / "a.db") as (agent, bus):
         topic = f"wb/v1/{USER}/ring/r1/evt/system/battery"
         body = {"type": "ring.battery", "level_pct": 50.0, "charging": False}
-        future = wire(topic, mix.pack("far-ahead", now_ms() + 86_400_000, 1, body))
+        future = wire(topic, mix.pack("far-ahead", NOON + 86_400_000, 1, body))
         await agent._process([future])
         assert bus.dead_letters == ["wb/v1/_dlq/future"]
         assert bus.acked == ["far-ahead"]
@@ -227,7 +241,7 @@ async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tm
 
 def test_a_message_made_in_process_or_not_self_describing_is_stored_encoded() -> None:
     topic = f"wb/v1/{USER}/ring/r1/state"
-    env = envelope_of(DeviceState)(id="silent-1", ts=now_ms(), data=DeviceState(online=False, kind=Kind.RING))
+    env = envelope_of(DeviceState)(id="silent-1", ts=NOON, data=DeviceState(online=False, kind=Kind.RING))
     made = Message(topic, parse(topic), env, qos=1)
     assert made.raw == b""
     assert _event_row(made, 1, 2).payload == codec.encode(env)
@@ -243,7 +257,7 @@ def test_a_message_made_in_process_or_not_self_describing_is_stored_encoded() ->
 
 def test_raw_takes_no_part_in_equality_or_repr() -> None:
     topic = f"wb/v1/{USER}/ring/r1/state"
-    payload = codec.encode(envelope_of(DeviceState)(id="s-1", ts=now_ms(), data=DeviceState(online=True)))
+    payload = codec.encode(envelope_of(DeviceState)(id="s-1", ts=NOON, data=DeviceState(online=True)))
     received = codec.decode(topic, payload)
     assert received.raw == payload
     assert received == Message(topic, received.where, received.envelope, size=len(payload))
@@ -256,7 +270,7 @@ async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> Non
         await agent._publish_contexts()
         first = [o.topic for o in bus.published if o.topic.endswith("/agent/context")]
         assert first == [f"wb/v1/{USER}00000/agent/context"]
-        ring_gone = mix.state_payload("ring-off", now_ms(), Kind.RING, online=False)
+        ring_gone = mix.state_payload("ring-off", NOON, Kind.RING, online=False)
         await agent._process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)])
         await agent._publish_contexts()  # changed again, but not due for an hour
         assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
