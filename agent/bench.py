@@ -585,10 +585,14 @@ def summarize(report: dict[str, Any]) -> list[Row]:
         if sc.get("broker_dropped") is not None:
             rows.append(Row("scale", "broker drops ($SYS)", float(sc["broker_dropped"]), "msgs", target="0",
                             met=sc["broker_dropped"] == 0))  # fmt: skip
-        if sc.get("e2e_scale", {}).get("n"):
-            e = sc["e2e_scale"]
+        e = sc.get("e2e_scale", {})
+        if e.get("n"):
             rows.append(Row("scale", f"utterance to glasses at {n} users p50", e["p50_us"], "µs"))
             rows.append(Row("scale", f"utterance to glasses at {n} users p99", e["p99_us"], "µs"))
+        if e.get("timeouts"):  # behind the load: the answers wait behind the backlog
+            stopped = " (probing stopped)" if e.get("aborted") else ""
+            rows.append(Row("scale", f"utterance to glasses at {n} users: no answer in 5 s{stopped}",
+                            float(e["timeouts"]), "probes", target="0", met=False))  # fmt: skip
     core = report.get("core_memory")
     if core:
         kib = core["bytes_per_user"] / 1024

@@ -157,3 +157,17 @@ def test_no_samples_is_reported_as_missed_not_as_zero_latency() -> None:
     assert "utterance to glasses under load (100 users) p50" not in rows
     assert rows["utterance to glasses under load: no answer in 5 s (probing stopped)"].met is False
     assert rows["agent RSS growth per user"].value is None
+
+
+def test_scale_probes_that_got_no_answer_are_a_row_not_a_silence() -> None:
+    behind = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
+    behind["scale"]["e2e_scale"] = {"n": 0.0, "p50_us": 0.0, "p99_us": 0.0, "timeouts": 20, "aborted": True}
+    rows = {r.metric: r for r in summarize(behind)}
+    assert "utterance to glasses at 100 users p50" not in rows
+    assert rows["utterance to glasses at 100 users: no answer in 5 s (probing stopped)"].value == 20
+    assert rows["utterance to glasses at 100 users: no answer in 5 s (probing stopped)"].met is False
+    some = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
+    some["scale"]["e2e_scale"] = {**lat(2_000, 9_000), "timeouts": 3, "aborted": False}
+    rows = {r.metric: r for r in summarize(some)}
+    assert rows["utterance to glasses at 100 users p50"].value == 2_000
+    assert rows["utterance to glasses at 100 users: no answer in 5 s"].value == 3
