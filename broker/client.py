@@ -599,9 +599,11 @@ class Bus:
             linger: once something is here, wait up to this many seconds more for a fuller batch, unless ``max_n``
                 are here or a message for which ``urgent`` is true arrives (it ends the wait at once). A consumer
                 with a fixed cost per batch (a transaction) pays it less often; what is urgent does not wait. The
-                wait is also cut short at the number of messages a linger that ran out of time had gathered, until
-                more than that arrive at once: a broker that sends only so many before it waits for our acks
-                (Mosquitto's ``max_inflight_messages``) costs one linger, not one per batch.
+                wait is also cut short at the number of messages a linger that ran out of time had gathered: a
+                broker that sends only so many before it waits for our acks (Mosquitto's ``max_inflight_messages``)
+                costs one linger, not one per batch. When more than that are waiting, they are taken at once (it
+                was not the broker's window, or the broker sent a burst, as Mosquitto does now and then to a session
+                that comes back) and the next linger that runs out learns again.
             urgent: see ``linger``.
             enough: no linger once this many are waiting (default ``max_n``): a batch that size already spreads
                 the consumer's fixed cost, and waiting for more would only leave the consumer idle.
@@ -611,7 +613,8 @@ class Bus:
             await self._wait(timeout)
         if linger > 0 and inbox and not self._closing:
             if self._window and len(inbox) > self._window:
-                self._window = 0  # more came than we thought the broker would send: it was not its window
+                self._window = 0  # more than we thought the broker would send: already a fuller batch than that
+                return self._take(max_n)
             fill = min(max_n, enough or max_n, self._window or max_n)
             if len(inbox) < fill and (urgent is None or not any(map(urgent, inbox))):
                 self._fill, self._urgent = fill, urgent

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -273,7 +274,8 @@ async def test_a_lingering_batch_ends_when_enough_are_waiting(any_broker: Broker
 
 async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: BrokerUnderTest) -> None:
     """A linger during which nothing came means the broker holds the rest until we ack (Mosquitto's in-flight
-    limit): from then on, that many waiting messages end the wait at once, until more than that arrive."""
+    limit): from then on, that many waiting messages end the wait at once. More than that are taken at once too, and
+    the window is forgotten: the next batch lingers again."""
     u = user()
     hr = f"wb/v1/{u}/ring/r1/evt/sensor/hr"
     async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
@@ -289,13 +291,16 @@ async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: Broker
         await send(2, 4)
         async with asyncio.timeout(10):  # two waiting: the learnt window, so no 60 s linger
             assert len(await sub.next_batch(100, timeout=5.0, linger=60.0)) == 2
-        await send(3, 7)  # more than the window: it was not one; lingering is back
+        await send(3, 7)  # more than the window: taken at once, and it was not one
+        async with asyncio.timeout(10):
+            assert len(await sub.next_batch(100, timeout=5.0, linger=60.0)) == 3
+        await send(2, 9)  # two again, but the window is forgotten: lingering is back
         taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, urgent=_is_utterance))
         await asyncio.sleep(0.2)
         assert not taking.done()
         await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="hi")), wait=True)
         async with asyncio.timeout(10):
-            assert len(await taking) == 4
+            assert len(await taking) == 3
 
 
 async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks() -> None:
@@ -312,17 +317,19 @@ async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks() -> None
             for bpm in range(40, 80):
                 await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
         got: list[int] = []
-        sizes: list[int] = []
+        batches: list[tuple[int, float]] = []  # (size, seconds the call took)
         async with bus(url, **options) as agent:
-            async with asyncio.timeout(15):  # 10 lingers of 5 s each if it never learnt
+            async with asyncio.timeout(60):  # 10 lingers of 2 s each if it never learnt
                 while len(got) < 40:
-                    batch = await agent.next_batch(100, timeout=5.0, linger=5.0)
-                    sizes.append(len(batch))
+                    started = time.monotonic()
+                    batch = await agent.next_batch(100, timeout=5.0, linger=2.0)
+                    batches.append((len(batch), time.monotonic() - started))
                     got += [m.data.bpm for m in batch]  # type: ignore[attr-defined]
                     for m in batch:
                         agent.ack(m)
     assert got == list(range(40, 80))
-    # Batches are mostly the broker's window of 4, but Mosquitto 2.0 may send more at once to a session that comes
-    # back (seen once in a CI run: [4, 4, 4, 4, 24]; more than the window ends the learnt wait, as designed). What
-    # matters is the time: the timeout above fails the test if the lingers ran out one after another.
-    assert sizes.count(4) >= len(sizes) // 2, sizes
+    # Batches are mostly the broker's window of 4, but Mosquitto 2.0 now and then sends the rest at once to a
+    # session that comes back (in CI runs: [4, 4, 4, 4, 24] and [4, 4, 28, 4]). Such a burst is taken at once, and
+    # the next batch of 4 learns the window again: two lingers run out at most, one per batch if it never learnt.
+    lingered = [size for size, took in batches if took >= 1.5]
+    assert len(lingered) <= 2, batches
