@@ -22,7 +22,7 @@ from rich.table import Table
 from agent.core.config import CoreConfig
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
-from agent.report import Summary, summarize
+from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
 from broker.logs import configure_logging
 from broker.settings import Settings
@@ -236,7 +236,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     if lat:
         console.print(
             f"Latency from event to action (wall): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
-            f"max {lat['max']:.1f} ms over {summary.latency_samples} actions"
+            f"max {lat['max']:.1f} ms over {summary.latency_samples} actions" + timed_note(summary.timed_actions)
         )
     traffic = Table(title="Messages")
     traffic.add_column("topic class")

@@ -38,6 +38,8 @@ class Summary:
     alerts: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_samples: int = 0
+    timed_actions: int = 0
+    answered: set[str] = field(default_factory=set)
     messages: dict[str, int] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)
     acks: dict[str, int] = field(default_factory=dict)
@@ -50,8 +52,16 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         data = asdict(self)
+        del data["answered"]
         data["paid_rounds"] = self.paid_rounds
         return data
+
+
+def timed_note(timed: int) -> str:
+    """The note on timed actions that a latency line leaves out."""
+    if not timed:
+        return ""
+    return f" ({timed} timed {'action' if timed == 1 else 'actions'} not counted: they wait for their time by design)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,14 +82,20 @@ async def summarize(db: Path) -> Summary:
             )  # fmt: skip
         for rule, n in await store.rows("SELECT rule, COUNT(*) FROM alerts GROUP BY rule ORDER BY rule"):
             summary.alerts[str(rule)] = int(n)
-        latencies = [
-            float(r[0])
-            for r in await store.rows(
-                # the first action an event caused (later ones are fallbacks and progress updates by design)
-                "SELECT MIN(a.published_wall_ms) - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
-                " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt' GROUP BY e.id"
-            )
-        ]
+        latencies: list[float] = []
+        for event_id, latency in await store.rows(
+            # The first action an event caused in the turn that handled it (later ones are fallbacks and progress
+            # updates by design). An event whose actions all came later caused a timed action (a "leave now" card
+            # at the time to leave): it waited for its time, not for the agent, and is counted apart.
+            "SELECT e.id, MIN(CASE WHEN a.created_ms = e.handled_ms THEN a.published_wall_ms END)"
+            " - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
+            " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt' GROUP BY e.id"
+        ):
+            if latency is None:
+                summary.timed_actions += 1
+            else:
+                latencies.append(float(latency))
+                summary.answered.add(str(event_id))
         summary.latency_samples = len(latencies)
         if latencies:
             summary.latency_ms = {

@@ -27,7 +27,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from agent.report import summarize
+from agent.report import percentile, summarize, timed_note
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
 from broker.net import free_port, port_free, wait_port
@@ -184,7 +184,7 @@ class Timeline:
         self.counts: Counter[str] = Counter()
         self.first_action: dict[str, float] = {}
         self.event_seen: dict[str, float] = {}
-        self.latencies: list[float] = []
+        self.latencies: dict[str, float] = {}  # ms from an event to the first action it caused, by event id
         self.last_context: dict[str, str] = {}
 
     def feed(self, message: Message) -> None:
@@ -209,7 +209,7 @@ class Timeline:
         elif ch is Channel.COMMAND:
             if env.corr and env.corr in self.event_seen and env.corr not in self.first_action:
                 self.first_action[env.corr] = now
-                self.latencies.append((now - self.event_seen[env.corr]) * 1000)
+                self.latencies[env.corr] = (now - self.event_seen[env.corr]) * 1000
             self._line(stamp, colour, who, "←", f"[bold]{where.name}[/]", _brief(data))
         elif ch is Channel.ACK:
             status = data.get("status", "")
@@ -387,17 +387,20 @@ async def _up(
 
     out.rule("Summary")
     print_summary(summary, out)
-    if timeline.latencies:
-        lat = sorted(timeline.latencies)
-        out.print(f"Event to action as seen on the bus: p50 {lat[len(lat) // 2]:.1f} ms, "
-                  f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.1f} ms ({len(lat)} actions)")  # fmt: skip
+    # answers only: an action the agent made later, at its time (a "leave now" card), is no measure of its speed
+    lat = sorted(ms for corr, ms in timeline.latencies.items() if corr in summary.answered)
+    timed = sorted(ms for corr, ms in timeline.latencies.items() if corr not in summary.answered)
+    if lat:
+        out.print(f"Event to action as seen on the bus: p50 {percentile(lat, 50):.1f} ms, "
+                  f"p99 {percentile(lat, 99):.1f} ms ({len(lat)} actions)" + timed_note(len(timed)))  # fmt: skip
     out.print("Bus traffic by class: " + ", ".join(f"{k} {v}" for k, v in sorted(timeline.counts.items())))
     out.print(f"Processes: {len(sup.procs)} started, all stopped; restarts: "
               f"{sum(p.restarts for p in sup.procs)}; logs in {run_dir}")  # fmt: skip
     if json_summary is not None:
         data = summary.as_dict()
         data["bus_counts"] = dict(timeline.counts)
-        data["bus_latency_ms"] = sorted(timeline.latencies)
+        data["bus_latency_ms"] = lat
+        data["bus_timed_ms"] = timed
         data["failed_processes"] = [p.name for p in failed]
         data["restarts"] = {p.name: p.restarts for p in sup.procs if p.restarts}
         _write_json(json_summary, data)
