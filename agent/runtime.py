@@ -419,19 +419,20 @@ class AgentRuntime:
             ack(message)
 
     async def _admit(self, batch: list[Message]) -> list[Message]:
-        """The messages of ``batch`` to handle: not seen before (by id), for our users, within the limits."""
+        """The messages of ``batch`` to handle: not seen before (by id and publish time), for our users, within the
+        limits."""
         users = self.settings.users
         stats = self.stats
-        known = await self.store.known([m.envelope.id for m in batch]) if batch else set()
+        keys = [(m.envelope.id, m.envelope.ts) for m in batch]
+        known = await self.store.known(keys) if batch else set()
         fresh: list[Message] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, int]] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
         mono = time.monotonic()
-        for message in batch:
+        for message, key in zip(batch, keys, strict=True):
             self._observe(message, mono)
-            eid = message.envelope.id
-            if eid in known or eid in seen:
+            if key in known or key in seen:
                 stats.duplicates += 1
                 continue
             if users is not None and message.where.user not in users:
@@ -440,7 +441,7 @@ class AgentRuntime:
             if refusal is not None:
                 self._refuse(message, *refusal)
                 continue
-            seen.add(eid)
+            seen.add(key)
             fresh.append(message)
         return fresh
 

@@ -47,12 +47,8 @@ import aiosqlite
 from broker.logs import get_logger
 from schemas.errors import StoreError
 
-MIGRATIONS: tuple[str, ...] = (
-    # v1
-    """
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
+#: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
+_EVENT_FIELDS = """
         topic TEXT NOT NULL,
         user TEXT,
         kind TEXT,
@@ -68,7 +64,31 @@ MIGRATIONS: tuple[str, ...] = (
         qos INTEGER NOT NULL,
         retain INTEGER NOT NULL,
         payload BLOB NOT NULL
-    );
+"""
+
+
+def _rebuild_events(table: str, id_column: str) -> str:
+    """A migration that copies the events table into a new one (SQLite cannot drop a column's constraint)."""
+    columns = ("seq, id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr, handled_ms,"
+               " received_wall_ms, qos, retain, payload")  # fmt: skip
+    return f"""
+    CREATE TABLE {table} (
+        seq INTEGER PRIMARY KEY,
+        {id_column},{_EVENT_FIELDS}    );
+    INSERT INTO {table} SELECT {columns} FROM events ORDER BY seq;
+    DROP TABLE events;
+    ALTER TABLE {table} RENAME TO events;
+    """  # noqa: S608 (constants only)
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # v1
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,"""
+    + _EVENT_FIELDS
+    + """    );
     CREATE INDEX events_user ON events(user, handled_ms);
     CREATE TABLE actions (
         id TEXT PRIMARY KEY,
@@ -145,32 +165,7 @@ MIGRATIONS: tuple[str, ...] = (
     # AUTOINCREMENT (it rewrote the sqlite_sequence row in every transaction; events are never deleted, so the rowid
     # already only grows) and no index on (user, handled_ms) (nothing queries it: the replay reads by seq, the
     # dedup by id). The table is copied, so upgrading a large database takes a while once.
-    """
-    CREATE TABLE events_v4 (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        topic TEXT NOT NULL,
-        user TEXT,
-        kind TEXT,
-        device TEXT,
-        channel TEXT NOT NULL,
-        type TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        src_ts INTEGER,
-        dev_seq INTEGER,
-        corr TEXT,
-        handled_ms INTEGER NOT NULL,
-        received_wall_ms INTEGER NOT NULL,
-        qos INTEGER NOT NULL,
-        retain INTEGER NOT NULL,
-        payload BLOB NOT NULL
-    );
-    INSERT INTO events_v4 SELECT seq, id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,
-        handled_ms, received_wall_ms, qos, retain, payload FROM events ORDER BY seq;
-    DROP TABLE events;
-    ALTER TABLE events_v4 RENAME TO events;
-    DELETE FROM sqlite_sequence WHERE name = 'events';
-    """,
+    _rebuild_events("events_v4", "id TEXT NOT NULL UNIQUE") + "DELETE FROM sqlite_sequence WHERE name = 'events';",  # noqa: S608
     # v5: a tick may cover some users only (the pump ticks its users in slices, so a tick of thousands of users
     # never holds the event loop at once): the users a stored tick covered, as a JSON list (NULL: every user)
     """
@@ -185,6 +180,11 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE core_users SET event_seq = COALESCE((SELECT event_seq FROM core_state WHERE id = 1), 0),
         tick_n = COALESCE((SELECT MIN(n) - 1 FROM ticks), 0);
     """,
+    # v7: the dedup key is (ts, id), the publish time first, not the id alone. Ids are a device's prefix and its
+    # counter, so an index on id put each event on its own device's leaf page: a batch dirtied a page per event and
+    # the WAL grew by ~3.5 KB an event. Publish times arrive nearly in order, so (ts, id) appends to a few pages
+    # (~1 KB an event, 4-6 us less of CPU an insert). A redelivery is the same message, so it has the same ts.
+    _rebuild_events("events_v7", "id TEXT NOT NULL") + "CREATE UNIQUE INDEX events_key ON events(ts, id);",
 )
 
 
@@ -410,16 +410,22 @@ class Store:
 
     # ------------------------------------------------------------------ the batch transaction
 
-    async def known(self, ids: Iterable[str]) -> set[str]:
-        """Which of these envelope ids were already processed (the dedup check)."""
-        wanted = list(ids)
-        found: set[str] = set()
+    async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these events were already processed (the dedup check), as ``(id, ts)``: an envelope's id and
+        publish time (a redelivery is the same message, so it has both)."""
+        wanted = list(keys)
+        found: set[tuple[str, int]] = set()
         con = self.writer
         try:
             for i in range(0, len(wanted), _KNOWN_CHUNK):
                 chunk = wanted[i : i + _KNOWN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found.update(r[0] for r in con.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))  # noqa: S608
+                pairs = ",".join(["(?,?)"] * len(chunk))
+                # a join on the pairs, not "(ts, id) IN (VALUES ...)": SQLite scans the table for that one
+                sql = (
+                    "SELECT e.id, e.ts FROM events e JOIN (SELECT column1 AS ts, column2 AS id FROM (VALUES "  # noqa: S608
+                    f"{pairs})) k ON e.ts = k.ts AND e.id = k.id"
+                )
+                found.update(con.execute(sql, [v for key_id, ts in chunk for v in (ts, key_id)]))
         except sqlite3.Error as exc:
             raise StoreError(f"could not check {len(wanted)} ids against the stored events: {exc}") from exc
         return found
