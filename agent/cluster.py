@@ -189,39 +189,29 @@ class PartitionBus(Bus):
         self._hold_until = 0.0
         self.holds = 0
 
-    async def _session(self, protocol: str) -> None:
+    async def before_connect(self) -> None:
         if self._guard is not None and not await self._guard():
             raise BusConnectionError("not connecting: this session now belongs to another member")
         raw = self._urls[self._next_url % len(self._urls)]
         self._next_url += 1
         self.url = BrokerUrl.parse(raw).with_credentials(self.options.username, self.options.password)
-        await super()._session(protocol)
 
-    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
         if self._strip and topic.startswith(PARTITION_ROOT + "/"):
             topic = original_topic(topic)
-        if self._hold_s > 0 and self._link != self._hold_link:
+        if self._hold_s > 0 and self.link != self._hold_link:
             # The first message of a new connection: anything the old one left unacknowledged may still come.
-            self._hold_link = self._link
+            self._hold_link = self.link
             if self.session_present:
                 self._hold_until = time.monotonic() + self._hold_s
                 self.holds += 1
-        super()._deliver(topic, payload, qos, retain, mid, content_type)
+        super().deliver(topic, payload, qos, retain, mid, content_type)
 
-    def _publish_nowait(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        fmt: codec.Format | None = None,
-        *,
-        track: bool = False,
-    ) -> tuple[int, asyncio.Future[None] | None]:
+    def outgoing_topic(self, topic: str) -> str:
         # Every publish path of the Bus (publish, publish_raw, publish_future, the DLQ) goes through here.
         if self._escape_dots and "." in topic:
             topic = escape_dots(topic)
-        return super()._publish_nowait(topic, payload, qos, retain, fmt, track=track)
+        return topic
 
     async def confirm_subscriptions(self) -> bool:
         """Subscribe every filter again and check what the broker granted (false if it refused any).
@@ -233,12 +223,12 @@ class PartitionBus(Bus):
         if not self.connected:
             return False
         try:
-            granted = await self._subscribe_now(list(self._subs.items()))
+            granted = await self.subscribe_now(list(self.subscriptions.items()))
         except BusConnectionError as exc:
-            self._log.warning("subscription_failed", error=str(exc))
+            self.log.warning("subscription_failed", error=str(exc))
             return False
         if any(code >= 0x80 for code in granted):
-            self._log.warning("subscription_refused", filters=list(self._subs), granted=granted)
+            self.log.warning("subscription_refused", filters=list(self.subscriptions), granted=granted)
             return False
         return True
 
@@ -264,7 +254,7 @@ class PartitionBus(Bus):
                 if time.monotonic() < self._hold_until:
                     return []
             self._hold_until = 0.0
-            _per_device_order(self._inbox)
+            _per_device_order(self.inbox)
         return await super().next_batch(max_n, timeout, linger=linger, urgent=urgent, enough=enough)
 
 

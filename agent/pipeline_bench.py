@@ -145,7 +145,7 @@ async def utterance_latency(agent: AgentRuntime, traffic: Traffic, rounds: int) 
     out: list[float] = []
     try:
         for r in range(rounds):
-            [message] = decoded([traffic.utterance(r % traffic.users, now_ms())], bus._link)
+            [message] = decoded([traffic.utterance(r % traffic.users, now_ms())], bus.link)
             published.clear()
             start = time.perf_counter()
             await agent._process([message])
@@ -183,7 +183,7 @@ async def run_sections(agent: AgentRuntime, users: int, events: int, rounds: int
     """Warm up, then time each batch size and the utterance latency."""
     counts = {size: events if size > 1 else max(1, events // 5) for size in sizes}
     traffic = Traffic(users, planned=WARM_UP + sum(counts.values()))
-    link = agent.bus._link
+    link = agent.bus.link
     await step(agent, decoded(traffic.births(int(traffic.t)), link))
     await per_event(agent, decoded(traffic.events(WARM_UP), link), 500)
     rows: list[tuple[str, float, float]] = []

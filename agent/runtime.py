@@ -47,7 +47,7 @@ from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
 from schemas.clock import Clock, WallClock
-from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
+from schemas.envelope import Envelope, Message, envelope_of, make, new_id
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
 from schemas.events import Utterance
 from schemas.topics import (
@@ -57,7 +57,6 @@ from schemas.topics import (
     agent_state_topic,
     command_topic,
     context_topic,
-    dlq_topic,
     parse,
     state_topic,
 )
@@ -623,9 +622,8 @@ class AgentRuntime:
             raw = codec.encode(message.envelope)
         except (OverflowError, TypeError, ValueError):  # what cannot be re-encoded is shown as text
             raw = repr(message.envelope).encode()
-        letter = codec.dead_letter(message.topic, raw, error, seen_by=self.settings.instance)
         with contextlib.suppress(BusConnectionError, PublishError):
-            self.bus._publish_nowait(dlq_topic(reason), codec.encode(make(letter, ts=now_ms())), 1, False)
+            self.bus.dead_letter(message.topic, raw, error, seen_by=self.settings.instance)
 
     async def _snapshot_slice(self, snap: _Round) -> int:
         """Write the next slice of the snapshot round; at its end, plan the next round. How many users it wrote.

@@ -15,7 +15,7 @@ Two transports, one behaviour (the contract tests run on both):
   of the agent's CPU, and paho over MQTT 5 receives at half its MQTT 3.1.1 rate); this one parses every packet of a
   socket read in one pass and writes once per turn of the event loop. With ``manual_ack`` it stops reading from
   the socket while the consumer is a receive maximum behind (TCP backpressure: the broker keeps the rest queued).
-- ``paho`` (WebSocket URLs, or ``transport="paho"`` / ``WB_TRANSPORT=paho``): aiomqtt manages the connection; its
+- ``paho`` (WebSocket URLs, or ``transport="paho"``; the CLI maps ``WB_TRANSPORT``): aiomqtt manages the connection; its
   receive path costs a task per message, so this module takes paho's ``on_message`` callback itself and reads
   every packet already received per wake-up. Publishing goes straight to paho, checking its return code.
 
@@ -27,34 +27,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import socket
 import ssl
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel
 
 from broker import mqtt
-from broker.logs import get_logger
+from broker.bus import (
+    BusCore,
+    BusOptions,
+    BusStats,
+    MqttProtocol,
+    OnConnect,
+    OnReject,
+    Outgoing,
+    Rejected,
+    Transport,
+    TransportName,
+)
 from broker.url import BrokerUrl
 from schemas import codec
-from schemas.envelope import Message, make, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError
-from schemas.topics import dlq_topic, validate_filter
+from schemas.errors import BusConnectionError, BusError, PublishError
+from schemas.topics import validate_filter
 
-Protocol = Literal["auto", "5", "3.1.1"]
-Transport = Literal["auto", "native", "paho"]
-OnConnect = Callable[["Bus", bool], Awaitable[None]]
-OnReject = Callable[["Rejected"], None]
+#: The MQTT protocol version a bus asks for (the name callers import).
+Protocol = MqttProtocol
+
+__all__ = [
+    "Bus",
+    "BusOptions",
+    "BusStats",
+    "OnConnect",
+    "OnReject",
+    "Outgoing",
+    "PahoTransport",
+    "Protocol",
+    "Rejected",
+    "TransportName",
+]
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -63,134 +80,25 @@ _READS_PER_WAKE = 256
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to publish as-is (a Will, a birth, a goodbye)."""
+class Bus(BusCore):
+    """An MQTT connection that survives the broker going away. Use ``async with Bus(options) as bus:``.
 
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A message that did not decode or validate."""
-
-    topic: str
-    payload: bytes
-    error: ContractError
-
-
-@dataclass(slots=True)
-class BusOptions:
-    """How a :class:`Bus` connects and behaves.
-
-    Attributes:
-        url: the broker URL (mqtt://, mqtts://, ws://, wss://), with user and password if any.
-        client_id: the MQTT client id (a random one when ``None``; persistent sessions need a stable one).
-        username: overrides the URL's user.
-        password: overrides the URL's password.
-        protocol: "auto" tries MQTT 5 first and falls back to 3.1.1 (amqtt speaks only 3.1.1).
-        transport: "auto" is the native protocol (:mod:`broker.mqtt`) for mqtt:// and mqtts:// and paho for
-            WebSocket URLs; ``WB_TRANSPORT=paho`` or ``native`` overrides "auto".
-        persistent: keep the session (subscriptions and queued QoS 1 messages) across disconnects.
-        session_expiry_s: how long the broker keeps a persistent session (MQTT 5).
-        keepalive_s: MQTT keep-alive.
-        manual_ack: acknowledge QoS 1 messages only through :meth:`Bus.ack`.
-        receive_maximum: QoS 1 messages in flight towards us (MQTT 5), i.e. the ack window.
-        will: published by the broker if we vanish.
-        birth: published (retained, usually) on every connect.
-        goodbye: published before a clean disconnect (a clean disconnect does not fire the Will).
-        dlq: publish what does not decode to ``wb/v1/_dlq/{reason}``.
-        max_inbox: QoS 0 messages buffered for a slow consumer before the oldest are dropped (and counted).
-        max_outgoing: paho's outgoing queue cap (below its 16-bit packet-id limit).
-        connect_timeout_s: how long ``__aenter__`` waits for the first connection (0: do not wait).
-        backoff_min_s: first reconnect delay.
-        backoff_max_s: reconnect delay cap.
-        name: for logs.
+    It implements :class:`broker.bus.Bus` on a :class:`broker.bus.Transport`: :class:`broker.mqtt.Connection` (native)
+    or :class:`PahoTransport`; everything above the transport (reconnects, subscriptions, the receive loop) is the
+    same for both.
     """
 
-    url: str = "mqtt://127.0.0.1:1883"
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    protocol: Protocol = "auto"
-    transport: Transport = "auto"
-    persistent: bool = False
-    session_expiry_s: int = 7 * 24 * 3600
-    keepalive_s: int = 30
-    manual_ack: bool = False
-    receive_maximum: int = 1000
-    will: Outgoing | None = None
-    birth: Outgoing | None = None
-    goodbye: Outgoing | None = None
-    dlq: bool = False
-    max_inbox: int = 100_000
-    max_outgoing: int = 20_000
-    connect_timeout_s: float = 10.0
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 15.0
-    name: str = "bus"
-    on_connect: list[OnConnect] = field(default_factory=list)
-    on_reject: list[OnReject] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class BusStats:
-    """Counters a bus keeps (exposed for status lines, benchmarks and tests)."""
-
-    received: int = 0
-    rejected: int = 0
-    dropped: int = 0
-    published: int = 0
-    connects: int = 0
-    disconnects: int = 0
-
-
-def _settle(waiter: asyncio.Future[bool]) -> None:
-    """A wait's timer: it ended without a wake."""
-    if not waiter.done():
-        waiter.set_result(False)
-
-
-class Bus:
-    """An MQTT connection that survives the broker going away. Use ``async with Bus(options) as bus:``."""
-
     def __init__(self, options: BusOptions) -> None:
-        self.options = options
-        self.url = BrokerUrl.parse(options.url).with_credentials(options.username, options.password)
-        self.stats = BusStats()
-        self.session_present = False
-        # WB_PROTOCOL=3.1.1 skips the MQTT 5 probe of "auto" (``wearbus up`` sets it for the embedded broker)
-        env_protocol = os.environ.get("WB_PROTOCOL", "")
-        self.protocol: Protocol = (
-            env_protocol if options.protocol == "auto" and env_protocol in {"5", "3.1.1"} else options.protocol  # type: ignore[assignment]
-        )
-        env_transport = os.environ.get("WB_TRANSPORT", "")
-        transport = options.transport
-        if transport == "auto":
-            transport = env_transport if env_transport in {"native", "paho"} else "native"  # type: ignore[assignment]
-        self.transport: Transport = "paho" if self.url.websocket else transport
-        self._log = get_logger("bus", bus=options.name, broker=self.url.redacted())
-        self._subs: dict[str, int] = {}
-        self._inbox: deque[Message] = deque()
-        self._waiter: asyncio.Future[bool] | None = None
-        # While next_batch lingers: the inbox size that ends it, and what ends it at once (see next_batch).
-        self._fill = 0
-        self._urgent: Callable[[Message], bool] | None = None
-        # How many messages the broker may send before it waits for our acks, as far as we know: what a linger that
-        # ran out of time had gathered. Lingering for more than that could only wait. Reset when more arrive.
-        self._window = 0
+        url = BrokerUrl.parse(options.url).with_credentials(options.username, options.password)
+        super().__init__(options, log_fields={"broker": url.redacted()})
+        self.url = url
+        self.protocol: Protocol = options.protocol
+        transport = "native" if options.transport == "auto" else options.transport
+        self.transport: TransportName = "paho" if self.url.websocket else transport
         self._client: aiomqtt.Client | None = None
-        self._paho: paho.Client | None = None
-        self._conn: mqtt.Connection | None = None
-        self._high_water = max(100, options.receive_maximum)
-        self._link = 0
+        self._wire: Transport | None = None
         self._connected = asyncio.Event()
-        self._pending: dict[int, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._last_error: str = ""
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
@@ -277,10 +185,40 @@ class Bus:
                 await asyncio.sleep(delay)
 
     async def _session(self, protocol: str) -> None:
+        await self.before_connect()
         if self.transport == "native":
             await self._session_native(protocol)
         else:
             await self._session_paho(protocol)
+
+    async def _serve(self, wire: Transport, protocol: str, closed: asyncio.Future[None]) -> None:
+        """One connection's life above the transport: renew subscriptions, the birth, the hooks; wait for its end."""
+        self._wire = wire
+        try:
+            self._on_connected(protocol)
+            try:
+                if self._subs:
+                    await self._renew_subscriptions(wire)
+                if self.options.birth is not None:
+                    await self.publish_raw(self.options.birth)
+                for hook in self.options.on_connect:
+                    await hook(self, self.session_present)
+                # shield: cancelling a task cancels the future it awaits (aiomqtt would then skip DISCONNECT)
+                await asyncio.shield(closed)
+            finally:
+                self._on_disconnected()
+        finally:
+            if self._wire is wire:
+                self._wire = None
+
+    async def _renew_subscriptions(self, wire: Transport) -> None:
+        """Subscribe every filter again; a filter the broker now refuses is dropped and logged, not retried for ever."""
+        filters = list(self._subs.items())
+        codes = await wire.subscribe(filters)
+        for (topic_filter, _), code in zip(filters, codes, strict=False):
+            if code >= 0x80:
+                self._subs.pop(topic_filter, None)
+                self._log.error("subscription_refused_on_reconnect", filter=topic_filter, code=f"0x{code:02X}")
 
     async def _session_native(self, protocol: str) -> None:
         opts = self.options
@@ -310,7 +248,7 @@ class Bus:
             self.url.host,
             self.url.port,
             spec,
-            self._deliver,
+            self.deliver,
             manual_ack=opts.manual_ack,
             max_queued=opts.max_outgoing,
             tls=self._tls_context(),
@@ -319,23 +257,10 @@ class Bus:
             timeout=3.0 if (v5 and self.protocol == "auto") else (opts.connect_timeout_s or 10.0),
             on_connack=on_connack,
         )
-        self._conn = conn
         try:
-            self._on_connected(protocol)
-            try:
-                if self._subs:
-                    await conn.subscribe(list(self._subs.items()))
-                if opts.birth is not None:
-                    await self.publish_raw(opts.birth)
-                for hook in opts.on_connect:
-                    await hook(self, self.session_present)
-                await asyncio.shield(conn.closed)
-            finally:
-                self._on_disconnected()
+            await self._serve(conn, protocol, conn.closed)
         finally:
             conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
-            if self._conn is conn:
-                self._conn = None
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.url.tls:
@@ -346,28 +271,16 @@ class Bus:
         return context
 
     async def _session_paho(self, protocol: str) -> None:
-        opts = self.options
-        client = self._make_client(protocol)
-        try:
-            async with client:
-                self._client = client
-                self._on_connected(protocol)
-                try:
-                    for topic_filter, qos in self._subs.items():
-                        await client.subscribe(topic_filter, qos)
-                    if opts.birth is not None:
-                        await self.publish_raw(opts.birth)
-                    for hook in opts.on_connect:
-                        await hook(self, self.session_present)
-                    # shield: cancelling a task cancels the future it awaits, and aiomqtt would then skip DISCONNECT
-                    await asyncio.shield(client._disconnected)
-                finally:
-                    self._on_disconnected()
-        finally:
-            if self._paho is not None and self._paho is client._client:
-                self._paho = None
+        client, wire = self._make_client(protocol)
+        async with client:
+            self._client = client
+            try:
+                await self._serve(wire, protocol, client._disconnected)
+            finally:
+                wire.fail_all(BusConnectionError("disconnected before the broker acknowledged the publish"))
+                self._client = None
 
-    def _make_client(self, protocol: str) -> aiomqtt.Client:
+    def _make_client(self, protocol: str) -> tuple[aiomqtt.Client, PahoTransport]:
         opts = self.options
         v5 = protocol == "5"
         props: Properties | None = None
@@ -404,17 +317,13 @@ class Bus:
         raw = client._client
         raw.manual_ack_set(opts.manual_ack)
         raw.on_message = self._on_message
+        wire = PahoTransport(client, v5=v5)
         aiomqtt_on_publish: Any = raw.on_publish
         aiomqtt_on_connect: Any = raw.on_connect
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
             aiomqtt_on_publish(c, userdata, mid, rc, props)
-            fut = self._pending.pop(mid, None)
-            if fut is not None and not fut.done():
-                if getattr(rc, "is_failure", False):
-                    fut.set_exception(PublishError(f"the broker refused the publish: {rc}"))
-                else:
-                    fut.set_result(None)
+            wire.acked(mid, rc)
 
         def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             self.session_present = bool(getattr(flags, "session_present", False))
@@ -422,7 +331,6 @@ class Bus:
                 # A new link before any message of this connection is read: queued messages of a persistent
                 # session arrive right behind the CONNACK, and their acks belong to this link.
                 self._link += 1
-                self._paho = c
             aiomqtt_on_connect(c, userdata, flags, rc, props)
 
         raw.on_publish = on_publish
@@ -437,7 +345,7 @@ class Bus:
                 loop.call_soon_threadsafe(loop.add_reader, sock.fileno(), self._reader(client, c, sock))
 
         raw.on_socket_open = on_socket_open
-        return client
+        return client, wire
 
     def _on_connected(self, protocol: str) -> None:
         self.protocol = "5" if protocol == "5" else "3.1.1"
@@ -455,10 +363,6 @@ class Bus:
     def _on_disconnected(self) -> None:
         self._connected.clear()
         self.stats.disconnects += 1
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(BusConnectionError("disconnected before the broker acknowledged the publish"))
-        self._pending.clear()
 
     def _reader(self, client: aiomqtt.Client, raw: paho.Client, sock: socket.socket) -> Callable[[], None]:
         """A socket reader that handles the packets already received in one wake-up, not one per wake-up.
@@ -495,151 +399,7 @@ class Bus:
         props = getattr(msg, "properties", None)
         content_type = getattr(props, "ContentType", None) if props is not None else None
         payload: bytes = msg.payload  # type: ignore[assignment]  # paho hands bytes to on_message
-        self._deliver(msg.topic, payload, msg.qos, bool(msg.retain), msg.mid, content_type)
-
-    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
-        """Every received PUBLISH, from either transport: decode, validate, queue (subclasses hook in here)."""
-        try:
-            message = codec.decode(
-                topic, payload, content_type=content_type, qos=qos, retain=retain, mid=mid, link=self._link
-            )
-        except ContractError as exc:
-            self._reject(topic, payload, exc, qos, retain, mid)
-            return
-        self.stats.received += 1
-        inbox = self._inbox
-        if qos == 0 and len(inbox) >= self.options.max_inbox:
-            inbox.popleft()
-            self.stats.dropped += 1
-        inbox.append(message)
-        if len(inbox) >= self._high_water and self.options.manual_ack and self._conn is not None:
-            self._conn.pause()  # TCP backpressure: the broker keeps the rest until the consumer catches up
-        self._wake(message)
-
-    def _take(self, n: int) -> list[Message]:
-        inbox = self._inbox
-        taken = [inbox.popleft() for _ in range(min(n, len(inbox)))]
-        conn = self._conn
-        if conn is not None and conn.paused and len(inbox) <= self._high_water // 2:
-            conn.resume()
-        return taken
-
-    def _reject(self, topic: str, payload: bytes, exc: ContractError, qos: int, retain: bool, mid: int) -> None:
-        if not payload and retain:
-            return  # an empty retained payload clears a retained topic: a deliberate act, not an error
-        self.stats.rejected += 1
-        self._log.warning("message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field)
-        rejected = Rejected(topic, payload, exc)
-        for handler in self.options.on_reject:
-            handler(rejected)
-        if self.options.dlq and not topic.startswith("wb/v1/_dlq/"):
-            letter = codec.dead_letter(topic, payload, exc, seen_by=self.options.name)
-            raw = codec.encode(make(letter, ts=now_ms()))
-            self._publish_nowait(dlq_topic(exc.reason), raw, 1, False)
-        if self.options.manual_ack and qos > 0:
-            self._send_ack(mid, qos)  # handled: it went to the DLQ
-
-    def _wake(self, message: Message | None = None) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        if message is not None and self._fill and len(self._inbox) < self._fill:
-            urgent = self._urgent
-            if urgent is None or not urgent(message):
-                return  # lingering: neither full nor urgent yet
-        waiter.set_result(True)
-
-    async def _wait(self, timeout: float | None) -> bool:
-        """Wait for :meth:`_wake` or ``timeout`` seconds; whether it was woken (a plain future and a timer: cheaper
-        than ``asyncio.wait``, and this runs once per pump turn)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        timer = None if timeout is None else loop.call_later(timeout, _settle, waiter)
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    async def messages(self) -> AsyncIterator[Message]:
-        """Yield decoded messages as they arrive (for ever; stop by breaking out or cancelling)."""
-        inbox = self._inbox
-        while not self._closing or inbox:
-            while inbox:
-                yield self._take(1)[0]
-            await self._wait_inbox()
-
-    async def batches(self, max_n: int = 500) -> AsyncIterator[list[Message]]:
-        """Yield what has arrived in lists of up to ``max_n`` (one store commit per list, one wake-up per burst)."""
-        inbox = self._inbox
-        while not self._closing or inbox:
-            if inbox:
-                yield self._take(max_n)
-                continue
-            await self._wait_inbox()
-
-    async def next_batch(
-        self,
-        max_n: int = 500,
-        timeout: float | None = None,
-        *,
-        linger: float = 0.0,
-        urgent: Callable[[Message], bool] | None = None,
-        enough: int | None = None,
-    ) -> list[Message]:
-        """What has arrived (up to ``max_n``), waiting at most ``timeout`` seconds for the first; may be empty.
-
-        Unlike cancelling an ``async for``, a timeout here loses nothing: the next call gets what came meanwhile.
-
-        Args:
-            max_n: messages at most.
-            timeout: seconds to wait for the first message (None: for ever; 0: just let the event loop run once).
-            linger: once something is here, wait up to this many seconds more for a fuller batch, unless ``max_n``
-                are here or a message for which ``urgent`` is true arrives (it ends the wait at once). A consumer
-                with a fixed cost per batch (a transaction) pays it less often; what is urgent does not wait. The
-                wait is also cut short at the number of messages a linger that ran out of time had gathered: a
-                broker that sends only so many before it waits for our acks (Mosquitto's ``max_inflight_messages``)
-                costs one linger, not one per batch. When more than that are waiting, they are taken at once (it
-                was not the broker's window, or the broker sent a burst, as Mosquitto does now and then to a session
-                that comes back) and the next linger that runs out learns again.
-            urgent: see ``linger``.
-            enough: no linger once this many are waiting (default ``max_n``): a batch that size already spreads
-                the consumer's fixed cost, and waiting for more would only leave the consumer idle.
-        """
-        inbox = self._inbox
-        if not inbox and not self._closing:
-            await self._wait(timeout)
-        if linger > 0 and inbox and not self._closing:
-            if self._window and len(inbox) > self._window:
-                self._window = 0  # more than we thought the broker would send: already a fuller batch than that
-                return self._take(max_n)
-            fill = min(max_n, enough or max_n, self._window or max_n)
-            if len(inbox) < fill and (urgent is None or not any(map(urgent, inbox))):
-                self._fill, self._urgent = fill, urgent
-                try:
-                    woken = await self._wait(linger)
-                finally:
-                    self._fill, self._urgent = 0, None
-                if not woken:
-                    self._window = len(inbox)  # no more came: perhaps all the broker sends before our acks
-        return self._take(max_n)
-
-    async def _wait_inbox(self) -> None:
-        if not self._closing:
-            await self._wait(None)
-
-    def ack(self, message: Message) -> bool:
-        """Acknowledge a QoS 1 message received with ``manual_ack`` (call it once it is safely processed).
-
-        Returns:
-            whether a PUBACK was sent; false when the connection that delivered it is gone (the broker will deliver
-            it again on the persistent session, and deduplication by id makes that harmless).
-        """
-        if not self.options.manual_ack or message.qos == 0 or message.link != self._link:
-            return False
-        return self._send_ack(message.mid, message.qos)
+        self.deliver(msg.topic, payload, msg.qos, bool(msg.retain), msg.mid, content_type)
 
     def flush(self) -> None:
         """Send what was published or acknowledged so far now, not at the end of this turn of the event loop.
@@ -647,83 +407,68 @@ class Bus:
         The native transport gathers the writes of one turn into one; a caller with more work before its next
         ``await`` (the agent's pump after publishing a batch's actions) calls this so the actions do not wait for it.
         """
-        if self._conn is not None:
-            self._conn.flush()
+        if self._wire is not None:
+            self._wire.flush()
 
     def _send_ack(self, mid: int, qos: int) -> bool:
-        if self._conn is not None:
-            self._conn.ack(mid)
-            return True
-        if self._paho is not None:
-            self._paho.ack(mid, qos)
-            return True
-        return False
+        if self._wire is None:
+            return False
+        self._wire.ack(mid)
+        return True
+
+    def _pause_reading(self) -> None:
+        if self._wire is not None:
+            self._wire.pause()
+
+    def _resume_reading(self) -> None:
+        wire = self._wire
+        if wire is not None and wire.paused:
+            wire.resume()
 
     # ------------------------------------------------------------------ subscribing
 
-    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again on every reconnect."""
-        self._subs[validate_filter(topic_filter)] = qos
-        if self.connected:
-            await self._subscribe_now([(topic_filter, qos)])
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """Subscribe now (if connected) and again on every reconnect.
 
-    async def _subscribe_now(self, filters: list[tuple[str, int]]) -> list[int]:
-        """Subscribe on the current connection; the granted QoS (or a failure code >= 0x80) per filter.
+        Returns:
+            the QoS the broker granted (``qos`` itself while not connected: the subscription is made on connect).
+
+        Raises:
+            BusError: the broker refused the filter (its SUBACK failure code in the message); it is not kept.
+            BusConnectionError: no SUBACK.
+        """
+        self._subs[validate_filter(topic_filter)] = qos
+        if not self.connected:
+            return qos
+        [code] = await self.subscribe_now([(topic_filter, qos)])
+        if code >= 0x80:
+            self._subs.pop(topic_filter, None)
+            raise BusError(
+                f"the broker refused the subscription to {topic_filter!r} (SUBACK 0x{code:02X}{_reason(code)}); "
+                "check the broker's ACL for this client"
+            )
+        return code
+
+    async def subscribe_now(self, filters: list[tuple[str, int]]) -> list[int]:
+        """Subscribe on the current connection only (not renewed on reconnect); the SUBACK code per filter:
+        the granted QoS, or a failure code >= 0x80.
 
         Raises:
             BusConnectionError: not connected, or no SUBACK.
         """
-        if self._conn is not None:
-            return await self._conn.subscribe(filters)
-        client = self._client
-        if client is None or not self.connected:
+        wire = self._wire
+        if wire is None or not self.connected:
             raise BusConnectionError("not connected")
-        granted: list[int] = []
-        for topic_filter, qos in filters:
-            try:
-                codes = await client.subscribe(topic_filter, qos)
-            except aiomqtt.MqttError as exc:
-                raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
-            granted += [code if isinstance(code, int) else code.value for code in codes]
-        return granted
+        return await wire.subscribe(filters)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Stop a subscription."""
         self._subs.pop(topic_filter, None)
-        if self._conn is not None:
+        if self._wire is not None and self.connected:
             with contextlib.suppress(BusConnectionError):
-                await self._conn.unsubscribe([topic_filter])
-        elif self._client is not None and self.connected:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.unsubscribe(topic_filter)
+                await self._wire.unsubscribe([topic_filter])
 
     # ------------------------------------------------------------------ publishing
-
-    async def publish(
-        self,
-        topic: str,
-        envelope: BaseModel,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        fmt: codec.Format = "msgpack",
-        wait: bool = False,
-    ) -> None:
-        """Encode and publish an envelope.
-
-        Args:
-            topic: where to.
-            envelope: an :class:`~schemas.envelope.Envelope` (see :func:`schemas.envelope.make`).
-            qos: 0 or 1.
-            retain: keep it as the topic's retained message.
-            fmt: msgpack (default) or json.
-            wait: for QoS 1, return only once the broker has acknowledged it.
-
-        Raises:
-            BusConnectionError: not connected (callers with an outbox keep the message and retry).
-            PublishError: the broker refused it, or the outgoing queue stayed full.
-        """
-        await self.publish_raw(Outgoing(topic, codec.encode(envelope, fmt), qos, retain), wait=wait, fmt=fmt)
 
     async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
         """Publish bytes as they are (see :meth:`publish`)."""
@@ -771,31 +516,121 @@ class Bus:
         *,
         track: bool = False,
     ) -> tuple[int, asyncio.Future[None] | None]:
-        """Publish now; (paho's return code, a future for the PUBACK when ``track`` and QoS 1)."""
-        if not self.connected:
+        """Publish now; (paho's return code, a future for the PUBACK when ``track`` and QoS 1).
+
+        Every publish path (publish, publish_raw, publish_future, publish_unconfirmed, the DLQ) comes through here,
+        and through :meth:`outgoing_topic`.
+        """
+        wire = self._wire
+        if wire is None or not self.connected:
             return paho.MQTT_ERR_NO_CONN, None
         content_type = None
         if self.protocol == "5":
             if fmt is None:
                 fmt = "json" if payload[:1] == b"{" else "msgpack"
             content_type = codec.content_type(fmt)
-        conn = self._conn
-        if conn is not None:
-            rc, fut = conn.publish(topic, payload, qos, retain, content_type, track=track)
-            if rc == mqtt.ERR_SUCCESS:
-                self.stats.published += 1
-            return rc, fut
-        client = self._paho
-        if client is None:
-            return paho.MQTT_ERR_NO_CONN, None
+        rc, fut = wire.publish(self.outgoing_topic(topic), payload, qos, retain, content_type, track=track)
+        if rc == paho.MQTT_ERR_SUCCESS:
+            self.stats.published += 1
+        return rc, fut
+
+
+def _reason(code: int) -> str:
+    return f": {mqtt.REASONS_5[code]}" if code in mqtt.REASONS_5 else ""
+
+
+class PahoTransport:
+    """paho-mqtt (under aiomqtt) as a :class:`broker.bus.Transport`: publishing goes straight to paho, checking its
+    return code; PUBACKs complete the futures of tracked publishes."""
+
+    def __init__(self, client: aiomqtt.Client, *, v5: bool) -> None:
+        self._client = client
+        self._raw = client._client
+        self._v5 = v5
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._props: dict[str, Properties] = {}
+        self.closed: asyncio.Future[None] = client._disconnected
+
+    @property
+    def connected(self) -> bool:
+        """Whether paho is connected."""
+        return bool(self._raw.is_connected())
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+        *,
+        track: bool = False,
+    ) -> tuple[int, asyncio.Future[None] | None]:
+        """Hand the PUBLISH to paho: (its return code, a future for the PUBACK when ``track`` and QoS 1)."""
         props = None
         if content_type is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ContentType = content_type
-        info = client.publish(topic, payload, qos, retain, props)
+            props = self._props.get(content_type)
+            if props is None:
+                props = self._props[content_type] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = content_type
+        info = self._raw.publish(topic, payload, qos, retain, props)
         fut = None
-        if info.rc == paho.MQTT_ERR_SUCCESS:
-            self.stats.published += 1
-            if track and qos > 0 and not info.is_published():
-                fut = self._pending[info.mid] = asyncio.get_running_loop().create_future()
+        if info.rc == paho.MQTT_ERR_SUCCESS and track and qos > 0 and not info.is_published():
+            fut = self._pending[info.mid] = asyncio.get_running_loop().create_future()
         return info.rc, fut
+
+    def acked(self, mid: int, rc: Any) -> None:
+        """paho's on_publish: the broker acknowledged ``mid`` (or refused it, MQTT 5)."""
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            if getattr(rc, "is_failure", False):
+                fut.set_exception(PublishError(f"the broker refused the publish: {rc}"))
+            else:
+                fut.set_result(None)
+
+    def ack(self, mid: int) -> None:
+        """Send the PUBACK of a QoS 1 message."""
+        self._raw.ack(mid, 1)
+
+    async def subscribe(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
+        """One SUBSCRIBE per filter (aiomqtt's API); the SUBACK codes."""
+        granted: list[int] = []
+        for topic_filter, qos in filters:
+            try:
+                codes = await self._client.subscribe(topic_filter, qos, timeout=timeout)
+            except aiomqtt.MqttError as exc:
+                raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
+            granted += [code if isinstance(code, int) else code.value for code in codes]
+        return granted
+
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        """UNSUBSCRIBE, one filter at a time."""
+        for topic_filter in filters:
+            try:
+                await self._client.unsubscribe(topic_filter, timeout=timeout)
+            except aiomqtt.MqttError as exc:
+                raise BusConnectionError(f"unsubscribe from {topic_filter!r} failed: {exc}") from exc
+
+    def flush(self) -> None:
+        """paho writes as it goes: nothing waits."""
+
+    def pause(self) -> None:
+        """paho's reader stops by itself at the receive maximum (see ``Bus._reader``)."""
+
+    def resume(self) -> None:
+        """See :meth:`pause`."""
+
+    @property
+    def paused(self) -> bool:
+        """Never: see :meth:`pause`."""
+        return False
+
+    def disconnect(self) -> None:
+        """aiomqtt's context manager sends the DISCONNECT."""
+
+    def fail_all(self, error: BusConnectionError) -> None:
+        """The connection ended: what waits for a PUBACK fails."""
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import pytest
 
 from broker.embedded import EmbeddedBroker, free_port
+from broker.memory import MemoryBroker
 from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
@@ -69,10 +72,31 @@ class MosquittoUnderTest:
         await self.process.restart()
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
-    """Each contract test runs once against the embedded broker and once against a private Mosquitto."""
-    if request.param == "embedded":
+@dataclass
+class MemoryUnderTest:
+    """The in-memory broker of :mod:`broker.memory` (``memory://NAME``): no sockets."""
+
+    broker: MemoryBroker
+    name: str = "memory"
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+    async def restart(self) -> None:
+        await self.broker.restart()
+
+
+@asynccontextmanager
+async def broker_under_test(kind: str) -> AsyncIterator[BrokerUnderTest]:
+    """A fresh broker of that kind (memory, embedded or mosquitto) for one test."""
+    if kind == "memory":
+        broker = MemoryBroker.named(f"test-{uuid.uuid4().hex[:12]}")
+        try:
+            yield MemoryUnderTest(broker)
+        finally:
+            MemoryBroker.forget(broker.name)
+    elif kind == "embedded":
         under = EmbeddedUnderTest(EmbeddedBroker(port=free_port(), users={AGENT_USER: AGENT_PASSWORD}))
         await under.broker.__aenter__()
         try:
@@ -83,3 +107,10 @@ async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnde
         require_mosquitto()
         async with MosquittoProcess() as process:
             yield MosquittoUnderTest(process)
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
+    """Each contract test runs once against the embedded broker and once against a private Mosquitto."""
+    async with broker_under_test(request.param) as under:
+        yield under

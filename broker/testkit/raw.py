@@ -2,7 +2,7 @@
 
 The test kit needs what :class:`~broker.client.Bus` deliberately hides: the payload bytes (a recording must
 replay them byte for byte), the QoS and retain flag of messages that do not decode (a contract check still
-judges them), and the content type. ``Bus`` decodes each PUBLISH in :meth:`Bus._deliver` and keeps no bytes,
+judges them), and the content type. ``Bus`` decodes each PUBLISH in :meth:`Bus.deliver` and keeps no bytes,
 so :class:`RawBus` takes that hook over. With ``passthrough=False`` (the default) nothing is decoded or
 queued by the ``Bus`` itself: the listeners are the only consumers, so an unread inbox cannot grow.
 """
@@ -53,9 +53,9 @@ class RawBus(Bus):
         self.listeners: list[RawListener] = list(listeners or [])
         self.passthrough = passthrough
 
-    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
         raw = RawMessage(topic, bytes(payload), qos, retain, content_type)
         for listener in self.listeners:
             listener(raw)
         if self.passthrough:
-            super()._deliver(topic, payload, qos, retain, mid, content_type)
+            super().deliver(topic, payload, qos, retain, mid, content_type)

@@ -1,4 +1,5 @@
-"""The bus contract: the same suite against the embedded broker and a private Mosquitto."""
+"""The bus contract: the same suite on the in-memory bus, the embedded broker and a private Mosquitto, on each
+transport of the MQTT bus (native, paho)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,49 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 
-from broker.client import Bus, BusOptions, Outgoing
+from broker.bus import Bus, BusOptions, Outgoing, open_bus
 from broker.testkit.mosquitto import MosquittoProcess
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.envelope import Message, make
 from schemas.events import HeartRate, Utterance
-from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
+from tests.conftest import (
+    AGENT_PASSWORD,
+    AGENT_USER,
+    BrokerUnderTest,
+    MemoryUnderTest,
+    broker_under_test,
+    require_mosquitto,
+)
 
 pytestmark = [pytest.mark.broker]
 
 
-@pytest.fixture(autouse=True, params=["native", "paho"])
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case runs on both transports of the Bus (broker/mqtt.py, and paho as WebSocket URLs use it)."""
-    name: str = request.param
-    monkeypatch.setenv("WB_TRANSPORT", name)
-    return name
+@dataclass
+class Target:
+    """One broker and one transport the suite runs on."""
+
+    broker: BrokerUnderTest
+    transport: str
+
+    @asynccontextmanager
+    async def bus(self, **kw: object) -> AsyncIterator[Bus]:
+        options = BusOptions(url=self.broker.url, transport=self.transport, **kw)  # type: ignore[arg-type]
+        async with open_bus(options) as b:
+            yield b
+
+
+@pytest.fixture(params=["memory", "embedded-native", "embedded-paho", "mosquitto-native", "mosquitto-paho"])
+async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
+    """Every case runs on each broker and, on MQTT brokers, on both transports of the Bus (broker/mqtt.py, and paho
+    as WebSocket URLs use it); the in-memory bus has no transport and runs once."""
+    kind, _, transport = str(request.param).partition("-")
+    async with broker_under_test(kind) as under:
+        yield Target(under, transport or "auto")
 
 
 def user() -> str:
@@ -38,7 +62,7 @@ def user() -> str:
 
 @asynccontextmanager
 async def bus(url: str, **kw: object) -> AsyncIterator[Bus]:
-    async with Bus(BusOptions(url=url, **kw)) as b:  # type: ignore[arg-type]
+    async with open_bus(BusOptions(url=url, **kw)) as b:  # type: ignore[arg-type]
         yield b
 
 
@@ -49,9 +73,9 @@ async def next_message(b: Bus, within: float = 5.0) -> Message:
     raise AssertionError("no message")  # pragma: no cover
 
 
-async def test_publish_subscribe_and_wildcards(any_broker: BrokerUnderTest) -> None:
+async def test_publish_subscribe_and_wildcards(target: Target) -> None:
     u = user()
-    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+    async with target.bus(name="sub") as sub, target.bus(name="pub") as pub:
         await sub.subscribe(f"wb/v1/{u}/+/+/evt/voice/#", 1)
         await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=61)), qos=0)
         await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="hi")), wait=True)
@@ -61,12 +85,12 @@ async def test_publish_subscribe_and_wildcards(any_broker: BrokerUnderTest) -> N
         assert message.qos == 1
 
 
-async def test_retained_state_reaches_late_subscriber(any_broker: BrokerUnderTest) -> None:
+async def test_retained_state_reaches_late_subscriber(target: Target) -> None:
     u = user()
     topic = f"wb/v1/{u}/ring/r1/state"
-    async with bus(any_broker.url) as pub:
+    async with target.bus() as pub:
         await pub.publish(topic, make(DeviceState(online=True)), retain=True, wait=True)
-    async with bus(any_broker.url) as sub:
+    async with target.bus() as sub:
         await sub.subscribe(f"wb/v1/{u}/+/+/state")
         message = await next_message(sub)
     assert message.retain
@@ -80,9 +104,9 @@ from schemas import codec
 from schemas.actions import DeviceState
 from schemas.envelope import make
 async def main():
-    url, topic = sys.argv[1], sys.argv[2]
+    url, topic, transport = sys.argv[1], sys.argv[2], sys.argv[3]
     will = Outgoing(topic, codec.encode(make(DeviceState(online=False))), 1, True)
-    async with Bus(BusOptions(url=url, will=will, keepalive_s=5)) as b:
+    async with Bus(BusOptions(url=url, will=will, keepalive_s=5, transport=transport)) as b:
         await b.publish(topic, make(DeviceState(online=True)), retain=True, wait=True)
         print("ready", flush=True)
         await asyncio.Event().wait()
@@ -90,13 +114,30 @@ asyncio.run(main())
 """
 
 
-async def test_will_fires_on_kill9(any_broker: BrokerUnderTest) -> None:
+async def test_will_fires_on_kill9(target: Target) -> None:
     u = user()
     topic = f"wb/v1/{u}/glasses/g1/state"
-    async with bus(any_broker.url) as sub:
+    async with target.bus() as sub:
         await sub.subscribe(topic)
+        if isinstance(target.broker, MemoryUnderTest):  # no process to kill: the broker ends the connection
+            will = Outgoing(topic, codec.encode(make(DeviceState(online=False))), 1, True)
+            async with target.bus(will=will, client_id=f"g1-{u}") as device:
+                await device.publish(topic, make(DeviceState(online=True)), retain=True, wait=True)
+                online = await next_message(sub)
+                target.broker.broker.kill(f"g1-{u}")
+                offline = await next_message(sub)
+                assert not device.connected
+            assert online.data == DeviceState(online=True)
+            assert offline.data == DeviceState(online=False)
+            return
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WILL_CLIENT, any_broker.url, topic, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            "-c",
+            WILL_CLIENT,
+            target.broker.url,
+            topic,
+            target.transport,
+            stdout=asyncio.subprocess.PIPE,
         )
         try:
             assert proc.stdout is not None
@@ -114,22 +155,22 @@ async def test_will_fires_on_kill9(any_broker: BrokerUnderTest) -> None:
             await proc.wait()
 
 
-async def test_reconnects_and_resubscribes_after_broker_restart(any_broker: BrokerUnderTest) -> None:
+async def test_reconnects_and_resubscribes_after_broker_restart(target: Target) -> None:
     u = user()
-    async with bus(any_broker.url, backoff_max_s=0.5, name="sub") as sub:
+    async with target.bus(backoff_max_s=0.5, name="sub") as sub:
         await sub.subscribe(f"wb/v1/{u}/#")
         connects = sub.stats.connects
-        await any_broker.restart()
+        await target.broker.restart()
         async with asyncio.timeout(15):
             while sub.stats.connects == connects or not sub.connected:  # noqa: ASYNC110 (bounded by the timeout)
                 await asyncio.sleep(0.05)
-        async with bus(any_broker.url, name="pub") as pub:
+        async with target.bus(name="pub") as pub:
             await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=70)), wait=True)
         message = await next_message(sub)
         assert message.data == HeartRate(bpm=70)
 
 
-async def test_persistent_session_gets_what_was_published_while_away(any_broker: BrokerUnderTest) -> None:
+async def test_persistent_session_gets_what_was_published_while_away(target: Target) -> None:
     u = user()
     options = {
         "client_id": f"agent-{u}",
@@ -138,19 +179,19 @@ async def test_persistent_session_gets_what_was_published_while_away(any_broker:
         "persistent": True,
         "name": "agent",
     }
-    async with bus(any_broker.url, **options) as agent:
+    async with target.bus(**options) as agent:
         await agent.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
-    async with bus(any_broker.url) as pub:
+    async with target.bus() as pub:
         for i in range(5):
             await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text=f"m{i}")), wait=True)
-    async with bus(any_broker.url, **options) as agent:
+    async with target.bus(**options) as agent:
         assert agent.session_present
         got = [(await next_message(agent)).data for _ in range(5)]
     assert [g.text for g in got] == [f"m{i}" for i in range(5)]  # type: ignore[attr-defined]
 
 
-async def test_manual_ack_redelivers_what_was_not_acknowledged(any_broker: BrokerUnderTest) -> None:
-    if any_broker.name == "embedded":
+async def test_manual_ack_redelivers_what_was_not_acknowledged(target: Target) -> None:
+    if target.broker.name == "embedded":
         pytest.skip(
             "amqtt 0.12 drops an unacknowledged QoS 1 message from the session when the connection ends "
             "(handler.py pops inflight_out in a finally), so it never redelivers it: the agent's at-least-once "
@@ -164,26 +205,26 @@ async def test_manual_ack_redelivers_what_was_not_acknowledged(any_broker: Broke
         "persistent": True,
         "manual_ack": True,
     }
-    async with bus(any_broker.url, **options) as agent:
+    async with target.bus(**options) as agent:
         await agent.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
-        async with bus(any_broker.url) as pub:
+        async with target.bus() as pub:
             await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="a")), wait=True)
             await pub.publish(f"wb/v1/{u}/earphones/b1/evt/voice/utterance", make(Utterance(text="b")), wait=True)
         first = await next_message(agent)
         second = await next_message(agent)
         assert agent.ack(first)  # only the first is acknowledged before we "crash"
-    async with bus(any_broker.url, **options) as agent:
+    async with target.bus(**options) as agent:
         again = await next_message(agent)
         assert again.envelope.id == second.envelope.id
         assert agent.ack(again)
 
 
-async def test_malformed_payload_goes_to_dlq_and_nothing_breaks(any_broker: BrokerUnderTest) -> None:
+async def test_malformed_payload_goes_to_dlq_and_nothing_breaks(target: Target) -> None:
     u = user()
     async with (
-        bus(any_broker.url, dlq=True, name="agent") as agent,
-        bus(any_broker.url, name="ops") as ops,
-        bus(any_broker.url, name="dev") as dev,
+        target.bus(dlq=True, name="agent") as agent,
+        target.bus(name="ops") as ops,
+        target.bus(name="dev") as dev,
     ):
         await agent.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
         await ops.subscribe("wb/v1/_dlq/#", 1)
@@ -203,9 +244,9 @@ async def test_malformed_payload_goes_to_dlq_and_nothing_breaks(any_broker: Brok
         assert agent.stats.rejected == 2
 
 
-async def test_qos1_publish_waits_for_the_broker(any_broker: BrokerUnderTest) -> None:
+async def test_qos1_publish_waits_for_the_broker(target: Target) -> None:
     u = user()
-    async with bus(any_broker.url) as pub:
+    async with target.bus() as pub:
         raw = codec.encode(make(HeartRate(bpm=60)))
         for _ in range(50):
             await pub.publish_raw(Outgoing(f"wb/v1/{u}/ring/r1/evt/sensor/hr", raw, 1), wait=True)
@@ -222,9 +263,9 @@ async def _received(b: Bus, n: int, within: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_a_lingering_batch_waits_for_more_until_something_urgent_comes(any_broker: BrokerUnderTest) -> None:
+async def test_a_lingering_batch_waits_for_more_until_something_urgent_comes(target: Target) -> None:
     u = user()
-    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+    async with target.bus(name="sub") as sub, target.bus(name="pub") as pub:
         await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
         taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, urgent=_is_utterance))
         for bpm in (60, 61, 62):
@@ -238,9 +279,9 @@ async def test_a_lingering_batch_waits_for_more_until_something_urgent_comes(any
     assert [type(m.data).__name__ for m in batch] == ["HeartRate", "HeartRate", "HeartRate", "Utterance"]
 
 
-async def test_a_lingering_batch_ends_when_full(any_broker: BrokerUnderTest) -> None:
+async def test_a_lingering_batch_ends_when_full(target: Target) -> None:
     u = user()
-    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+    async with target.bus(name="sub") as sub, target.bus(name="pub") as pub:
         await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
         for bpm in range(60, 65):
             await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
@@ -251,10 +292,10 @@ async def test_a_lingering_batch_ends_when_full(any_broker: BrokerUnderTest) -> 
     assert [m.data.bpm for m in first + second] == [60, 61, 62, 63, 64]  # type: ignore[attr-defined]
 
 
-async def test_a_lingering_batch_ends_when_enough_are_waiting(any_broker: BrokerUnderTest) -> None:
+async def test_a_lingering_batch_ends_when_enough_are_waiting(target: Target) -> None:
     u = user()
     hr = f"wb/v1/{u}/ring/r1/evt/sensor/hr"
-    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+    async with target.bus(name="sub") as sub, target.bus(name="pub") as pub:
         await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
         taking = asyncio.create_task(sub.next_batch(100, timeout=5.0, linger=60.0, enough=3))
         for bpm in (60, 61):
@@ -272,13 +313,13 @@ async def test_a_lingering_batch_ends_when_enough_are_waiting(any_broker: Broker
             assert len(await sub.next_batch(100, timeout=5.0, linger=60.0, enough=3)) == 4
 
 
-async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: BrokerUnderTest) -> None:
+async def test_a_linger_learns_when_the_broker_waits_for_acks(target: Target) -> None:
     """A linger during which nothing came means the broker holds the rest until we ack (Mosquitto's in-flight
     limit): from then on, that many waiting messages end the wait at once. More than that are taken at once too, and
     the window is forgotten: the next batch lingers again."""
     u = user()
     hr = f"wb/v1/{u}/ring/r1/evt/sensor/hr"
-    async with bus(any_broker.url, name="sub") as sub, bus(any_broker.url, name="pub") as pub:
+    async with target.bus(name="sub") as sub, target.bus(name="pub") as pub:
         await sub.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
 
         async def send(n: int, total: int) -> None:
@@ -303,17 +344,24 @@ async def test_a_linger_learns_when_the_broker_waits_for_acks(any_broker: Broker
             assert len(await taking) == 3
 
 
-async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks() -> None:
+@pytest.mark.parametrize("transport", ["native", "paho"])
+async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks(transport: str) -> None:
     """Mosquitto sends a session only ``max_inflight_messages`` before it waits for acks: a consumer that lingers
     for more would wait out every linger. It learns the window from the first one instead."""
     require_mosquitto()
     u = user()
     async with MosquittoProcess(extra_lines=["max_inflight_messages 4"]) as broker:
         url = f"mqtt://127.0.0.1:{broker.port}"
-        options = {"client_id": f"agent-{u}", "persistent": True, "manual_ack": True, "protocol": "3.1.1"}
+        options = {
+            "client_id": f"agent-{u}",
+            "persistent": True,
+            "manual_ack": True,
+            "protocol": "3.1.1",
+            "transport": transport,
+        }
         async with bus(url, **options) as agent:
             await agent.subscribe(f"wb/v1/{u}/+/+/evt/#", 1)
-        async with bus(url) as pub:
+        async with bus(url, transport=transport) as pub:
             for bpm in range(40, 80):
                 await pub.publish(f"wb/v1/{u}/ring/r1/evt/sensor/hr", make(HeartRate(bpm=bpm)), wait=True)
         got: list[int] = []

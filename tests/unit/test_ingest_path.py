@@ -20,7 +20,8 @@ import agent.store as store_module
 from agent.runtime import AgentRuntime, AgentSettings, _event_row
 from agent.store import ActionRow, EventRow, Store, TaskRow
 from broker.bench import mix
-from broker.client import BusStats, Outgoing
+from broker.bus import BusOptions, Outgoing
+from broker.memory import MemoryBroker, MemoryBus
 from schemas import codec
 from schemas.actions import DeviceState
 from schemas.clock import Clock, ManualClock
@@ -44,19 +45,23 @@ def _noon_ms() -> int:
 NOON = _noon_ms()
 
 
-class FakeBus:
-    """What the runtime's processing asks of a bus; it checks, through its own connection, what is committed."""
+class SpyBus(MemoryBus):
+    """The in-memory bus, checking through its own connection to the store what is committed when the runtime
+    publishes or acknowledges; a second bus on the same broker watches the dead-letter topics."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, broker: MemoryBroker) -> None:
+        super().__init__(BusOptions(url=broker.url, manual_ack=True, name="t-agent"), broker=broker)
         self.db = db
-        self.connected = True
-        self.stats = BusStats()
         self.published: list[Outgoing] = []
         self.uncommitted_publishes: list[str] = []
         self.acked: list[str] = []
         self.uncommitted_acks: list[str] = []
-        self.dead_letters: list[str] = []
         self.flushes = 0
+        self.dlq = MemoryBus(BusOptions(url=broker.url, name="ops"), broker=broker)
+
+    @property
+    def dead_letters(self) -> list[str]:
+        return [m.topic for m in self.dlq.inbox]
 
     def _committed(self, table: str, row_id: str) -> bool:
         con = sqlite3.connect(self.db)
@@ -70,12 +75,11 @@ class FakeBus:
         if not self._committed("actions", action_id):
             self.uncommitted_publishes.append(action_id)
         self.published.append(out)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+        return super().publish_future(out, fmt=fmt)
 
     async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
         self.published.append(out)
+        await super().publish_raw(out, wait=wait, fmt=fmt)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -85,23 +89,21 @@ class FakeBus:
         if message.where.channel is not Channel.DLQ and not self._committed("events", eid):
             self.uncommitted_acks.append(eid)
         self.acked.append(eid)
-        return True
-
-    def _publish_nowait(self, topic: str, payload: bytes, qos: int, retain: bool, *_: Any, **__: Any) -> Any:
-        self.dead_letters.append(topic)
-        return 0, None
+        return super().ack(message)
 
 
 @asynccontextmanager
-async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, FakeBus]]:
-    """An agent runtime with its real store and a fake bus, its pump not started."""
+async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> AsyncIterator[tuple[AgentRuntime, SpyBus]]:
+    """An agent runtime with its real store, on the in-memory bus, its pump not started."""
     clock = clock or ManualClock(NOON)
     agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings), clock)
-    bus = FakeBus(db)
+    bus = SpyBus(db, MemoryBroker())
     agent._store = await Store(db).__aenter__()
     agent._bus = bus  # type: ignore[assignment]
     try:
-        yield agent, bus
+        async with bus, bus.dlq:
+            await bus.dlq.subscribe("wb/v1/_dlq/#")
+            yield agent, bus
     finally:
         await agent.store.__aexit__(None, None, None)
 

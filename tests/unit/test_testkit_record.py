@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.client import Outgoing
+from broker.bus import BusOptions, Outgoing
+from broker.memory import MemoryBroker, MemoryBus
 from broker.testkit.record import (
     FORMAT,
     Header,
@@ -149,12 +152,11 @@ def test_offsets_are_monotonic_and_scaled(ts: list[float], speed: float) -> None
     assert offsets[-1] == pytest.approx(max(0.0, max(ts) - ts[0]) / speed)
 
 
-class FakeBus:
-    """Records what replay publishes, on a fake clock that only sleeping advances."""
+class Clock:
+    """A fake clock that only sleeping advances."""
 
     def __init__(self) -> None:
         self.now = 100.0
-        self.sent: list[tuple[float, Outgoing, bool, str | None]] = []
 
     def clock(self) -> float:
         return self.now
@@ -162,8 +164,39 @@ class FakeBus:
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
 
+
+class RecordingBus(MemoryBus):
+    """The in-memory bus, noting when (on the fake clock) and how replay published each message."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(BusOptions(url="memory://replay"), broker=MemoryBroker())
+        self.at = clock
+        self.sent: list[tuple[float, Outgoing, bool, str | None]] = []
+
     async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
-        self.sent.append((self.now, out, wait, fmt))
+        self.sent.append((self.at.now, out, wait, fmt))
+        await super().publish_raw(out, wait=wait, fmt=fmt)
+
+
+class Watch(MemoryBus):
+    """A subscriber that keeps every delivery as it came (topic, bytes, QoS, content type), valid or not."""
+
+    arrived: list[tuple[str, bytes, int, str | None]]
+
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+        self.arrived.append((topic, payload, qos, content_type))
+
+
+@asynccontextmanager
+async def replaying() -> AsyncIterator[tuple[RecordingBus, Watch, Clock]]:
+    """A publishing bus for replay and a subscriber on the same in-memory broker that receives what it sent."""
+    clock = Clock()
+    bus = RecordingBus(clock)
+    watch = Watch(BusOptions(url="memory://watch"), broker=bus.broker)
+    watch.arrived = []
+    async with bus, watch:
+        await watch.subscribe("wb/#")
+        yield bus, watch, clock
 
 
 async def test_replay_keeps_timing_flags_and_content_type() -> None:
@@ -172,9 +205,12 @@ async def test_replay_keeps_timing_flags_and_content_type() -> None:
         Recorded(5.5, "wb/v1/u/ring/r/evt/sensor/steps", b"{}", 0, False, None),
         Recorded(7.0, "wb/v1/u/ring/r/evt/sensor/hr", b'{"a":1}', 1, False, codec.JSON),
     ]
-    bus = FakeBus()
-    n = await replay(bus, records, speed=2, loop=2, clock=bus.clock, sleep=bus.sleep)
+    async with replaying() as (bus, watch, clock):
+        n = await replay(bus, records, speed=2, loop=2, clock=clock.clock, sleep=clock.sleep)
     assert n == 6
+    # what crossed the broker: the recorded bytes and QoS, the content type as recorded (guessed when none was)
+    assert watch.arrived[:3] == [(r.topic, r.payload, r.qos, r.content_type or codec.JSON) for r in records]
+    assert len(watch.arrived) == 6
     times = [t - 100.0 for t, *_ in bus.sent]
     assert times == pytest.approx([0, 0.25, 1.0, 1.0, 1.25, 2.0])
     outs = [out for _, out, _, _ in bus.sent]
@@ -186,9 +222,9 @@ async def test_replay_keeps_timing_flags_and_content_type() -> None:
 async def test_replay_filters_topics_and_bounds_loops(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     write_recording(path, Header(("wb/#",), 0), _at(0, 1, 2))
-    bus = FakeBus()
-    n = await replay(bus, path, 0, ["wb/v1/u/ring/r/evt/sensor/hr1"], clock=bus.clock, sleep=bus.sleep)
-    assert n == 1
-    assert [out.topic for _, out, _, _ in bus.sent] == ["wb/v1/u/ring/r/evt/sensor/hr1"]
-    with pytest.raises(ConfigError, match="--loop"):
-        await replay(bus, path, 1, loop=0)
+    async with replaying() as (bus, _, clock):
+        n = await replay(bus, path, 0, ["wb/v1/u/ring/r/evt/sensor/hr1"], clock=clock.clock, sleep=clock.sleep)
+        assert n == 1
+        assert [out.topic for _, out, _, _ in bus.sent] == ["wb/v1/u/ring/r/evt/sensor/hr1"]
+        with pytest.raises(ConfigError, match="--loop"):
+            await replay(bus, path, 1, loop=0)
