@@ -25,7 +25,7 @@ from agent.profile import load_profiles
 from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from schemas.clock import SimClock
 from schemas.errors import WearbusError
 
@@ -108,6 +108,8 @@ def agent_command(
     escape_dots: Annotated[
         bool, typer.Option(help="Cluster: send '.' in topics as '_' (nats-server < 2.10; tests only).")
     ] = False,
+    protocol: ProtocolOpt = None,
+    transport: TransportOpt = None,
 ) -> None:
     """Run the agent: fuse every device's events, run skills and proactive rules, send actions, store everything."""
     configure_logging(log_level)
@@ -115,11 +117,14 @@ def agent_command(
     try:
         if profiles is not None:
             config = replace(config, profiles=load_profiles(profiles))
+        mqtt = mqtt_choice(protocol, transport)
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     settings = AgentSettings(
         url=broker or Settings().broker,
+        protocol=mqtt[0],
+        transport=mqtt[1],
         db=db,
         instance=instance,
         username=username,

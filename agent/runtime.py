@@ -42,7 +42,7 @@ from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
-from broker.client import Bus, BusOptions, Outgoing
+from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus
 from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
@@ -96,6 +96,8 @@ class AgentSettings:
         instance: the agent instance id (its client id and its state topic).
         username: login (the embedded broker needs one for the persistent session to queue while away).
         password: password.
+        protocol: the MQTT version to ask for (``auto``: 5, else 3.1.1).
+        transport: the MQTT client under the bus (``auto``, ``native``, ``paho``).
         users: only these users (None: all), for partitioned deployments.
         batch: messages per store transaction at most.
         tick_s: wall seconds between timer ticks.
@@ -123,6 +125,8 @@ class AgentSettings:
     instance: str = "agent-1"
     username: str | None = None
     password: str | None = None
+    protocol: MqttProtocol = "auto"
+    transport: TransportName = "auto"
     users: frozenset[str] | None = None
     batch: int = 500
     tick_s: float = 0.2
@@ -167,7 +171,7 @@ class AgentRuntime:
         core: AgentCore | None = None,
         *,
         store: Store | None = None,
-        bus_factory: Callable[[BusOptions], Bus] = Bus,
+        bus_factory: Callable[[BusOptions], Bus] = open_bus,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or WallClock()
@@ -227,6 +231,8 @@ class AgentRuntime:
 
         options = BusOptions(
             url=s.url,
+            protocol=s.protocol,
+            transport=s.transport,
             client_id=s.instance,
             username=s.username,
             password=s.password,

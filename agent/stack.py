@@ -31,6 +31,7 @@ from agent.report import percentile, summarize, timed_note
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
 from broker.net import free_port, port_free, wait_port
+from broker.settings import mqtt_choice
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import Channel
@@ -311,6 +312,7 @@ async def _up(
         loop.add_signal_handler(sig, on_signal)
     timeline = Timeline(out, show=not quiet)
     tap_task: asyncio.Task[None] | None = None
+    given_protocol: str | None = None  # else WB_PROTOCOL's, read here at the edge
     try:
         if broker_url is None:
             if port == 0:
@@ -329,13 +331,16 @@ async def _up(
             except TimeoutError as exc:
                 raise WearbusError(f"the embedded broker did not open port {port}: {exc}") from exc
             broker_url = f"mqtt://127.0.0.1:{port}"
-            os.environ["WB_PROTOCOL"] = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
+            given_protocol = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
         users = [user] + [f"{user}-{i}" for i in range(2, n_users + 1)]
         anchor = int(time.time() * 1000) + 1500
         sim = ["--speed", str(speed), "--sim-anchor", str(anchor)]
         if start_ms is not None:
             sim += ["--sim-start", str(start_ms)]
-        bus = Bus(BusOptions(url=broker_url, name="up-timeline", connect_timeout_s=20))
+        protocol, transport = mqtt_choice(given_protocol, None)
+        mqtt = ["--protocol", protocol, "--transport", transport]  # every child process gets them as options
+        bus = Bus(BusOptions(url=broker_url, name="up-timeline", connect_timeout_s=20, protocol=protocol,
+                             transport=transport))  # fmt: skip
         await bus.__aenter__()
         await bus.subscribe("wb/#", 1)
 
@@ -345,17 +350,17 @@ async def _up(
 
         tap_task = asyncio.create_task(tap(), name="up.timeline")
         await sup.start(Proc("agent", [*wearbus, "agent", "--broker", broker_url, "--db", str(db), "--username",
-                                       "agent", "--password", agent_pw, "--profiles", str(scenario), *sim],
+                                       "agent", "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt],
                              run_dir / "agent.log"))  # fmt: skip
         if with_console:
             cport = console_port if port_free(console_port) else free_port()
-            await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport)],
+            await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport), *mqtt],
                                  run_dir / "console.log", restart=True))  # fmt: skip
             err.print(f"[green]web console:[/] http://127.0.0.1:{cport}/")
         for i, u in enumerate(users):
             for kind in KINDS:
                 argv = [*wearbus, "device", kind, "--user", u, "--id", DEVICE_IDS[kind], "--broker", broker_url,
-                        "--scenario", str(scenario), "--seed", str(seed + i), *sim]  # fmt: skip
+                        "--scenario", str(scenario), "--seed", str(seed + i), *sim, *mqtt]  # fmt: skip
                 if forever:
                     argv.append("--forever")
                 await sup.start(Proc(f"{kind}[{u}]", argv, run_dir / f"{kind}-{u}.log", finite=not forever))

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from broker.client import Bus, BusOptions, Outgoing, Rejected
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import Settings, mqtt_choice
 from schemas import codec
 from schemas.envelope import Message, dump, new_id, now_ms
 from schemas.errors import WearbusError
@@ -74,6 +74,12 @@ def run(coro: Any) -> None:
 def broker_url(option: str | None) -> str:
     """The broker URL from the option, else the environment (WB_BROKER), else the local default."""
     return option or Settings().broker
+
+
+def bus_options(url: str, **kw: Any) -> BusOptions:
+    """Options for a command's bus: the URL, and the protocol and transport of ``WB_PROTOCOL`` / ``WB_TRANSPORT``."""
+    protocol, transport = mqtt_choice(None, None)
+    return BusOptions(url=url, protocol=protocol, transport=transport, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- broker
@@ -197,7 +203,7 @@ async def _tap(url: str, topic_filter: str, json_out: bool, count: int, seconds:
         else:
             out.print(f"[red]REJECTED[/] {r.topic} [red]{r.error.reason}[/]: {r.error.detail} field={r.error.field}")
 
-    options = BusOptions(url=url, name="tap", on_reject=[show_reject])
+    options = bus_options(url, name="tap", on_reject=[show_reject])
     n = 0
     async with Bus(options) as bus:
         await bus.subscribe(topic_filter, 1)
@@ -272,7 +278,7 @@ def pub(
 
 
 async def _pub(url: str, message: Outgoing) -> None:
-    async with Bus(BusOptions(url=url, name="pub")) as bus:
+    async with Bus(bus_options(url, name="pub")) as bus:
         await bus.publish_raw(message, wait=True)
 
 
@@ -312,7 +318,7 @@ async def _hz(url: str, topic_filter: str, window: float, seconds: float) -> Non
             t.add_row(topic, f"{len(q) / window:.2f}", str(totals[topic]), str(rejected.get(topic, 0)))
         return t
 
-    async with Bus(BusOptions(url=url, name="hz", on_reject=[on_reject])) as bus:
+    async with Bus(bus_options(url, name="hz", on_reject=[on_reject])) as bus:
         await bus.subscribe(topic_filter, 0)
         end = time.monotonic() + seconds if seconds else None
 

@@ -1,8 +1,19 @@
-"""Settings read from the environment (prefix ``WB_``), shared by every command."""
+"""Settings read from the environment (prefix ``WB_``), shared by every command: read once, at the edge.
+
+The library never reads the environment: a command builds its options from these settings and its own
+command-line options (which win), and hands them down (``wearbus up`` passes them to its child processes as
+command-line options).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.bus import MqttProtocol, TransportName
+from schemas.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -12,6 +23,8 @@ class Settings(BaseSettings):
         broker: the broker URL (``WB_BROKER``).
         log_level: debug, info, warning or error (``WB_LOG_LEVEL``).
         log_json: force JSON logs on or off (``WB_LOG_JSON``); by default JSON when not on a terminal.
+        protocol: ``auto``, ``5`` or ``3.1.1`` (``WB_PROTOCOL``; 3.1.1 skips the MQTT 5 probe of a 3.1.1-only broker).
+        transport: ``auto``, ``native`` or ``paho`` (``WB_TRANSPORT``; WebSocket URLs always use paho).
     """
 
     model_config = SettingsConfigDict(env_prefix="WB_", extra="ignore")
@@ -19,3 +32,35 @@ class Settings(BaseSettings):
     broker: str = "mqtt://127.0.0.1:1883"
     log_level: str = "info"
     log_json: bool | None = None
+    protocol: MqttProtocol = "auto"
+    transport: TransportName = "auto"
+
+
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option("--protocol", help="MQTT version: auto (5, else 3.1.1), 5 or 3.1.1; env WB_PROTOCOL."),
+]
+TransportOpt = Annotated[
+    str | None,
+    typer.Option("--transport", help="The MQTT client under the bus: auto, native or paho; env WB_TRANSPORT."),
+]
+
+
+def mqtt_choice(protocol: str | None, transport: str | None) -> tuple[MqttProtocol, TransportName]:
+    """The protocol and transport from the command line, else from the environment (``WB_PROTOCOL``,
+    ``WB_TRANSPORT``).
+
+    Raises:
+        ConfigError: a value that is not one of the choices (from the option or the environment).
+    """
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        raise ConfigError(f"WB_PROTOCOL is auto, 5 or 3.1.1 and WB_TRANSPORT auto, native or paho: {exc}") from exc
+    chosen_protocol = protocol or settings.protocol
+    chosen_transport = transport or settings.transport
+    if chosen_protocol not in ("auto", "5", "3.1.1"):
+        raise ConfigError(f"--protocol is auto, 5 or 3.1.1, not {chosen_protocol!r}")
+    if chosen_transport not in ("auto", "native", "paho"):
+        raise ConfigError(f"--transport is auto, native or paho, not {chosen_transport!r}")
+    return chosen_protocol, chosen_transport  # type: ignore[return-value]  # checked just above

@@ -16,8 +16,9 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
+from broker.bus import MqttProtocol, TransportName
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from devices.fleet import Spec, build_fleet, run
 from devices.scenario import BUILTIN, Scenario, load
 from devices.sdk import DeviceConfig
@@ -94,6 +95,8 @@ def _command(kind: Kind) -> Callable[..., None]:
         keepalive: KeepaliveOpt = 10,
         heartbeat: HeartbeatOpt = 10.0,
         log_level: LogOpt = "info",
+        protocol: ProtocolOpt = None,
+        transport: TransportOpt = None,
     ) -> None:
         configure_logging(log_level)
         try:
@@ -111,6 +114,7 @@ def _command(kind: Kind) -> Callable[..., None]:
                 forever=forever or scenario is None,
                 keepalive=keepalive,
                 heartbeat=heartbeat,
+                mqtt=mqtt_choice(protocol, transport),
             )
             if fleet_by not in ("users", "ids"):
                 raise ConfigError("--fleet-by is 'users' or 'ids'")
@@ -145,6 +149,7 @@ def make_spec(
     forever: bool,
     keepalive: int = 10,
     heartbeat: float = 10.0,
+    mqtt: tuple[MqttProtocol, TransportName] = ("auto", "auto"),
 ) -> Spec:
     """Everything a run needs, from the command-line values.
 
@@ -167,6 +172,8 @@ def make_spec(
     config = DeviceConfig(
         url=broker or Settings().broker,
         password=password,
+        protocol=mqtt[0],
+        transport=mqtt[1],
         model=_MODELS[kind],
         keepalive_s=keepalive,
         heartbeat_s=heartbeat,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from broker.client import Bus, BusOptions, Outgoing
+from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus
 from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import ACCEPTS, Ack, AgentState, DeviceState
@@ -71,6 +71,8 @@ class DeviceConfig:
         action_ttl_s: an action older than this (in simulated time) when it arrives is answered ``expired``.
         keepalive_s: MQTT keep-alive; the broker fires the Will after ~1.5x this on a silent cut.
         hold_while_agent_away: hold events while the agent's retained state says it is offline.
+        protocol: the MQTT version to ask for (``auto``: 5, else 3.1.1).
+        transport: the MQTT client under the bus (``auto``, ``native``, ``paho``).
         resend_on_reconnect: after a reconnect, send the last this many events the broker acknowledged again.
             Mosquitto acknowledges a publish before its next save, so a broker killed right after a PUBACK forgets
             that event (measured: always the last one); the agent drops the copies by id. 0: never.
@@ -78,6 +80,8 @@ class DeviceConfig:
 
     url: str = "mqtt://127.0.0.1:1883"
     password: str | None = None
+    protocol: MqttProtocol = "auto"
+    transport: TransportName = "auto"
     firmware: str = "wearbus-emu 0.1"
     model: str = ""
     outbox_size: int = 10_000
@@ -175,6 +179,8 @@ class Device:
         topic = state_topic(self.ident)
         options = BusOptions(
             url=self.config.url,
+            protocol=self.config.protocol,
+            transport=self.config.transport,
             client_id=cid,
             username=cid if self.config.password is not None else None,
             password=self.config.password,
@@ -185,7 +191,7 @@ class Device:
             name=cid,
             on_connect=[self._on_connect],
         )
-        self._bus = Bus(options)
+        self._bus = open_bus(options)
         await self._bus.__aenter__()
         await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
         await self._bus.subscribe("wb/v1/_agent/+/state", 1)

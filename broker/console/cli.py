@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from broker.bus import MqttProtocol, TransportName
 from broker.console.server import serve_console
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from schemas.errors import WearbusError
 
 _err = Console(stderr=True)
@@ -37,12 +38,15 @@ def console(
     ] = False,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+    protocol: ProtocolOpt = None,
+    transport: TransportOpt = None,
 ) -> None:
     """Serve a live page of the bus: devices, glasses display, vitals, tasks, alerts and the event timeline."""
     configure_logging(log_level)
     url = broker or Settings().broker
     try:
-        asyncio.run(_console(url, host, port, allow_inject, open_page))
+        mqtt = mqtt_choice(protocol, transport)
+        asyncio.run(_console(url, host, port, allow_inject, open_page, mqtt))
     except WearbusError as exc:
         _err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -50,9 +54,12 @@ def console(
         raise typer.Exit(130) from None
 
 
-async def _console(broker_url: str, host: str, port: int, allow_inject: bool, open_page: bool) -> None:
+async def _console(
+    broker_url: str, host: str, port: int, allow_inject: bool, open_page: bool, mqtt: tuple[MqttProtocol, TransportName]
+) -> None:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve_console(broker_url, host, port, allow_inject, ready), name="console")
+    serving = serve_console(broker_url, host, port, allow_inject, ready, protocol=mqtt[0], transport=mqtt[1])
+    task = asyncio.create_task(serving, name="console")
     with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
         # SIGTERM (from `wearbus up` or a service manager) ends it as cleanly as Ctrl-C.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from broker.bus import MqttProtocol, TransportName
 from broker.client import Bus, BusOptions, Rejected
 from broker.console.state import ConsoleState, Limits, build_injection
 from broker.logs import get_logger
@@ -493,6 +494,9 @@ async def serve_console(
     port: int = 8787,
     allow_inject: bool = False,
     ready: asyncio.Future[str] | None = None,
+    *,
+    protocol: MqttProtocol = "auto",
+    transport: TransportName = "auto",
 ) -> None:
     """Serve the console until cancelled (``wearbus console``, ``wearbus up --console``).
 
@@ -502,12 +506,15 @@ async def serve_console(
         port: the HTTP port (0: any free one).
         allow_inject: let the page inject utterances and gestures.
         ready: set to the page's URL once it is served (or to the error if the console cannot start).
+        protocol: the MQTT version its bus asks for.
+        transport: the MQTT client under its bus.
 
     Raises:
         ConfigError: the port is taken, or injection is asked for on a non-loopback address.
     """
     try:
-        console = ConsoleServer(broker_url, host=host, port=port, allow_inject=allow_inject)
+        options = BusOptions(max_inbox=_MAX_INBOX, protocol=protocol, transport=transport)
+        console = ConsoleServer(broker_url, host=host, port=port, allow_inject=allow_inject, bus_options=options)
         async with console:
             if ready is not None and not ready.done():
                 ready.set_result(console.url)

@@ -99,7 +99,7 @@ async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> Asyn
     agent = AgentRuntime(AgentSettings(db=db, instance="t-agent", heartbeat_misses=0, **settings), clock)
     bus = SpyBus(db, MemoryBroker())
     agent._store = await Store(db).__aenter__()
-    agent._bus = bus  # type: ignore[assignment]
+    agent._bus = bus
     try:
         async with bus, bus.dlq:
             await bus.dlq.subscribe("wb/v1/_dlq/#")
