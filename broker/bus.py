@@ -201,7 +201,8 @@ class Bus(Protocol):
     # subscribing
     async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
         """Subscribe now (if connected) and on every reconnect; the QoS the broker granted (``qos`` while
-        offline). Raises a :class:`~schemas.errors.BusError` when the broker refuses the filter."""
+        offline). Raises :class:`~schemas.errors.SubscribeRefused` when the broker refuses the filter and
+        :class:`~schemas.errors.QosNotSupported` for a QoS other than 0 and 1."""
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Stop a subscription."""

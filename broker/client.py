@@ -54,7 +54,7 @@ from broker.bus import (
 )
 from broker.url import BrokerUrl
 from schemas import codec
-from schemas.errors import BusConnectionError, BusError, PublishError
+from schemas.errors import BusConnectionError, PublishError, QosNotSupported, SubscribeRefused
 from schemas.topics import validate_filter
 
 #: The MQTT protocol version a bus asks for (the name callers import).
@@ -218,7 +218,7 @@ class Bus(BusCore):
         for (topic_filter, _), code in zip(filters, codes, strict=False):
             if code >= 0x80:
                 self._subs.pop(topic_filter, None)
-                self._log.error("subscription_refused_on_reconnect", filter=topic_filter, code=f"0x{code:02X}")
+                self._log.error("subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code))
 
     async def _session_native(self, protocol: str) -> None:
         opts = self.options
@@ -434,18 +434,22 @@ class Bus(BusCore):
             the QoS the broker granted (``qos`` itself while not connected: the subscription is made on connect).
 
         Raises:
-            BusError: the broker refused the filter (its SUBACK failure code in the message); it is not kept.
-            BusConnectionError: no SUBACK.
+            QosNotSupported: ``qos`` is not 0 or 1 (wearbus's contract uses those two).
+            SubscribeRefused: the broker refused the filter (the subscription is then forgotten, not retried).
+            BusConnectionError: connected, but no SUBACK came.
         """
+        if qos not in (0, 1):
+            raise QosNotSupported(f"subscribe to {topic_filter!r} at QoS {qos}: wearbus uses QoS 0 and 1")
         self._subs[validate_filter(topic_filter)] = qos
         if not self.connected:
             return qos
         [code] = await self.subscribe_now([(topic_filter, qos)])
         if code >= 0x80:
             self._subs.pop(topic_filter, None)
-            raise BusError(
-                f"the broker refused the subscription to {topic_filter!r} (SUBACK 0x{code:02X}{_reason(code)}); "
-                "check the broker's ACL for this client"
+            raise SubscribeRefused(
+                f"the broker refused the subscription to {topic_filter!r}: {mqtt.reason_text(code)}"
+                " (check the broker's ACL for this login)",
+                {topic_filter: code},
             )
         return code
 
@@ -533,10 +537,6 @@ class Bus(BusCore):
         if rc == paho.MQTT_ERR_SUCCESS:
             self.stats.published += 1
         return rc, fut
-
-
-def _reason(code: int) -> str:
-    return f": {mqtt.REASONS_5[code]}" if code in mqtt.REASONS_5 else ""
 
 
 class PahoTransport:

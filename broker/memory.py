@@ -28,7 +28,7 @@ from typing import ClassVar, Self
 
 from broker.bus import BusCore, BusOptions, Outgoing
 from schemas import codec
-from schemas.errors import BusConnectionError, BusError, PublishError
+from schemas.errors import BusConnectionError, BusError, PublishError, QosNotSupported
 from schemas.topics import matches, validate_filter
 
 ERR_SUCCESS, ERR_NO_CONN = 0, 4  # the return codes the MQTT bus uses (paho's), one vocabulary
@@ -293,11 +293,13 @@ class MemoryBus(BusCore):
                 await self.before_connect()
                 await self._session()
                 attempt = 0
+                delay = self.options.backoff_min_s
             except BusConnectionError as exc:
                 self._last_error = str(exc)
                 attempt += 1
                 delay = min(self.options.backoff_max_s, self.options.backoff_min_s * 2 ** min(attempt, 10))
-                await asyncio.sleep(min(delay, 0.05))  # nothing to wait for in one process but the broker's restart
+            if not self._closing and not self._dead:
+                await asyncio.sleep(delay)
 
     async def _session(self) -> None:
         self._lost.clear()
@@ -358,7 +360,7 @@ class MemoryBus(BusCore):
         if not self.connected:
             return ERR_NO_CONN, None
         if qos not in (0, 1):
-            raise PublishError(f"QoS {qos} is not supported (the contract uses 0 and 1); not published to {topic!r}")
+            raise QosNotSupported(f"QoS {qos} is not supported (wearbus uses 0 and 1); not published to {topic!r}")
         topic = self.outgoing_topic(topic)
         if not topic or "+" in topic or "#" in topic:
             raise PublishError(f"{topic!r} is not a topic name (no wildcards, not empty)")
@@ -393,10 +395,10 @@ class MemoryBus(BusCore):
         """Subscribe now (if connected) and on every reconnect; the granted QoS (0 or 1).
 
         Raises:
-            BusError: QoS 2 asked for (the contract uses 0 and 1).
+            QosNotSupported: ``qos`` is not 0 or 1 (wearbus's contract uses those two).
         """
         if qos not in (0, 1):
-            raise BusError(f"QoS {qos} is not supported (the contract uses 0 and 1): {topic_filter!r}")
+            raise QosNotSupported(f"subscribe to {topic_filter!r} at QoS {qos}: wearbus uses QoS 0 and 1")
         self._subs[validate_filter(topic_filter)] = qos
         if not self.connected:
             return qos

@@ -20,6 +20,7 @@ from broker.testkit.mosquitto import MosquittoProcess
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.envelope import Message, make
+from schemas.errors import QosNotSupported
 from schemas.events import HeartRate, Utterance
 from tests.conftest import (
     AGENT_PASSWORD,
@@ -382,3 +383,14 @@ async def test_a_linger_costs_one_wait_on_a_broker_that_waits_for_acks(transport
     # if it never learnt.
     lingered = [size for size, took in batches if took >= 1.5]
     assert len(lingered) <= 2, batches
+
+
+async def test_qos2_is_refused_with_a_typed_error(target: Target) -> None:
+    """The contract uses QoS 0 and 1: asking for 2 is a clear error, and nothing is kept to renew on reconnect."""
+    u = user()
+    async with target.bus() as b:
+        with pytest.raises(QosNotSupported):
+            await b.subscribe(f"wb/v1/{u}/#", 2)
+        assert b.subscriptions == {}
+        assert await b.subscribe(f"wb/v1/{u}/#", 1) == 1
+        assert b.subscriptions == {f"wb/v1/{u}/#": 1}
