@@ -37,7 +37,7 @@ from broker.bench import harness as hx
 from broker.bench import mix
 from broker.bench.fleet import raise_nofile
 from broker.bench.harness import BrokerHandle, FleetGroup, Row
-from broker.bench.wire import WireClient
+from broker.bench.loadgen import WireClient
 from schemas import codec
 from schemas.errors import BusError, WearbusError
 from schemas.topics import Kind, parse

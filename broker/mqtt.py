@@ -248,6 +248,21 @@ def encode_unsubscribe(mid: int, filters: list[str], v5: bool) -> bytes:
     return _packet(UNSUBSCRIBE, bytes(body))
 
 
+def encode_puback(mid: int) -> bytes:
+    """A PUBACK for packet id ``mid`` (reason Success: the short form both versions accept)."""
+    return bytes((PUBACK, 2, mid >> 8, mid & 0xFF))
+
+
+def encode_pingreq() -> bytes:
+    """A PINGREQ."""
+    return bytes((PINGREQ, 0))
+
+
+def encode_disconnect() -> bytes:
+    """A DISCONNECT (normal disconnection: the broker drops the Will)."""
+    return bytes((DISCONNECT, 0))
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 
 

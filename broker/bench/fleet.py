@@ -33,7 +33,7 @@ from typing import Any
 import msgpack
 
 from broker.bench import mix
-from broker.bench.wire import Will, WireClient
+from broker.bench.loadgen import Will, WireClient
 from schemas.errors import BusConnectionError
 from schemas.topics import Kind
 
@@ -148,7 +148,7 @@ class Fleet:
 
     async def _connect(self, index: int, now: float) -> None:
         dev = self.devices[index]
-        will = Will(f"{dev.prefix}/state", mix.state_payload(self._id(), self._now_ms(), dev.kind, False))
+        will = Will(f"{dev.prefix}/state", mix.state_payload(self._id(), self._now_ms(), dev.kind, False), retain=True)
         try:
             client = await WireClient.open(
                 self.host, self.port, f"{dev.user}/{dev.kind.value}/{mix.DEVICE_IDS[dev.kind]}",

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from broker.bench import mix
 from broker.bench.fleet import raise_nofile
-from broker.bench.wire import WireClient
+from broker.bench.loadgen import WireClient
 from broker.embedded import free_port
 from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
 from broker.url import BrokerUrl

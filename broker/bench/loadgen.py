@@ -2,142 +2,24 @@
 
 Thousands of device connections in one Python process cost too much with a full client (a paho object, a task and
 a timer each); load generation needs CONNECT with a Will, PUBLISH at QoS 0 and 1 with a bounded window, SUBSCRIBE,
-PUBACK and PINGREQ, nothing else. asyncio sets TCP_NODELAY on its sockets, so Nagle never delays a packet (P1 of
-shared/reference/performance.md). This is not the product's client (that is :class:`broker.client.Bus`).
+PUBACK and PINGREQ, nothing else. Every packet it sends is encoded by :mod:`broker.mqtt` (the one MQTT codec of the
+repository); it reads only the few packets a broker answers a load generator with. asyncio sets TCP_NODELAY on its
+sockets, so Nagle never delays a packet (P1 of shared/reference/performance.md). This is not the product's client
+(that is :class:`broker.client.Bus`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from broker import mqtt
+from broker.mqtt import Will
 from schemas.errors import BusConnectionError
 
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
+__all__ = ["OnMessage", "Will", "WireClient"]
 
 OnMessage = Callable[["WireClient", str, bytes, int], None]
-
-
-def remaining_length(n: int) -> bytes:
-    """MQTT's variable-length encoding of a packet's remaining length."""
-    if n < 0 or n > 268_435_455:
-        raise ValueError(f"remaining length {n} out of range")
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def _utf8(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def _blob(b: bytes) -> bytes:
-    return struct.pack("!H", len(b)) + b
-
-
-def packet(kind: int, flags: int, body: bytes) -> bytes:
-    """One packet: fixed header and body."""
-    return bytes((kind << 4 | flags,)) + remaining_length(len(body)) + body
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """The Will of a connection."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    clean: bool = True,
-    keepalive: int = 60,
-    will: Will | None = None,
-    username: str | None = None,
-    password: str | None = None,
-) -> bytes:
-    """A CONNECT packet (MQTT 3.1.1)."""
-    flags = 0x02 if clean else 0
-    payload = _utf8(client_id)
-    if will is not None:
-        flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        payload += _utf8(will.topic) + _blob(will.payload)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _blob(password.encode())
-    head = _utf8("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
-    return packet(CONNECT, 0, head + payload)
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 0, retain: bool = False, pid: int = 0) -> bytes:
-    """A PUBLISH packet."""
-    body = _utf8(topic) + (struct.pack("!H", pid) if qos else b"") + payload
-    return packet(PUBLISH, (qos << 1) | (1 if retain else 0), body)
-
-
-def subscribe_packet(pid: int, filters: list[tuple[str, int]]) -> bytes:
-    """A SUBSCRIBE packet."""
-    body = struct.pack("!H", pid) + b"".join(_utf8(f) + bytes((q,)) for f, q in filters)
-    return packet(SUBSCRIBE, 0x02, body)
-
-
-class Parser:
-    """Splits a byte stream into ``(type, flags, body)`` packets."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """Add bytes; return the packets now complete."""
-        buf = self._buf
-        buf += data
-        out: list[tuple[int, int, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            first = buf[pos]
-            i, length, shift, complete = pos + 1, 0, 0, False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    complete = True
-                    break
-                if shift >= 28:
-                    raise ValueError("malformed remaining length")
-            if not complete or i + length > end:
-                break
-            out.append((first >> 4, first & 0x0F, bytes(buf[i : i + length])))
-            pos = i + length
-        del buf[:pos]
-        return out
-
-
-def parse_publish(flags: int, body: bytes) -> tuple[str, bytes, int, int]:
-    """``(topic, payload, qos, packet id)`` of a PUBLISH body."""
-    (n,) = struct.unpack_from("!H", body)
-    topic = body[2 : 2 + n].decode()
-    qos = (flags >> 1) & 3
-    pos = 2 + n
-    pid = 0
-    if qos:
-        (pid,) = struct.unpack_from("!H", body, pos)
-        pos += 2
-    return topic, body[pos:], qos, pid
 
 
 class WireClient(asyncio.Protocol):
@@ -159,7 +41,7 @@ class WireClient(asyncio.Protocol):
         self.inflight: set[int] = set()
         self.transport: asyncio.Transport | None = None
         self.last_write = 0.0
-        self._parser = Parser()
+        self._rest = b""
         self._next_pid = 0
         self._connack: asyncio.Future[int] | None = None
         self._suback: dict[int, asyncio.Future[None]] = {}
@@ -195,8 +77,9 @@ class WireClient(asyncio.Protocol):
         except (OSError, TimeoutError) as exc:
             raise BusConnectionError(f"{client_id}: cannot connect to {host}:{port}: {exc}") from exc
         proto._connack = loop.create_future()
-        proto._write(connect_packet(client_id, clean=clean, keepalive=keepalive, will=will, username=username,
-                                    password=password))  # fmt: skip
+        spec = mqtt.ConnectSpec(client_id, v5=False, keepalive_s=keepalive, clean_start=clean, username=username,
+                                password=password, will=will)  # fmt: skip
+        proto._write(mqtt.encode_connect(spec))
         try:
             rc = await asyncio.wait_for(proto._connack, timeout)
         except TimeoutError as exc:
@@ -222,30 +105,45 @@ class WireClient(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        for kind, flags, body in self._parser.feed(data):
-            if kind == PUBLISH:
-                topic, payload, qos, pid = parse_publish(flags, body)
-                self.received += 1
-                if qos == 1:
-                    self._write(packet(PUBACK, 0, struct.pack("!H", pid)))
-                if self.on_message is not None:
-                    self.on_message(self, topic, payload, qos)
-            elif kind == PUBACK:
-                (pid,) = struct.unpack("!H", body[:2])
-                if pid in self.inflight:
-                    self.inflight.discard(pid)
-                    self.acked += 1
-                    window = self._window
-                    if window is not None and not window.done() and len(self.inflight) < self._window_limit:
-                        window.set_result(None)
-            elif kind == CONNACK:
-                if self._connack is not None and not self._connack.done():
-                    self._connack.set_result(body[1])
-            elif kind == SUBACK:
-                (pid,) = struct.unpack("!H", body[:2])
-                fut = self._suback.pop(pid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+        buf = self._rest + data if self._rest else data
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            length, body = mqtt.read_varint_safe(buf, pos + 1)
+            if body < 0 or body + length > end:
+                break
+            self._handle(buf[pos], buf[body : body + length])
+            pos = body + length
+        self._rest = buf[pos:]
+
+    def _handle(self, first: int, body: bytes) -> None:
+        kind = first & 0xF0
+        if kind == mqtt.PUBLISH:
+            n = int.from_bytes(body[:2], "big")
+            topic = body[2 : 2 + n].decode()
+            qos = (first >> 1) & 3
+            pos = 2 + n
+            if qos:
+                pid = int.from_bytes(body[pos : pos + 2], "big")
+                pos += 2
+                self._write(mqtt.encode_puback(pid))
+            self.received += 1
+            if self.on_message is not None:
+                self.on_message(self, topic, body[pos:], qos)
+        elif kind == mqtt.PUBACK:
+            pid = int.from_bytes(body[:2], "big")
+            if pid in self.inflight:
+                self.inflight.discard(pid)
+                self.acked += 1
+                window = self._window
+                if window is not None and not window.done() and len(self.inflight) < self._window_limit:
+                    window.set_result(None)
+        elif kind == mqtt.CONNACK:
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_result(body[1])
+        elif kind == mqtt.SUBACK:
+            fut = self._suback.pop(int.from_bytes(body[:2], "big"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     # ------------------------------------------------------------------ operations
 
@@ -273,7 +171,7 @@ class WireClient(asyncio.Protocol):
         if qos:
             pid = self._pid()
             self.inflight.add(pid)
-        self._write(publish_packet(topic, payload, qos, retain, pid))
+        self._write(mqtt.encode_publish(topic.encode(), payload, qos, retain, pid, b""))
         self.published += 1
 
     async def window(self, limit: int, timeout: float = 30.0) -> None:
@@ -296,17 +194,17 @@ class WireClient(asyncio.Protocol):
         pid = self._pid()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._suback[pid] = fut
-        self._write(subscribe_packet(pid, filters))
+        self._write(mqtt.encode_subscribe(pid, filters, v5=False))
         await asyncio.wait_for(fut, timeout)
 
     def ping(self) -> None:
         """Send a PINGREQ (keeps an idle connection alive)."""
-        self._write(packet(PINGREQ, 0, b""))
+        self._write(mqtt.encode_pingreq())
 
     def disconnect(self) -> None:
         """A clean DISCONNECT (the Will is not published), then close."""
         if self.transport is not None:
-            self.transport.write(packet(DISCONNECT, 0, b""))
+            self.transport.write(mqtt.encode_disconnect())
             self.transport.close()
 
     def abort(self) -> None:
