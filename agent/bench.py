@@ -497,7 +497,9 @@ def summarize(report: dict[str, Any]) -> list[Row]:
                         ("paho5_q1", "paho (threaded) receive, QoS 1, MQTT 5"),
                         ("c_q0", "mosquitto_sub (C) receive, QoS 0"), ("c_q1", "mosquitto_sub (C) receive, QoS 1"),
                         ("bus_q1", "Bus receive (decoded), QoS 1"),
-                        ("bus_paho_q1", "Bus on paho (the old transport), QoS 1")):  # fmt: skip
+                        ("bus_paho_q1", "Bus on paho (the old transport), QoS 1"),
+                        ("native_q1", "native transport receive (raw, broker/mqtt.py), QoS 1"),
+                        ("gmqtt_q1", "gmqtt receive (raw), QoS 1")):  # fmt: skip
         if name in tp:
             rows.append(Row("raw baselines", label, tp[name]["rate"], "msg/s"))
     paho_q1, c_q1 = _get(tp, "paho_q1", "rate"), _get(tp, "c_q1", "rate")
@@ -505,9 +507,13 @@ def summarize(report: dict[str, Any]) -> list[Row]:
         rows.append(Row("raw baselines", "Bus / paho, QoS 1", None, "", hx.ratio(_get(tp, "bus_q1", "rate"), paho_q1),
                         "paho QoS 1"))  # fmt: skip
         for name, label in (("paho_q1", "paho"), ("paho5_q1", "paho MQTT 5"), ("bus_q1", "Bus"),
-                            ("bus_paho_q1", "Bus on paho")):  # fmt: skip
+                            ("bus_paho_q1", "Bus on paho"), ("native_q1", "native transport"),
+                            ("gmqtt_q1", "gmqtt")):  # fmt: skip
             if _get(tp, name, "cpu_us_per_msg"):
                 rows.append(Row("raw baselines", f"{label} CPU per message, QoS 1", tp[name]["cpu_us_per_msg"], "µs"))
+    for name, label in (("native_q1", "native transport / paho, QoS 1"), ("gmqtt_q1", "gmqtt / paho, QoS 1")):
+        if name in tp and paho_q1:
+            rows.append(Row("raw baselines", label, None, "", hx.ratio(_get(tp, name, "rate"), paho_q1), "paho QoS 1"))
     lat = report.get("latency", {})
     for key, label in (("rtt_paho_idle", "paho round trip, idle"), ("rtt_paho_load", "paho round trip, under load")):
         if key in lat:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -395,7 +396,7 @@ class Receiver:
     """One raw receiver case."""
 
     name: str
-    client: str  # paho | c | bus
+    client: str  # paho | c | bus | native | gmqtt
     qos: int
     client_id: str
     protocol: int = 4  # 4: MQTT 3.1.1, 5: MQTT 5 (paho only)
@@ -462,11 +463,15 @@ def receivers(broker: BrokerHandle, tag: str) -> list[Receiver]:
         Receiver("c_q1", "c", 1, f"bench-c1-{tag}"),
         Receiver("bus_q1", "bus", 1, f"bench-bus1-{tag}", transport="native"),
         Receiver("bus_paho_q1", "bus", 1, f"bench-busp1-{tag}", transport="paho"),
+        Receiver("native_q1", "native", 1, f"bench-native1-{tag}"),
+        Receiver("gmqtt_q1", "gmqtt", 1, f"bench-gmqtt1-{tag}"),
     ]
     if broker.kind == "embedded":  # amqtt: no QoS 0 queueing for offline sessions, no MQTT 5
         cases = [c for c in cases if c.qos == 1 and c.protocol == 4]
     if shutil.which("mosquitto_sub") is None:
         cases = [c for c in cases if c.client != "c"]
+    if importlib.util.find_spec("gmqtt") is None:  # the dev extra installs it
+        cases = [c for c in cases if c.client != "gmqtt"]
     return cases
 
 

@@ -8,6 +8,8 @@ an interpreter (or a GIL) with the orchestrator.
   (MQTT 3.1.1, or MQTT 5 with ``protocol: 5``, the protocol the ``Bus`` speaks to Mosquitto).
 - ``bus``: :class:`broker.client.Bus` on a persistent session, counting what :meth:`Bus.batches` yields (each
   message decoded and validated, as the agent receives it).
+- ``native`` and ``gmqtt``: the transport choice measured raw, as ``paho`` is: the native transport alone
+  (:class:`broker.mqtt.Connection`) and gmqtt (asyncio, PyPI, maintained), each counting in its message callback.
 - ``echo``: a single-threaded paho client that republishes each request to the reply topic (the raw "agent").
 - ``rtt``: a single-threaded paho device that publishes a request and waits for the matching reply, in order;
   ``mode=echo`` matches the echoed bytes, ``mode=agent`` matches the action whose ``corr`` is the request's id
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -38,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broker import mqtt
 from broker.bench import mix
 from broker.client import Bus, BusOptions
 from schemas.topics import Kind
@@ -206,6 +210,99 @@ async def bus_receive(spec: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": cpu, "cpu_us_per_msg": cpu / n * 1e6 if n else 0.0}  # fmt: skip
 
 
+def _count(state: dict[str, Any], expected: int, finished: asyncio.Event) -> None:
+    now = time.perf_counter()
+    state["n"] += 1
+    if state["n"] == 1:
+        state["first"] = now
+    state["last"] = now
+    if state["n"] >= expected:
+        finished.set()
+
+
+async def _drain(finished: asyncio.Event, state: dict[str, Any], idle_s: float, max_s: float) -> None:
+    """Wait until ``finished``, or nothing came for ``idle_s``, or ``max_s`` passed."""
+    start = time.perf_counter()
+    seen, seen_at = -1, start
+    while not finished.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), 0.1)
+        now = time.perf_counter()
+        if state["n"] != seen:
+            seen, seen_at = state["n"], now
+        if now - seen_at > idle_s or now - start > max_s:
+            return
+
+
+async def native_receive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Prepare, drain or clear a persistent session with the native transport alone (:class:`broker.mqtt.Connection`,
+    counting each PUBLISH it hands over, no decoding): the transport's own cost, to set beside paho's and gmqtt's."""
+    action = spec["action"]
+    expected = int(spec.get("expected", 0))
+    state: dict[str, Any] = {"n": 0, "first": 0.0, "last": 0.0}
+    finished = asyncio.Event()
+    connect = mqtt.ConnectSpec(
+        spec["client_id"],
+        v5=int(spec.get("protocol", 4)) == 5,
+        keepalive_s=60,
+        clean_start=action == "clear",
+        session_expiry_s=0 if action == "clear" else 3600,
+        username=spec.get("username"),
+        password=spec.get("password"),
+    )
+
+    def on_publish(topic: str, payload: bytes, qos: int, retain: bool, mid: int, content_type: str | None) -> None:
+        _count(state, expected, finished)
+
+    cpu0 = cpu_seconds()
+    conn = await mqtt.Connection.open(spec["host"], int(spec["port"]), connect, on_publish, manual_ack=False)
+    try:
+        if action in {"prepare", "clear"}:
+            await conn.subscribe([(f, int(spec["qos"])) for f in spec["filters"]])
+            return {"ok": True}
+        await _drain(finished, state, float(spec.get("idle_s", 3)), float(spec.get("max_s", 60)))
+        cpu = cpu_seconds() - cpu0
+    finally:
+        conn.disconnect()
+    return _rate(state, expected, cpu)
+
+
+async def gmqtt_receive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Prepare, drain or clear a persistent session with gmqtt (asyncio, maintained, MQTT 3.1.1 / 5), counting in
+    its ``on_message`` (same spec as paho)."""
+    import gmqtt  # type: ignore[import-untyped]  # noqa: PLC0415  (a bench extra: only this receiver needs it)
+
+    action = spec["action"]
+    expected = int(spec.get("expected", 0))
+    state: dict[str, Any] = {"n": 0, "first": 0.0, "last": 0.0}
+    finished = asyncio.Event()
+    subscribed = asyncio.Event()
+    client = gmqtt.Client(spec["client_id"], clean_session=action == "clear", session_expiry_interval=3600)
+
+    def on_message(_client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        _count(state, expected, finished)
+        return 0  # PUBACK: success
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    if spec.get("username"):
+        client.set_auth_credentials(spec["username"], spec.get("password"))
+    version = gmqtt.constants.MQTTv50 if int(spec.get("protocol", 4)) == 5 else gmqtt.constants.MQTTv311
+    cpu0 = cpu_seconds()
+    await client.connect(spec["host"], int(spec["port"]), keepalive=60, version=version)
+    try:
+        if action in {"prepare", "clear"}:
+            for f in spec["filters"]:
+                client.subscribe(f, qos=int(spec["qos"]))
+            await asyncio.wait_for(subscribed.wait(), 10)
+            return {"ok": True}
+        await _drain(finished, state, float(spec.get("idle_s", 3)), float(spec.get("max_s", 60)))
+        cpu = cpu_seconds() - cpu0
+    finally:
+        await client.disconnect()
+    return _rate(state, expected, cpu)
+
+
 # ---------------------------------------------------------------------------------------------- round trips
 
 
@@ -349,9 +446,9 @@ def _bring_online(client: paho.Client, users: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m broker.bench.raw {paho,bus,echo,rtt} --spec JSON``."""
+    """``python -m broker.bench.raw {paho,bus,native,gmqtt,echo,rtt} --spec JSON``."""
     parser = argparse.ArgumentParser(prog="python -m broker.bench.raw")
-    parser.add_argument("command", choices=("paho", "bus", "echo", "rtt"))
+    parser.add_argument("command", choices=("paho", "bus", "native", "gmqtt", "echo", "rtt"))
     parser.add_argument("--spec", required=True, help="the case as a JSON object")
     args = parser.parse_args(argv)
     spec: dict[str, Any] = json.loads(args.spec)
@@ -359,6 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = paho_receive(spec)
     elif args.command == "bus":
         result = asyncio.run(bus_receive(spec))
+    elif args.command == "native":
+        result = asyncio.run(native_receive(spec))
+    elif args.command == "gmqtt":
+        result = asyncio.run(gmqtt_receive(spec))
     elif args.command == "echo":
         result = echo(spec)
     else:

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker, pytest.mark
 BENCH = (sys.executable, "-c", "import typer; from agent.bench import bench_command; typer.run(bench_command)")
 TOP_KEYS = {"schema", "mode", "started", "machine", "mix", "workdir", "broker", "throughput", "latency", "scale",
             "dlq", "core_memory", "duration_s", "rows", "ratios", "targets"}  # fmt: skip
-RECEIVERS = {"paho_q1", "bus_q1", "agent_q1"}
+RECEIVERS = {"paho_q1", "bus_q1", "agent_q1", "native_q1", "gmqtt_q1"}
 LATENCIES = {"rtt_paho_idle", "e2e_idle", "rtt_paho_load", "e2e_load"}
 
 
