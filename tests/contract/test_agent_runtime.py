@@ -1,4 +1,5 @@
-"""The agent runtime over a real broker: a paid task in two rounds, and a restart in the middle of it."""
+"""The agent runtime over a real broker (and over the in-memory bus, no sockets): a paid task in two rounds, and a
+restart in the middle of it."""
 
 from __future__ import annotations
 
@@ -12,15 +13,23 @@ import pytest
 
 from agent.runtime import AgentRuntime, AgentSettings
 from agent.store import Store
-from broker.client import Bus, BusOptions
+from broker.bus import Bus, BusOptions, open_bus
 from schemas.actions import DeviceState
 from schemas.envelope import Message, make
 from schemas.events import GlassesWear, Money, RingGesture, TaskStatus, Utterance
 from schemas.topics import Channel, Kind
-from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
+from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, broker_under_test
 
 pytestmark = [pytest.mark.broker]
 DEVICES = {"glasses": "g1", "ring": "r1", "earphones": "b1", "phone": "p1"}
+
+
+@pytest.fixture(params=["memory", "embedded", "mosquitto"])
+async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
+    """The agent's flows on the in-memory bus (the agent opens its bus by URL: memory://), the embedded broker and
+    a private Mosquitto."""
+    async with broker_under_test(request.param) as under:
+        yield under
 
 
 @asynccontextmanager
@@ -54,7 +63,8 @@ async def quote(dev: Bus, user: str, start: Message) -> None:
 
 async def test_food_order_in_two_rounds(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
     user = f"t-{uuid.uuid4().hex[:8]}"
-    async with agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"), Bus(BusOptions(url=any_broker.url)) as dev:
+    dev_bus = open_bus(BusOptions(url=any_broker.url))
+    async with agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"), dev_bus as dev:
         await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
         await born(dev, user)
         await dev.publish(f"wb/v1/{user}/earphones/b1/evt/voice/utterance",
@@ -76,7 +86,7 @@ async def test_restart_mid_task_carries_on_and_repeats_nothing(any_broker: Broke
     user = f"t-{uuid.uuid4().hex[:8]}"
     db = tmp_path / "a.db"
     instance = f"agent-{user}"
-    async with Bus(BusOptions(url=any_broker.url)) as dev:
+    async with open_bus(BusOptions(url=any_broker.url)) as dev:
         await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
         async with agent(any_broker.url, db, instance):
             await born(dev, user)
