@@ -48,7 +48,7 @@ from broker.logs import get_logger
 from broker.url import BrokerUrl
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError
+from schemas.errors import BusConnectionError, ContractError, PublishError, QosNotSupported, SubscribeRefused
 from schemas.topics import dlq_topic, validate_filter
 
 Protocol = Literal["auto", "5", "3.1.1"]
@@ -146,6 +146,14 @@ class BusStats:
     published: int = 0
     connects: int = 0
     disconnects: int = 0
+    resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
+    lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
+    subscriptions_refused: int = 0  # filters the broker refused on a reconnect (logged, dropped, not retried)
+
+
+def _code(code: Any) -> int:
+    """A SUBACK code from paho (an int in MQTT 3.1.1, a ReasonCode in MQTT 5) as an int."""
+    return code if isinstance(code, int) else int(code.value)
 
 
 def _settle(waiter: asyncio.Future[bool]) -> None:
@@ -189,6 +197,7 @@ class Bus:
         self._link = 0
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
+        self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error: str = ""
@@ -224,6 +233,10 @@ class Bus:
                 await asyncio.wait([task], timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        carried, self._carried = self._carried, None
+        if carried:
+            self.stats.lost += len(carried)
+            self._log.warning("unacknowledged_publishes_lost", count=len(carried))
         self._wake()
 
     @property
@@ -318,13 +331,16 @@ class Bus:
             # MQTT 5 probe of "auto" gives up quickly; loopback and LAN brokers answer in milliseconds.
             timeout=3.0 if (v5 and self.protocol == "auto") else (opts.connect_timeout_s or 10.0),
             on_connack=on_connack,
+            resend=self._carried,
         )
+        self._carried = None  # the connection owns them now (see mqtt.Connection.open)
         self._conn = conn
         try:
             self._on_connected(protocol)
             try:
                 if self._subs:
-                    await conn.subscribe(list(self._subs.items()))
+                    filters = list(self._subs.items())
+                    self._drop_refused(filters, await conn.subscribe(filters))
                 if opts.birth is not None:
                     await self.publish_raw(opts.birth)
                 for hook in opts.on_connect:
@@ -336,6 +352,19 @@ class Bus:
             conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
             if self._conn is conn:
                 self._conn = None
+            carried = conn.unacknowledged()
+            self.stats.resent += conn.stats.resent
+            self.stats.lost += conn.stats.lost
+            if carried:
+                self._carried = carried
+
+    def _drop_refused(self, filters: list[tuple[str, int]], codes: list[int]) -> None:
+        """After a reconnect: a filter the broker now refuses is logged once, counted and dropped (not retried)."""
+        for (topic_filter, _qos), code in zip(filters, codes, strict=False):
+            if code >= 0x80:
+                self._subs.pop(topic_filter, None)
+                self.stats.subscriptions_refused += 1
+                self._log.error("subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code))
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.url.tls:
@@ -353,8 +382,9 @@ class Bus:
                 self._client = client
                 self._on_connected(protocol)
                 try:
-                    for topic_filter, qos in self._subs.items():
-                        await client.subscribe(topic_filter, qos)
+                    for topic_filter, qos in list(self._subs.items()):
+                        codes = await client.subscribe(topic_filter, qos)
+                        self._drop_refused([(topic_filter, qos)], [_code(c) for c in codes])
                     if opts.birth is not None:
                         await self.publish_raw(opts.birth)
                     for hook in opts.on_connect:
@@ -662,10 +692,25 @@ class Bus:
     # ------------------------------------------------------------------ subscribing
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again on every reconnect."""
+        """Subscribe now (if connected) and again on every reconnect.
+
+        Raises:
+            QosNotSupported: ``qos`` is not 0 or 1 (wearbus's contract uses those two).
+            SubscribeRefused: the broker refused the filter (the subscription is then forgotten, not retried).
+            BusConnectionError: connected, but no SUBACK came.
+        """
+        if qos not in (0, 1):
+            raise QosNotSupported(f"subscribe to {topic_filter!r} at QoS {qos}: wearbus uses QoS 0 and 1")
         self._subs[validate_filter(topic_filter)] = qos
         if self.connected:
-            await self._subscribe_now([(topic_filter, qos)])
+            code = (await self._subscribe_now([(topic_filter, qos)]))[0]
+            if code >= 0x80:
+                self._subs.pop(topic_filter, None)
+                raise SubscribeRefused(
+                    f"the broker refused the subscription to {topic_filter!r}: {mqtt.reason_text(code)}"
+                    " (check the broker's ACL for this login)",
+                    {topic_filter: code},
+                )
 
     async def _subscribe_now(self, filters: list[tuple[str, int]]) -> list[int]:
         """Subscribe on the current connection; the granted QoS (or a failure code >= 0x80) per filter.
@@ -684,7 +729,7 @@ class Bus:
                 codes = await client.subscribe(topic_filter, qos)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
-            granted += [code if isinstance(code, int) else code.value for code in codes]
+            granted += [_code(code) for code in codes]
         return granted
 
     async def unsubscribe(self, topic_filter: str) -> None:
@@ -771,7 +816,17 @@ class Bus:
         *,
         track: bool = False,
     ) -> tuple[int, asyncio.Future[None] | None]:
-        """Publish now; (paho's return code, a future for the PUBACK when ``track`` and QoS 1)."""
+        """Publish now; (paho's return code, a future for the PUBACK when ``track`` and QoS 1).
+
+        Without ``track`` a QoS 1 publish is fire-and-forget for the caller: on the native transport, one that
+        the connection ends without is sent again on the next (with DUP if the session was resumed), and counted in
+        ``stats.lost`` and logged if the bus closes first; paho gives no such promise.
+
+        Raises:
+            QosNotSupported: ``qos`` is not 0 or 1.
+        """
+        if qos not in (0, 1):
+            raise QosNotSupported(f"QoS {qos} is not supported (wearbus uses 0 and 1); not published to {topic!r}")
         if not self.connected:
             return paho.MQTT_ERR_NO_CONN, None
         content_type = None

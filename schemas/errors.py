@@ -13,8 +13,14 @@ the edge with ``raise ... from exc``.
     │   └── ValidationFailed          the payload decoded but does not fit the schema
     ├── BusError                      reaching the broker
     │   ├── BusConnectionError        cannot connect / the connection was lost
+    │   │   └── ProtocolViolation     the broker broke MQTT (code: the MQTT 5 reason we closed with)
+    │   │       ├── MalformedPacket   0x81: a packet that does not parse within its own length
+    │   │       └── PacketTooLarge    0x95: a packet above the Maximum Packet Size we announced
     │   ├── BrokerPortInUse           the embedded broker cannot bind its port
+    │   ├── SubscribeRefused          the broker refused a topic filter (SUBACK failure code)
+    │   ├── QosNotSupported           QoS 2 asked for, or a QoS above the broker's Maximum QoS
     │   └── PublishError              a publish was refused or could not be queued
+    │       └── MessageTooLarge       above the broker's Maximum Packet Size: never sent, never retry it
     ├── ConfigError                   a setting, a scenario file or a command-line value is wrong
     ├── DeviceError                   an emulator or a device bridge failed
     └── AgentError                    the agent failed
@@ -74,12 +80,69 @@ class BusConnectionError(BusError):
     """Cannot connect to the broker, or the connection was lost."""
 
 
+class ProtocolViolation(BusConnectionError):
+    """The broker sent something MQTT forbids; the connection was closed (MQTT 5: with a DISCONNECT of ``code``).
+
+    Attributes:
+        code: the MQTT 5 reason code the connection was closed with (0x82 Protocol Error by default).
+    """
+
+    code = 0x82
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class MalformedPacket(ProtocolViolation):
+    """A packet from the broker does not parse within its own remaining length (MQTT 5 reason 0x81)."""
+
+    code = 0x81
+
+
+class PacketTooLarge(ProtocolViolation):
+    """A packet from the broker is larger than the Maximum Packet Size we announced (MQTT 5 reason 0x95)."""
+
+    code = 0x95
+
+
+class SubscribeRefused(BusError):
+    """The broker refused one or more topic filters of a SUBSCRIBE.
+
+    Attributes:
+        refused: topic filter -> the failure code of its SUBACK (0x80 in MQTT 3.1.1, a reason >= 0x80 in MQTT 5).
+    """
+
+    def __init__(self, message: str, refused: dict[str, int]) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+class QosNotSupported(BusError):
+    """QoS 2 was asked for (wearbus's contract uses QoS 0 and 1), or a QoS above the broker's Maximum QoS."""
+
+
 class BrokerPortInUse(BusError):
     """The embedded broker cannot listen: its port is taken."""
 
 
 class PublishError(BusError):
     """A publish was refused by the broker or could not be queued."""
+
+
+class MessageTooLarge(PublishError):
+    """The message does not fit the broker's Maximum Packet Size: it was not sent, and sending it again cannot help.
+
+    Attributes:
+        size: the packet's size in bytes.
+        limit: the broker's Maximum Packet Size.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class ConfigError(WearbusError):
