@@ -334,6 +334,7 @@ class Bus:
             resend=self._carried,
         )
         self._carried = None  # the connection owns them now (see mqtt.Connection.open)
+        self.stats.resent += conn.stats.resent
         self._conn = conn
         try:
             self._on_connected(protocol)
@@ -353,7 +354,6 @@ class Bus:
             if self._conn is conn:
                 self._conn = None
             carried = conn.unacknowledged()
-            self.stats.resent += conn.stats.resent
             self.stats.lost += conn.stats.lost
             if carried:
                 self._carried = carried

@@ -785,7 +785,7 @@ class Connection(asyncio.Protocol):
         if self.v5:
             _, pos = read_properties(buf, pos, end)
         codes = list(buf[pos:end])
-        entry = self._waiting.pop(mid, None)
+        entry = self._waiting.get(mid)  # left there when invalid: _fatal fails it with the reason
         if entry is None:
             return  # the answer to a request that timed out
         waiter, expected_kind, n = entry
@@ -795,6 +795,7 @@ class Connection(asyncio.Protocol):
             raise ProtocolViolation(f"{len(codes)} return codes for {n} topic filters [MQTT-3.9.3-1]")
         if kind == SUBACK and not self.v5 and not _SUBACK_311.issuperset(codes):
             raise ProtocolViolation(f"reserved SUBACK return codes {codes} [MQTT-3.9.3-2]")
+        del self._waiting[mid]
         if not waiter.done():
             waiter.set_result(codes)
 
@@ -919,7 +920,7 @@ class Connection(asyncio.Protocol):
                     limit=self._server_max_packet,
                 )
         if not qos:
-            if self._write_paused and self._unsent() > self.max_qos0_buffer:
+            if self._write_paused and self.unsent > self.max_qos0_buffer:
                 self.stats.qos0_dropped += 1
                 return ERR_SUCCESS, None
             self._write(encode_publish(topic_b, payload, 0, retain, 0, props))
@@ -934,7 +935,9 @@ class Connection(asyncio.Protocol):
             self.stats.queued_peak = max(self.stats.queued_peak, len(self._queued))
         return ERR_SUCCESS, future
 
-    def _unsent(self) -> int:
+    @property
+    def unsent(self) -> int:
+        """Bytes written but not yet sent (ours and the transport's buffer)."""
         transport = self._transport
         return len(self._out) + (transport.get_write_buffer_size() if transport is not None else 0)
 
@@ -1069,6 +1072,10 @@ class Connection(asyncio.Protocol):
         if not self._connack.done():
             self._connack.set_exception(exc)
             self._connack.exception()
+        for waiter, _, _ in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._waiting.clear()
         transport = self._transport
         if isinstance(exc, ProtocolViolation) and self.v5 and transport is not None:
             # MQTT 5: say why before closing [MQTT-4.13.2-1]; close() sends what is written first

@@ -69,7 +69,7 @@ class Peer:
         while True:
             first, body = await self.read_packet(timeout)
             if first != mqtt.PINGREQ:
-                assert first & 0xF0 == kind, f"expected packet 0x{kind:02X}, got 0x{first:02X} {body!r}"
+                assert first & 0xF0 == kind & 0xF0, f"expected packet 0x{kind:02X}, got 0x{first:02X} {body!r}"
                 return first, body
 
     async def silent(self, seconds: float) -> bool:
