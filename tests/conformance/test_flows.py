@@ -105,8 +105,7 @@ async def serve(
             log.append((first, body))
         kind = first & 0xF0
         if kind == mqtt.SUBSCRIBE & 0xF0:
-            n = body.count(b"\x00") if codes is None else len(codes)
-            await peer.send(suback(int.from_bytes(body[:2], "big"), codes or [1] * max(1, n), v5))
+            await peer.send(suback(int.from_bytes(body[:2], "big"), codes or [1] * count_filters(body, v5), v5))
         elif kind == mqtt.PINGREQ:
             await peer.send(b"\xd0\x00")
         elif kind == mqtt.PUBLISH and first & 0x06 and ack:
@@ -114,6 +113,19 @@ async def serve(
             await peer.send(packet(mqtt.PUBACK, body[at : at + 2]))
         elif kind == mqtt.DISCONNECT:
             return
+
+
+def count_filters(body: bytes, v5: bool) -> int:
+    """How many topic filters a SUBSCRIBE body carries."""
+    pos = 2
+    if v5:
+        length, pos = mqtt.read_varint(body, pos)
+        pos += length
+    n = 0
+    while pos < len(body):
+        pos += 2 + int.from_bytes(body[pos : pos + 2], "big") + 1
+        n += 1
+    return n
 
 
 def options(url: str, v5: bool, **kw: Any) -> BusOptions:
