@@ -15,7 +15,7 @@ from broker.client import Bus, BusOptions
 
 async def main(url: str, user: str, out: str, ack: bool) -> None:
     options = BusOptions(
-        url=url, client_id=f"agent-{user}", persistent=True, manual_ack=True, receive_maximum=100, name="consumer"
+        url=url, client_id=f"agent-{user}", persistent=True, manual_ack=True, receive_maximum=1000, name="consumer"
     )
     async with Bus(options) as bus:
         await bus.subscribe(f"wb/v1/{user}/+/+/evt/#", 1)  # before the pump, as the agent's runtime does

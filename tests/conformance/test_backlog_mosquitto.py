@@ -56,7 +56,8 @@ def taken(out: Path) -> set[str]:
 async def test_a_backlog_drains_after_a_crash_mid_backlog(tmp_path: Path) -> None:
     require_mosquitto()
     user = f"u{uuid.uuid4().hex[:8]}"
-    extra = ["max_inflight_messages 100", "max_queued_messages 100000"]
+    # The agent's window: 1,000 in flight (its receive maximum), so the backlog fills the inbox before the SUBACK
+    extra = ["max_inflight_messages 1000", "max_queued_messages 100000"]
     async with MosquittoProcess(extra_lines=extra) as broker:
         url = f"mqtt://127.0.0.1:{broker.port}"
         options = BusOptions(url=url, client_id=f"agent-{user}", persistent=True, manual_ack=True)
