@@ -1064,8 +1064,9 @@ class Connection(asyncio.Protocol):
             return
         self._dead = True
         self._connected = False
-        with contextlib.suppress(Exception):
-            _log.warning("mqtt_connection_closed", error=str(exc), code=getattr(exc, "code", None))
+        if isinstance(exc, ProtocolViolation):
+            with contextlib.suppress(Exception):
+                _log.warning("mqtt_protocol_violation", error=str(exc), reason=f"0x{exc.code:02X}")
         if not self.closed.done():
             self.closed.set_exception(exc)
             self.closed.exception()
