@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import mqtt
 from schemas.errors import ProtocolViolation
@@ -94,7 +95,7 @@ def connack(v5: bool) -> bytes:
 
 
 topics = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00+#"), min_size=1, max_size=30
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00+#"), min_size=1, max_size=30
 )
 message = st.tuples(
     topics,
@@ -239,9 +240,7 @@ def test_a_mutated_stream_never_makes_up_a_message(
 def paho_decode(stream: bytes, v5: bool) -> list[Delivery]:
     """What paho's receive path makes of ``stream`` (fed through a socket pair to an unconnected client)."""
     ours, theirs = socket.socketpair()
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id="diff", protocol=paho.MQTTv5 if v5 else paho.MQTTv311
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="diff", protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
     got: list[Delivery] = []
 
     def on_message(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
