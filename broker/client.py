@@ -13,14 +13,16 @@ Two transports, one behaviour (the contract tests run on both):
 - ``native`` (the default for ``mqtt://`` and ``mqtts://``): :class:`broker.mqtt.Connection`, our own MQTT 3.1.1 / 5
   protocol on asyncio. paho's receive path was the ceiling of the agent's ingest (docs/benchmarks.md: about half
   of the agent's CPU, and paho over MQTT 5 receives at half its MQTT 3.1.1 rate); this one parses every packet of a
-  socket read in one pass and writes once per turn of the event loop. With ``manual_ack`` it stops reading from
-  the socket while the consumer is a receive maximum behind (TCP backpressure: the broker keeps the rest queued).
+  socket read in one pass and writes once per turn of the event loop. With ``manual_ack`` it holds messages back
+  while the consumer is a receive maximum behind (the broker, waiting for our acks, sends no more than that).
 - ``paho`` (WebSocket URLs, or ``transport="paho"`` / ``WB_TRANSPORT=paho``): aiomqtt manages the connection; its
   receive path costs a task per message, so this module takes paho's ``on_message`` callback itself and reads
   every packet already received per wake-up. Publishing goes straight to paho, checking its return code.
 
 Either way each message is decoded on the event loop and appended to a deque (no task per message), and a full
-outgoing queue is waited out, never silently lost.
+outgoing queue is waited out, never silently lost. On the native transport the bus holds back messages, not the
+socket, when the consumer is a receive maximum behind, so a SUBACK behind a backlog is still read (#18), and an
+untracked QoS 1 publish a connection ended without is sent again on the next one (see :mod:`broker.mqtt`).
 """
 
 from __future__ import annotations
@@ -543,7 +545,7 @@ class Bus:
             self.stats.dropped += 1
         inbox.append(message)
         if len(inbox) >= self._high_water and self.options.manual_ack and self._conn is not None:
-            self._conn.pause()  # TCP backpressure: the broker keeps the rest until the consumer catches up
+            self._conn.pause()  # hold messages back (control packets are still read) until the consumer catches up
         self._wake(message)
 
     def _take(self, n: int) -> list[Message]:
