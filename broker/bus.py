@@ -127,6 +127,9 @@ class BusStats:
     published: int = 0
     connects: int = 0
     disconnects: int = 0
+    resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
+    lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
+    subscriptions_refused: int = 0  # filters the broker refused on a reconnect (logged, dropped, not retried)
 
 
 # ---------------------------------------------------------------------------------------------- the protocols
@@ -189,8 +192,9 @@ class Bus(Protocol):
     def publish_unconfirmed(self, out: Outgoing, *, fmt: codec.Format | None = None) -> None:
         """Fire and forget: hand the message to the connection now and return.
 
-        It does NOT promise delivery: nobody learns whether the broker acknowledged it, and it is lost if the
-        connection ends first. For what may be lost (a dead letter, a status line). Raises
+        It does NOT promise delivery: nobody learns whether the broker acknowledged it or when (the native transport
+        sends an unacknowledged QoS 1 message again on the next connection and counts what the bus closed without
+        in ``stats.lost``; paho may lose it). For what may be lost (a dead letter, a status line). Raises
         :class:`~schemas.errors.BusConnectionError` when not connected and
         :class:`~schemas.errors.PublishError` when the outgoing queue is full, so nothing is dropped silently.
         """
@@ -438,8 +442,9 @@ class BusCore:
     def publish_unconfirmed(self, out: Outgoing, *, fmt: codec.Format | None = None) -> None:
         """Fire and forget: hand the message to the connection now and return.
 
-        It does NOT promise delivery: nobody learns whether the broker acknowledged it, and it is lost if the
-        connection ends first. For what may be lost (a dead letter, a status line).
+        It does NOT promise delivery: nobody learns whether the broker acknowledged it or when (the native transport
+        sends an unacknowledged QoS 1 message again on the next connection and counts what the bus closed without
+        in ``stats.lost``; paho may lose it). For what may be lost (a dead letter, a status line).
 
         Raises:
             BusConnectionError: not connected.

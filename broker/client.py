@@ -97,6 +97,7 @@ class Bus(BusCore):
         self.transport: TransportName = "paho" if self.url.websocket else transport
         self._client: aiomqtt.Client | None = None
         self._wire: Transport | None = None
+        self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error: str = ""
@@ -132,6 +133,10 @@ class Bus(BusCore):
                 await asyncio.wait([task], timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        carried, self._carried = self._carried, None
+        if carried:
+            self.stats.lost += len(carried)
+            self._log.warning("unacknowledged_publishes_lost", count=len(carried))
         self._wake()
 
     @property
@@ -218,6 +223,7 @@ class Bus(BusCore):
         for (topic_filter, _), code in zip(filters, codes, strict=False):
             if code >= 0x80:
                 self._subs.pop(topic_filter, None)
+                self.stats.subscriptions_refused += 1
                 self._log.error("subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code))
 
     async def _session_native(self, protocol: str) -> None:
@@ -256,11 +262,18 @@ class Bus(BusCore):
             # MQTT 5 probe of "auto" gives up quickly; loopback and LAN brokers answer in milliseconds.
             timeout=3.0 if (v5 and self.protocol == "auto") else (opts.connect_timeout_s or 10.0),
             on_connack=on_connack,
+            resend=self._carried,
         )
+        self._carried = None  # the connection owns them now (see mqtt.Connection.open)
+        self.stats.resent += conn.stats.resent
         try:
             await self._serve(conn, protocol, conn.closed)
         finally:
             conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
+            carried = conn.unacknowledged()
+            self.stats.lost += conn.stats.lost
+            if carried:
+                self._carried = carried
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.url.tls:
@@ -524,7 +537,16 @@ class Bus(BusCore):
 
         Every publish path (publish, publish_raw, publish_future, publish_unconfirmed, the DLQ) comes through here,
         and through :meth:`outgoing_topic`.
+
+        Without ``track`` a QoS 1 publish is fire-and-forget for the caller: on the native transport, one that
+        the connection ends without is sent again on the next (with DUP if the session was resumed), and counted in
+        ``stats.lost`` and logged if the bus closes first; paho gives no such promise.
+
+        Raises:
+            QosNotSupported: ``qos`` is not 0 or 1.
         """
+        if qos not in (0, 1):
+            raise QosNotSupported(f"QoS {qos} is not supported (wearbus uses 0 and 1); not published to {topic!r}")
         wire = self._wire
         if wire is None or not self.connected:
             return paho.MQTT_ERR_NO_CONN, None

@@ -34,7 +34,7 @@ from schemas import codec
 from schemas.actions import ACCEPTS, Ack, AgentState, DeviceState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, make
-from schemas.errors import BusConnectionError, DeviceError, PublishError
+from schemas.errors import BusConnectionError, DeviceError, MessageTooLarge, PublishError
 from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
 from schemas.topics import Channel, DeviceId, Kind, ack_topic, event_topic, state_topic
 
@@ -319,6 +319,11 @@ class Device:
                 try:
                     # QoS 1 waits for PUBACK before the event leaves the outbox: a broker that dies now loses nothing.
                     await bus.publish_raw(out, wait=out.qos > 0)
+                except MessageTooLarge as exc:  # sending it again cannot help: drop it, say why, go on
+                    self._outbox.popleft()
+                    self.stats.dropped += 1
+                    self.log.warning("outbox_dropped_too_large", topic=out.topic, size=exc.size, limit=exc.limit)
+                    continue
                 except (BusConnectionError, PublishError) as exc:
                     self.log.info("outbox_holding", depth=len(self._outbox), why=str(exc))
                     break
