@@ -226,6 +226,9 @@ class Bus:
         if self.connected and self.options.goodbye is not None:
             with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
                 await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
+        conn = self._conn
+        if conn is not None and self.connected:
+            await conn.wait_acknowledged(2.0)  # what was published without waiting gets its PUBACK before we go
         task = self._task
         if task is not None:
             # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives

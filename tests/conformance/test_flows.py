@@ -410,3 +410,31 @@ async def test_qos2_is_refused_at_publish_and_subscribe(transport: str) -> None:
         await bus.subscribe("ok/#", 1)  # a round trip: anything sent before it has reached the broker
     assert [first for first, _ in log if first & 0xF0 == mqtt.PUBLISH] == []
     assert [b"a/#" in body for first, body in log if first == mqtt.SUBSCRIBE] == [False]
+
+
+async def test_closing_waits_for_the_pubacks_of_what_was_published_without_waiting(broker: FakeBroker) -> None:
+    """A bus that closes right after fire-and-forget publishes gives their PUBACKs a moment: nothing is lost."""
+    log: list[tuple[int, bytes]] = []
+    task = asyncio.create_task(serve_delayed_acks(broker, log))
+    async with Bus(options(broker.url, True)) as bus:
+        for i in range(20):
+            await bus.publish_raw(Outgoing(f"a/{i}", b"x", 1))
+    task.cancel()
+    assert bus.stats.lost == 0
+    assert len([first for first, _ in log if first & 0xF0 == mqtt.PUBLISH]) == 20
+
+
+async def serve_delayed_acks(broker: FakeBroker, log: list[tuple[int, bytes]]) -> None:
+    """A broker that acknowledges each PUBLISH 20 ms late."""
+    peer = await broker.accept()
+    await peer.read_packet()
+    await peer.send(connack(True))
+    while True:
+        try:
+            first, body = await peer.read_packet(60)
+        except (ConnectionError, TimeoutError):
+            return
+        log.append((first, body))
+        if first & 0xF0 == mqtt.PUBLISH:
+            await asyncio.sleep(0.02)
+            await peer.send(packet(mqtt.PUBACK, body[2 + int.from_bytes(body[:2], "big") :][:2]))
