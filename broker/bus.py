@@ -290,6 +290,10 @@ class Transport(Protocol):
     def flush(self) -> None:
         """Write what waits now."""
 
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until what was published at QoS 1 is acknowledged (a clean close);
+        whether nothing is left unacknowledged."""
+
     def pause(self) -> None:
         """Stop reading (TCP backpressure towards the broker)."""
 
@@ -427,11 +431,17 @@ class BusCore:
             qos: 0 or 1.
             retain: keep it as the topic's retained message.
             fmt: msgpack (default) or json.
-            wait: for QoS 1, return only once the broker has acknowledged it.
+            wait: for QoS 1, return only once the broker has acknowledged it. Without it the publish is
+                fire-and-forget for the caller: a refusal by the broker is only logged, and a message the connection
+                ends without is sent again on the next connection (native transport; with DUP when the session is
+                resumed), or counted in ``stats.lost`` and logged if the bus closes first. The paho transport loses
+                it with the connection.
 
         Raises:
             BusConnectionError: not connected (callers with an outbox keep the message and retry).
             PublishError: the broker refused it, or the outgoing queue stayed full.
+            MessageTooLarge: larger than the broker's Maximum Packet Size (never sent; do not retry it).
+            QosNotSupported: ``qos`` is not 0 or 1, or above the broker's Maximum QoS.
         """
         await self.publish_raw(Outgoing(topic, codec.encode(envelope, fmt), qos, retain), wait=wait, fmt=fmt)
 

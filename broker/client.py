@@ -124,6 +124,9 @@ class Bus(BusCore):
         if self.connected and self.options.goodbye is not None:
             with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
                 await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
+        wire = self._wire
+        if wire is not None and self.connected:
+            await wire.wait_acknowledged(2.0)  # what was published without waiting gets its PUBACK before we go
         task = self._task
         if task is not None:
             # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives
@@ -635,6 +638,13 @@ class PahoTransport:
 
     def flush(self) -> None:
         """paho writes as it goes: nothing waits."""
+
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) for the PUBACKs of the tracked publishes (paho keeps the others itself)."""
+        pending = [f for f in self._pending.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return all(f.done() for f in pending)
 
     def pause(self) -> None:
         """paho's reader stops by itself at the receive maximum (see ``Bus._reader``)."""

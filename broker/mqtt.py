@@ -492,6 +492,7 @@ class Connection(asyncio.Protocol):
         self._got_connack = False
         self._dead = False
         self._props_cache: dict[str | None, bytes] = {}
+        self._idle: asyncio.Future[None] | None = None  # see wait_acknowledged
 
     @classmethod
     async def open(
@@ -829,6 +830,21 @@ class Connection(asyncio.Protocol):
             _log.warning("publish_refused", reason=reason_text(reason))
         if self._queued:
             self._drain()
+        elif not self._in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every QoS 1 publish has its PUBACK; whether none is left."""
+        if self._in_flight or self._queued:
+            self._idle = idle = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await idle
+            except (TimeoutError, BusConnectionError):  # the time ran out, or the connection ended first
+                pass
+            finally:
+                self._idle = None
+        return not self._in_flight and not self._queued
 
     def _drain(self) -> None:
         queued = self._queued
@@ -1122,6 +1138,8 @@ class Connection(asyncio.Protocol):
             else:
                 self.stats.lost += 1
         pending += [waiter for waiter, _, _ in self._waiting.values()]
+        if self._idle is not None:
+            pending.append(self._idle)
         self._in_flight.clear()
         self._queued.clear()
         self._waiting.clear()

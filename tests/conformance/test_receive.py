@@ -62,8 +62,8 @@ async def test_bom_is_not_stripped_mqtt_1_5_3_3(broker: FakeBroker, v5: bool) ->
     assert opened.received[0][0] == "\ufeffa/b"
 
 
-async def test_remaining_length_of_five_bytes_is_malformed_mqtt_1_5_5_1(broker: FakeBroker, v5: bool) -> None:
-    """5.0 [MQTT-1.5.5-1] and §1.5.5, 3.1.1 §2.2.3: a variable byte integer has at most four bytes."""
+async def test_remaining_length_of_five_bytes_is_malformed(broker: FakeBroker, v5: bool) -> None:
+    """5.0 §1.5.5 / 3.1.1 §2.2.3: a variable byte integer has at most four bytes (a fifth is malformed)."""
     opened = await open_connection(broker, v5=v5)
     await opened.peer.send(b"\x30\x80\x80\x80\x80\x01")
     await assert_closed(opened, v5, MalformedPacket, 0x81)
@@ -307,7 +307,7 @@ async def test_pingresp_with_a_body_is_malformed(broker: FakeBroker, v5: bool) -
 
 
 async def test_maximum_packet_size_is_announced_mqtt_3_1_2_24(broker: FakeBroker) -> None:
-    """5.0 §3.1.2.11.4: the client announces its Maximum Packet Size, which [MQTT-3.1.2-24] binds the server to."""
+    """5.0 §3.1.2.11.4: the client announces its Maximum Packet Size, which binds the server [MQTT-3.1.2-24]."""
     opened = await open_connection(broker, v5=True, max_packet_size=1000)
     props, _ = mqtt.read_properties(opened.connect, 10)
     assert props[mqtt.MAXIMUM_PACKET_SIZE] == 1000
@@ -332,8 +332,8 @@ async def test_a_268_mb_length_header_is_never_buffered(broker: FakeBroker, v5: 
 
 
 async def test_a_disconnect_from_the_server_ends_with_its_reason(broker: FakeBroker) -> None:
-    """5.0 §3.14: the server's reason and reason string reach the caller; the client sends no DISCONNECT back
-    [MQTT-3.14.4-1] (no packet after a DISCONNECT)."""
+    """5.0 §3.14: the server's reason and reason string reach the caller; the client answers nothing (the
+    connection is over)."""
     opened = await open_connection(broker, v5=True)
     props = mqtt.encode_properties({mqtt.REASON_STRING: "maintenance"})
     await opened.peer.send(packet(mqtt.DISCONNECT, b"\x8b" + props))
