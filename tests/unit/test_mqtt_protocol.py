@@ -62,7 +62,11 @@ def test_connect_packet_carries_everything() -> None:
     assert level == 5
     assert flags == 0x80 | 0x40 | 0x20 | (1 << 3) | 0x04  # user, password, will retain, will QoS 1, will; no clean
     props, pos = mqtt.read_properties(raw, pos + 10)
-    assert props == {mqtt.RECEIVE_MAXIMUM: 500, mqtt.SESSION_EXPIRY: 3600, mqtt.MAXIMUM_PACKET_SIZE: mqtt.MAX_PACKET_SIZE}
+    assert props == {
+        mqtt.RECEIVE_MAXIMUM: 500,
+        mqtt.SESSION_EXPIRY: 3600,
+        mqtt.MAXIMUM_PACKET_SIZE: mqtt.MAX_PACKET_SIZE,
+    }
     assert b"alice/ring/ring-1" in raw[pos:]
     assert raw.endswith(b"\x00\x02pw")
 
