@@ -14,6 +14,7 @@ from agent.core import lexicon
 from agent.core.lexicon import Conv, SlotSpec, SlotValue
 
 __all__ = [
+    "ACT_SCORE",
     "MAX_CHARS",
     "Intent",
     "Parsed",
@@ -30,6 +31,8 @@ __all__ = [
 
 MAX_CHARS = 500
 """Longer input is not one spoken command: it parses as Unknown (and this bounds the regex work)."""
+ACT_SCORE = 0.8
+"""A reading scored below this (see :attr:`Intent.score`) is asked back ("Did you mean ...?"), not acted on."""
 
 
 class Skill(StrEnum):
@@ -65,12 +68,21 @@ class Intent:
         slots: only what the sentence itself says (read-only); context fills the rest elsewhere.
         lang: "en" or "zh": the language to answer in (given, else detected).
         text: the utterance exactly as given.
+        score: how sure the reading is: 1.0 when the words were read as said; lower when a word was taken for a
+            lexicon term it nearly matches (a typo, an ASR near-miss or homophone). Below ``ACT_SCORE`` the agent
+            asks back instead of acting.
     """
 
     skill: Skill
     slots: Mapping[str, SlotValue] = field(hash=False)
     lang: str
     text: str
+    score: float = 1.0
+
+    @property
+    def sure(self) -> bool:
+        """Whether the reading is good enough to act on (paid skills still ask for their confirmation)."""
+        return self.score >= ACT_SCORE
 
 
 @dataclass(frozen=True, slots=True)
