@@ -25,7 +25,7 @@ from agent.core.context import (
     usable,
     weekday_of,
 )
-from agent.core.intents import Intent, Parsed, Reply, ReplyKind, parse_slot_answer
+from agent.core.intents import Intent, Parsed, Reply, ReplyKind, Skill, parse_slot_answer
 from agent.core.routing import Turn
 from agent.core.routing import speech as speak
 from agent.core.wording import clip, clip_units, lang_of, say
@@ -83,6 +83,35 @@ def start(turn: Turn, intent: Intent) -> None:
     task = tasks.new_task(turn, str(intent.skill), slots, lang)
     task.rounds = 1
     proceed(turn, task)
+
+
+def guess(turn: Turn, intent: Intent) -> None:
+    """A reading too unsure to act on: ask "Did you mean ...?" and keep it for a yes."""
+    lang = lang_of(intent.lang)
+    talk = turn.ctx.talk
+    talk.lang = lang
+    slots = {k: v for k, v in intent.slots.items() if not k.startswith("_") and isinstance(v, str | int | float)}
+    talk.guess = [str(intent.skill), slots, lang, turn.now + turn.cfg.confirm_expiry_s * 1000]
+    question = say("guess", lang, what=say(f"guess.{intent.skill}", lang))
+    turn.say(Output(title=question, speech=question, lang=lang, ttl_s=turn.cfg.confirm_expiry_s, reason="skill:guess"))
+
+
+def answer_guess(turn: Turn, parsed: Parsed) -> bool:
+    """The reply to "Did you mean ...?": a yes starts the guessed request (a paid one still asks to confirm).
+
+    Returns False when the utterance is no yes or no (it is handled as a new request); the guess is dropped.
+    """
+    talk = turn.ctx.talk
+    held, talk.guess = talk.guess, None
+    if held is None or turn.now >= int(held[3]) or not isinstance(parsed, Reply):
+        return False
+    skill, slots, lang = str(held[0]), dict(held[1]), str(held[2])
+    if parsed.kind is not ReplyKind.CONFIRM:
+        text = say("cancelled", lang)
+        turn.say(Output(title=text, speech=text, lang=lang, ttl_s=5, reason="skill:guess"))
+        return True
+    start(turn, Intent(skill=Skill(skill), slots=slots, lang=lang, text=parsed.text))
+    return True
 
 
 def answer(turn: Turn, text: str, lang: str, parsed: Parsed) -> bool:

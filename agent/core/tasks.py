@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.core.context import Output, SlotValue, Task, UserContext
+from agent.core.intents import PAID_SKILLS
 from agent.core.routing import Turn
 from agent.core.wording import lang_of, minutes, money, say
 from schemas.actions import TaskCancel, TaskConfirm
@@ -21,7 +22,7 @@ FINISHED = frozenset(
         "no_drivers_available",
     }
 )
-PAID = frozenset({"order_food", "hail_ride"})
+PAID = frozenset(str(skill) for skill in PAID_SKILLS)
 _RANK: dict[str, int] = {
     s: i
     for i, s in enumerate(

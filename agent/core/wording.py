@@ -34,6 +34,18 @@ _T: dict[str, tuple[str, str]] = {
     "ask.translate.target_lang": ("Into which language?", "翻译成哪种语言？"),
     "ask.price_lookup.item": ("What should I look up?", "要查什么？"),
     "ask.title": ("Question", "提问"),
+    "guess": ("Did you mean: {what}?", "你是想{what}吗？"),
+    "guess.order_food": ("order food", "点外卖"),
+    "guess.hail_ride": ("call a taxi", "打车"),
+    "guess.navigate": ("get directions", "导航"),
+    "guess.translate": ("translate", "翻译"),
+    "guess.teleprompter": ("open the teleprompter", "打开提词器"),
+    "guess.capture": ("take a photo or video", "拍照或录像"),
+    "guess.remind": ("set a reminder", "设个提醒"),
+    "guess.health_query": ("check your health data", "查看健康数据"),
+    "guess.music": ("play music", "播放音乐"),
+    "guess.meeting_notes": ("take meeting notes", "记录会议"),
+    "guess.price_lookup": ("look up a price", "查价格"),
     # food
     "food.title": ("Order {dish}", "下单：{dish}"),
     "food.body": (
