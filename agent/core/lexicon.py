@@ -157,6 +157,23 @@ PLACES: dict[str, str] = {
     "公司": "office", "单位": "office", "办公室": "office", "我公司": "office",
 }
 
+# Kinds of place said without a name ("the train station", 地铁站): the nearest known place of that kind is meant.
+# PLACE_KINDS maps what is said (after "the", "nearest", 最近的 are dropped) to a kind; KIND_WORDS are what a
+# known place's name or address contains when it is of that kind (a kind's words never match another kind's).
+PLACE_KINDS: dict[str, str] = {
+    "station": "station", "train station": "station", "railway station": "station", "rail station": "station",
+    "火车站": "station", "高铁站": "station", "车站": "station", "动车站": "station",
+    "subway": "subway", "subway station": "subway", "metro": "subway", "metro station": "subway", "tube": "subway",
+    "tube station": "subway", "地铁站": "subway", "地铁": "subway", "地铁口": "subway",
+    "gym": "gym", "the gym": "gym", "健身房": "gym",
+}
+KIND_WORDS: dict[str, tuple[str, ...]] = {
+    "subway": ("subway", "metro", "tube", "地铁"),
+    "station": ("station", "railway", "火车站", "高铁站", "东站", "南站", "西站", "北站"),
+    "gym": ("gym", "健身"),
+}
+PLACE_KIND_LEAD = r"^(?:(?:the|a|nearest|closest|near|nearby)\s+)+|^(?:最近的|附近的|离我最近的)"
+
 # Values that name nothing in particular: the slot is left unset rather than filled with them.
 STOP_ANY = frozenset({"the", "a", "an", "my", "some", "it", "me", "to", "的", "了", "我"})
 STOP_VALUES: dict[str, frozenset[str]] = {

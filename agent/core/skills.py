@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from agent.core import tasks
+from agent.core import lexicon, tasks
+from agent.core.config import Place
 from agent.core.context import (
     DAY_MS,
     HOUR_MS,
@@ -177,7 +179,11 @@ def _ask(turn: Turn, task: Task, slot: str) -> None:
     talk.ask_until = turn.now + turn.cfg.confirm_expiry_s * 1000
     task.state = "asking"
     task.asked = (*task.asked, slot)
-    question = say(f"ask.{task.skill}.{slot}", task.lang)
+    heard = task.slots.get(HEARD)
+    if slot == "destination" and isinstance(heard, str):
+        question = say("ask.place", task.lang, place=heard)
+    else:
+        question = say(f"ask.{task.skill}.{slot}", task.lang)
     turn.say(
         Output(
             title=question,
@@ -209,18 +215,25 @@ def fill(turn: Turn, task: Task) -> str | None:
 
     skill = task.skill
     if skill == "order_food":
+        # Only what this request asks for: "my usual" / 老样子 / "same as last time" brings the last order (or the
+        # profile's usual) as a pair of dish and shop; a plain "order food" asks what, it never re-orders.
         usual = profile.usual_order
-        last_dish = ctx.talk.last_dish or (usual.dish if usual else None)
-        last_restaurant = ctx.talk.last_restaurant if ctx.talk.last_dish else (usual.restaurant if usual else None)
-        if "dish" not in s and last_dish:
+        asked_usual = bool(s.get("usual"))
+        last_dish: str | None
+        last_restaurant: str | None
+        if ctx.talk.last_dish:
+            last_dish, last_restaurant = ctx.talk.last_dish, ctx.talk.last_restaurant
+        else:
+            last_dish, last_restaurant = (usual.dish, usual.restaurant) if usual else (None, None)
+        if asked_usual and "dish" not in s and last_dish:
             put("dish", last_dish)
             if last_restaurant:
                 put("restaurant", last_restaurant)
             if usual is not None and usual.dish == last_dish and usual.notes:
                 put("notes", usual.notes)
-        elif "restaurant" not in s and last_restaurant and (s.get("dish") == last_dish or s.get("usual")):
-            put("restaurant", last_restaurant)  # "the usual place" / 上次那家
-        s.setdefault("qty", usual.qty if usual and s.get("dish") == usual.dish else 1)
+        elif asked_usual and "restaurant" not in s and last_restaurant:
+            put("restaurant", last_restaurant)  # "my usual noodles" / 上次那家的牛肉面: the usual shop
+        s.setdefault("qty", usual.qty if usual and asked_usual and s.get("dish") == usual.dish else 1)
         if "address" not in s:
             _fill_here(turn, put, "address", prefer_known=True)
         _coords(turn, s, "address")
@@ -233,14 +246,16 @@ def fill(turn: Turn, task: Task) -> str | None:
         if "destination" not in s:
             return "destination"
         _coords(turn, s, "destination")
-        return None
+        # A kind of place with no known place of that kind ("the station") asks which one, once; a name the
+        # agent does not know goes to the ride app, which finds places by name.
+        return _where(turn, task, generic_only=True)
     if skill == "navigate":
         if "mode" not in s:
             put("mode", _travel_mode(turn))
         if "destination" not in s:
             return "destination"
         _coords(turn, s, "destination")
-        return None
+        return _where(turn, task, generic_only=False)
     if skill == "translate":
         put("target_lang", task.lang)
         return None
@@ -258,6 +273,55 @@ def fill(turn: Turn, task: Task) -> str | None:
         if now_events:
             put("title", now_events[0].title)
     return None
+
+
+HEARD = "_heard"  # a task slot: the place said that the agent could not find (asked about once)
+
+
+def _where(turn: Turn, task: Task, *, generic_only: bool) -> str | None:
+    """Find the destination said: a kind of place ("the subway", 地铁站) is the nearest known place of that kind.
+
+    Returns "destination" (and keeps what was said in ``_heard``) when it is still unknown and not asked yet.
+    """
+    s = task.slots
+    value = s.get("destination")
+    if not isinstance(value, str) or "destination_lat" in s:
+        return None
+    kind = place_kind(value)
+    place = nearest_of_kind(turn, kind) if kind else None
+    if place is not None:
+        s["destination"] = place.address if place.address and place_kind(place.name) else place.name
+        s["destination_lat"], s["destination_lon"] = round(place.lat, 6), round(place.lon, 6)
+        return None
+    if (generic_only and kind is None) or "destination" in task.asked:
+        return None
+    s[HEARD] = value
+    del s["destination"]
+    return "destination"
+
+
+def place_kind(value: str) -> str | None:
+    """The kind of place a value names without naming one ("the nearest subway" -> "subway"), if it does."""
+    bare = re.sub(lexicon.PLACE_KIND_LEAD, "", value.strip().lower()).strip()
+    return lexicon.PLACE_KINDS.get(bare)
+
+
+def nearest_of_kind(turn: Turn, kind: str) -> Place | None:
+    """The profile place of that kind nearest to where the user is (the first one when that is unknown)."""
+    words = lexicon.KIND_WORDS.get(kind, ())
+    others = [w for k, ws in lexicon.KIND_WORDS.items() if k != kind for w in ws]
+
+    def of_kind(p: Place) -> bool:
+        text = f"{p.name} {p.address}".lower()
+        # "subway station" is a subway, not a railway station: the more specific kind wins.
+        return any(w in text for w in words) and not (kind == "station" and any(w in text for w in others))
+
+    found = [p for p in turn.profile.places if of_kind(p)]
+    w = turn.ctx.where
+    if not found or w.lat is None or w.lon is None:
+        return found[0] if found else None
+    lat, lon = w.lat, w.lon
+    return min(found, key=lambda p: haversine_m(lat, lon, p.lat, p.lon))
 
 
 def _travel_mode(turn: Turn) -> str:
@@ -352,7 +416,7 @@ def _quote(turn: Turn, task: Task) -> None:
     if online(turn.ctx, "phone") is None:
         tasks.finish(turn, task, "failed", "phone_offline")
         return
-    slots = dict(list(task.slots.items())[:32])
+    slots = dict([(k, v) for k, v in task.slots.items() if not k.startswith("_")][:32])
     cmd = turn.send("phone", TaskStart(task_id=task.task_id, skill=task.skill, slots=slots), f"skill:{task.skill}")
     task.start_cmd = cmd
     task.state = "quoting"
@@ -378,15 +442,21 @@ def _navigate(turn: Turn, task: Task) -> None:
     mode = str(s.get("mode", "walk"))
     w = ctx.where
     lat, lon = s.get("destination_lat"), s.get("destination_lon")
-    distance = 0.0
-    if w.lat is not None and w.lon is not None and isinstance(lat, float) and isinstance(lon, float):
-        distance = haversine_m(w.lat, w.lon, lat, lon)
+    if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+        # Nowhere the agent knows (asked once already): say so rather than draw a route of 0 m.
+        text = say("nav.unknown_place", lang, dest=dest)
+        _tell(turn, task, text, icon="nav")
+        tasks.finish(turn, task, "failed")
+        return
+    distance: float | None = None
+    if w.lat is not None and w.lon is not None:
+        distance = haversine_m(w.lat, w.lon, float(lat), float(lon))
     speed = {"walk": 1.4, "bike": 4.0, "drive": 8.0, "transit": 6.0}.get(mode, 1.4)
-    eta = int(distance / speed) if distance else None
+    eta = int(distance / speed) if distance is not None else None
     mode_word = say(f"mode.{mode}", lang) if mode in ("walk", "bike", "drive", "transit") else mode
     speech = say("nav.speech", lang, mode=mode_word, dest=dest)
     glasses = usable(ctx, "glasses")
-    if glasses is not None:
+    if glasses is not None and distance is not None:
         turn.send(
             "glasses",
             ShowNav(

@@ -215,8 +215,10 @@ def resolve(turn: Turn, yes: bool, modality: str, task_id: str | None = None) ->
     task.modality = mod
     task.state = "committed"
     if task.skill == "order_food":
-        talk.last_dish = str(task.slots.get("dish", "")) or talk.last_dish
-        talk.last_restaurant = str(task.slots.get("restaurant", "")) or talk.last_restaurant
+        # The last order is remembered as a pair: a dish never meets another order's shop.
+        dish = str(task.slots.get("dish", ""))
+        if dish:
+            talk.last_dish, talk.last_restaurant = dish, str(task.slots.get("restaurant", "")) or None
         text = say("food.committed", task.lang, eta=minutes(task.eta_s) if task.eta_s else "?")
     else:
         text = say("ride.committed", task.lang)

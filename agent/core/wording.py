@@ -34,6 +34,7 @@ _T: dict[str, tuple[str, str]] = {
     "ask.translate.target_lang": ("Into which language?", "翻译成哪种语言？"),
     "ask.price_lookup.item": ("What should I look up?", "要查什么？"),
     "ask.title": ("Question", "提问"),
+    "ask.place": ("Where is {place}? Say a place I know or an address.", "{place}在哪里？请说一个具体的地点或地址。"),
     "guess": ("Did you mean: {what}?", "你是想{what}吗？"),
     "guess.order_food": ("order food", "点外卖"),
     "guess.hail_ride": ("call a taxi", "打车"),
@@ -85,6 +86,7 @@ _T: dict[str, tuple[str, str]] = {
     "ride.rider_canceled": ("Your ride was cancelled.", "行程已取消。"),
     # other skills
     "nav.start": ("Directions to {dest}", "开始导航去{dest}"),
+    "nav.unknown_place": ("I don't know where {dest} is.", "我不知道{dest}在哪里。"),
     "nav.speech": ("Starting {mode} directions to {dest}.", "开始{mode}导航去{dest}。"),
     "mode.walk": ("walking", "步行"),
     "mode.bike": ("cycling", "骑行"),
