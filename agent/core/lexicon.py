@@ -200,7 +200,7 @@ STOP_VALUES: dict[str, frozenset[str]] = {
 # Filler trimmed from both ends of free-text values.
 LEAD_EN = r"^(?:(?:the|a|an|some|something|please|just|um|uh)\s+)+"
 TRAIL_EN = r"(?:\s+(?:please|for\s+me|right\s+now|now|thanks|thank\s+you|asap))+$"
-LEAD_ZH = r"^(?:一下|一个|一份|请|帮我|给我|麻烦|那个|就)+"
+LEAD_ZH = r"^(?:一下|一个|一份|请|帮我|给我(?![妈爸们老哥姐弟妹儿女爷奶外家])|麻烦|那个|就)+"
 TRAIL_ZH = r"(?:吧|呗|啊|呀|哦|呢|嘛|了|的|谢谢|一下)+$"
 # Leading words of a bare answer to a question ("I'd like beef noodles", "um, the airport", "来一份牛肉面").
 ANSWER_LEAD_EN = (

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 from agent.core import lexicon, tasks
-from agent.core.config import Place
+from agent.core.config import Place, UserProfile
 from agent.core.context import (
     DAY_MS,
     HOUR_MS,
@@ -30,7 +30,7 @@ from agent.core.context import (
 from agent.core.intents import Intent, Parsed, Reply, ReplyKind, Skill, parse_slot_answer
 from agent.core.routing import Turn
 from agent.core.routing import speech as speak
-from agent.core.wording import clip, clip_units, lang_of, say
+from agent.core.wording import clip, clip_units, fit_lines, lang_of, line_with_head, say, to_listener
 from schemas.actions import (
     Capture,
     MeasureNow,
@@ -589,10 +589,33 @@ def _remind(turn: Turn, task: Task) -> None:
     reminders.append(Reminder(due, text, lang, every, task.task_id, turn.corr))
     reminders.sort(key=lambda r: r.due)
     del reminders[MAX_REMINDERS:]
-    at = local(due, turn.profile)
-    clock = f"{(at // HOUR_MS) % 24:02d}:{(at // MIN_MS) % 60:02d}"
-    _tell(turn, task, say("remind.set", lang, text=text, at=clock), icon="calendar")
+    when = reminder_when(due, turn.now, turn.profile, lang)
+    said = to_listener(text, lang)
+    title, cut = reminder_title(when, said, lang)
+    body = "\n".join(p for p in (fit_lines(said, 2) if cut else "", say("remind.undo", lang)) if p)
+    speech = say("remind.set", lang, text=said, at=when)
+    turn.say(Output(title=title, body=body, speech=speech, lang=lang, icon="calendar", ttl_s=15, reason="skill:remind"))
     _undoable(turn, task)
+
+
+def reminder_when(due: int, now: int, profile: UserProfile, lang: str) -> str:
+    """When a reminder is due, as the user reads it: "18:00", "tomorrow 07:30", "Tue 09:00" (local time)."""
+    at, today = local(due, profile), local(now, profile)
+    clock = f"{(at // HOUR_MS) % 24:02d}:{(at // MIN_MS) % 60:02d}"
+    days = at // DAY_MS - today // DAY_MS
+    if days == 0:
+        return clock
+    day = say("day.tomorrow", lang) if days == 1 else say(f"day.{_WEEKDAYS[weekday_of(at)]}", lang)
+    return f"{day} {clock}"
+
+
+def reminder_title(when: str, text: str, lang: str) -> tuple[str, bool]:
+    """A reminder's card title, time first: "⏰ 18:00 · take your pills" (one display line; the time is never cut).
+
+    Returns the title and whether the text had to be cut (then the card's body shows it whole).
+    """
+    head = say("remind.card", lang, at=when, text="")
+    return line_with_head(head, text)
 
 
 def due_time(s: dict[str, SlotValue], now: int, tz_offset_min: int) -> int | None:
@@ -639,11 +662,13 @@ def reminders_due(turn: Turn) -> None:
     """Say the reminders that are due (repeating ones come back)."""
     ctx = turn.ctx
     for r in [r for r in ctx.reminders if r.due <= turn.now]:
-        text = say("remind.due", r.lang, text=r.text)
+        said = to_listener(r.text, r.lang)
+        text = say("remind.due", r.lang, text=said)
+        title, cut = reminder_title(reminder_when(r.due, r.due, turn.profile, r.lang), said, r.lang)
         turn.because(r.corr).say(
             Output(
-                title=say("remind.title", r.lang),
-                body=r.text,
+                title=title,
+                body=fit_lines(said, 3) if cut else "",
                 speech=text,
                 lang=r.lang,
                 icon="calendar",

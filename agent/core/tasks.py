@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.core.context import Output, SlotValue, Task, UserContext
 from agent.core.intents import PAID_SKILLS
 from agent.core.routing import Turn
-from agent.core.wording import lang_of, minutes, money, say
+from agent.core.wording import clip_units, lang_of, minutes, money, say
 from schemas.actions import TaskCancel, TaskConfirm
 from schemas.events import TaskStatus
 
@@ -148,6 +148,8 @@ def summary(task: Task) -> Output:
         body = say("ride.body", lang, price=price, eta=eta, product=str(s.get("product", "")))
         speech = say("ride.speech", lang, dest=dest, price=price, eta=eta)
         icon = "car"
+    # One display line each (shop and dish, price and time, where to), so a long dish never pushes the price off.
+    body = "\n".join(clip_units(line) for line in body.split("\n"))
     yes = "book_button" if task.origin == "leave_now" else "confirm_button"
     return Output(
         title=title,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from schemas.display import LINE_UNITS, char_units, text_units, wrap
 
@@ -103,8 +104,18 @@ _T: dict[str, tuple[str, str]] = {
         "I'll remind you to {text} at {at}. Say undo to cancel.",
         "好的，{at}提醒你{text}。说“撤销”可取消。",
     ),
+    "remind.card": ("⏰ {at} · {text}", "⏰ {at} · {text}"),
+    "remind.undo": ("Say undo to cancel.", "说“撤销”可取消。"),
     "remind.due": ("Reminder: {text}", "提醒：{text}"),
     "remind.title": ("Reminder", "提醒"),
+    "day.tomorrow": ("tomorrow", "明天"),
+    "day.mon": ("Mon", "周一"),
+    "day.tue": ("Tue", "周二"),
+    "day.wed": ("Wed", "周三"),
+    "day.thu": ("Thu", "周四"),
+    "day.fri": ("Fri", "周五"),
+    "day.sat": ("Sat", "周六"),
+    "day.sun": ("Sun", "周日"),
     "music.play": ("Playing {query}. Say undo to stop.", "正在播放{query}。说“撤销”可停止。"),
     "music.any": ("music", "音乐"),
     "music.control": ("OK.", "好的。"),
@@ -176,6 +187,35 @@ def say(key: str, lang: str, **values: object) -> str:
     en, zh = _T[key]
     template = zh if lang_of(lang) == "zh" else en
     return template.format(**values) if values else template
+
+
+_EN_PRONOUNS = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "i'm": "you're",
+    "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are", "our": "your", "us": "you",
+    "ours": "yours", "ourselves": "yourselves", "we": "you",
+}  # fmt: skip
+_EN_PRONOUN = re.compile(r"(?<![\w'])(?:i'm|i've|i'll|i'd|myself|ourselves|mine|ours|my|me|our|us|we|i|am)(?![\w'])",
+                         re.IGNORECASE)  # fmt: skip
+_ZH_PRONOUN = re.compile("我们|咱们|我")
+
+
+def to_listener(text: str, lang: str) -> str:
+    """What the user said about themselves, as said back to them: "take my pills" -> "take your pills",
+    "给我妈打电话" -> "给你妈打电话"."""
+    if lang_of(lang) == "zh":
+        return _ZH_PRONOUN.sub(lambda m: "你们" if len(m.group()) > 1 else "你", text)
+    return _EN_PRONOUN.sub(lambda m: _EN_PRONOUNS[m.group().lower()], text)
+
+
+def line_with_head(head: str, text: str, units: int = LINE_UNITS) -> tuple[str, bool]:
+    """``head`` then as much of ``text`` as one display line holds: the head (a time, a price) is never cut.
+
+    Returns the line and whether ``text`` was cut.
+    """
+    line = f"{head}{text}"
+    if text_units(line) <= units:
+        return line, False
+    return clip_units(line, units), True
 
 
 def minutes(seconds: float | None) -> int:
