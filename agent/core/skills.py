@@ -729,7 +729,8 @@ def _health(turn: Turn, task: Task) -> None:
     metric = str(s.get("metric", "summary"))
     value, ts = latest(turn, metric)
     fresh = value is not None and turn.now - ts <= turn.cfg.fresh_sample_s * 1000
-    if metric in _MEASURABLE and (s.get("measure") or not fresh):
+    # "What's my heart rate now": a reading minutes old is no answer; measure, and answer when the reading comes.
+    if metric in _MEASURABLE and (s.get("measure") or s.get("period") == "now" or not fresh):
         ring = online(ctx, "ring")
         if ring is not None:
             turn.send("ring", MeasureNow(kind=metric, timeout_s=40), f"skill:{task.skill}", dev=ring)
@@ -800,6 +801,33 @@ def on_reading(turn: Turn, metric: str, value: float, t: int) -> None:
         tasks.finish(t2, task, "completed")
 
 
+def _measure_timed_out(turn: Turn, task: Task, metric: str, lang: str) -> None:
+    """The ring gave no reading in time: answer with the last reading and how old it is, if there is one."""
+    value, ts = latest(turn, metric)
+    if value is None:
+        tasks.finish(turn, task, "failed", "health.no_reading")
+        return
+    text = health_text(turn, metric, lang)
+    gap = " " if lang == "en" else ""
+    note = f"{say('health.no_new', lang)}{gap}{say('health.age', lang, age=age_text(turn.now - ts, lang))}"
+    turn.say(
+        Output(
+            title=text, body=note, speech=f"{note}{gap}{text}", lang=lang, icon="heart", ttl_s=15, reason="skill:health"
+        )
+    )
+    tasks.finish(turn, task, "completed")
+
+
+def age_text(ms: int, lang: str) -> str:
+    """How old something is, roughly: "40 s", "5 min", "2 h", "3 d" (秒, 分钟, 小时, 天)."""
+    seconds = max(0, ms // 1000)
+    for size, en, zh in ((86_400, "d", "天"), (3600, "h", "小时"), (60, "min", "分钟")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n}{zh}" if lang == "zh" else f"{n} {en}"
+    return f"{seconds}秒" if lang == "zh" else f"{seconds} s"
+
+
 def tick(turn: Turn) -> None:
     """Timers of the conversation: an unanswered question, the undo window, a measurement, reminders."""
     ctx = turn.ctx
@@ -820,6 +848,6 @@ def tick(turn: Turn) -> None:
         talk.measure = None
         task = ctx.tasks.get(str(m[4]))
         if task is not None:
-            tasks.finish(turn.because(str(m[5])), task, "failed", "health.no_reading")
+            _measure_timed_out(turn.because(str(m[5])), task, str(m[0]), str(m[3]))
     if ctx.reminders and ctx.reminders[0].due <= turn.now:
         reminders_due(turn)

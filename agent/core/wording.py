@@ -135,6 +135,8 @@ _T: dict[str, tuple[str, str]] = {
     "health.sleep": ("You slept {h} h {m} min, {d} min deep.", "你睡了{h}小时{m}分钟，深睡{d}分钟。"),
     "health.none": ("I don't have that reading yet.", "还没有这项数据。"),
     "health.measuring": ("Measuring. Keep still.", "正在测量，请保持不动。"),
+    "health.no_new": ("No new reading.", "没有测到新读数。"),
+    "health.age": ("That reading is {age} old.", "这是{age}前的读数。"),
     "health.no_reading": ("I couldn't get a reading. Try again when still.", "没有测到，请静止后再试。"),
     "health.ring_offline": ("Your ring is offline.", "戒指离线。"),
     # proactive rules
