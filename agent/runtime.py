@@ -435,14 +435,14 @@ class AgentRuntime:
                 ack(message)
 
     async def _admit(self, batch: list[Message]) -> list[Message]:
-        """The messages of ``batch`` to handle: not seen before (by id and publish time), for our users, within the
-        limits."""
+        """The messages of ``batch`` to handle: not seen before (by envelope id, the contract's dedup key), for our
+        users, within the limits."""
         users = self.settings.users
         stats = self.stats
-        keys = [(m.envelope.id, m.envelope.ts) for m in batch]
+        keys = [m.envelope.id for m in batch]
         known = await self.store.known(keys) if batch else set()
         fresh: list[Message] = []
-        seen: set[tuple[str, int]] = set()
+        seen: set[str] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
         mono = time.monotonic()
