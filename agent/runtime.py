@@ -38,6 +38,7 @@ from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
+from agent.core.fuzzy import warm as warm_parser
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
@@ -222,6 +223,7 @@ class AgentRuntime:
 
     async def __aenter__(self) -> Self:
         s = self.settings
+        await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
         self._store = await (self._given_store or Store(s.db)).__aenter__()
         await self._restore()
         state = agent_state_topic(s.instance)

@@ -28,7 +28,7 @@ from wordfreq import zipf_frequency
 
 from agent.core import lexicon
 
-__all__ = ["Correction", "correct_en", "correct_zh", "place_en", "place_zh"]
+__all__ = ["Correction", "correct_en", "correct_zh", "corrections_en", "known_en", "place_en", "place_zh", "warm"]
 
 TONED = 0.9
 TONELESS = 0.85
@@ -268,6 +268,13 @@ def correct_zh(text: str) -> Correction:
             else:
                 i += 1
     return Correction(out, _score(sims), tuple(changed), any(heard in COMMON_ZH for heard, _ in changed))
+
+
+def warm() -> None:
+    """Load the word frequencies and the pinyin tables now (~1 s), not inside the first turn that needs them."""
+    zipf("hello")
+    _readings("打", True)
+    correct_zh("达车")
 
 
 def place_zh(value: str) -> tuple[str, float] | None:
