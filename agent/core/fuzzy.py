@@ -218,6 +218,9 @@ def _zh_terms() -> tuple[str, ...]:
 
 
 ZH_TERMS = _zh_terms()
+_TERMS_BY_CHAR: dict[str, tuple[int, ...]] = {
+    ch: tuple(rank for rank, term in enumerate(ZH_TERMS) if ch in term) for ch in {c for t in ZH_TERMS for c in t}
+}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -252,21 +255,28 @@ def correct_zh(text: str) -> Correction:
     sims: list[float] = []
     changed: list[tuple[str, str]] = []
     out = text
-    for term in ZH_TERMS:
+    # One character misheard at most: a window holds the term's other characters, so only a term with a character
+    # in the text can match (a handful of the ~170); they are tried in ZH_TERMS' order, longest first.
+    for rank in sorted({rank for ch in set(text) for rank in _TERMS_BY_CHAR.get(ch, ())}):
+        term = ZH_TERMS[rank]
         if term in out:
             continue
         n = len(term)
-        i = 0
-        while i + n <= len(out):
+        # Windows where one of the term's characters stands at its place (a replacement keeps the length).
+        starts = sorted(
+            {p - j for j, ch in enumerate(term) for p, c in enumerate(out) if c == ch and 0 <= p - j <= len(out) - n}
+        )
+        free = 0
+        for i in starts:
+            if i < free:
+                continue
             window = out[i : i + n]
             sim = _match_zh(window, term)
             if sim is not None:
                 sims.append(sim)
                 changed.append((window, term))
                 out = out[:i] + term + out[i + n :]
-                i += n
-            else:
-                i += 1
+                free = i + n
     return Correction(out, _score(sims), tuple(changed), any(heard in COMMON_ZH for heard, _ in changed))
 
 
