@@ -104,7 +104,7 @@ async def run(n: int, delay: float) -> tuple[list[float], list[float]]:
                 await dev.publish(f"wb/v1/{a}/glasses/g1/evt/voice/utterance", sentence, wait=True)
                 await slow.asked.wait()
                 pending = time.perf_counter()
-                during = []
+                during: list[float] = []
                 while len(during) < n and time.perf_counter() - pending < delay * 0.8:
                     during.append(await _answer_ms(dev, b))
     return alone, during
