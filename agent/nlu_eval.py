@@ -199,7 +199,8 @@ def eval_command(
     try:
         items = load(corpus)
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] cannot read the corpus: {exc}")
+        hint = " (run it from the repository's root, or give --corpus)" if isinstance(exc, FileNotFoundError) else ""
+        Console(stderr=True).print(f"[bold red]error:[/] cannot read the corpus: {exc}{hint}")
         raise typer.Exit(2) from None
     report = evaluate(items)
     print_report(report, console, failures=failures)
