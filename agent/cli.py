@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up_command)
     app.command("replay-agent")(replay_agent_command)
     app.command("diff")(diff_command)
+    from agent.nlu_eval import eval_command  # noqa: PLC0415
+
+    app.command("eval")(eval_command)
     from agent.bench import register as register_bench  # noqa: PLC0415
 
     register_bench(app)

@@ -426,16 +426,16 @@ class RedisBucketStore(Store):
         """The shared store has no SQL schema."""
         return 0
 
-    async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which ``(id, ts)`` were processed (by any member, within the dedup horizon; by id: a stricter check)."""
-        wanted = list(keys)
+    async def known(self, ids: Iterable[str]) -> set[str]:
+        """Which ids were processed (by any member, within the dedup horizon)."""
+        wanted = list(ids)
         if not wanted:
             return set()
         try:
-            scores = await self.redis.zmscore(self.k_seen, [key_id for key_id, _ in wanted])
+            scores = await self.redis.zmscore(self.k_seen, wanted)
         except RedisError as exc:
             raise StoreError(f"Redis dedup check for bucket {self.bucket} failed: {exc}") from exc
-        return {key for key, s in zip(wanted, scores, strict=True) if s is not None}
+        return {i for i, s in zip(wanted, scores, strict=True) if s is not None}
 
     async def commit_batch(
         self,

@@ -38,6 +38,7 @@ from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
+from agent.core.fuzzy import warm as warm_parser
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
@@ -155,6 +156,7 @@ class AgentStats:
     alerts: int = 0
     batches: int = 0
     silent: int = 0
+    llm_late: int = 0  # utterances handled after the LLM resolver answered (off the pump)
 
 
 class AgentRuntime:
@@ -202,6 +204,11 @@ class AgentRuntime:
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
         self._gc_clock = _GcClock()
+        # Utterances waiting for the LLM resolver, off the pump (by envelope id; not stored, not acked yet: after a
+        # crash the broker delivers them again), and those whose answer came, to handle in the next pump turn.
+        self._held: dict[str, Message] = {}
+        self._late: list[tuple[Message, Intent | None]] = []
+        self._llm_calls: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> Store:
@@ -219,6 +226,7 @@ class AgentRuntime:
 
     async def __aenter__(self) -> Self:
         s = self.settings
+        await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
         self._store = await (self._given_store or Store(s.db)).__aenter__()
         await self._restore()
         state = agent_state_topic(s.instance)
@@ -261,6 +269,10 @@ class AgentRuntime:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        for call in self._llm_calls:  # their utterances are not acked: the broker delivers them again
+            call.cancel()
+        if self._llm_calls:
+            await asyncio.gather(*self._llm_calls, return_exceptions=True)
         with contextlib.suppress(ValueError):  # not registered: __aenter__ failed before
             gc.callbacks.remove(self._gc_clock)
         if self._store is not None:
@@ -368,7 +380,7 @@ class AgentRuntime:
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     batch += self._silent_devices()
-            if batch or self._tick_pos < len(self._tick_users):
+            if batch or self._late or self._tick_pos < len(self._tick_users):
                 try:
                     await self._process(batch, turn)
                 except (BusConnectionError, PublishError) as exc:
@@ -406,6 +418,10 @@ class AgentRuntime:
         of their own, before the timers' slice and the rest of the batch (which follow in a second one, the ticks
         stored after the first's events, as they ran).
         """
+        if self._late:  # the LLM resolver answered: these go first, as the answers they are
+            await self._settle_late()
+            if turn is not None:
+                turn.lap("late")
         first, rest = _answer_first(batch)
         if first:
             await self._settle(await self._admit(first), Outcome(), [])
@@ -420,18 +436,20 @@ class AgentRuntime:
             if turn is not None:
                 turn.lap("process")
         ack = self.bus.ack
+        held = self._held
         for message in batch:  # once all of it is stored (a crash before this: the broker delivers it again)
-            ack(message)
+            if message.envelope.id not in held:  # one waiting for the LLM is acked once it is handled and stored
+                ack(message)
 
     async def _admit(self, batch: list[Message]) -> list[Message]:
-        """The messages of ``batch`` to handle: not seen before (by id and publish time), for our users, within the
-        limits."""
+        """The messages of ``batch`` to handle: not seen before (by envelope id, the contract's dedup key), for our
+        users, within the limits."""
         users = self.settings.users
         stats = self.stats
-        keys = [(m.envelope.id, m.envelope.ts) for m in batch]
+        keys = [m.envelope.id for m in batch]
         known = await self.store.known(keys) if batch else set()
         fresh: list[Message] = []
-        seen: set[tuple[str, int]] = set()
+        seen: set[str] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
         mono = time.monotonic()
@@ -450,7 +468,15 @@ class AgentRuntime:
             fresh.append(message)
         return fresh
 
-    async def _settle(self, fresh: list[Message], outcome: Outcome, ticks: list[TickRow]) -> None:
+    async def _settle(
+        self,
+        fresh: list[Message],
+        outcome: Outcome,
+        ticks: list[TickRow],
+        resolutions: list[tuple[str, str]] | None = None,
+        *,
+        hold: bool = True,
+    ) -> None:
         """Handle new messages, store them with what they caused in one transaction, then publish the actions."""
         store = self.store
         bus = self.bus
@@ -459,7 +485,8 @@ class AgentRuntime:
         received = wall_ms()
         rows: list[EventRow] = []
         acks: list[tuple[str, str, str, int]] = []
-        resolutions = await self._resolve(fresh)
+        if hold:
+            fresh = self._hold_for_llm(fresh)
         handle = self.core.handle
         for message in fresh:
             try:
@@ -481,7 +508,7 @@ class AgentRuntime:
                          tuple(t.slots_asked), t.confirm_modality, t.created_ms, t.updated_ms)
                  for t in outcome.tasks]  # fmt: skip
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
-        await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
+        await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions or [])
         try:
             # Published as soon as they are stored, and without waiting: behind a deep backlog the PUBACK queues
             # behind everything the broker has already sent us, and a pump waiting for it would stall. Actions are
@@ -565,28 +592,62 @@ class AgentRuntime:
             self.log.warning("device_silent", device=f"{user}/{kind}/{device}", silent_s=round(mono - last, 1))
         return out
 
-    async def _resolve(self, fresh: list[Message]) -> list[tuple[str, str]]:
-        """Ask the optional LLM resolver about final utterances the built-in parser does not understand."""
+    def _hold_for_llm(self, fresh: list[Message]) -> list[Message]:
+        """Take out the final utterances the built-in parser does not understand, and ask the optional LLM resolver
+        about them off the pump: other users' turns and alerts go on while it thinks (up to its timeout). Each is
+        handled, stored and acked when the answer (or its absence) comes, in a later pump turn (_settle_late)."""
         resolver = self.settings.resolver
-        if resolver is None:
-            return []
-        out: list[tuple[str, str]] = []
+        if resolver is None or self._replaying:
+            return fresh
+        out: list[Message] = []
         for message in fresh:
             body = message.data
+            key = message.envelope.id
             if (
                 not isinstance(body, Utterance)
                 or not body.final
+                or key in self.core.hints
                 or not isinstance(parse_text(body.text, body.lang), Unknown)
             ):
+                out.append(message)
                 continue
-            intent = await resolver.resolve(body.text, body.lang)
+            if key in self._held:
+                continue  # delivered again while its first copy waits for the resolver
+            self._held[key] = message
+            call = asyncio.create_task(self._ask_llm(resolver, message), name=f"llm[{key}]")
+            self._llm_calls.add(call)
+            call.add_done_callback(self._llm_calls.discard)
+        return out
+
+    async def _ask_llm(self, resolver: ChatResolver, message: Message) -> None:
+        body = message.data
+        assert isinstance(body, Utterance)  # noqa: S101 (only utterances are held)
+        intent = await resolver.resolve(body.text, body.lang)  # None on any failure; never raises but cancel
+        self._late.append((message, intent))
+
+    async def _settle_late(self) -> None:
+        """Handle the utterances whose LLM answer came, with the intent as the core's hint; store the intent with
+        them (a replay gives the core the same hint), then ack them."""
+        late, self._late = self._late, []
+        messages: list[Message] = []
+        resolutions: list[tuple[str, str]] = []
+        for message, intent in late:
+            key = message.envelope.id
+            messages.append(message)
             if intent is None:
                 continue
-            self.core.hints[message.envelope.id] = intent
+            self.core.hints[key] = intent
             data = {"skill": intent.skill.value, "slots": dict(intent.slots), "lang": intent.lang, "text": intent.text}
-            out.append((message.envelope.id, json.dumps(data, ensure_ascii=False)))
+            resolutions.append((key, json.dumps(data, ensure_ascii=False)))
             self.log.info("llm_resolved", skill=intent.skill.value, slots=dict(intent.slots))
-        return out
+        try:
+            await self._settle(messages, Outcome(), [], resolutions, hold=False)
+        finally:
+            for message in messages:
+                self._held.pop(message.envelope.id, None)
+        for message in messages:  # stored: acked (a failure above leaves them to the broker's redelivery)
+            self.bus.ack(message)
+        self.stats.llm_late += len(messages)
 
     def _on_puback(self, action_id: str, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is None:

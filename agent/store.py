@@ -2,7 +2,8 @@
 
 What it keeps:
 
-- ``events``: every processed event, ack and device state, keyed by envelope id (the dedup key), in the order the
+- ``events``: every processed event, ack and device state, keyed by envelope id alone (the dedup key of the wire
+  contract: a retry keeps its id, not necessarily its ts), in the order the
   agent handled it, with the simulated time it was handled at (so a restart can replay it into the core);
 - ``actions``: every command the core decided, stored *before* it is published, with ``published`` and the
   device's ack;
@@ -185,6 +186,16 @@ MIGRATIONS: tuple[str, ...] = (
     # the WAL grew by ~3.5 KB an event. Publish times arrive nearly in order, so (ts, id) appends to a few pages
     # (~1 KB an event, 4-6 us less of CPU an insert). A redelivery is the same message, so it has the same ts.
     _rebuild_events("events_v7", "id TEXT NOT NULL") + "CREATE UNIQUE INDEX events_key ON events(ts, id);",
+    # v8: the dedup key is the id alone, as the wire contract says: a device keeps an event's id across its retries,
+    # and a retry may carry a fresh ts, which (ts, id) took for a new event and acted on twice. Such pairs stored
+    # under v7 stay in the log (it is what happened, and what a replay re-runs): the later copies are renamed
+    # ``{id}#dup{seq}`` so that the ids are unique. The cost v7 avoided comes back (an id index dirties a leaf page
+    # per device in a batch: docs/benchmarks.md section 7 has the figures).
+    """
+    UPDATE events SET id = id || '#dup' || seq WHERE seq NOT IN (SELECT MIN(seq) FROM events GROUP BY id);
+    DROP INDEX events_key;
+    CREATE UNIQUE INDEX events_id ON events(id);
+    """,
 )
 
 
@@ -410,22 +421,17 @@ class Store:
 
     # ------------------------------------------------------------------ the batch transaction
 
-    async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these events were already processed (the dedup check), as ``(id, ts)``: an envelope's id and
-        publish time (a redelivery is the same message, so it has both)."""
-        wanted = list(keys)
-        found: set[tuple[str, int]] = set()
+    async def known(self, ids: Iterable[str]) -> set[str]:
+        """Which of these events were already processed (the dedup check), by envelope id alone: a device keeps the
+        id of an event across its retries, even when it stamps a fresh ``ts``."""
+        wanted = list(ids)
+        found: set[str] = set()
         con = self.writer
         try:
             for i in range(0, len(wanted), _KNOWN_CHUNK):
                 chunk = wanted[i : i + _KNOWN_CHUNK]
-                pairs = ",".join(["(?,?)"] * len(chunk))
-                # a join on the pairs, not "(ts, id) IN (VALUES ...)": SQLite scans the table for that one
-                sql = (
-                    "SELECT e.id, e.ts FROM events e JOIN (SELECT column1 AS ts, column2 AS id FROM (VALUES "  # noqa: S608
-                    f"{pairs})) k ON e.ts = k.ts AND e.id = k.id"
-                )
-                found.update(con.execute(sql, [v for key_id, ts in chunk for v in (ts, key_id)]))
+                sql = f"SELECT id FROM events WHERE id IN ({','.join(['?'] * len(chunk))})"  # noqa: S608
+                found.update(row[0] for row in con.execute(sql, chunk))
         except sqlite3.Error as exc:
             raise StoreError(f"could not check {len(wanted)} ids against the stored events: {exc}") from exc
         return found

@@ -49,7 +49,7 @@ async def run(n: int, devices: int, batch: int) -> tuple[float, float]:
             started = time.process_time()
             for k in range(0, n, batch):
                 chunk = rows[k : k + batch]
-                await store.known([(r.id, r.ts) for r in chunk])
+                await store.known([r.id for r in chunk])
                 await store.commit_batch(chunk, [], [], [])
             cpu = time.process_time() - started
             wal = db.with_name(db.name + "-wal").stat().st_size

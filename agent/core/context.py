@@ -588,6 +588,7 @@ class Talk:
         last_restaurant: its restaurant.
         task_counter: for task ids.
         action_counter: for action ids (:func:`agent.core.routing.action_id`).
+        guess: a reading too unsure to act on, asked back ("Did you mean ...?"): skill, slots, lang, until.
     """
 
     lang: str = "en"
@@ -605,6 +606,7 @@ class Talk:
     last_restaurant: str | None = None
     task_counter: int = 0
     action_counter: int = 0
+    guess: list[Any] | None = None
 
 
 # --- routing memory

@@ -376,6 +376,8 @@ class AgentCore:
         parsed = hint if hint is not None else parse(body.text, tag)
         lang = lang_of(parsed.lang)
         talk = turn.ctx.talk
+        if talk.guess is not None and skills.answer_guess(turn, parsed):
+            return
         if talk.asking is not None and skills.answer(turn, body.text, lang, parsed):
             return
         if isinstance(parsed, Reply):
@@ -390,7 +392,10 @@ class AgentCore:
         if normal.strip(" .!?").lower() in _UNDO_WORDS and skills.undo(turn):
             return
         if isinstance(parsed, Intent):
-            skills.start(turn, parsed)
+            if parsed.sure:
+                skills.start(turn, parsed)
+            else:
+                skills.guess(turn, parsed)  # a fuzzy reading: asked back, never acted on
             return
         talk.lang = lang
         text = say("not_understood", lang)

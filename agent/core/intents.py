@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from agent.core import lexicon
+from agent.core import fuzzy, lexicon
 from agent.core.lexicon import Conv, SlotSpec, SlotValue
 
 __all__ = [
+    "ACT_SCORE",
     "MAX_CHARS",
+    "PAID_SKILLS",
     "Intent",
     "Parsed",
     "Reply",
@@ -30,6 +32,8 @@ __all__ = [
 
 MAX_CHARS = 500
 """Longer input is not one spoken command: it parses as Unknown (and this bounds the regex work)."""
+ACT_SCORE = 0.8
+"""A reading scored below this (see :attr:`Intent.score`) is asked back ("Did you mean ...?"), not acted on."""
 
 
 class Skill(StrEnum):
@@ -46,6 +50,10 @@ class Skill(StrEnum):
     MUSIC = "music"
     MEETING_NOTES = "meeting_notes"
     PRICE_LOOKUP = "price_lookup"
+
+
+PAID_SKILLS = frozenset({Skill.ORDER_FOOD, Skill.HAIL_RIDE})
+"""Skills that spend money: a phone quote and one explicit confirmation (tier 2) before anything is bought."""
 
 
 class ReplyKind(StrEnum):
@@ -65,12 +73,21 @@ class Intent:
         slots: only what the sentence itself says (read-only); context fills the rest elsewhere.
         lang: "en" or "zh": the language to answer in (given, else detected).
         text: the utterance exactly as given.
+        score: how sure the reading is: 1.0 when the words were read as said; lower when a word was taken for a
+            lexicon term it nearly matches (a typo, an ASR near-miss or homophone). Below ``ACT_SCORE`` the agent
+            asks back instead of acting.
     """
 
     skill: Skill
     slots: Mapping[str, SlotValue] = field(hash=False)
     lang: str
     text: str
+    score: float = 1.0
+
+    @property
+    def sure(self) -> bool:
+        """Whether the reading is good enough to act on (paid skills still ask for their confirmation)."""
+        return self.score >= ACT_SCORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +346,10 @@ _CLOCK_ZH = re.compile(
     _FLAGS,
 )
 _PM_DAYPARTS = ("下午", "傍晚", "晚上")
+_QUARTER_EN = re.compile(
+    rf"(?P<q>half|(?:a\s+)?quarter)\s+(?P<dir>past|after|to|before)\s+(?P<h>{lexicon.HOUR_EN}(?:\s*[ap]\.?\s?m\.?)?)",
+    _FLAGS,
+)
 
 
 def _clock(text: str) -> str | None:
@@ -338,6 +359,9 @@ def _clock(text: str) -> str | None:
         return "12:00"
     if text == "midnight":
         return "00:00"
+    quarter = _QUARTER_EN.fullmatch(text)
+    if quarter is not None:
+        return _quarter(quarter)
     match = _CLOCK_EN.fullmatch(text)
     if match is not None:
         hour = _number(match["h"])
@@ -369,6 +393,17 @@ def _clock(text: str) -> str | None:
     elif daypart in ("晚上", "夜里", "半夜", "深夜") and hour == 12:
         hour = 0
     return _hhmm(hour, zh_minute)
+
+
+def _quarter(match: re.Match[str]) -> str | None:
+    """ "half past three", "a quarter to 4pm": the hour's clock time moved by 30 or 15 minutes."""
+    base = _clock(match["h"])
+    if base is None:
+        return None
+    hh, mm = (int(part) for part in base.split(":"))
+    shift = 30 if match["q"] == "half" else 15
+    total = (hh * 60 + mm + (shift if match["dir"] in ("past", "after") else -shift)) % (24 * 60)
+    return _hhmm(total // 60, total % 60)
 
 
 def _hhmm(hour: int | float | None, minute: int) -> str | None:
@@ -654,12 +689,67 @@ def _parse(text: str, lang: str | None) -> Parsed:
         kind = _reply_kind(body, table)
         if kind is not None:
             return Reply(kind=kind, lang=code, text=text)
+    found = _read(body, code)
+    score = 1.0
+    for fixed in _corrections(body):
+        again = _read(fixed.text, code)
+        # The exact reading wins, unless there is none, or it only exists because a misheard word was taken as
+        # free text ("get me a txi" ordered food named "txi") and the corrected word names another skill.
+        if again is not None and (found is None or (again[0] != found[0] and _names_skill(fixed))):
+            found, score = again, fixed.score
+            if fixed.real_words and again[0] in PAID_SKILLS:
+                score = min(score, fuzzy.REAL_WORD)  # money is not spent on a word that was itself a word
+            break
+    if found is None:
+        return Unknown(lang=code, text=text)
+    skill, slots = found
+    score = min(score, _near_places(slots))
+    return Intent(skill=skill, slots=MappingProxyType(slots), lang=code, text=text, score=score)
+
+
+def _read(body: str, code: str) -> tuple[Skill, dict[str, SlotValue]] | None:
     for table in (code, _other(code)):
         found = _match_intent(body, table)
         if found is not None:
-            skill, slots = found
-            return Intent(skill=skill, slots=MappingProxyType(slots), lang=code, text=text)
-    return Unknown(lang=code, text=text)
+            return found
+    return None
+
+
+def _corrections(body: str) -> list[fuzzy.Correction]:
+    """Readings of the utterance with near-miss English words and misheard Chinese terms replaced."""
+    variants = (fuzzy.corrections_en(body) if _LATIN_WORD.search(body) else []) or [fuzzy.Correction(body, 1.0, ())]
+    out: list[fuzzy.Correction] = []
+    for en in variants:
+        zh = fuzzy.correct_zh(en.text) if _HAN.search(body) else fuzzy.Correction(en.text, 1.0, ())
+        if not (en.changed or zh.changed):
+            continue
+        both = fuzzy.EXTRA if en.changed and zh.changed else 1.0
+        real = en.real_words or zh.real_words
+        out.append(fuzzy.Correction(zh.text, min(en.score, zh.score) * both, en.changed + zh.changed, real))
+    return out
+
+
+def _names_skill(fixed: fuzzy.Correction) -> bool:
+    return fuzzy.names_skill(fixed) or any(
+        term not in lexicon.PLACES for _, term in fixed.changed if not term.isascii()
+    )
+
+
+_PLACE_SLOTS = ("destination", "pickup", "address")
+
+
+def _near_places(slots: dict[str, SlotValue]) -> float:
+    """Read a place slot that nearly names a known place as that place ("ofice" -> office); the lowest similarity."""
+    score = 1.0
+    for name in _PLACE_SLOTS:
+        value = slots.get(name)
+        if not isinstance(value, str) or value in ("home", "office"):
+            continue
+        near = fuzzy.place_zh(value) if _HAN.search(value) else fuzzy.place_en(value)
+        if near is not None:
+            slots[name], sim = near
+            score = min(score, sim)
+    return score
 
 
 PARSE_CACHE_SIZE = 1024

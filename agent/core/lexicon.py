@@ -157,6 +157,23 @@ PLACES: dict[str, str] = {
     "公司": "office", "单位": "office", "办公室": "office", "我公司": "office",
 }
 
+# Kinds of place said without a name ("the train station", 地铁站): the nearest known place of that kind is meant.
+# PLACE_KINDS maps what is said (after "the", "nearest", 最近的 are dropped) to a kind; KIND_WORDS are what a
+# known place's name or address contains when it is of that kind (a kind's words never match another kind's).
+PLACE_KINDS: dict[str, str] = {
+    "station": "station", "train station": "station", "railway station": "station", "rail station": "station",
+    "火车站": "station", "高铁站": "station", "车站": "station", "动车站": "station",
+    "subway": "subway", "subway station": "subway", "metro": "subway", "metro station": "subway", "tube": "subway",
+    "tube station": "subway", "地铁站": "subway", "地铁": "subway", "地铁口": "subway",
+    "gym": "gym", "the gym": "gym", "健身房": "gym",
+}
+KIND_WORDS: dict[str, tuple[str, ...]] = {
+    "subway": ("subway", "metro", "tube", "地铁"),
+    "station": ("station", "railway", "火车站", "高铁站", "东站", "南站", "西站", "北站"),
+    "gym": ("gym", "健身"),
+}
+PLACE_KIND_LEAD = r"^(?:(?:the|a|nearest|closest|near|nearby)\s+)+|^(?:最近的|附近的|离我最近的)"
+
 # Values that name nothing in particular: the slot is left unset rather than filled with them.
 STOP_ANY = frozenset({"the", "a", "an", "my", "some", "it", "me", "to", "的", "了", "我"})
 STOP_VALUES: dict[str, frozenset[str]] = {
@@ -183,7 +200,7 @@ STOP_VALUES: dict[str, frozenset[str]] = {
 # Filler trimmed from both ends of free-text values.
 LEAD_EN = r"^(?:(?:the|a|an|some|something|please|just|um|uh)\s+)+"
 TRAIL_EN = r"(?:\s+(?:please|for\s+me|right\s+now|now|thanks|thank\s+you|asap))+$"
-LEAD_ZH = r"^(?:一下|一个|一份|请|帮我|给我|麻烦|那个|就)+"
+LEAD_ZH = r"^(?:一下|一个|一份|请|帮我|给我(?![妈爸们老哥姐弟妹儿女爷奶外家])|麻烦|那个|就)+"
 TRAIL_ZH = r"(?:吧|呗|啊|呀|哦|呢|嘛|了|的|谢谢|一下)+$"
 # Leading words of a bare answer to a question ("I'd like beef noodles", "um, the airport", "来一份牛肉面").
 ANSWER_LEAD_EN = (
@@ -284,8 +301,9 @@ TRIGGERS_EN: tuple[tuple[str, str], ...] = (
     ("translate", r"\btranslat\w*|\binterpret\w*|\bwhat\s+(?:does|do|did)\s+"
                   r"(?:this|that|it|these|those|the\s+\w+|this\s+\w+|that\s+\w+)\s+(?:say|mean)\b"
                   r"|\bwhat(?:'s|\s+is)\s+written\b|\bsubtitles?\b|\bcaptions?\b|\bhow\s+do\s+(?:you|i)\s+say\b"),
-    ("teleprompter", r"\b(?:tele)?prompter\b|\bautocue\b|\bscript\b|\bspeaker\s+notes\b|\bspeech\s+notes\b"),
-    ("capture", r"\b(?:take|snap|grab|shoot)\s+(?:a\s+|an\s+|some\s+|another\s+|\w+\s+)?"
+    ("teleprompter", r"\b(?:tele)?prompter\b|\bautocue\b|\b(?:load|open|pull\s+up)\s+(?:up\s+)?(?:my|the|our)\s+"
+                     r"(?:[\w'-]+\s+){0,3}(?:speech|keynote|presentation)\b|\bscript\b|\bspeaker\s+notes\b|\bspeech\s+notes\b"),
+    ("capture", r"\b(?:take|snap|grab|shoot)\s+(?:a\s+|an\s+|some\s+|another\s+)?(?:\w+\s+)?"
                 r"(?:photos?|pictures?|pics?|shots?|snapshots?|selfies?|videos?|clips?)\b"
                 r"|\bphotograph\b|\bcapture\s+(?:this|that|it|a|the)\b|\brecord\b|\bfilm\s+(?:this|that|it)\b"
                 r"|\bstart\s+recording\b|\bsay\s+cheese\b"),
@@ -312,14 +330,15 @@ TRIGGERS_EN: tuple[tuple[str, str], ...] = (
     ("price_lookup", r"\bhow\s+much\s+(?:is|are|does|do|would|for)\b|\bprice\s+(?:of|for|check)\b"
                      r"|\bwhat(?:'s|\s+is)\s+the\s+(?:price|cost)\b|\bcompare\s+prices?\b"
                      r"|\bon\s+(?:taobao|tmall|jd|pinduoduo|amazon)\b"),
-    ("order_food", r"\border\b|\bdeliver\w*|\btake(?:out|away)\b|\bhungry\b"
+    ("order_food", r"\border(?:ing)?\b|\bdeliver\w*|\btake(?:out|away)\b|\bhungry\b"
                    r"|\bi(?:'d|\s+would)?\s+(?:want|like)\s+(?:to\s+(?:eat|have|drink)\b|a\b|an\b|some\b)"
                    rf"|\b(?:get|grab|bring|buy)\s+(?:me\s+|us\s+)?(?:a|an|some|{QTY_EN})\s+\w+"),
 )
 
 TRIGGERS_ZH: tuple[tuple[str, str], ...] = (
-    ("remind", r"提醒|闹钟|叫醒我|叫我起床|别让我忘了|记得叫我"),
-    ("meeting_notes", r"会议记录|会议纪要|会议笔记|记录会议|(?:记|记录)一下[^,.!?]{0,8}会"
+    ("remind", r"提醒|闹钟|(?<![a-z])remind(?![a-z])|叫醒我|叫我起床|别让我忘了|记得叫我"),
+    ("meeting_notes", r"会议记录|(?<![a-z])meeting\s+(?:notes|minutes)"
+                      r"|会议纪要|会议笔记|记录会议|(?:记|记录)一下[^,.!?]{0,8}会"
                       r"|记笔记|做笔记|做个笔记|纪要"),
     ("translate", r"翻译|翻成|译成|写的(?:是)?什么|写了什么|写着什么|(?:在)?(?:说|讲)(?:的)?(?:是)?什么"
                   r"|什么意思|怎么说|字幕|同传|同声传译|口译"),
@@ -330,12 +349,14 @@ TRIGGERS_ZH: tuple[tuple[str, str], ...] = (
               r"|切歌|换一?首|暂停|继续播放|音乐|歌曲|的歌|别放了"),
     ("health_query", r"睡得|睡眠|睡了多久|睡了几个?小时|睡觉质量|心率|心跳|脉搏|血氧|HRV|变异性"
                      r"|压力(?:大|怎么样|多少|值|水平|如何)|体温|皮温|步数|多少步|呼吸(?:频率|率)"),
-    ("hail_ride", r"打车|打个车|打的|叫车|叫个车|叫辆车|叫一辆车|约车|约个车|网约车|出租车|滴滴|专车"
+    ("hail_ride", r"打车|打个车|打的|打个的|(?<![a-z])(?:taxi|cab|uber|didi)(?![a-z])"
+                  r"|叫车|叫个车|叫辆车|叫一辆车|约车|约个车|网约车|出租车|滴滴|专车"
                   r"|快车|拼车|顺风车"),
     ("navigate", r"导航|带我去|带我到|怎么走|怎么去|路线|带路|在哪里?|在哪儿|走过去|骑车去|开车去|步行去"
                  r"|(?:坐|乘|搭)(?:地铁|公交车?|巴士|轻轨)(?:去|到)"),
     ("price_lookup", r"多少钱|什么价|价格|价钱|几块钱|贵不贵|比价"),
-    ("order_food", rf"外卖|(?:帮我|给我|我要|我想)?(?:点|订)(?:{NUM_ZH})?{_MEASURE_ZH}|帮我点|给我点"
+    ("order_food", rf"外卖|(?<![a-z])order(?![a-z])"
+                   rf"|(?:帮我|给我|我要|我想)?(?:点|订)(?:{NUM_ZH})?{_MEASURE_ZH}|帮我点|给我点"
                    rf"|想吃|想喝|饿了|来(?:{NUM_ZH})?(?:份|杯|碗|盒|瓶|笼|屉)|要(?:{NUM_ZH})(?:份|杯|碗|盒|瓶)|^点"
                    rf"|^(?:{NUM_ZH})(?:份|杯|碗|盒|笼|屉)"),
 )
@@ -367,6 +388,8 @@ TIME_EN: tuple[SlotSpec, ...] = (
     SlotSpec("day", r"\btonight\b", "today", also=(("daypart", "evening"),)),
     SlotSpec("day", r"\btoday\b", "today"),
     SlotSpec("day", rf"\b(?:on\s+|next\s+|this\s+|coming\s+)?(?P<v>{WEEKDAY_EN})\b", Conv.WEEKDAY),
+    SlotSpec("at", rf"\b(?:at\s+|by\s+|around\s+)?(?P<v>(?:half|(?:a\s+)?quarter)\s+(?:past|after|to|before)\s+"
+                   rf"{HOUR_EN}(?:\s*[ap]\.?\s?m\b\.?)?)", Conv.CLOCK, also=_BARE),
     SlotSpec("at", rf"\b(?:at\s+|by\s+|around\s+|for\s+)?(?P<v>{HOUR_EN}(?::\d{{2}})?\s*[ap]\.?\s?m\b\.?)",
              Conv.CLOCK),
     SlotSpec("at", r"\b(?:at\s+|by\s+|around\s+)?(?P<v>noon|midday|midnight)\b", Conv.CLOCK),
@@ -450,9 +473,9 @@ FOOD_EN: tuple[SlotSpec, ...] = (
     SlotSpec("address", r"\b(?:deliver(?:ed)?\s+(?:it\s+)?to|send(?:\s+it)?\s+to|bring\s+it\s+to|to)\s+"
                         rf"(?!(?:order|get|eat|have|buy|drink|go|grab|try|me)\b)(?P<v>.+?){_PLACE_END_EN}",
              Conv.PLACE),
-    SlotSpec("qty", rf"\b(?:order|get|buy|grab|want|like|have|bring)\s+(?:me\s+|us\s+)?(?P<v>{QTY_EN})\b",
+    SlotSpec("qty", rf"\b(?:order|get|buy|grab|want|like|have|bring|deliver)\s+(?:me\s+|us\s+)?(?P<v>{QTY_EN})\b",
              Conv.INT, consume=False),
-    SlotSpec("dish", r"\b(?:order|get|buy|grab|bring|want|like|have|deliver)\s+(?:me\s+|us\s+)?"
+    SlotSpec("dish", r"\b(?:order(?:ing)?|get|buy|grab|bring|want|like|have|deliver)\s+(?:me\s+|us\s+)?"
                      rf"(?:to\s+(?:eat|have|order|drink|get)\s+)?(?:{QTY_EN}\s+)?(?:{_FOOD_MEASURE_EN}\s+of\s+)?"
                      rf"(?:(?:a|an|some|the)\s+)?(?P<v>.+?){_FOOD_END_EN}"),
 )
@@ -501,7 +524,7 @@ RIDE_ZH: tuple[SlotSpec, ...] = (
     SlotSpec("product", r"舒适型", "comfort"),
     SlotSpec("pickup", r"从(?P<v>[^,.!?;]+?)(?=打车|叫车|出发|上车|去|到|回)", Conv.PLACE),
     SlotSpec("pickup", r"在(?P<v>[^,.!?;]+?)(?=上车|接我)", Conv.PLACE),
-    SlotSpec("destination", r"(?:去往|前往|去|到)(?P<v>[^,.!?;]+?)" + _END_ZH, Conv.PLACE),
+    SlotSpec("destination", r"(?:去往|前往|去|(?<![迟收得找])到(?!了))(?P<v>[^,.!?;]+?)" + _END_ZH, Conv.PLACE),
     SlotSpec("destination", r"回(?P<v>家)", Conv.PLACE),
 )
 
@@ -563,6 +586,11 @@ TELEPROMPTER_EN: tuple[SlotSpec, ...] = (
                        rf"(?:\s+(?:script|speech|talk|notes))?{_END_EN}"),
     SlotSpec("script", r"\bscript\s+(?:for|called|named|titled)\s+(?:my\s+|the\s+|our\s+)?"
                        rf"(?P<v>.+?){_END_EN}"),
+    SlotSpec("script", r"\b(?:open|load|show|start|put|pull\s+up|bring\s+up|use)\s+(?:up\s+)?(?:my|the|our)\s+"
+                       r"(?P<v>(?!(?:tele)?prompter\b)[\w' -]+?)(?:\s+(?:script|speech|talk|notes))?\s+"
+                       r"(?:on|in|onto|to|with)\s+(?:the\s+)?(?:tele)?prompter\b"),
+    SlotSpec("script", r"\b(?:tele)?prompter\s+(?:my|the|our)\s+(?P<v>[\w' -]+?)"
+                       rf"(?:\s+(?:script|speech|talk|notes))?{_END_EN}"),
     SlotSpec("script", r"\b(?:my|the|our)\s+(?P<v>(?!(?:tele)?prompter\b)[\w' -]+?)\s+"
                        r"(?:script|speech|talk|notes|deck|presentation|slides)\b"),
 )
@@ -572,7 +600,7 @@ TELEPROMPTER_ZH: tuple[SlotSpec, ...] = (
     SlotSpec("advance", r"手动", "manual"),
     SlotSpec("script", r"用(?P<v>[^,.!?;]+?)的?(?:稿子|讲稿|演讲稿|稿件|台词|稿)"),
     SlotSpec("script", r"(?:打开|开始|加载|播放|念)(?P<v>[^,.!?;]+?)的?(?:稿子|讲稿|演讲稿|稿件|台词)"),
-    SlotSpec("script", r"(?P<v>[^,.!?;]+?)的(?:稿子|讲稿|演讲稿|稿件|台词)"),
+    SlotSpec("script", r"(?:把)?(?P<v>[^,.!?;把]+?)的(?:稿子|讲稿|演讲稿|稿件|台词)"),
 )
 
 CAPTURE_EN: tuple[SlotSpec, ...] = (

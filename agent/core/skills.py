@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from agent.core import tasks
+from agent.core import lexicon, tasks
+from agent.core.config import Place, UserProfile
 from agent.core.context import (
     DAY_MS,
     HOUR_MS,
@@ -25,10 +27,10 @@ from agent.core.context import (
     usable,
     weekday_of,
 )
-from agent.core.intents import Intent, Parsed, Reply, ReplyKind, parse_slot_answer
+from agent.core.intents import Intent, Parsed, Reply, ReplyKind, Skill, parse_slot_answer
 from agent.core.routing import Turn
 from agent.core.routing import speech as speak
-from agent.core.wording import clip, clip_units, lang_of, say
+from agent.core.wording import clip, clip_units, fit_lines, lang_of, line_with_head, say, to_listener
 from schemas.actions import (
     Capture,
     MeasureNow,
@@ -83,6 +85,35 @@ def start(turn: Turn, intent: Intent) -> None:
     task = tasks.new_task(turn, str(intent.skill), slots, lang)
     task.rounds = 1
     proceed(turn, task)
+
+
+def guess(turn: Turn, intent: Intent) -> None:
+    """A reading too unsure to act on: ask "Did you mean ...?" and keep it for a yes."""
+    lang = lang_of(intent.lang)
+    talk = turn.ctx.talk
+    talk.lang = lang
+    slots = {k: v for k, v in intent.slots.items() if not k.startswith("_") and isinstance(v, str | int | float)}
+    talk.guess = [str(intent.skill), slots, lang, turn.now + turn.cfg.confirm_expiry_s * 1000]
+    question = say("guess", lang, what=say(f"guess.{intent.skill}", lang))
+    turn.say(Output(title=question, speech=question, lang=lang, ttl_s=turn.cfg.confirm_expiry_s, reason="skill:guess"))
+
+
+def answer_guess(turn: Turn, parsed: Parsed) -> bool:
+    """The reply to "Did you mean ...?": a yes starts the guessed request (a paid one still asks to confirm).
+
+    Returns False when the utterance is no yes or no (it is handled as a new request); the guess is dropped.
+    """
+    talk = turn.ctx.talk
+    held, talk.guess = talk.guess, None
+    if held is None or turn.now >= int(held[3]) or not isinstance(parsed, Reply):
+        return False
+    skill, slots, lang = str(held[0]), dict(held[1]), str(held[2])
+    if parsed.kind is not ReplyKind.CONFIRM:
+        text = say("cancelled", lang)
+        turn.say(Output(title=text, speech=text, lang=lang, ttl_s=5, reason="skill:guess"))
+        return True
+    start(turn, Intent(skill=Skill(skill), slots=slots, lang=lang, text=parsed.text))
+    return True
 
 
 def answer(turn: Turn, text: str, lang: str, parsed: Parsed) -> bool:
@@ -148,7 +179,11 @@ def _ask(turn: Turn, task: Task, slot: str) -> None:
     talk.ask_until = turn.now + turn.cfg.confirm_expiry_s * 1000
     task.state = "asking"
     task.asked = (*task.asked, slot)
-    question = say(f"ask.{task.skill}.{slot}", task.lang)
+    heard = task.slots.get(HEARD)
+    if slot == "destination" and isinstance(heard, str):
+        question = say("ask.place", task.lang, place=heard)
+    else:
+        question = say(f"ask.{task.skill}.{slot}", task.lang)
     turn.say(
         Output(
             title=question,
@@ -180,18 +215,25 @@ def fill(turn: Turn, task: Task) -> str | None:
 
     skill = task.skill
     if skill == "order_food":
+        # Only what this request asks for: "my usual" / 老样子 / "same as last time" brings the last order (or the
+        # profile's usual) as a pair of dish and shop; a plain "order food" asks what, it never re-orders.
         usual = profile.usual_order
-        last_dish = ctx.talk.last_dish or (usual.dish if usual else None)
-        last_restaurant = ctx.talk.last_restaurant if ctx.talk.last_dish else (usual.restaurant if usual else None)
-        if "dish" not in s and last_dish:
+        asked_usual = bool(s.get("usual"))
+        last_dish: str | None
+        last_restaurant: str | None
+        if ctx.talk.last_dish:
+            last_dish, last_restaurant = ctx.talk.last_dish, ctx.talk.last_restaurant
+        else:
+            last_dish, last_restaurant = (usual.dish, usual.restaurant) if usual else (None, None)
+        if asked_usual and "dish" not in s and last_dish:
             put("dish", last_dish)
             if last_restaurant:
                 put("restaurant", last_restaurant)
             if usual is not None and usual.dish == last_dish and usual.notes:
                 put("notes", usual.notes)
-        elif "restaurant" not in s and last_restaurant and (s.get("dish") == last_dish or s.get("usual")):
-            put("restaurant", last_restaurant)  # "the usual place" / 上次那家
-        s.setdefault("qty", usual.qty if usual and s.get("dish") == usual.dish else 1)
+        elif asked_usual and "restaurant" not in s and last_restaurant:
+            put("restaurant", last_restaurant)  # "my usual noodles" / 上次那家的牛肉面: the usual shop
+        s.setdefault("qty", usual.qty if usual and asked_usual and s.get("dish") == usual.dish else 1)
         if "address" not in s:
             _fill_here(turn, put, "address", prefer_known=True)
         _coords(turn, s, "address")
@@ -204,14 +246,16 @@ def fill(turn: Turn, task: Task) -> str | None:
         if "destination" not in s:
             return "destination"
         _coords(turn, s, "destination")
-        return None
+        # A kind of place with no known place of that kind ("the station") asks which one, once; a name the
+        # agent does not know goes to the ride app, which finds places by name.
+        return _where(turn, task, generic_only=True)
     if skill == "navigate":
         if "mode" not in s:
             put("mode", _travel_mode(turn))
         if "destination" not in s:
             return "destination"
         _coords(turn, s, "destination")
-        return None
+        return _where(turn, task, generic_only=False)
     if skill == "translate":
         put("target_lang", task.lang)
         return None
@@ -229,6 +273,55 @@ def fill(turn: Turn, task: Task) -> str | None:
         if now_events:
             put("title", now_events[0].title)
     return None
+
+
+HEARD = "_heard"  # a task slot: the place said that the agent could not find (asked about once)
+
+
+def _where(turn: Turn, task: Task, *, generic_only: bool) -> str | None:
+    """Find the destination said: a kind of place ("the subway", 地铁站) is the nearest known place of that kind.
+
+    Returns "destination" (and keeps what was said in ``_heard``) when it is still unknown and not asked yet.
+    """
+    s = task.slots
+    value = s.get("destination")
+    if not isinstance(value, str) or "destination_lat" in s:
+        return None
+    kind = place_kind(value)
+    place = nearest_of_kind(turn, kind) if kind else None
+    if place is not None:
+        s["destination"] = place.address if place.address and place_kind(place.name) else place.name
+        s["destination_lat"], s["destination_lon"] = round(place.lat, 6), round(place.lon, 6)
+        return None
+    if (generic_only and kind is None) or "destination" in task.asked:
+        return None
+    s[HEARD] = value
+    del s["destination"]
+    return "destination"
+
+
+def place_kind(value: str) -> str | None:
+    """The kind of place a value names without naming one ("the nearest subway" -> "subway"), if it does."""
+    bare = re.sub(lexicon.PLACE_KIND_LEAD, "", value.strip().lower()).strip()
+    return lexicon.PLACE_KINDS.get(bare)
+
+
+def nearest_of_kind(turn: Turn, kind: str) -> Place | None:
+    """The profile place of that kind nearest to where the user is (the first one when that is unknown)."""
+    words = lexicon.KIND_WORDS.get(kind, ())
+    others = [w for k, ws in lexicon.KIND_WORDS.items() if k != kind for w in ws]
+
+    def of_kind(p: Place) -> bool:
+        text = f"{p.name} {p.address}".lower()
+        # "subway station" is a subway, not a railway station: the more specific kind wins.
+        return any(w in text for w in words) and not (kind == "station" and any(w in text for w in others))
+
+    found = [p for p in turn.profile.places if of_kind(p)]
+    w = turn.ctx.where
+    if not found or w.lat is None or w.lon is None:
+        return found[0] if found else None
+    lat, lon = w.lat, w.lon
+    return min(found, key=lambda p: haversine_m(lat, lon, p.lat, p.lon))
 
 
 def _travel_mode(turn: Turn) -> str:
@@ -323,7 +416,7 @@ def _quote(turn: Turn, task: Task) -> None:
     if online(turn.ctx, "phone") is None:
         tasks.finish(turn, task, "failed", "phone_offline")
         return
-    slots = dict(list(task.slots.items())[:32])
+    slots = dict([(k, v) for k, v in task.slots.items() if not k.startswith("_")][:32])
     cmd = turn.send("phone", TaskStart(task_id=task.task_id, skill=task.skill, slots=slots), f"skill:{task.skill}")
     task.start_cmd = cmd
     task.state = "quoting"
@@ -349,15 +442,21 @@ def _navigate(turn: Turn, task: Task) -> None:
     mode = str(s.get("mode", "walk"))
     w = ctx.where
     lat, lon = s.get("destination_lat"), s.get("destination_lon")
-    distance = 0.0
-    if w.lat is not None and w.lon is not None and isinstance(lat, float) and isinstance(lon, float):
-        distance = haversine_m(w.lat, w.lon, lat, lon)
+    if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+        # Nowhere the agent knows (asked once already): say so rather than draw a route of 0 m.
+        text = say("nav.unknown_place", lang, dest=dest)
+        _tell(turn, task, text, icon="nav")
+        tasks.finish(turn, task, "failed")
+        return
+    distance: float | None = None
+    if w.lat is not None and w.lon is not None:
+        distance = haversine_m(w.lat, w.lon, float(lat), float(lon))
     speed = {"walk": 1.4, "bike": 4.0, "drive": 8.0, "transit": 6.0}.get(mode, 1.4)
-    eta = int(distance / speed) if distance else None
+    eta = int(distance / speed) if distance is not None else None
     mode_word = say(f"mode.{mode}", lang) if mode in ("walk", "bike", "drive", "transit") else mode
     speech = say("nav.speech", lang, mode=mode_word, dest=dest)
     glasses = usable(ctx, "glasses")
-    if glasses is not None:
+    if glasses is not None and distance is not None:
         turn.send(
             "glasses",
             ShowNav(
@@ -490,10 +589,33 @@ def _remind(turn: Turn, task: Task) -> None:
     reminders.append(Reminder(due, text, lang, every, task.task_id, turn.corr))
     reminders.sort(key=lambda r: r.due)
     del reminders[MAX_REMINDERS:]
-    at = local(due, turn.profile)
-    clock = f"{(at // HOUR_MS) % 24:02d}:{(at // MIN_MS) % 60:02d}"
-    _tell(turn, task, say("remind.set", lang, text=text, at=clock), icon="calendar")
+    when = reminder_when(due, turn.now, turn.profile, lang)
+    said = to_listener(text, lang)
+    title, cut = reminder_title(when, said, lang)
+    body = "\n".join(p for p in (fit_lines(said, 2) if cut else "", say("remind.undo", lang)) if p)
+    speech = say("remind.set", lang, text=said, at=when)
+    turn.say(Output(title=title, body=body, speech=speech, lang=lang, icon="calendar", ttl_s=15, reason="skill:remind"))
     _undoable(turn, task)
+
+
+def reminder_when(due: int, now: int, profile: UserProfile, lang: str) -> str:
+    """When a reminder is due, as the user reads it: "18:00", "tomorrow 07:30", "Tue 09:00" (local time)."""
+    at, today = local(due, profile), local(now, profile)
+    clock = f"{(at // HOUR_MS) % 24:02d}:{(at // MIN_MS) % 60:02d}"
+    days = at // DAY_MS - today // DAY_MS
+    if days == 0:
+        return clock
+    day = say("day.tomorrow", lang) if days == 1 else say(f"day.{_WEEKDAYS[weekday_of(at)]}", lang)
+    return f"{day} {clock}"
+
+
+def reminder_title(when: str, text: str, lang: str) -> tuple[str, bool]:
+    """A reminder's card title, time first: "⏰ 18:00 · take your pills" (one display line; the time is never cut).
+
+    Returns the title and whether the text had to be cut (then the card's body shows it whole).
+    """
+    head = say("remind.card", lang, at=when, text="")
+    return line_with_head(head, text)
 
 
 def due_time(s: dict[str, SlotValue], now: int, tz_offset_min: int) -> int | None:
@@ -540,11 +662,13 @@ def reminders_due(turn: Turn) -> None:
     """Say the reminders that are due (repeating ones come back)."""
     ctx = turn.ctx
     for r in [r for r in ctx.reminders if r.due <= turn.now]:
-        text = say("remind.due", r.lang, text=r.text)
+        said = to_listener(r.text, r.lang)
+        text = say("remind.due", r.lang, text=said)
+        title, cut = reminder_title(reminder_when(r.due, r.due, turn.profile, r.lang), said, r.lang)
         turn.because(r.corr).say(
             Output(
-                title=say("remind.title", r.lang),
-                body=r.text,
+                title=title,
+                body=fit_lines(said, 3) if cut else "",
                 speech=text,
                 lang=r.lang,
                 icon="calendar",
@@ -605,7 +729,8 @@ def _health(turn: Turn, task: Task) -> None:
     metric = str(s.get("metric", "summary"))
     value, ts = latest(turn, metric)
     fresh = value is not None and turn.now - ts <= turn.cfg.fresh_sample_s * 1000
-    if metric in _MEASURABLE and (s.get("measure") or not fresh):
+    # "What's my heart rate now": a reading minutes old is no answer; measure, and answer when the reading comes.
+    if metric in _MEASURABLE and (s.get("measure") or s.get("period") == "now" or not fresh):
         ring = online(ctx, "ring")
         if ring is not None:
             turn.send("ring", MeasureNow(kind=metric, timeout_s=40), f"skill:{task.skill}", dev=ring)
@@ -676,6 +801,33 @@ def on_reading(turn: Turn, metric: str, value: float, t: int) -> None:
         tasks.finish(t2, task, "completed")
 
 
+def _measure_timed_out(turn: Turn, task: Task, metric: str, lang: str) -> None:
+    """The ring gave no reading in time: answer with the last reading and how old it is, if there is one."""
+    value, ts = latest(turn, metric)
+    if value is None:
+        tasks.finish(turn, task, "failed", "health.no_reading")
+        return
+    text = health_text(turn, metric, lang)
+    gap = " " if lang == "en" else ""
+    note = f"{say('health.no_new', lang)}{gap}{say('health.age', lang, age=age_text(turn.now - ts, lang))}"
+    turn.say(
+        Output(
+            title=text, body=note, speech=f"{note}{gap}{text}", lang=lang, icon="heart", ttl_s=15, reason="skill:health"
+        )
+    )
+    tasks.finish(turn, task, "completed")
+
+
+def age_text(ms: int, lang: str) -> str:
+    """How old something is, roughly: "40 s", "5 min", "2 h", "3 d" (秒, 分钟, 小时, 天)."""
+    seconds = max(0, ms // 1000)
+    for size, en, zh in ((86_400, "d", "天"), (3600, "h", "小时"), (60, "min", "分钟")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n}{zh}" if lang == "zh" else f"{n} {en}"
+    return f"{seconds}秒" if lang == "zh" else f"{seconds} s"
+
+
 def tick(turn: Turn) -> None:
     """Timers of the conversation: an unanswered question, the undo window, a measurement, reminders."""
     ctx = turn.ctx
@@ -696,6 +848,6 @@ def tick(turn: Turn) -> None:
         talk.measure = None
         task = ctx.tasks.get(str(m[4]))
         if task is not None:
-            tasks.finish(turn.because(str(m[5])), task, "failed", "health.no_reading")
+            _measure_timed_out(turn.because(str(m[5])), task, str(m[0]), str(m[3]))
     if ctx.reminders and ctx.reminders[0].due <= turn.now:
         reminders_due(turn)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from agent.core.context import Output, SlotValue, Task, UserContext
+from agent.core.intents import PAID_SKILLS
 from agent.core.routing import Turn
-from agent.core.wording import lang_of, minutes, money, say
+from agent.core.wording import clip_units, lang_of, minutes, money, say
 from schemas.actions import TaskCancel, TaskConfirm
 from schemas.events import TaskStatus
 
@@ -21,7 +22,7 @@ FINISHED = frozenset(
         "no_drivers_available",
     }
 )
-PAID = frozenset({"order_food", "hail_ride"})
+PAID = frozenset(str(skill) for skill in PAID_SKILLS)
 _RANK: dict[str, int] = {
     s: i
     for i, s in enumerate(
@@ -147,6 +148,8 @@ def summary(task: Task) -> Output:
         body = say("ride.body", lang, price=price, eta=eta, product=str(s.get("product", "")))
         speech = say("ride.speech", lang, dest=dest, price=price, eta=eta)
         icon = "car"
+    # One display line each (shop and dish, price and time, where to), so a long dish never pushes the price off.
+    body = "\n".join(clip_units(line) for line in body.split("\n"))
     yes = "book_button" if task.origin == "leave_now" else "confirm_button"
     return Output(
         title=title,
@@ -214,8 +217,10 @@ def resolve(turn: Turn, yes: bool, modality: str, task_id: str | None = None) ->
     task.modality = mod
     task.state = "committed"
     if task.skill == "order_food":
-        talk.last_dish = str(task.slots.get("dish", "")) or talk.last_dish
-        talk.last_restaurant = str(task.slots.get("restaurant", "")) or talk.last_restaurant
+        # The last order is remembered as a pair: a dish never meets another order's shop.
+        dish = str(task.slots.get("dish", ""))
+        if dish:
+            talk.last_dish, talk.last_restaurant = dish, str(task.slots.get("restaurant", "")) or None
         text = say("food.committed", task.lang, eta=minutes(task.eta_s) if task.eta_s else "?")
     else:
         text = say("ride.committed", task.lang)

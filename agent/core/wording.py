@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from schemas.display import LINE_UNITS, char_units, text_units, wrap
 
@@ -34,6 +35,19 @@ _T: dict[str, tuple[str, str]] = {
     "ask.translate.target_lang": ("Into which language?", "翻译成哪种语言？"),
     "ask.price_lookup.item": ("What should I look up?", "要查什么？"),
     "ask.title": ("Question", "提问"),
+    "ask.place": ("Where is {place}? Say a place I know or an address.", "{place}在哪里？请说一个具体的地点或地址。"),
+    "guess": ("Did you mean: {what}?", "你是想{what}吗？"),
+    "guess.order_food": ("order food", "点外卖"),
+    "guess.hail_ride": ("call a taxi", "打车"),
+    "guess.navigate": ("get directions", "导航"),
+    "guess.translate": ("translate", "翻译"),
+    "guess.teleprompter": ("open the teleprompter", "打开提词器"),
+    "guess.capture": ("take a photo or video", "拍照或录像"),
+    "guess.remind": ("set a reminder", "设个提醒"),
+    "guess.health_query": ("check your health data", "查看健康数据"),
+    "guess.music": ("play music", "播放音乐"),
+    "guess.meeting_notes": ("take meeting notes", "记录会议"),
+    "guess.price_lookup": ("look up a price", "查价格"),
     # food
     "food.title": ("Order {dish}", "下单：{dish}"),
     "food.body": (
@@ -73,6 +87,7 @@ _T: dict[str, tuple[str, str]] = {
     "ride.rider_canceled": ("Your ride was cancelled.", "行程已取消。"),
     # other skills
     "nav.start": ("Directions to {dest}", "开始导航去{dest}"),
+    "nav.unknown_place": ("I don't know where {dest} is.", "我不知道{dest}在哪里。"),
     "nav.speech": ("Starting {mode} directions to {dest}.", "开始{mode}导航去{dest}。"),
     "mode.walk": ("walking", "步行"),
     "mode.bike": ("cycling", "骑行"),
@@ -89,8 +104,18 @@ _T: dict[str, tuple[str, str]] = {
         "I'll remind you to {text} at {at}. Say undo to cancel.",
         "好的，{at}提醒你{text}。说“撤销”可取消。",
     ),
+    "remind.card": ("⏰ {at} · {text}", "⏰ {at} · {text}"),
+    "remind.undo": ("Say undo to cancel.", "说“撤销”可取消。"),
     "remind.due": ("Reminder: {text}", "提醒：{text}"),
     "remind.title": ("Reminder", "提醒"),
+    "day.tomorrow": ("tomorrow", "明天"),
+    "day.mon": ("Mon", "周一"),
+    "day.tue": ("Tue", "周二"),
+    "day.wed": ("Wed", "周三"),
+    "day.thu": ("Thu", "周四"),
+    "day.fri": ("Fri", "周五"),
+    "day.sat": ("Sat", "周六"),
+    "day.sun": ("Sun", "周日"),
     "music.play": ("Playing {query}. Say undo to stop.", "正在播放{query}。说“撤销”可停止。"),
     "music.any": ("music", "音乐"),
     "music.control": ("OK.", "好的。"),
@@ -110,6 +135,8 @@ _T: dict[str, tuple[str, str]] = {
     "health.sleep": ("You slept {h} h {m} min, {d} min deep.", "你睡了{h}小时{m}分钟，深睡{d}分钟。"),
     "health.none": ("I don't have that reading yet.", "还没有这项数据。"),
     "health.measuring": ("Measuring. Keep still.", "正在测量，请保持不动。"),
+    "health.no_new": ("No new reading.", "没有测到新读数。"),
+    "health.age": ("That reading is {age} old.", "这是{age}前的读数。"),
     "health.no_reading": ("I couldn't get a reading. Try again when still.", "没有测到，请静止后再试。"),
     "health.ring_offline": ("Your ring is offline.", "戒指离线。"),
     # proactive rules
@@ -162,6 +189,35 @@ def say(key: str, lang: str, **values: object) -> str:
     en, zh = _T[key]
     template = zh if lang_of(lang) == "zh" else en
     return template.format(**values) if values else template
+
+
+_EN_PRONOUNS = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "i'm": "you're",
+    "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are", "our": "your", "us": "you",
+    "ours": "yours", "ourselves": "yourselves", "we": "you",
+}  # fmt: skip
+_EN_PRONOUN = re.compile(r"(?<![\w'])(?:i'm|i've|i'll|i'd|myself|ourselves|mine|ours|my|me|our|us|we|i|am)(?![\w'])",
+                         re.IGNORECASE)  # fmt: skip
+_ZH_PRONOUN = re.compile("我们|咱们|我")
+
+
+def to_listener(text: str, lang: str) -> str:
+    """What the user said about themselves, as said back to them: "take my pills" -> "take your pills",
+    "给我妈打电话" -> "给你妈打电话"."""
+    if lang_of(lang) == "zh":
+        return _ZH_PRONOUN.sub(lambda m: "你们" if len(m.group()) > 1 else "你", text)
+    return _EN_PRONOUN.sub(lambda m: _EN_PRONOUNS[m.group().lower()], text)
+
+
+def line_with_head(head: str, text: str, units: int = LINE_UNITS) -> tuple[str, bool]:
+    """``head`` then as much of ``text`` as one display line holds: the head (a time, a price) is never cut.
+
+    Returns the line and whether ``text`` was cut.
+    """
+    line = f"{head}{text}"
+    if text_units(line) <= units:
+        return line, False
+    return clip_units(line, units), True
 
 
 def minutes(seconds: float | None) -> int:

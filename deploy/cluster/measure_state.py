@@ -77,7 +77,7 @@ async def measure_redis(url: str, users: int, n: int) -> list[str]:
         action = ActionRow(f"a{i}", "wb/v1/user-0/glasses/g1/cmd/display.card", "user-0", "glasses", "g1",
                            "display.card", f"e{i}", "skill", i, i, payload)  # fmt: skip
         t = time.perf_counter()
-        await store.known([(event.id, event.ts)])
+        await store.known([event.id])
         await store.commit_batch([event], [action], [], [])
         await store.mark_published([action.id], i)
         commit.append(time.perf_counter() - t)

@@ -113,3 +113,27 @@ async def test_restart_mid_task_carries_on_and_repeats_nothing(any_broker: Broke
         counts = dict(await store.rows("SELECT type, COUNT(*) FROM actions GROUP BY type"))
     assert counts["task.start"] == 1
     assert counts["task.confirm"] == 1
+
+
+async def test_a_retry_with_a_fresh_ts_is_acted_on_once(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    """The dedup key is the id alone (the contract): a device that retries an event keeps its id, and may stamp a
+    fresh ts. Under the (ts, id) key of store v7 the retry was taken for a new event and acted on twice."""
+    user = f"t-{uuid.uuid4().hex[:8]}"
+    topic = f"wb/v1/{user}/glasses/g1/evt/voice/utterance"
+    async with agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"), Bus(BusOptions(url=any_broker.url)) as dev:
+        await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+        await born(dev, user)
+        first = make(Utterance(text="Take a photo"))
+        await dev.publish(topic, first, wait=True)
+        await dev.publish(topic, first.model_copy(update={"ts": first.ts + 5_000}), wait=True)  # the retry
+        await dev.publish(topic, make(Utterance(text="Take a video")), wait=True)  # a new event, after the retry
+        kinds: list[str] = []
+        async with asyncio.timeout(15):
+            async for m in dev.messages():
+                if m.where.channel is Channel.COMMAND and m.where.name == "camera.capture":
+                    kinds.append(m.data.kind)  # type: ignore[attr-defined]
+                    if kinds[-1] == "video":
+                        break
+        assert kinds == ["photo", "video"]
+    async with Store(tmp_path / "a.db") as store:
+        assert await store.scalar("SELECT COUNT(*) FROM events WHERE id = ?", first.id) == 1

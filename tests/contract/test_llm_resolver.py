@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -32,7 +32,7 @@ class FakeOpenAI:
         self.port = free_port()
         self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> FakeOpenAI:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         return self
 
@@ -116,3 +116,60 @@ async def test_the_agent_uses_it_for_what_the_parser_misses(fake: FakeOpenAI, tm
                         break
     async with Store(tmp_path / "a.db") as store:
         assert len(await store.resolutions()) == 1
+
+
+class SlowOpenAI(FakeOpenAI):
+    """As FakeOpenAI, but each answer waits until the test lets it go (the endpoint is slow, up to its timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.asked.set()
+        await self.release.wait()
+        await super()._serve(reader, writer)
+
+
+@pytest.mark.broker
+async def test_a_slow_llm_call_blocks_nobody_else(tmp_path: Path) -> None:
+    """The issue: while one user's sentence waited for the endpoint, every other user's answers waited too.
+
+    Alice's sentence goes to an LLM that does not answer until Bob has had his answer: with the call on the pump,
+    Bob's answer never comes first and this test times out. Then Alice's late answer is applied to her context.
+    """
+    alice, bob = (f"{n}-{uuid.uuid4().hex[:6]}" for n in ("alice", "bob"))
+    async with SlowOpenAI() as slow, EmbeddedBroker(port=free_port(), users={"agent": "pw"}) as broker:
+        config = ResolverConfig(f"http://127.0.0.1:{slow.port}/v1", "qwen-test", timeout_s=30)
+        settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance="agent-hol", username="agent",
+                                 password="pw", resolver=ChatResolver(config))  # fmt: skip
+        async with AgentRuntime(settings) as agent, Bus(BusOptions(url=broker.url)) as dev:
+            await agent.wait_connected(15)
+            for user in (alice, bob):
+                await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+                for kind, did in (("phone", "p1"), ("earphones", "b1"), ("glasses", "g1")):
+                    state = make(DeviceState(online=True, kind=Kind(kind)))
+                    await dev.publish(f"wb/v1/{user}/{kind}/{did}/state", state, retain=True, wait=True)
+            await dev.publish(
+                f"wb/v1/{alice}/earphones/b1/evt/voice/utterance", make(Utterance(text=SENTENCE)), wait=True
+            )
+            async with asyncio.timeout(15):
+                await slow.asked.wait()  # Alice's sentence is with the LLM now
+            await dev.publish(f"wb/v1/{bob}/glasses/g1/evt/voice/utterance", make(Utterance(text="Take a photo")),
+                              wait=True)  # fmt: skip
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(15):
+                async for m in dev.messages():
+                    if m.where.channel is not Channel.COMMAND:
+                        continue
+                    seen.append((m.where.user or "", m.where.name or ""))
+                    if (bob, "camera.capture") in seen and not slow.release.is_set():
+                        assert all(user != alice for user, _ in seen)  # nothing for Alice yet: she waits alone
+                        slow.release.set()  # now the LLM answers
+                    if (alice, "task.start") in seen:
+                        break
+            assert seen.index((bob, "camera.capture")) < seen.index((alice, "task.start"))
+            assert agent.stats.llm_late == 1
+    async with Store(tmp_path / "a.db") as store:
+        assert len(await store.resolutions()) == 1  # stored with the utterance: a replay gives the same hint

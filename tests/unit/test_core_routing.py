@@ -92,7 +92,7 @@ def test_asleep_holds_a_non_urgent_output_until_awake() -> None:
     assert r.tick(60).commands == []
     out = r.send(Kind.GLASSES, GlassesWear(state="donned"))
     [card] = of(out, ShowCard)
-    assert card.body == "stretch"
+    assert card.title.endswith(" · stretch")  # "⏰ 16:10 · stretch"
 
 
 def test_a_fallback_while_asleep_is_held_too() -> None:

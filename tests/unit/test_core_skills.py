@@ -212,10 +212,10 @@ T0 = [
         "Walk me to the nearest subway.",
         "en",
         ShowNav,
-        {"destination": "nearest subway"},
+        {"destination": "龙翔桥站"},  # the nearest known subway station, not a 0 m route to a name
         "walking directions",
     ),
-    ("带我去最近的地铁站", "zh", ShowNav, {"destination": "最近的地铁站"}, "步行导航"),
+    ("带我去最近的地铁站", "zh", ShowNav, {"destination": "龙翔桥站"}, "步行导航"),
     ("Translate what she's saying.", "en", ShowCaption, {"tgt_lang": "en", "src_lang": "zh"}, ""),
     ("把她说的翻译成中文", "zh", ShowCaption, {"tgt_lang": "zh", "src_lang": "en", "text": "正在聆听…"}, ""),
     ("Start my keynote script.", "en", ShowTeleprompter, {"script_id": "keynote", "page": 1}, ""),
@@ -252,7 +252,7 @@ def test_navigation_without_glasses_is_spoken() -> None:
     out = r.say("Walk me to the nearest subway.")
     assert of(out, ShowNav) == []
     [speak] = of(to(out, Kind.EARPHONES), Speak)
-    assert "nearest subway" in speak.text
+    assert "龙翔桥站" in speak.text
 
 
 def test_capture_needs_the_glasses() -> None:

@@ -50,34 +50,37 @@ async def test_v4_keeps_the_events_and_their_order(tmp_path: Path) -> None:
         assert "AUTOINCREMENT" not in await store.scalar("SELECT sql FROM sqlite_master WHERE name = 'events'")
         await store.commit_batch([event(6)], [], [], [])
         assert await store.scalar("SELECT seq FROM events WHERE id = 'e6'") == 6
-        assert await store.known([("e1", 1), ("e6", 6), ("e7", 7)]) == {("e1", 1), ("e6", 6)}
+        assert await store.known(["e1", "e6", "e7"]) == {"e1", "e6"}
         assert [kind for kind, _, _ in await store.since(0)] == ["event"] * 4 + ["tick", "event", "event"]
 
 
-async def test_v7_keys_the_events_on_their_publish_time_and_id(tmp_path: Path) -> None:
-    """A v6 database (a unique index on the id alone) upgrades with every event kept; the dedup key is then (ts, id),
-    whose inserts land on a few pages (publish times come nearly in order) instead of a page per device."""
+async def test_v8_keys_the_events_on_their_id_alone(tmp_path: Path) -> None:
+    """A v7 database (keyed on (ts, id)) upgrades with every event kept; the dedup key is then the id alone, as the
+    contract says: a device's retry with a fresh ts is the same event, and is not acted on twice."""
     db = tmp_path / "a.db"
     con = sqlite3.connect(db, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:6], start=1):
+    for number, script in enumerate(MIGRATIONS[:7], start=1):
         con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
     con.executemany(_INSERT_EVENT, [event(i) for i in range(1, 4)])
+    con.execute(_INSERT_EVENT, event(2)._replace(ts=9))  # under v7 a retry with a fresh ts was stored (and acted on)
     con.close()
     async with Store(db) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 7
-        assert await store.rows("SELECT seq, id, ts FROM events ORDER BY seq") == [(i, f"e{i}", i) for i in (1, 2, 3)]
+        assert await store.schema_version() == len(MIGRATIONS) == 8
+        rows = await store.rows("SELECT seq, id, ts FROM events ORDER BY seq")
+        assert rows == [(1, "e1", 1), (2, "e2", 2), (3, "e3", 3), (4, "e2#dup4", 9)]  # the log keeps what happened
         indexes = await store.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
-        assert indexes == [("events_key",)]
-        plan = await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE ts = 1 AND id = 'e1'")
-        assert "events_key" in str(plan)
-        await store.commit_batch([event(3), event(4)], [], [], [])  # e3 again (the same message): ignored
-        assert await store.scalar("SELECT COUNT(*) FROM events") == 4
-        again = event(4)._replace(ts=5)  # the same id sent at another time: another message
-        assert await store.known([("e4", 4), ("e4", 5)]) == {("e4", 4)}
-        await store.commit_batch([again], [], [], [])
-        assert await store.known([("e4", 4), ("e4", 5)]) == {("e4", 4), ("e4", 5)}
-        many = [(f"e{i}", i) for i in range(1, 1200)]  # more than one chunk of the dedup query
-        assert await store.known(many) == {("e1", 1), ("e2", 2), ("e3", 3), ("e4", 4)}
+        assert indexes == [("events_id",)]
+        plan = await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE id IN ('e1', 'e2')")
+        assert "events_id" in str(plan)
+        retry = event(3)._replace(ts=7)  # the same event again, stamped anew by the device
+        assert await store.known(["e3", "e4"]) == {"e3"}
+        await store.commit_batch([retry, event(4)], [], [], [])  # the retry is ignored by the store as well
+        assert await store.rows("SELECT id, ts FROM events WHERE id IN ('e3', 'e4') ORDER BY seq") == [
+            ("e3", 3),
+            ("e4", 4),
+        ]
+        many = [f"e{i}" for i in range(1, 1200)]  # more than one chunk of the dedup query
+        assert await store.known(many) == {"e1", "e2", "e3", "e4"}
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -95,7 +98,7 @@ async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
                        None, 1, 2)  # fmt: skip
         await store.commit_batch([event(1), event(2)], [action(1)], [task], [("low_spo2", "a", "re-measure", 5)])
         await store.commit_batch([event(2), event(3)], [], [], [])  # e2 again: ignored
-        assert await store.known([("e1", 1), ("e2", 2), ("e3", 3), ("e4", 4)]) == {("e1", 1), ("e2", 2), ("e3", 3)}
+        assert await store.known(["e1", "e2", "e3", "e4"]) == {"e1", "e2", "e3"}
         assert await store.scalar("SELECT COUNT(*) FROM events") == 3
         assert [a[0] for a in await store.unpublished()] == ["a1"]
         await store.mark_published(["a1"], 4000)
