@@ -217,6 +217,9 @@ class GlassesEmulator(Emulator):
         self._last_levels: tuple[float, float] = (-1.0, -1.0)
         self._camera_until = 0
         self._moving = False
+        #: Settings (shadow): display brightness (0..1) and language.
+        self.brightness = 0.8
+        self.display_lang: str = self.profile.lang
 
     def battery_pct(self) -> float | None:
         """Both cells' combined charge."""
@@ -327,6 +330,13 @@ class GlassesEmulator(Emulator):
         if trigger == "long_press":
             bodies.insert(0, GlassesTouch(side="right", gesture="long_press_start"))
         return bodies
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        """Display brightness and language (quiet hours: the base)."""
+        if key == "brightness":
+            self.brightness = float(value)
+        elif key == "display_lang":
+            self.display_lang = str(value)
 
     def after_speech(self, wake: WakeStep) -> None:
         """Release the temple held to talk."""
@@ -450,7 +460,9 @@ class GlassesEmulator(Emulator):
 
     @on_action(Earcon)
     async def earcon(self, action: Earcon, envelope: Envelope[Earcon]) -> str:
-        """A short sound."""
+        """A short sound (not in the quiet hours, but for errors)."""
+        if action.name != "error":
+            self.check_quiet(self.clock.now_ms(), "earcons")
         self.earcons.append(action.name)
         return f"played {action.name}"
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.actions import DeviceState
+from schemas.envelope import Message
 from schemas.errors import SettingNotSupported, StaleVersion, ValidationFailed
 from schemas.events import Body, Unit
-from schemas.topics import Kind
+from schemas.topics import Channel, DeviceId, Kind
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 MAX_VERSION = 2**53  # exact in JSON numbers as well as msgpack
@@ -306,3 +309,55 @@ def describe(desired: ShadowDesired | None, reported: ShadowReported | None) -> 
         "rejected": dict(reported.rejected) if reported is not None else {},
         "refused": reported.refused.model_dump() if reported is not None and reported.refused is not None else None,
     }
+
+
+@dataclass(slots=True)
+class DeviceShadow:
+    """What is known of one device's settings: both documents and its birth."""
+
+    desired: ShadowDesired | None = None
+    reported: ShadowReported | None = None
+    state: DeviceState | None = None
+
+    @property
+    def supported(self) -> list[str] | None:
+        """The setting keys its birth lists (``None``: no birth seen, or a device that does not say)."""
+        return self.state.settings if self.state is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """See :func:`describe`, plus whether the device is online."""
+        out = describe(self.desired, self.reported)
+        out["online"] = self.state.online if self.state is not None else None
+        return out
+
+
+@dataclass(slots=True)
+class ShadowBook:
+    """The shadows of many devices, fed with decoded messages (state, desired, reported); pure, no I/O."""
+
+    devices: dict[DeviceId, DeviceShadow] = field(default_factory=dict)
+
+    def update(self, message: Message) -> DeviceId | None:
+        """Take one message; returns the device it was about (``None``: not a shadow or state message)."""
+        where = message.where
+        body = message.data
+        if where.channel not in {Channel.STATE, Channel.DESIRED, Channel.REPORTED} or where.kind is None:
+            return None
+        dev = where.device_id
+        entry = self.devices.setdefault(dev, DeviceShadow())
+        if isinstance(body, DeviceState):
+            entry.state = body
+        elif isinstance(body, ShadowDesired):
+            entry.desired = body
+        elif isinstance(body, ShadowReported):
+            entry.reported = body
+        return dev
+
+    def get(self, dev: DeviceId) -> DeviceShadow:
+        """One device's shadow (empty when nothing was seen)."""
+        return self.devices.get(dev, DeviceShadow())
+
+    def of_user(self, user: str) -> dict[DeviceId, DeviceShadow]:
+        """Every device of one user, sorted by kind and id."""
+        mine = [(d, s) for d, s in self.devices.items() if d.user == user]
+        return dict(sorted(mine, key=lambda p: (p[0].kind.value, p[0].device)))
