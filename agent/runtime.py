@@ -57,13 +57,14 @@ from schemas.topics import (
     agent_state_topic,
     command_topic,
     context_topic,
+    desired_topic,
     dlq_topic,
     parse,
     state_topic,
 )
 
 VERSION = "0.1.0"
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
+AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state", "wb/v1/+/+/+/shadow/+")
 
 
 def wall_ms() -> int:
@@ -491,7 +492,11 @@ class AgentRuntime:
                     self._acked.append(action.id)
                     continue
                 fut.add_done_callback(functools.partial(self._on_puback, action.id))
-            if actions:
+            for dev, desired in outcome.desired:  # settings the user asked for: retained, the device applies them
+                raw = codec.encode(make(desired, ts=now))
+                bus.publish_future(Outgoing(desired_topic(dev), raw, 1, True))
+                self.log.info("settings_desired", device=dev.client_id, version=desired.version)
+            if actions or outcome.desired:
                 bus.flush()  # on the wire now, not after the rest of this pump turn
         finally:
             # The devices' acks of earlier actions: recorded after the publishes (they do not delay the actions),

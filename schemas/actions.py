@@ -344,6 +344,10 @@ class ContextSnapshot(Body):
     health: dict[str, float | None] = Field(default_factory=dict)
     tasks: list[dict[str, Any]] = Field(default_factory=list)
     pending: str | None = None
+    settings: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per device (kind/name), each desired setting: applied, pending or 'rejected: why'",
+    )
     display: str | None = None
     speaking: str | None = None
 

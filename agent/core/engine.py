@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from agent.core import context as cx
-from agent.core import routing, rules, skills, tasks
+from agent.core import routing, rules, settings, skills, tasks
 from agent.core.api import Outcome
 from agent.core.config import CoreConfig
 from agent.core.context import CalendarEvent, DeviceInfo, UserContext
@@ -51,6 +51,7 @@ from schemas.events import (
     Utterance,
     Wake,
 )
+from schemas.shadow import ShadowDesired, ShadowReported
 from schemas.topics import Channel, Kind
 
 STATE_VERSION = 2  # 2: each user counts their own action ids
@@ -141,6 +142,9 @@ class AgentCore:
             routing.on_ack(turn, body.action_id, body.action, body.status)
         elif where.channel is Channel.STATE and isinstance(body, DeviceState):
             self._state(turn, dev, body)
+            settings.on_state(ctx, f"{dev.kind}/{dev.name}", body)
+        elif isinstance(body, ShadowDesired | ShadowReported):
+            settings.on_shadow(turn, f"{dev.kind}/{dev.name}", dev.kind, body)
         return out
 
     def tick(self, now_ms: int, users: Iterable[str] | None = None) -> Outcome:
@@ -220,6 +224,7 @@ class AgentCore:
             pending=pending,
             display=ctx.display,
             speaking=ctx.speaking,
+            settings=settings.summary(ctx),
         )
 
     def export_state(self) -> dict[str, Any]:
@@ -378,9 +383,11 @@ class AgentCore:
         talk = turn.ctx.talk
         if talk.asking is not None and skills.answer(turn, body.text, lang, parsed):
             return
+        if settings.start(turn, body.text, lang):  # "turn the glasses brightness down", "把戒指心率测量改成每五分钟"
+            return
         if isinstance(parsed, Reply):
             yes = parsed.kind is ReplyKind.CONFIRM
-            if tasks.resolve(turn, yes, "voice") or yes or skills.undo(turn):
+            if settings.resolve(turn, yes) or tasks.resolve(turn, yes, "voice") or yes or skills.undo(turn):
                 return
             if parsed.kind is ReplyKind.CANCEL:
                 tasks.cancel_latest(turn, lang)  # "cancel my ride": the task in progress
