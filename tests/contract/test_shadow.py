@@ -15,17 +15,21 @@ from typing import Any
 
 import pytest
 
+from agent.runtime import AgentRuntime, AgentSettings
 from broker.client import Bus, BusOptions
 from broker.shadow import publish_desired, read, wait_applied, write
+from broker.testkit.expect import Expect
 from devices.earphones import EarphonesEmulator
 from devices.glasses import GlassesEmulator
 from devices.ring import RingEmulator
 from devices.sdk import DeviceConfig
+from schemas.actions import ContextSnapshot
+from schemas.envelope import make
 from schemas.errors import SettingNotSupported, StaleVersion
-from schemas.events import Wake
+from schemas.events import Utterance, Wake
 from schemas.shadow import QuietHours, RingSettings, ShadowDesired, ShadowReported
-from schemas.topics import DeviceId, Kind, reported_topic
-from tests.conftest import BrokerUnderTest
+from schemas.topics import DeviceId, Kind, desired_topic, reported_topic
+from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
 
 pytestmark = [pytest.mark.broker]
 
@@ -240,3 +244,57 @@ async def test_restart_in_the_middle_of_an_update(any_broker: BrokerUnderTest, t
             await reports.until(lambda r: r.version == 3)
             assert third.stats.settings_applied == 1
     assert reports.versions() == [1, 2, 3]  # each version reported once, across two restarts
+
+
+async def test_the_test_kit_asserts_on_shadows(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    url = any_broker.url
+    glasses_id = DeviceId(USER, Kind.GLASSES, "g-2")
+    async with Expect(url, topic_filter=f"wb/v1/{USER}/#") as expect, bus_on(url) as bus:
+        await write(bus, glasses_id, {"brightness": 0.1}, by="test")
+        with pytest.raises(AssertionError, match=r"expected sh/glasses/g-2 to report the desired version.*pending"):
+            await expect.shadow(glasses_id, within=0.5)  # asleep: desired v1, nothing reported
+        async with GlassesEmulator(USER, "g-2", config(url, tmp_path, "g-2")):
+            shadow = await expect.shadow(glasses_id, within=20)
+        assert shadow.reported is not None
+        assert shadow.reported.version == 1
+        assert shadow.describe()["delta"] == {}
+
+
+async def test_the_agent_changes_a_sleeping_rings_setting_from_one_sentence(
+    any_broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    url = any_broker.url
+    async with RingEmulator(USER, "ring-1", config(url, tmp_path)) as ring:  # known to the bus, then asleep
+        await ring.wait_connected()
+    settings = AgentSettings(
+        url=url, db=tmp_path / "a.db", instance="agent-sh", username=AGENT_USER, password=AGENT_PASSWORD
+    )
+    async with (
+        Expect(url, topic_filter=f"wb/v1/{USER}/#") as expect,
+        AgentRuntime(settings) as agent,
+        bus_on(url) as buds,
+    ):
+        await agent.wait_connected(15)
+        await expect.message(f"wb/v1/{USER}/ring/ring-1/state", within=10)
+        await buds.publish(
+            f"wb/v1/{USER}/earphones/b-1/evt/voice/utterance",
+            make(Utterance(text="把戒指心率测量改成每五分钟", lang="zh")),
+            wait=True,
+        )
+        desired = await expect.message(desired_topic(RING), within=10)
+        assert isinstance(desired.data, ShadowDesired)
+        assert desired.data.by == "agent"
+        assert isinstance(desired.data.settings, RingSettings)
+        assert desired.data.settings.hr_interval_s == 300
+        async with RingEmulator(USER, "ring-1", config(url, tmp_path)) as ring:  # wakes up: applies at its birth
+            await expect.shadow(RING, within=20)
+            assert ring.sampler.cadence.hr_interval_s == 300
+
+            def applied(m: object) -> bool:
+                data = getattr(m, "data", None)
+                return (
+                    isinstance(data, ContextSnapshot)
+                    and data.settings.get("ring/ring-1", {}).get("hr_interval_s") == "applied"
+                )
+
+            await expect.message(f"wb/v1/{USER}/agent/context", where=applied, within=20)
