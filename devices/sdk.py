@@ -450,17 +450,27 @@ class Device:
 
     async def _on_desired(self, desired: ShadowDesired) -> None:
         """Apply what ``desired`` holds that this device has not applied, then report (each version once)."""
+        before = self._refused
+        applied = self.apply_desired(desired)
+        if applied or self._refused != before or self._shadow.reported < self._shadow.version:
+            await self.report_shadow()
+
+    def apply_desired(self, desired: ShadowDesired) -> bool:
+        """Apply the delta of ``desired`` (no I/O): each changed key through :meth:`apply_setting`, then keep what
+        was applied (in ``shadow_file``, before any report). A version already applied does nothing; an older one
+        is refused (see :attr:`refused`).
+
+        Returns:
+            Whether this was a new version (applied, perhaps with rejections in :attr:`rejected`).
+        """
         memory = self._shadow
         refusal = check_desired(desired, memory.version)
         if refusal is not None:
             self.log.warning("shadow_refused", version=desired.version, why=refusal)
             self._refused = Refusal(version=desired.version, reason=refusal)
-            await self.report_shadow()
-            return
+            return False
         if desired.version == memory.version:
-            if memory.reported < memory.version:  # applied, but a restart came before the report
-                await self.report_shadow()
-            return
+            return False  # applied already (perhaps before a restart, its report still owed)
         current = values(self.settings)
         rejected: dict[str, str] = {}
         for key, value in values(desired.settings).items():
@@ -483,7 +493,17 @@ class Device:
         memory.save(self.config.shadow_file)  # applied: kept before the report, so a restart does not apply again
         self._refused = None
         self.log.info("shadow_applied", version=desired.version, applied=sorted(current), rejected=rejected or None)
-        await self.report_shadow()
+        return True
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """The keys of the applied version this device could not apply, with why."""
+        return dict(self._shadow.rejected)
+
+    @property
+    def refused(self) -> Refusal | None:
+        """The last desired document refused as a whole (reported until a newer version is applied)."""
+        return self._refused
 
     async def report_shadow(self) -> None:
         """Publish the retained ``shadow/reported`` and remember that it was (kept across restarts)."""
