@@ -19,6 +19,7 @@ from agent.runtime import AgentRuntime, AgentSettings
 from broker.client import Bus, BusOptions
 from broker.shadow import publish_desired, read, wait_applied, write
 from broker.testkit.expect import Expect
+from broker.testkit.process import ProcessFactory
 from devices.earphones import EarphonesEmulator
 from devices.glasses import GlassesEmulator
 from devices.ring import RingEmulator
@@ -298,3 +299,36 @@ async def test_the_agent_changes_a_sleeping_rings_setting_from_one_sentence(
                 )
 
             await expect.message(f"wb/v1/{USER}/agent/context", where=applied, within=20)
+
+
+async def test_real_processes_set_offline_then_kill_9_and_restart(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    """The issue's "done when", with every part its own process: `wearbus shadow set` while the ring is off, the
+    ring (`wearbus device ring --state-dir`) applies it at its birth, `wearbus shadow get` shows no delta; after a
+    kill -9 and a restart it neither applies nor reports that version again."""
+    url = any_broker.url
+    processes = ProcessFactory(tmp_path / "logs")
+    ring_argv = ("device", "ring", "-u", USER, "--id", "ring-1", "-b", url, "--heartbeat", "0")
+    ring_argv += ("--state-dir", str(tmp_path / "flash"), "--log-level", "info")
+    try:
+        async with Reports(url, RING) as reports:
+            setter = await processes("shadow", "set", "-u", USER, "-d", "ring/ring-1", "hr_interval_s=180", "-b", url)
+            assert await setter.wait(60) == 0, setter.output()
+            first = await processes(*ring_argv, name="ring-1st")
+            await reports.until(lambda r: r.version == 1, timeout=60)
+            getter = await processes("shadow", "get", "-u", USER, "-d", "ring/ring-1", "--json", "-b", url)
+            assert await getter.wait(60) == 0, getter.output()
+            shown = json.loads(getter.output().strip().splitlines()[-1])["sh/ring/ring-1"]
+            assert shown["delta"] == {}
+            assert shown["reported"]["settings"]["hr_interval_s"] == 180
+            await first.kill9()
+            assert first.output().count("shadow_applied") == 1
+
+            second = await processes(*ring_argv, name="ring-2nd")
+            async with bus_on(url) as bus:
+                await second.wait_output("connected", within=60)
+                await write(bus, RING, {"hr_interval_s": 240}, by="test")
+            await reports.until(lambda r: r.version == 2, timeout=60)
+            assert reports.versions() == [1, 2]  # v1 was not reported again after the restart
+            assert second.output().count("shadow_applied") == 1  # only v2: v1 came back from its flash
+    finally:
+        await processes.stop_all()
