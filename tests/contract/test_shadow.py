@@ -307,8 +307,8 @@ async def test_real_processes_set_offline_then_kill_9_and_restart(any_broker: Br
     kill -9 and a restart it neither applies nor reports that version again."""
     url = any_broker.url
     processes = ProcessFactory(tmp_path / "logs")
-    ring_argv = ("device", "ring", "-u", USER, "--id", "ring-1", "-b", url, "--heartbeat", "0")
-    ring_argv += ("--state-dir", str(tmp_path / "flash"), "--log-level", "info")
+    ring_argv = ["device", "ring", "-u", USER, "--id", "ring-1", "-b", url, "--heartbeat", "0"]
+    ring_argv += ["--state-dir", str(tmp_path / "flash"), "--log-level", "info"]
     try:
         async with Reports(url, RING) as reports:
             setter = await processes("shadow", "set", "-u", USER, "-d", "ring/ring-1", "hr_interval_s=180", "-b", url)
