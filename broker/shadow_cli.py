@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
 from broker.settings import Settings
 from broker.shadow import read, wait_applied, write
-from schemas.errors import ConfigError, TopicError, WearbusError
+from schemas.errors import ConfigError, ContractError, ShadowError, TopicError, WearbusError
 from schemas.shadow import DeviceShadow, ShadowBook, parse_assignments
 from schemas.topics import DeviceId, Kind, check_name
 
@@ -54,8 +55,11 @@ def device_id(user: str, text: str) -> DeviceId:
 
 
 def _fail(exc: WearbusError, code: int = 1) -> typer.Exit:
-    reason = getattr(exc, "reason", "")
-    err.print(f"[bold red]refused{f' ({reason})' if reason else ''}:[/] {exc}")
+    if isinstance(exc, ShadowError):  # the contract's refusals, with their reason: stale, capability
+        label = f"refused ({exc.reason})"
+    else:
+        label = "invalid" if isinstance(exc, ContractError) else "error"
+    err.print(f"[bold red]{label}:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -83,7 +87,7 @@ def table(book: ShadowBook, user: str) -> Table:
         keys = sorted(set(desired) | set(reported)) or ["(none)"]
         for i, key in enumerate(keys):
             if key in d["rejected"] and key in d["delta"]:
-                status = f"[red]rejected: {d['rejected'][key]}[/]"
+                status = f"[red]rejected: {escape(d['rejected'][key])}[/]"
             elif key in d["pending"]:
                 status = "[yellow]pending[/]"
             elif key in desired:
@@ -91,9 +95,11 @@ def table(book: ShadowBook, user: str) -> Table:
             else:
                 status = "[dim]device default[/]" if key != "(none)" else ""
             label = f"{dev.kind.value}/{dev.device} {versions}" if i == 0 else ""
-            t.add_row(label, online if i == 0 else "", key, _fmt(desired.get(key)), _fmt(reported.get(key)), status)
+            want, have = escape(_fmt(desired.get(key))), escape(_fmt(reported.get(key)))
+            t.add_row(label, online if i == 0 else "", key, want, have, status)
         if d["refused"] is not None:
-            t.add_row("", "", "", "", "", f"[red]refused v{d['refused']['version']}: {d['refused']['reason']}[/]")
+            refused = d["refused"]
+            t.add_row("", "", "", "", "", f"[red]refused v{refused['version']}: {escape(refused['reason'])}[/]")
     return t
 
 
@@ -162,7 +168,7 @@ def set_command(
     if wait and d["reported"] is not None and d["reported"]["version"] >= desired_v:
         rejected = {k: v for k, v in d["rejected"].items() if k in patch}
         if rejected:
-            err.print(f"[red]{dev} rejected:[/] " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
+            err.print(f"[red]{dev} rejected:[/] " + "; ".join(f"{k}: {escape(v)}" for k, v in rejected.items()))
             raise typer.Exit(3)
         out.print(f"{dev} applied desired v{desired_v}")
         return

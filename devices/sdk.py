@@ -139,6 +139,7 @@ class ShadowMemory:
     reported: int = -1
     settings: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    desired: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None) -> ShadowMemory:
@@ -151,7 +152,13 @@ class ShadowMemory:
             return cls()
         try:
             raw = json.loads(path.read_text())
-            return cls(int(raw["version"]), int(raw["reported"]), dict(raw["settings"]), dict(raw["rejected"]))
+            return cls(
+                int(raw["version"]),
+                int(raw["reported"]),
+                dict(raw["settings"]),
+                dict(raw["rejected"]),
+                dict(raw.get("desired", {})),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DeviceError(f"cannot read the shadow file {path}: {exc}; delete it to start afresh") from exc
 
@@ -161,7 +168,7 @@ class ShadowMemory:
             return
         tmp = path.with_name(path.name + ".tmp")
         data = {"version": self.version, "reported": self.reported, "settings": self.settings}
-        tmp.write_text(json.dumps({**data, "rejected": self.rejected}, ensure_ascii=False))
+        tmp.write_text(json.dumps({**data, "rejected": self.rejected, "desired": self.desired}, ensure_ascii=False))
         os.replace(tmp, path)
 
 
@@ -470,6 +477,10 @@ class Device:
             self._refused = Refusal(version=desired.version, reason=refusal)
             return False
         if desired.version == memory.version:
+            if memory.version and values(desired.settings) != memory.desired:
+                # Two writers raced to the same version: the second one's settings would silently never apply.
+                reason = f"conflict: version {desired.version} was applied with other settings; write it again"
+                self._refused = Refusal(version=desired.version, reason=reason)
             return False  # applied already (perhaps before a restart, its report still owed)
         current = values(self.settings)
         rejected: dict[str, str] = {}
@@ -490,6 +501,7 @@ class Device:
         self.stats.settings_rejected += len(rejected)
         self.settings = SETTINGS[self.kind].model_validate(current)
         memory.version, memory.settings, memory.rejected = desired.version, current, rejected
+        memory.desired = values(desired.settings)
         memory.save(self.config.shadow_file)  # applied: kept before the report, so a restart does not apply again
         self._refused = None
         self.log.info("shadow_applied", version=desired.version, applied=sorted(current), rejected=rejected or None)

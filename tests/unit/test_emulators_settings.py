@@ -100,3 +100,19 @@ async def test_glasses_earphones_and_phone() -> None:
     note = Notify(title="hi")
     assert str(await phone.notify(note, make(note))).startswith("posted silently")
     assert phone.silenced == 1
+
+
+def test_two_writers_racing_to_one_version_are_told() -> None:
+    ring = RingEmulator("alice", "ring-1", clock=ManualClock(T0))
+    assert ring.apply_desired(ShadowDesired(version=1, settings=RingSettings(hr_interval_s=600)))
+    assert not ring.apply_desired(ShadowDesired(version=1, settings=RingSettings(hr_interval_s=600)))
+    assert reason(ring) is None  # the same document again: nothing to say
+    assert not ring.apply_desired(ShadowDesired(version=1, settings=RingSettings(hr_interval_s=900)))
+    assert str(reason(ring)).startswith("conflict: version 1 was applied with other settings")
+    assert ring.apply_desired(ShadowDesired(version=2, settings=RingSettings(hr_interval_s=900)))
+    assert reason(ring) is None
+
+
+def reason(dev: RingEmulator) -> str | None:
+    """Why the device refused the last desired document (a function: mypy keeps no narrowing across calls)."""
+    return dev.refused.reason if dev.refused is not None else None

@@ -148,3 +148,46 @@ def test_the_export_has_the_shadow_channels() -> None:
     doc = asyncapi()
     assert doc["channels"]["earphones.shadow.desired"]["address"] == "wb/v1/{user}/earphones/{device}/shadow/desired"
     assert doc["operations"]["send.ring.shadow.desired"]["bindings"]["mqtt"]["retain"] is True
+
+
+def test_the_command_line_validates_before_it_connects() -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from broker.cli import _register_extensions, app  # noqa: PLC0415
+
+    _register_extensions()
+    runner = CliRunner()
+    bad = runner.invoke(
+        app, ["shadow", "set", "-u", "alice", "-d", "ring/ring-1", "hr_interval_s=5", "-b", "mqtt://127.0.0.1:9"]
+    )
+    assert bad.exit_code == 2
+    assert "hr_interval_s" in bad.output
+    assert "greater than or equal to 60" in bad.output
+    kind = runner.invoke(app, ["shadow", "get", "-u", "alice", "-d", "watch/w1", "-b", "mqtt://127.0.0.1:9"])
+    assert kind.exit_code == 2
+    assert "KIND/ID with KIND one of glasses, ring, earphones, phone" in kind.output
+
+
+@given(
+    patches=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "brightness": st.none() | st.floats(0, 1),
+                "display_lang": st.none() | st.sampled_from(["en", "zh"]),
+            },
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_each_write_adds_one_version_and_a_device_that_applied_it_has_no_delta(
+    patches: list[dict[str, object]],
+) -> None:
+    current: ShadowDesired | None = None
+    for n, patch in enumerate(patches, start=1):
+        current = merge(Kind.GLASSES, current, patch, expected_version=n - 1)
+        assert current.version == n
+        done = ShadowReported(version=current.version, settings=current.settings)
+        assert delta(current, done) == {}
+        assert pending(current, done) == {}
