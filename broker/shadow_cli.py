@@ -74,7 +74,7 @@ def _fmt(value: Any) -> str:
 def table(book: ShadowBook, user: str) -> Table:
     """Desired vs reported, key by key, with the status of each."""
     t = Table(title=f"shadows of {user}")
-    for col in ("device", "online", "setting", "desired", "reported", "status"):
+    for col in ("device", "online", "versions (desired/reported)", "setting", "desired", "reported", "status"):
         t.add_column(col)
     for dev, shadow in book.of_user(user).items():
         d = shadow.describe()
@@ -94,12 +94,13 @@ def table(book: ShadowBook, user: str) -> Table:
                 status = "[green]applied[/]"
             else:
                 status = "[dim]device default[/]" if key != "(none)" else ""
-            label = f"{dev.kind.value}/{dev.device} {versions}" if i == 0 else ""
+            first = i == 0
+            name = f"{dev.kind.value}/{dev.device}" if first else ""
             want, have = escape(_fmt(desired.get(key))), escape(_fmt(reported.get(key)))
-            t.add_row(label, online if i == 0 else "", key, want, have, status)
+            t.add_row(name, online if first else "", versions if first else "", key, want, have, status)
         if d["refused"] is not None:
             refused = d["refused"]
-            t.add_row("", "", "", "", "", f"[red]refused v{refused['version']}: {escape(refused['reason'])}[/]")
+            t.add_row("", "", "", "", "", "", f"[red]refused v{refused['version']}: {escape(refused['reason'])}[/]")
     return t
 
 
