@@ -17,8 +17,10 @@ import pytest
 
 from agent.runtime import AgentRuntime, AgentSettings
 from broker.client import Bus, BusOptions
+from broker.mosquitto import AgentCredential, Credentials, DeviceCredential
 from broker.shadow import publish_desired, read, wait_applied, write
 from broker.testkit.expect import Expect
+from broker.testkit.mosquitto import MosquittoProcess
 from broker.testkit.process import ProcessFactory
 from devices.earphones import EarphonesEmulator
 from devices.glasses import GlassesEmulator
@@ -26,11 +28,11 @@ from devices.ring import RingEmulator
 from devices.sdk import DeviceConfig
 from schemas.actions import ContextSnapshot
 from schemas.envelope import make
-from schemas.errors import SettingNotSupported, StaleVersion
+from schemas.errors import PublishError, SettingNotSupported, StaleVersion
 from schemas.events import Utterance, Wake
 from schemas.shadow import QuietHours, RingSettings, ShadowDesired, ShadowReported
 from schemas.topics import DeviceId, Kind, desired_topic, reported_topic
-from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest
+from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
 
 pytestmark = [pytest.mark.broker]
 
@@ -332,3 +334,35 @@ async def test_real_processes_set_offline_then_kill_9_and_restart(any_broker: Br
             assert second.output().count("shadow_applied") == 1  # only v2: v1 came back from its flash
     finally:
         await processes.stop_all()
+
+
+async def test_the_generated_acl_lets_each_role_do_its_part(tmp_path: Path) -> None:
+    """With the ACL `wearbus broker config` writes: the agent writes desired settings and reads reports; a device
+    reads only its own desired settings and writes only its own report."""
+    require_mosquitto()
+    ring_cred = DeviceCredential(USER, "ring", "ring-1", "ring-secret")
+    other_cred = DeviceCredential(USER, "ring", "ring-2", "other-secret")
+    credentials = Credentials(devices=(ring_cred, other_cred), agents=(AgentCredential("agent", "agent-secret"),))
+    async with MosquittoProcess(credentials=credentials) as broker:
+        host = broker.url.removeprefix("mqtt://")
+        agent_url = f"mqtt://agent:agent-secret@{host}"
+        async with Bus(BusOptions(url=agent_url, client_id="agent", name="agent")) as agent:
+            await write(agent, RING, {"hr_interval_s": 900}, by="agent")
+        cfg = DeviceConfig(url=broker.url, password="ring-secret", heartbeat_s=0, shadow_file=tmp_path / "r.json")
+        async with Reports(agent_url, RING) as reports, RingEmulator(USER, "ring-1", cfg) as ring:
+            await reports.until(lambda r: r.version == 1, timeout=20)
+            assert ring.sampler.cadence.hr_interval_s == 900
+        # Another device may neither read nor write this ring's settings.
+        other = Bus(BusOptions(url=broker.url, client_id=other_cred.username, username=other_cred.username,
+                               password="other-secret", name="other"))  # fmt: skip
+        async with other:
+            await other.subscribe(f"{RING.prefix}/shadow/#", 1)
+            forged = ShadowDesired(version=7, settings=RingSettings(hr_interval_s=60))
+            with pytest.raises(PublishError, match="Not authorized"):  # MQTT 5: the broker says so
+                await publish_desired(other, RING, forged)
+            assert await other.next_batch(timeout=1.0) == []  # and delivers nothing it may not read
+        async with bus_on(agent_url) as check:
+            book = await read(check, USER, RING)
+        desired = book.get(RING).desired
+        assert desired is not None
+        assert desired.version == 1
