@@ -392,6 +392,7 @@ class AgentRuntime:
         # Stored with the users whose timers did something, so a replay fires the same ones at the same time (a
         # tick that only cleared a timer or refreshed a flag fires again on the restored state: the same result).
         changed = {c.device.user for c in ticked.commands} | {t.user for t in ticked.tasks}
+        changed.update(dev.user for dev, _ in ticked.desired)  # settings published again
         changed.update(user for _, user, _ in ticked.alerts)
         return [TickRow(at, tuple(sorted(changed)))] if changed else []
 

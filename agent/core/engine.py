@@ -158,18 +158,19 @@ class AgentCore:
         chosen = known.items() if users is None else [(u, known[u]) for u in users if u in known]
         for user, ctx in chosen:
             ctx.now = max(ctx.now, now_ms)
-            before = (len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed))
+            before = _sizes(out)
             turn = Turn(cfg, cfg.profile(user), ctx, now=now_ms, corr=f"tick-{user}", outcome=out)
             routing.expire(turn)
             tasks.tick(turn)
             skills.tick(turn)
+            settings.tick(turn)
             rules.tick(turn)
             routing.release_held(turn)
             flags = self._flags(turn)
             if flags != ctx.flags:
                 ctx.flags = flags
                 turn.changed()
-            if (len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed)) != before:
+            if _sizes(out) != before:
                 # A timer that produced something changed the user's state. One that changed it silently (a
                 # cleared timer, a folded baseline) fires again on the restored state after a crash: same result.
                 self._dirty.add(user)
@@ -556,6 +557,11 @@ class AgentCore:
 
     def _task_status(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: TaskStatus) -> None:
         tasks.on_status(turn, body, env.corr)
+
+
+def _sizes(out: Outcome) -> tuple[int, ...]:
+    """How much an outcome holds (a tick that added anything changed the user's state)."""
+    return len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed), len(out.desired)
 
 
 class _Dumped(Mapping[str, Any]):

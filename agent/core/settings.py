@@ -29,6 +29,10 @@ from schemas.shadow import (
 from schemas.topics import DeviceId, Kind
 
 CONFIRM_S = 30
+#: A desired document the agent wrote but has not heard back within this (a crash between storing the request and
+#: the publish, a lost connection) is published again, at most ``MAX_RESENDS`` times.
+RESEND_S = 10
+MAX_RESENDS = 3
 STEP = 0.2
 #: What a device uses when nothing was set (for "a bit brighter" before any report came).
 DEFAULTS: dict[str, float] = {"brightness": 0.8, "volume": 0.6, "haptic_strength": 1.0}
@@ -206,8 +210,10 @@ def on_shadow(turn: Turn, key: str, kind: str, body: ShadowDesired | ShadowRepor
     """A desired or reported document: keep what it says; tell the user about a rejection once."""
     entry = turn.ctx.settings.devices.setdefault(key, DeviceSettings(kind=kind))
     if isinstance(body, ShadowDesired):
+        entry.seen = max(entry.seen, body.version)
         if body.version >= entry.desired_version:
             entry.desired_version, entry.desired = body.version, values(body.settings)
+            entry.resends = 0
         turn.changed()
         return
     entry.refused = body.refused.reason if body.refused is not None else None
@@ -312,7 +318,28 @@ def _write(turn: Turn, docs: dict[str, dict[str, Any]]) -> None:
         kind, device = name.split("/", 1)
         turn.outcome.desired.append((DeviceId(turn.ctx.user, Kind(kind), device), doc))
         entry.desired_version, entry.desired = doc.version, values(doc.settings)
+        entry.written_at, entry.resends = turn.now, 0
     turn.changed()
+
+
+def tick(turn: Turn) -> None:
+    """Publish again a desired document the agent wrote but never heard back (it is retained and versioned, so a
+    copy changes nothing); drop a confirmation nobody answered."""
+    ctx = turn.ctx
+    if ctx.settings.pending is not None and ctx.settings.pending.until < turn.now:
+        ctx.settings.pending = None
+    for name, entry in ctx.settings.devices.items():
+        if entry.desired_version <= entry.seen or entry.resends >= MAX_RESENDS:
+            continue
+        if turn.now - entry.written_at < RESEND_S * 1000:
+            continue
+        kind, device = name.split("/", 1)
+        doc = ShadowDesired(
+            version=entry.desired_version, settings=SETTINGS[Kind(kind)].model_validate(entry.desired), by="agent"
+        )
+        turn.outcome.desired.append((DeviceId(ctx.user, Kind(kind), device), doc))
+        entry.written_at = turn.now
+        entry.resends += 1
 
 
 def _known(ctx: UserContext) -> dict[str, DeviceSettings]:

@@ -21,6 +21,9 @@ class DeviceSettings:
         refused: why it refused a desired document as a whole (a stale version), if it did.
         supported: the keys its birth lists (``None``: unknown).
         told: the reported version whose rejections the user was told about.
+        seen: the highest desired version that came back from the bus (the agent hears its own writes).
+        written_at: when the agent last published a desired version it has not heard back yet.
+        resends: how many times it published that version again.
     """
 
     kind: str
@@ -32,6 +35,9 @@ class DeviceSettings:
     refused: str | None = None
     supported: list[str] | None = None
     told: int = 0
+    seen: int = 0
+    written_at: int = 0
+    resends: int = 0
 
     def status(self) -> dict[str, str]:
         """Each desired key: ``applied``, ``pending`` (the device has not reported it yet) or ``rejected: why``."""

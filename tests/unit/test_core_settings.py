@@ -184,3 +184,20 @@ def test_settings_survive_a_restore() -> None:
     glasses = next(v for k, v in ctx.settings.devices.items() if k.startswith("glasses/"))
     assert glasses.desired == {"brightness": 0.4}
     assert load(type(glasses), dump(glasses)) == glasses
+
+
+def test_a_write_never_heard_back_is_published_again_a_few_times() -> None:
+    r = rig()
+    out = r.say("set glasses brightness to 40%")
+    [(dev, doc)] = out.desired
+    assert r.tick(5).desired == []  # too soon: the echo may still be on its way
+    again = r.tick(6).desired
+    assert again == [(dev, doc.model_copy(update={"by": "agent"}))]
+    r.tick(11)
+    r.tick(11)
+    assert r.tick(11).desired == []  # at most three times
+    heard = Rig(AgentCore(config("en")))
+    heard.state(Kind.GLASSES, True, settings=setting_keys(Kind.GLASSES))
+    [(dev, doc)] = heard.say("set glasses brightness to 40%").desired
+    heard.feed(heard.message(desired_topic(dev), heard.envelope(doc)))  # the agent hears its own write
+    assert heard.tick(30).desired == []
