@@ -83,9 +83,13 @@ def test_an_older_version_is_refused_and_a_bad_value_rejected(tmp_path: Path) ->
 
 async def test_glasses_earphones_and_phone() -> None:
     glasses = GlassesEmulator("alice", "g-1", clock=ManualClock(T0))
-    glasses.apply_desired(ShadowDesired(version=1, settings=GlassesSettings(brightness=0.25, display_lang="zh")))
+    glasses.worn, glasses.hud.kind = True, "text"  # worn, something on the display
+    glasses.apply_desired(ShadowDesired(version=1, settings=GlassesSettings(brightness=0.8)))
+    bright = glasses.cells.runtime_left_s(T0)
+    glasses.apply_desired(ShadowDesired(version=2, settings=GlassesSettings(brightness=0.25, display_lang="zh")))
     assert (glasses.brightness, glasses.display_lang) == (0.25, "zh")
-    glasses.apply_desired(ShadowDesired(version=2, settings=GlassesSettings(quiet_hours=QUIET)))
+    assert glasses.cells.runtime_left_s(T0) > bright * 1.1  # a dimmer display draws less
+    glasses.apply_desired(ShadowDesired(version=3, settings=GlassesSettings(quiet_hours=QUIET)))
     with pytest.raises(ActionRejected, match="no earcons"):
         await glasses.earcon(Earcon(name="notify"), make(Earcon(name="notify")))
 
