@@ -410,11 +410,15 @@ class AgentCore:
 
     def _yes(self, turn: Turn, modality: str, *, page: bool = True) -> None:
         self._awake(turn)
+        if settings.resolve(turn, True):  # a pending settings change (a sensor stream off, a new wake word)
+            return
         if not tasks.resolve(turn, True, modality) and page:
             skills.page(turn, +1)
 
     def _no(self, turn: Turn, modality: str) -> None:
         self._awake(turn)
+        if settings.resolve(turn, False):
+            return
         if not tasks.resolve(turn, False, modality):
             skills.undo(turn)
 

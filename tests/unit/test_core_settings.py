@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from agent.core.engine import AgentCore
-from agent.core.settings import SettingRequest, parse, tier, where_applied
+from agent.core.settings import CONFIRM_S, SettingRequest, parse, tier, where_applied
 from agent.core.state import dump, load
 from agent.core.testing import Rig, config
 from schemas.actions import Speak
+from schemas.events import RingGesture
 from schemas.shadow import (
     EarphonesSettings,
     GlassesSettings,
@@ -201,3 +202,16 @@ def test_a_write_never_heard_back_is_published_again_a_few_times() -> None:
     [(dev, doc)] = heard.say("set glasses brightness to 40%").desired
     heard.feed(heard.message(desired_topic(dev), heard.envelope(doc)))  # the agent hears its own write
     assert heard.tick(30).desired == []
+
+
+def test_a_ring_press_confirms_a_settings_change() -> None:
+    r = rig()
+    assert r.say("change the wake word to Hey Ring").desired == []
+    pressed = r.send(Kind.RING, RingGesture(gesture="press"))
+    [(dev, doc)] = pressed.desired
+    assert dev.kind is Kind.EARPHONES
+    assert isinstance(doc.settings, EarphonesSettings)
+    assert doc.settings.wake_word == "Hey Ring"
+    r.say("stop sleep tracking")
+    r.tick(CONFIRM_S + 1)  # nobody answered: it lapses
+    assert r.send(Kind.RING, RingGesture(gesture="press")).desired == []
