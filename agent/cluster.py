@@ -106,6 +106,7 @@ def user_filters(users: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for user in sorted(users):
         out += [f"wb/v1/{user}/+/+/evt/#", f"wb/v1/{user}/+/+/ack", f"wb/v1/{user}/+/+/state"]
+        out.append(f"wb/v1/{user}/+/+/shadow/+")
     return tuple(out)
 
 

@@ -30,7 +30,7 @@ from schemas.envelope import Message, make
 from schemas.errors import ConfigError, ContractError
 from schemas.topics import Channel, ack_topic, parse
 
-AGENT_CHANNELS = frozenset({Channel.EVENT, Channel.ACK, Channel.STATE})
+AGENT_CHANNELS = frozenset({Channel.EVENT, Channel.ACK, Channel.STATE, Channel.DESIRED, Channel.REPORTED})
 
 
 @dataclass(frozen=True, slots=True)

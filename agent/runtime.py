@@ -58,12 +58,13 @@ from schemas.topics import (
     agent_state_topic,
     command_topic,
     context_topic,
+    desired_topic,
     parse,
     state_topic,
 )
 
 VERSION = "0.1.0"
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
+AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state", "wb/v1/+/+/+/shadow/+")
 
 
 def wall_ms() -> int:
@@ -408,6 +409,7 @@ class AgentRuntime:
         # Stored with the users whose timers did something, so a replay fires the same ones at the same time (a
         # tick that only cleared a timer or refreshed a flag fires again on the restored state: the same result).
         changed = {c.device.user for c in ticked.commands} | {t.user for t in ticked.tasks}
+        changed.update(dev.user for dev, _ in ticked.desired)  # settings published again
         changed.update(user for _, user, _ in ticked.alerts)
         return [TickRow(at, tuple(sorted(changed)))] if changed else []
 
@@ -523,7 +525,11 @@ class AgentRuntime:
                     self._acked.append(action.id)
                     continue
                 fut.add_done_callback(functools.partial(self._on_puback, action.id))
-            if actions:
+            for dev, desired in outcome.desired:  # settings the user asked for: retained, the device applies them
+                raw = codec.encode(make(desired, ts=now))
+                bus.publish_future(Outgoing(desired_topic(dev), raw, 1, True))
+                self.log.info("settings_desired", device=dev.client_id, version=desired.version)
+            if actions or outcome.desired:
                 bus.flush()  # on the wire now, not after the rest of this pump turn
         finally:
             # The devices' acks of earlier actions: recorded after the publishes (they do not delay the actions),

@@ -354,7 +354,7 @@ def schema_export(out_dir: Annotated[Path, typer.Argument(help="Directory to wri
 # ---------------------------------------------------------------------------------------------- entry
 
 
-_BUILT_IN = ("broker.testkit.record:register", "broker.console.cli:register")
+_BUILT_IN = ("broker.testkit.record:register", "broker.console.cli:register", "broker.shadow_cli:register")
 
 
 def _register_extensions() -> None:

@@ -310,18 +310,23 @@ def render_acl(agents: Sequence[str] = ("agent",), operators: Sequence[str] = ("
         "# Mosquitto warns at start that this pattern has no %u or %c; that warning is expected (topic lines",
         "# outside a user block would apply to anonymous clients only).",
         "pattern read wb/v1/_agent/+/state",
+        "# settings (shadow): a device reads its own desired settings and writes what it applied",
+        "pattern read wb/v1/%u/shadow/desired",
+        "pattern write wb/v1/%u/shadow/reported",
     ]
     for name in agents:
         _check_role_name(name)
         out += [
             "",
-            f"# -- agent instance {name}: reads device events, acks and states; writes commands,",
-            "# the per-user context, the DLQ and its own online/offline state",
+            f"# -- agent instance {name}: reads device events, acks, states and settings; writes commands,",
+            "# desired settings, the per-user context, the DLQ and its own online/offline state",
             f"user {name}",
             "topic read wb/v1/+/+/+/evt/#",
             "topic read wb/v1/+/+/+/ack",
             "topic read wb/v1/+/+/+/state",
             "topic write wb/v1/+/+/+/cmd/#",
+            "topic read wb/v1/+/+/+/shadow/reported",
+            "topic readwrite wb/v1/+/+/+/shadow/desired",
             "topic readwrite wb/v1/+/agent/context",
             "topic readwrite wb/v1/_agent/#",
             "topic write wb/v1/_dlq/#",

@@ -76,6 +76,14 @@ KeepaliveOpt = Annotated[
 ]
 HeartbeatOpt = Annotated[float, typer.Option("--heartbeat", min=0, help="Wall seconds between heartbeats (0: none).")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Keep the settings the device applied (its shadow) in this directory across restarts, as a real "
+        "device's flash does (one device, not a fleet).",
+    ),
+]
 
 
 def _command(kind: Kind) -> Callable[..., None]:
@@ -94,6 +102,7 @@ def _command(kind: Kind) -> Callable[..., None]:
         fleet_by: FleetByOpt = "users",
         keepalive: KeepaliveOpt = 10,
         heartbeat: HeartbeatOpt = 10.0,
+        state_dir: StateDirOpt = None,
         log_level: LogOpt = "info",
         protocol: ProtocolOpt = None,
         transport: TransportOpt = None,
@@ -115,7 +124,10 @@ def _command(kind: Kind) -> Callable[..., None]:
                 keepalive=keepalive,
                 heartbeat=heartbeat,
                 mqtt=mqtt_choice(protocol, transport),
+                state_dir=state_dir,
             )
+            if state_dir is not None and fleet > 1:
+                raise ConfigError("--state-dir keeps one device's settings: use it without --fleet")
             if fleet_by not in ("users", "ids"):
                 raise ConfigError("--fleet-by is 'users' or 'ids'")
             by: Literal["users", "ids"] = "users" if fleet_by == "users" else "ids"
@@ -150,6 +162,7 @@ def make_spec(
     keepalive: int = 10,
     heartbeat: float = 10.0,
     mqtt: tuple[MqttProtocol, TransportName] = ("auto", "auto"),
+    state_dir: Path | None = None,
 ) -> Spec:
     """Everything a run needs, from the command-line values.
 
@@ -178,6 +191,12 @@ def make_spec(
         keepalive_s=keepalive,
         heartbeat_s=heartbeat,
     )
+    if state_dir is not None:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--state-dir {state_dir}: {exc}") from exc
+        config.shadow_file = state_dir / f"{user}.{kind.value}.{device}.shadow.json"
     return Spec(
         kind=kind,
         user=user,

@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Literal
 from devices.emulator import Armed, Emulator, WakeTrigger, speaking_ms
 from devices.models import EarphonesBattery, Slot
 from devices.scenario import Change, EarphonesSpec, Step
-from devices.sdk import ActionRejected, on_action
+from devices.sdk import ActionRejected, SettingRejected, on_action
 from schemas.actions import Earcon, MediaControl, SetAnc, Speak
 from schemas.envelope import Envelope
-from schemas.events import Activity, AncState, Body, EarBattery, EarTouch, HeadGesture, InEar, PlaybackState
+from schemas.events import Activity, AncState, Body, EarBattery, EarTouch, HeadGesture, InEar, PlaybackState, Wake
 from schemas.topics import Kind
 
 PlaybackKind = Literal["speaking", "idle", "music"]
@@ -163,6 +163,9 @@ class EarphonesEmulator(Emulator):
         self._last_battery = 0
         self._last_levels: tuple[float, float] = (-1.0, -1.0)
         self._last_playback: tuple[PlaybackKind, str | None, int] | None = None
+        #: Settings (shadow): the wake word (``None``: the language's default) and the volume (0..1).
+        self.wake_word: str | None = None
+        self.volume = 0.6
 
     @property
     def worn(self) -> bool:
@@ -256,9 +259,20 @@ class EarphonesEmulator(Emulator):
     def wake_bodies(self, trigger: WakeTrigger, lang: str) -> list[Body]:
         """A press-and-hold wake starts with the stem held."""
         bodies = super().wake_bodies(trigger, lang)
+        if trigger == "wake_word" and self.wake_word is not None:  # the wake word set through the shadow
+            bodies = [b.model_copy(update={"keyword": self.wake_word}) if isinstance(b, Wake) else b for b in bodies]
         if trigger == "long_press":
             bodies.insert(0, EarTouch(side="right", gesture="long_press"))
         return bodies
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        """The wake word the buds listen for, and their volume (quiet hours: the base)."""
+        if key == "wake_word":
+            if not str(value).strip():
+                raise SettingRejected("an empty wake word cannot be detected")
+            self.wake_word = str(value).strip()
+        elif key == "volume":
+            self.volume = float(value)
 
     def react(self, armed: Armed, subject: int, t: int) -> None:
         """Answer what was said: a spoken reply, a nod or shake, or a tap."""
@@ -291,9 +305,11 @@ class EarphonesEmulator(Emulator):
 
     @on_action(Earcon)
     async def earcon(self, action: Earcon, envelope: Envelope[Earcon]) -> str:
-        """A short sound."""
+        """A short sound (not in the quiet hours, but for errors)."""
         if not self.worn:
             raise ActionRejected("the earbuds are in their case")
+        if action.name != "error":
+            self.check_quiet(self.clock.now_ms(), "earcons")
         self.earcons.append(action.name)
         return f"played {action.name}"
 

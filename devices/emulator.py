@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, ClassVar, Literal, TypeVar
 
 from devices.scenario import PERSON, Change, Plan, ProfileSpec, Respond, Scenario, Step, format_offset
-from devices.sdk import Device, DeviceConfig
+from devices.sdk import ActionRejected, Device, DeviceConfig
 from schemas.clock import Clock
 from schemas.envelope import Envelope
 from schemas.events import Body, Utterance, Vad, Wake
@@ -342,3 +342,22 @@ class Emulator(Device):
 
     def after_speech(self, wake: WakeStep) -> None:
         """The utterance is out (the glasses release a long press here)."""
+
+    # ------------------------------------------------------------------ settings
+
+    def quiet_now(self, t: int) -> bool:
+        """Whether ``t`` falls in the quiet hours applied from the shadow (in the user's local time)."""
+        quiet = self.settings.quiet_hours
+        if quiet is None:
+            return False
+        minute = ((t // 60_000) + self.profile.tz_offset_min) % (24 * 60)
+        return quiet.contains(minute)
+
+    def check_quiet(self, t: int, what: str) -> None:
+        """Refuse ``what`` during the quiet hours.
+
+        Raises:
+            ActionRejected: saying so.
+        """
+        if self.quiet_now(t):
+            raise ActionRejected(f"quiet hours ({self.settings.quiet_hours}): no {what}")

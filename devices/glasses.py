@@ -61,6 +61,7 @@ PHOTO_SIZE = (4032, 3024)  # Sony IMX681, 12 MP (reference/devices.md §1.1)
 # Drain multipliers of GlassesCells (1.0 = continuous use, 3.5 h a cell): idle on the face, display lit, speaking,
 # capturing, and folded away.
 LOAD_IDLE, LOAD_DISPLAY, LOAD_SPEAKING, LOAD_CAMERA, LOAD_OFF = 0.45, 0.45, 0.2, 1.0, 0.05
+DEFAULT_BRIGHTNESS = 0.8  # the display brightness before any setting
 
 
 @dataclass(slots=True)
@@ -217,6 +218,9 @@ class GlassesEmulator(Emulator):
         self._last_levels: tuple[float, float] = (-1.0, -1.0)
         self._camera_until = 0
         self._moving = False
+        #: Settings (shadow): display brightness (0..1) and language.
+        self.brightness = DEFAULT_BRIGHTNESS
+        self.display_lang: str = self.profile.lang
 
     def battery_pct(self) -> float | None:
         """Both cells' combined charge."""
@@ -265,10 +269,14 @@ class GlassesEmulator(Emulator):
         if not self.worn:
             load = LOAD_OFF
         else:
-            load = LOAD_IDLE + (LOAD_DISPLAY if self.hud.on else 0.0)
+            load = LOAD_IDLE + (LOAD_DISPLAY * self._display_power() if self.hud.on else 0.0)
             load += LOAD_SPEAKING if self.speech.state == "speaking" else 0.0
             load += LOAD_CAMERA if self._camera_until else 0.0
         self.cells.set_load(load, now)
+
+    def _display_power(self) -> float:
+        """The display's draw relative to the default brightness (0.8): a quarter fixed, the rest with brightness."""
+        return (0.25 + 0.75 * self.brightness) / (0.25 + 0.75 * DEFAULT_BRIGHTNESS)
 
     def _display_changed(self, now: int) -> None:
         self.emit(self.hud.display_state())
@@ -327,6 +335,14 @@ class GlassesEmulator(Emulator):
         if trigger == "long_press":
             bodies.insert(0, GlassesTouch(side="right", gesture="long_press_start"))
         return bodies
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        """Display brightness and language (quiet hours: the base)."""
+        if key == "brightness":
+            self.brightness = float(value)
+            self._update_load(self.clock.now_ms())  # a dimmer display draws less
+        elif key == "display_lang":
+            self.display_lang = str(value)
 
     def after_speech(self, wake: WakeStep) -> None:
         """Release the temple held to talk."""
@@ -450,7 +466,9 @@ class GlassesEmulator(Emulator):
 
     @on_action(Earcon)
     async def earcon(self, action: Earcon, envelope: Envelope[Earcon]) -> str:
-        """A short sound."""
+        """A short sound (not in the quiet hours, but for errors)."""
+        if action.name != "error":
+            self.check_quiet(self.clock.now_ms(), "earcons")
         self.earcons.append(action.name)
         return f"played {action.name}"
 

@@ -118,6 +118,7 @@ class PhoneEmulator(Emulator):
         self._task_counts: Counter[str] = Counter()
         self.prompts: list[Prompt] = []
         self.notices: list[Notify] = []
+        self.silenced = 0  # notifications posted without sound in the quiet hours
         self.media: list[MediaControl] = []
         self.delivered: list[TaskStatus] = []
         self._level = spec.battery_pct
@@ -343,9 +344,12 @@ class PhoneEmulator(Emulator):
 
     @on_action(Notify)
     async def notify(self, action: Notify, envelope: Envelope[Notify]) -> str:
-        """Post a notification."""
+        """Post a notification (silently in the quiet hours set through the shadow)."""
         self.notices.append(action)
         del self.notices[:-50]
+        if self.quiet_now(self.clock.now_ms()):
+            self.silenced += 1
+            return f"posted silently (quiet hours {self.settings.quiet_hours})"
         return "posted"
 
     @on_action(MediaControl)

@@ -7,6 +7,7 @@ every sample keeps the time it was taken (``src_ts``), however late its batch ar
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from devices.emulator import Armed, Emulator, seeded
@@ -32,7 +33,7 @@ from devices.models import (
     next_sync_ms,
 )
 from devices.scenario import Change, RingSpec, Step
-from devices.sdk import ActionRejected, on_action
+from devices.sdk import ActionRejected, SettingRejected, on_action
 from schemas.actions import Haptic, MeasureNow, RingSync
 from schemas.envelope import Envelope
 from schemas.events import (
@@ -50,11 +51,22 @@ from schemas.events import (
     SyncBatch,
 )
 from schemas.events import RingBattery as RingBatteryEvent
+from schemas.shadow import RING_STREAMS
 from schemas.topics import Kind
 
 MAX_BATCH = 5000  # SyncBatch.items limit
 GESTURE_MS = {"press": 180, "long_press": 1200, "pinch": 120, "double_pinch": 350, "scroll_up": 250, "scroll_down": 250}
 MEASURE_LOAD = 3.0  # the optical sensor runs continuously during a spot measurement
+#: The stream (a ``streams`` setting value) each synced item belongs to.
+STREAM_OF: dict[type[BatchItem], str] = {
+    HeartRate: "hr",
+    Hrv: "hrv",
+    SpO2: "spo2",
+    SkinTemp: "skin_temp",
+    Steps: "steps",
+    SleepSegment: "sleep",
+    RespRate: "sleep",
+}
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -136,6 +148,9 @@ class RingEmulator(Emulator):
         self.next_sync = self.t0 + self.rng.randint(60_000, max(60_000, self._interval_ms))
         self.last_sync = self.t0
         self.synced = 0
+        #: Settings (shadow): the streams the ring samples and syncs, and its haptic motor's strength.
+        self.streams: set[str] = set(RING_STREAMS)
+        self.haptic_strength = 1.0
 
     def battery_pct(self) -> float | None:
         """The ring's charge."""
@@ -169,7 +184,11 @@ class RingEmulator(Emulator):
             How many items were sent.
         """
         self.advance(now)
-        items = [item for item in map(to_item, self.sampler.drain()) if item is not None]
+        items = [
+            item
+            for item in map(to_item, self.sampler.drain())
+            if item is not None and STREAM_OF.get(type(item), "") in self.streams
+        ]
         for i in range(0, len(items), MAX_BATCH):
             chunk = items[i : i + MAX_BATCH]
             first = min(self.last_sync, *(it.src_ts or now for it in chunk))
@@ -256,6 +275,26 @@ class RingEmulator(Emulator):
         if self.worn:
             self.gesture(armed.spec.do)
 
+    # ------------------------------------------------------------------ settings
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        """The sampling cadence, the streams sampled and synced, the haptic strength (quiet hours: the base)."""
+        now = self.clock.now_ms()
+        match key:
+            case "hr_interval_s":
+                self.advance(now)  # what was due at the old cadence is taken first
+                self.sampler.set_cadence(replace(self.sampler.cadence, hr_interval_s=int(value)))
+            case "streams":
+                self.advance(now)
+                streams = set(value)
+                spo2 = Spo2Mode(self.spec.spo2_mode) if "spo2" in streams else Spo2Mode.OFF
+                if "spo2" in streams and spo2 is Spo2Mode.OFF:
+                    raise SettingRejected("SpO2 is switched off on this ring (spo2_mode off)")
+                self.sampler.set_cadence(replace(self.sampler.cadence, hr_enabled="hr" in streams, spo2_mode=spo2))
+                self.streams = streams
+            case "haptic_strength":
+                self.haptic_strength = float(value)
+
     # ------------------------------------------------------------------ actions
 
     @on_action(Haptic)
@@ -263,9 +302,11 @@ class RingEmulator(Emulator):
         """Buzz (recorded in :attr:`haptics`)."""
         if not self.worn:
             raise ActionRejected("the ring is not on a finger: nobody would feel it")
+        if action.pattern != "alert":
+            self.check_quiet(self.clock.now_ms(), "haptics but alerts")
         self.haptics.append(action)
         self.trigger("haptic", [action.pattern], self.clock.now_ms())
-        return f"buzzed {action.pattern} at {action.intensity:.0%}"
+        return f"buzzed {action.pattern} at {action.intensity * self.haptic_strength:.0%}"
 
     @on_action(MeasureNow)
     async def measure_now(self, action: MeasureNow, envelope: Envelope[MeasureNow]) -> str:

@@ -6,6 +6,12 @@ epoch, emits typed events through a bounded outbox that holds them while the bro
 them in order when they return (what had to be dropped is counted and reported), dispatches typed actions to
 handlers and acknowledges every one (``done``, ``rejected`` with the reason, or ``expired``), and sends heartbeats.
 
+Settings travel as a shadow (:mod:`schemas.shadow`): the device subscribes to its retained ``shadow/desired``, so on
+every connect (a sleeping device waking up included) it receives the latest desired document, applies the delta
+through :meth:`Device.apply_setting` (raise :class:`SettingRejected` to refuse a value) and publishes the retained
+``shadow/reported``. With ``DeviceConfig.shadow_file`` what it applied and reported is kept across restarts (a real
+device's flash), so an update interrupted by a restart is applied once and reported once.
+
 Subclasses declare handlers with :func:`on_action` and put their behaviour in :meth:`Device.behave`::
 
     class MyRing(Device):
@@ -21,10 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -36,7 +45,17 @@ from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, make
 from schemas.errors import BusConnectionError, DeviceError, MessageTooLarge, PublishError
 from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
-from schemas.topics import Channel, DeviceId, Kind, ack_topic, event_topic, state_topic
+from schemas.shadow import SETTINGS, Refusal, ShadowDesired, ShadowReported, check_desired, setting_keys, values
+from schemas.topics import (
+    Channel,
+    DeviceId,
+    Kind,
+    ack_topic,
+    desired_topic,
+    event_topic,
+    reported_topic,
+    state_topic,
+)
 
 A = TypeVar("A", bound=Body)
 Handler = Callable[[Any, Any, Envelope[Any]], Awaitable[str | None]]
@@ -44,6 +63,10 @@ Handler = Callable[[Any, Any, Envelope[Any]], Awaitable[str | None]]
 
 class ActionRejected(DeviceError):
     """Raise from an action handler to answer ``rejected`` with this reason."""
+
+
+class SettingRejected(DeviceError):
+    """Raise from :meth:`Device.apply_setting` to report the value as rejected with this reason."""
 
 
 def on_action(model: type[A]) -> Callable[[Callable[[Any, A, Envelope[A]], Awaitable[str | None]]], Handler]:
@@ -76,6 +99,8 @@ class DeviceConfig:
         resend_on_reconnect: after a reconnect, send the last this many events the broker acknowledged again.
             Mosquitto acknowledges a publish before its next save, so a broker killed right after a PUBACK forgets
             that event (measured: always the last one); the agent drops the copies by id. 0: never.
+        shadow_file: where the device keeps the settings it applied and the version it reported (JSON, written
+            atomically), as a real device keeps them in flash; ``None``: in memory only.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -90,6 +115,7 @@ class DeviceConfig:
     keepalive_s: int = 10
     hold_while_agent_away: bool = True
     resend_on_reconnect: int = 8
+    shadow_file: Path | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +129,51 @@ class DeviceStats:
     rejected: int = 0
     expired: int = 0
     resent: int = 0
+    settings_applied: int = 0
+    settings_rejected: int = 0
+    reported: int = 0
+
+
+@dataclass(slots=True)
+class ShadowMemory:
+    """What a device keeps of its settings: the desired version it applied, the last one it reported, the applied
+    values, and the rejections of that version."""
+
+    version: int = 0
+    reported: int = -1
+    settings: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    desired: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None) -> ShadowMemory:
+        """Read it back (a missing file: nothing applied yet).
+
+        Raises:
+            DeviceError: the file is unreadable or not what a device wrote.
+        """
+        if path is None or not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                int(raw["version"]),
+                int(raw["reported"]),
+                dict(raw["settings"]),
+                dict(raw["rejected"]),
+                dict(raw.get("desired", {})),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeviceError(f"cannot read the shadow file {path}: {exc}; delete it to start afresh") from exc
+
+    def save(self, path: Path | None) -> None:
+        """Write it atomically (a restart mid-write keeps the old or the new, never half)."""
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        data = {"version": self.version, "reported": self.reported, "settings": self.settings}
+        tmp.write_text(json.dumps({**data, "rejected": self.rejected, "desired": self.desired}, ensure_ascii=False))
+        os.replace(tmp, path)
 
 
 class Device:
@@ -139,6 +210,10 @@ class Device:
         self._bus: Bus | None = None
         self.link_up = True
         self._done: dict[str, tuple[str, str]] = {}
+        self._shadow = ShadowMemory.load(self.config.shadow_file)
+        self._refused: Refusal | None = None
+        #: The settings applied now (typed; ``None`` fields were never set).
+        self.settings = SETTINGS[self.kind].model_validate(self._shadow.settings)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,6 +221,11 @@ class Device:
     def capabilities(self) -> list[str]:
         """The actions this device accepts."""
         return sorted(ACCEPTS[self.kind])
+
+    @property
+    def setting_keys(self) -> list[str]:
+        """The settings this device can apply (in its birth; ``set`` refuses others). Override to narrow."""
+        return setting_keys(self.kind)
 
     def battery_pct(self) -> float | None:
         """The battery level reported in the birth (override in a subclass)."""
@@ -162,6 +242,7 @@ class Device:
             battery_pct=self.battery_pct() if online else None,
             model=self.config.model,
             heartbeat_s=self.config.heartbeat_s or None,
+            settings=self.setting_keys,
         )
 
     def _state_bytes(self, *, online: bool) -> bytes:
@@ -191,9 +272,11 @@ class Device:
             name=cid,
             on_connect=[self._on_connect],
         )
+        self._restore_settings()
         self._bus = open_bus(options)
         await self._bus.__aenter__()
         await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
+        await self._bus.subscribe(desired_topic(self.ident), 1)
         await self._bus.subscribe("wb/v1/_agent/+/state", 1)
         self._tasks = [
             asyncio.create_task(self._receive(), name=f"device[{cid}].receive"),
@@ -363,6 +446,104 @@ class Device:
             # A device whose network is down (set_link) never hears the action.
             if where.channel is Channel.COMMAND and mine and self.link_up:
                 await self._dispatch(message)
+            elif where.channel is Channel.DESIRED and mine and isinstance(message.data, ShadowDesired):
+                await self._on_desired(message.data)
+
+    # ------------------------------------------------------------------ settings (shadow)
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        """Carry out one setting (``value`` typed as in the kind's settings model). The default only keeps it
+        (in :attr:`settings`); a subclass changes its behaviour, or raises :class:`SettingRejected`."""
+
+    def _restore_settings(self) -> None:
+        """At boot, apply again what the shadow file says was applied (a device's settings survive a restart)."""
+        for key in values(self.settings):
+            with contextlib.suppress(SettingRejected):
+                self.apply_setting(key, getattr(self.settings, key))
+
+    @property
+    def shadow_version(self) -> int:
+        """The desired version this device last applied (0: none)."""
+        return self._shadow.version
+
+    async def _on_desired(self, desired: ShadowDesired) -> None:
+        """Apply what ``desired`` holds that this device has not applied, then report (each version once)."""
+        before = self._refused
+        applied = self.apply_desired(desired)
+        if applied or self._refused != before or self._shadow.reported < self._shadow.version:
+            await self.report_shadow()
+
+    def apply_desired(self, desired: ShadowDesired) -> bool:
+        """Apply the delta of ``desired`` (no I/O): each changed key through :meth:`apply_setting`, then keep what
+        was applied (in ``shadow_file``, before any report). A version already applied does nothing; an older one
+        is refused (see :attr:`refused`).
+
+        Returns:
+            Whether this was a new version (applied, perhaps with rejections in :attr:`rejected`).
+        """
+        memory = self._shadow
+        refusal = check_desired(desired, memory.version)
+        if refusal is not None:
+            self.log.warning("shadow_refused", version=desired.version, why=refusal)
+            self._refused = Refusal(version=desired.version, reason=refusal)
+            return False
+        if desired.version == memory.version:
+            if memory.version and values(desired.settings) != memory.desired:
+                # Two writers raced to the same version: the second one's settings would silently never apply.
+                reason = f"conflict: version {desired.version} was applied with other settings; write it again"
+                self._refused = Refusal(version=desired.version, reason=reason)
+            return False  # applied already (perhaps before a restart, its report still owed)
+        current = values(self.settings)
+        rejected: dict[str, str] = {}
+        for key, value in values(desired.settings).items():
+            if current.get(key) == value:
+                continue
+            try:
+                self.apply_setting(key, getattr(desired.settings, key))
+            except SettingRejected as exc:
+                rejected[key] = str(exc)[:500]
+                continue
+            except Exception as exc:  # a bug in one setting must not stop the device nor the other settings
+                self.log.exception("apply_setting_failed", key=key)
+                rejected[key] = f"failed: {type(exc).__name__}: {exc}"[:500]
+                continue
+            current[key] = value
+            self.stats.settings_applied += 1
+        self.stats.settings_rejected += len(rejected)
+        self.settings = SETTINGS[self.kind].model_validate(current)
+        memory.version, memory.settings, memory.rejected = desired.version, current, rejected
+        memory.desired = values(desired.settings)
+        memory.save(self.config.shadow_file)  # applied: kept before the report, so a restart does not apply again
+        self._refused = None
+        self.log.info("shadow_applied", version=desired.version, applied=sorted(current), rejected=rejected or None)
+        return True
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """The keys of the applied version this device could not apply, with why."""
+        return dict(self._shadow.rejected)
+
+    @property
+    def refused(self) -> Refusal | None:
+        """The last desired document refused as a whole (reported until a newer version is applied)."""
+        return self._refused
+
+    async def report_shadow(self) -> None:
+        """Publish the retained ``shadow/reported`` and remember that it was (kept across restarts)."""
+        memory = self._shadow
+        body = ShadowReported(
+            version=memory.version, settings=self.settings, rejected=memory.rejected, refused=self._refused
+        )
+        out = Outgoing(reported_topic(self.ident), codec.encode(make(body, ts=self.clock.now_ms())), 1, True)
+        try:
+            await self.bus.publish_raw(out, wait=True)
+        except (BusConnectionError, PublishError) as exc:
+            self.log.info("shadow_report_deferred", why=str(exc))  # the retained desired comes again on reconnect
+            return
+        self.stats.reported += 1
+        if memory.reported != memory.version:
+            memory.reported = memory.version
+            memory.save(self.config.shadow_file)
 
     async def _dispatch(self, message: Message) -> None:
         envelope = message.envelope

@@ -305,6 +305,9 @@ class DeviceState(Body):
     battery_pct: float | None = Field(default=None, ge=0, le=100)
     model: str = Field(default="", max_length=64)
     heartbeat_s: float | None = Field(default=None, gt=0, le=3600)
+    settings: list[str] | None = Field(
+        default=None, max_length=64, description="the setting keys (shadow) it can apply; absent: unknown"
+    )
 
 
 class AgentState(Body):
@@ -341,6 +344,10 @@ class ContextSnapshot(Body):
     health: dict[str, float | None] = Field(default_factory=dict)
     tasks: list[dict[str, Any]] = Field(default_factory=list)
     pending: str | None = None
+    settings: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per device (kind/name), each desired setting: applied, pending or 'rejected: why'",
+    )
     display: str | None = None
     speaking: str | None = None
 

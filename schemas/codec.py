@@ -26,6 +26,7 @@ from schemas.actions import (
 from schemas.envelope import Envelope, Message, dump, envelope_of
 from schemas.errors import ContractError, DecodeError, TopicError, ValidationFailed
 from schemas.events import EVENTS, Body, RingGesture
+from schemas.shadow import ShadowDesired, ShadowReported
 from schemas.topics import Channel, Kind, Topic, parse
 
 MSGPACK = "application/msgpack"
@@ -40,6 +41,8 @@ _FIXED: dict[Channel, type[Body]] = {
     Channel.CONTEXT: ContextSnapshot,
     Channel.AGENT_STATE: AgentState,
     Channel.DLQ: DeadLetter,
+    Channel.DESIRED: ShadowDesired,
+    Channel.REPORTED: ShadowReported,
 }
 
 
@@ -116,6 +119,16 @@ def decode(
                 topic=topic,
                 field="data.gesture",
             )
+    if isinstance(data, dict) and where.kind is not None and model in {ShadowDesired, ShadowReported}:
+        settings = data.get("settings")
+        if isinstance(settings, dict):  # the topic names the kind; a JSON sender may leave it out
+            settings.setdefault("kind", where.kind.value)
+            if settings["kind"] != where.kind.value:
+                raise ValidationFailed(
+                    f"settings of a {settings['kind']!r} on a {where.kind.value} topic",
+                    topic=topic,
+                    field="data.settings.kind",
+                )
     try:
         envelope: Envelope[Any] = envelope_of(model).model_validate(obj)
     except ValidationError as exc:

@@ -10,7 +10,10 @@ the edge with ``raise ... from exc``.
     ├── ContractError                 the wire contract was broken
     │   ├── TopicError                a topic outside the v1 layout (or a device on another's topic)
     │   ├── DecodeError               the bytes are not msgpack/JSON, or too large
-    │   └── ValidationFailed          the payload decoded but does not fit the schema
+    │   ├── ValidationFailed          the payload decoded but does not fit the schema
+    │   └── ShadowError               a settings (shadow) write was refused
+    │       ├── StaleVersion          it was based on an older version than the current one
+    │       └── SettingNotSupported   the device's birth says it cannot apply that setting
     ├── BusError                      reaching the broker
     │   ├── BusConnectionError        cannot connect / the connection was lost
     │   │   └── ProtocolViolation     the broker broke MQTT (code: the MQTT 5 reason we closed with)
@@ -70,6 +73,24 @@ class ValidationFailed(ContractError):
     """The payload decoded but does not fit the schema of its topic."""
 
     reason = "schema"
+
+
+class ShadowError(ContractError):
+    """A write of a device's settings (its shadow) was refused."""
+
+    reason = "shadow"
+
+
+class StaleVersion(ShadowError):
+    """A settings write based on an older version than the current one (writes are ordered by version)."""
+
+    reason = "stale"
+
+
+class SettingNotSupported(ShadowError):
+    """A setting the device's birth does not list among those it can apply."""
+
+    reason = "capability"
 
 
 class BusError(WearbusError):

@@ -24,6 +24,7 @@ from schemas.actions import (
 )
 from schemas.envelope import Envelope, envelope_of
 from schemas.events import EVENT_QOS, EVENTS, Body
+from schemas.shadow import ShadowDesired, ShadowReported
 from schemas.topics import Kind
 
 VERSION = "1.0.0"
@@ -64,6 +65,8 @@ def _catalogue() -> list[dict[str, Any]]:
         fixed: list[tuple[str, str, type[Body], bool, str]] = [
             ("ack", "ack", Ack, False, "receive"),
             ("state", "state", DeviceState, True, "receive"),
+            ("shadow.desired", "shadow/desired", ShadowDesired, True, "send"),
+            ("shadow.reported", "shadow/reported", ShadowReported, True, "receive"),
         ]
         for suffix, leaf, model, retain, direction in fixed:
             out.append(

@@ -6,6 +6,8 @@
     wb/v1/{user}/{kind}/{device}/cmd/{action}         agent -> device, actions
     wb/v1/{user}/{kind}/{device}/ack                  device -> agent, action results
     wb/v1/{user}/{kind}/{device}/state                device -> all, retained birth / Will
+    wb/v1/{user}/{kind}/{device}/shadow/desired       agent / apps -> device, retained desired settings
+    wb/v1/{user}/{kind}/{device}/shadow/reported      device -> all, retained applied settings
     wb/v1/{user}/agent/context                        agent -> apps, retained fused context
     wb/v1/_agent/{instance}/state                     agent -> all, retained online / Will
     wb/v1/_dlq/{reason}                               bus -> operators, rejected messages
@@ -51,6 +53,8 @@ class Channel(StrEnum):
     COMMAND = "cmd"
     ACK = "ack"
     STATE = "state"
+    DESIRED = "shadow/desired"
+    REPORTED = "shadow/reported"
     CONTEXT = "context"
     AGENT_STATE = "agent_state"
     DLQ = "dlq"
@@ -118,6 +122,8 @@ class Topic:
                 return f"{ROOT}/{self.user}/{self.kind}/{self.device}/ack"
             case Channel.STATE:
                 return f"{ROOT}/{self.user}/{self.kind}/{self.device}/state"
+            case Channel.DESIRED | Channel.REPORTED:
+                return f"{ROOT}/{self.user}/{self.kind}/{self.device}/{self.channel.value}"
             case Channel.CONTEXT:
                 return f"{ROOT}/{self.user}/agent/context"
             case Channel.AGENT_STATE:
@@ -156,6 +162,21 @@ def ack_topic(dev: DeviceId) -> str:
 def state_topic(dev: DeviceId) -> str:
     """``wb/v1/{user}/{kind}/{device}/state`` (retained; the Will sets it offline)."""
     return f"{dev.prefix}/state"
+
+
+def desired_topic(dev: DeviceId) -> str:
+    """``wb/v1/{user}/{kind}/{device}/shadow/desired`` (retained desired settings)."""
+    return f"{dev.prefix}/shadow/desired"
+
+
+def reported_topic(dev: DeviceId) -> str:
+    """``wb/v1/{user}/{kind}/{device}/shadow/reported`` (retained settings the device applied)."""
+    return f"{dev.prefix}/shadow/reported"
+
+
+def shadow_filter(user: str = "+", kind: str = "+", device: str = "+") -> str:
+    """Both shadow documents of the devices matched (``+`` for any user, kind or device)."""
+    return f"{ROOT}/{user}/{kind}/{device}/shadow/+"
 
 
 def context_topic(user: str) -> str:
@@ -241,7 +262,14 @@ def _parse(topic: str, parts: list[str]) -> Topic:
             return Topic(Channel.ACK, user, kind, device)
         case ["state"]:
             return Topic(Channel.STATE, user, kind, device)
-    raise TopicError("expected .../evt/{class}/{name}, .../cmd/{action}, .../ack or .../state", topic=topic)
+        case ["shadow", "desired"]:
+            return Topic(Channel.DESIRED, user, kind, device)
+        case ["shadow", "reported"]:
+            return Topic(Channel.REPORTED, user, kind, device)
+    raise TopicError(
+        "expected .../evt/{class}/{name}, .../cmd/{action}, .../ack, .../state or .../shadow/desired|reported",
+        topic=topic,
+    )
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from schemas.actions import ContextSnapshot
 from schemas.envelope import Message
 from schemas.events import Body
+from schemas.shadow import ShadowDesired
 from schemas.topics import DeviceId
 
 
@@ -81,12 +82,14 @@ class Outcome:
         tasks: tasks that changed (to upsert in the store).
         alerts: proactive rules that fired, as ``(rule, user, text)``.
         context_changed: users whose context snapshot changed (to republish retained).
+        desired: settings documents to publish, retained, on each device's ``shadow/desired``.
     """
 
     commands: list[Command] = field(default_factory=list)
     tasks: list[TaskRecord] = field(default_factory=list)
     alerts: list[tuple[str, str, str]] = field(default_factory=list)
     context_changed: set[str] = field(default_factory=set)
+    desired: list[tuple[DeviceId, ShadowDesired]] = field(default_factory=list)
 
     def extend(self, other: Outcome) -> None:
         """Append another outcome to this one."""
@@ -94,6 +97,7 @@ class Outcome:
         self.tasks += other.tasks
         self.alerts += other.alerts
         self.context_changed |= other.context_changed
+        self.desired += other.desired
 
 
 class Core(Protocol):

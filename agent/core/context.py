@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.config import CoreConfig, Place, UserProfile
+from agent.core.shadow_state import SettingsState
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -697,6 +698,7 @@ class UserContext:
         display: what the glasses show (app name).
         speaking: what is being said or played.
         flags: the last published quiet/asleep/moving flags (to notice a change on tick).
+        settings: each device's settings shadow, desired vs applied (:mod:`agent.core.settings`).
     """
 
     user: str
@@ -714,6 +716,7 @@ class UserContext:
     display: str | None = None
     speaking: str | None = None
     flags: str = ""
+    settings: SettingsState = field(default_factory=SettingsState)
 
 
 def new_context(user: str, cfg: CoreConfig) -> UserContext:

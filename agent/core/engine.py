@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from agent.core import context as cx
-from agent.core import routing, rules, skills, tasks
+from agent.core import routing, rules, settings, skills, tasks
 from agent.core.api import Outcome
 from agent.core.config import CoreConfig
 from agent.core.context import CalendarEvent, DeviceInfo, UserContext
@@ -51,6 +51,7 @@ from schemas.events import (
     Utterance,
     Wake,
 )
+from schemas.shadow import ShadowDesired, ShadowReported
 from schemas.topics import Channel, Kind
 
 STATE_VERSION = 2  # 2: each user counts their own action ids
@@ -141,6 +142,9 @@ class AgentCore:
             routing.on_ack(turn, body.action_id, body.action, body.status)
         elif where.channel is Channel.STATE and isinstance(body, DeviceState):
             self._state(turn, dev, body)
+            settings.on_state(ctx, f"{dev.kind}/{dev.name}", body)
+        elif isinstance(body, ShadowDesired | ShadowReported):
+            settings.on_shadow(turn, f"{dev.kind}/{dev.name}", dev.kind, body)
         return out
 
     def tick(self, now_ms: int, users: Iterable[str] | None = None) -> Outcome:
@@ -154,18 +158,19 @@ class AgentCore:
         chosen = known.items() if users is None else [(u, known[u]) for u in users if u in known]
         for user, ctx in chosen:
             ctx.now = max(ctx.now, now_ms)
-            before = (len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed))
+            before = _sizes(out)
             turn = Turn(cfg, cfg.profile(user), ctx, now=now_ms, corr=f"tick-{user}", outcome=out)
             routing.expire(turn)
             tasks.tick(turn)
             skills.tick(turn)
+            settings.tick(turn)
             rules.tick(turn)
             routing.release_held(turn)
             flags = self._flags(turn)
             if flags != ctx.flags:
                 ctx.flags = flags
                 turn.changed()
-            if (len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed)) != before:
+            if _sizes(out) != before:
                 # A timer that produced something changed the user's state. One that changed it silently (a
                 # cleared timer, a folded baseline) fires again on the restored state after a crash: same result.
                 self._dirty.add(user)
@@ -220,6 +225,7 @@ class AgentCore:
             pending=pending,
             display=ctx.display,
             speaking=ctx.speaking,
+            settings=settings.summary(ctx),
         )
 
     def export_state(self) -> dict[str, Any]:
@@ -380,9 +386,11 @@ class AgentCore:
             return
         if talk.asking is not None and skills.answer(turn, body.text, lang, parsed):
             return
+        if settings.start(turn, body.text, lang):  # "turn the glasses brightness down", "把戒指心率测量改成每五分钟"
+            return
         if isinstance(parsed, Reply):
             yes = parsed.kind is ReplyKind.CONFIRM
-            if tasks.resolve(turn, yes, "voice") or yes or skills.undo(turn):
+            if settings.resolve(turn, yes) or tasks.resolve(turn, yes, "voice") or yes or skills.undo(turn):
                 return
             if parsed.kind is ReplyKind.CANCEL:
                 tasks.cancel_latest(turn, lang)  # "cancel my ride": the task in progress
@@ -407,11 +415,15 @@ class AgentCore:
 
     def _yes(self, turn: Turn, modality: str, *, page: bool = True) -> None:
         self._awake(turn)
+        if settings.resolve(turn, True):  # a pending settings change (a sensor stream off, a new wake word)
+            return
         if not tasks.resolve(turn, True, modality) and page:
             skills.page(turn, +1)
 
     def _no(self, turn: Turn, modality: str) -> None:
         self._awake(turn)
+        if settings.resolve(turn, False):
+            return
         if not tasks.resolve(turn, False, modality):
             skills.undo(turn)
 
@@ -554,6 +566,11 @@ class AgentCore:
 
     def _task_status(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: TaskStatus) -> None:
         tasks.on_status(turn, body, env.corr)
+
+
+def _sizes(out: Outcome) -> tuple[int, ...]:
+    """How much an outcome holds (a tick that added anything changed the user's state)."""
+    return len(out.commands), len(out.tasks), len(out.alerts), len(out.context_changed), len(out.desired)
 
 
 class _Dumped(Mapping[str, Any]):

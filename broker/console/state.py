@@ -30,6 +30,7 @@ from schemas import events as ev
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, char_units, text_units, wrap
 from schemas.envelope import Message
 from schemas.errors import ContractError, TopicError, ValidationFailed
+from schemas.shadow import ShadowBook
 from schemas.topics import Channel, EventClass, Kind
 
 #: The vital signs plotted, in the order the page shows them (``temp_dev`` stands in when no °C is known).
@@ -361,6 +362,7 @@ class _User:
         self.dirty: set[str] = set()
         self.fresh = True  # new since the last delta: a page drops what it had under this name
         self.last: int = 0
+        self.shadows = ShadowBook()  # each device's settings: desired vs reported
 
     # -- sections as plain data
 
@@ -419,6 +421,7 @@ class _User:
                 "firmware": "",
                 "model": "",
                 "heartbeat_s": None,
+                "shadow": None,
             }
             self.devices[key] = dev
         else:
@@ -546,6 +549,13 @@ class ConsoleState:
             case Channel.ACK:
                 if isinstance(body, act.Ack):
                     self._ack(user, dev, body, message, now)
+            case Channel.DESIRED | Channel.REPORTED:
+                self._log(user, message, "state", "state", now)
+        if where.channel in {Channel.STATE, Channel.DESIRED, Channel.REPORTED}:
+            # desired vs reported, the pending delta and rejections (the birth says what the device can apply)
+            ident = user.shadows.update(message)
+            if ident is not None and (where.channel is not Channel.STATE or dev["shadow"] is not None):
+                dev["shadow"] = user.shadows.get(ident).describe()
 
     def reject(self, topic: str, reason: str, error: str, field: str | None, now: int) -> None:
         """Record a message that did not decode (the console's own bus saw it)."""

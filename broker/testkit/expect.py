@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from broker.testkit.raw import RawBus, RawMessage
 from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ContractError
+from schemas.shadow import DeviceShadow, ShadowBook
 from schemas.topics import (
     ROOT,
     DeviceId,
@@ -33,8 +35,10 @@ from schemas.topics import (
     check_name,
     command_topic,
     context_topic,
+    desired_topic,
     event_topic,
     matches,
+    reported_topic,
     state_topic,
     validate_filter,
 )
@@ -121,6 +125,14 @@ class UserTopics:
     def context(self) -> str:
         """``wb/v1/{user}/agent/context``."""
         return context_topic(self.user)
+
+    def desired(self, kind: Kind | str, device: str) -> str:
+        """``wb/v1/{user}/{kind}/{device}/shadow/desired``."""
+        return desired_topic(self.device(kind, device))
+
+    def reported(self, kind: Kind | str, device: str) -> str:
+        """``wb/v1/{user}/{kind}/{device}/shadow/reported``."""
+        return reported_topic(self.device(kind, device))
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -557,3 +569,42 @@ class Expect:
         lines.append(f"after step {len(found)}:" if found else "from the start:")
         lines += context_lines(self.records[after:], missing_filter, where=missing_where)
         raise AssertionError("\n".join(lines))
+
+    # ------------------------------------------------------------------ shadows
+
+    def shadow_of(self, dev: DeviceId) -> DeviceShadow:
+        """What the record shows of one device's shadow: the latest desired, reported and birth."""
+        book = ShadowBook()
+        for seen in self.records:
+            if seen.message is not None and seen.message.where.device == dev.device:
+                book.update(seen.message)
+        return book.get(dev)
+
+    async def shadow(
+        self, dev: DeviceId, *, version: int | None = None, settled: bool = True, within: float = 5.0
+    ) -> DeviceShadow:
+        """Wait until ``dev`` reported ``version`` (default: the latest desired version) and, with ``settled``, has
+        no pending delta; returns its shadow.
+
+        Raises:
+            AssertionError: it did not in time; the text shows desired vs reported and the delta.
+        """
+        __tracebackhide__ = True
+
+        def probe() -> DeviceShadow | None:
+            shadow = self.shadow_of(dev)
+            want = version if version is not None else (shadow.desired.version if shadow.desired else None)
+            reported = shadow.reported
+            if want is None or reported is None or reported.version < want:
+                return None
+            return shadow if not settled or not shadow.describe()["pending"] else None
+
+        found = await self.until(probe, within)
+        if found is not None:
+            return found
+        state = json.dumps(self.shadow_of(dev).describe(), ensure_ascii=False, default=str)
+        target = f"version {version}" if version is not None else "the desired version"
+        raise AssertionError(
+            f"expected {dev} to report {target}{' with no pending delta' if settled else ''} within {within:g} s; "
+            f"its shadow: {state}"
+        )

@@ -120,7 +120,10 @@ async def test_a_retry_with_a_fresh_ts_is_acted_on_once(any_broker: BrokerUnderT
     fresh ts. Under the (ts, id) key of store v7 the retry was taken for a new event and acted on twice."""
     user = f"t-{uuid.uuid4().hex[:8]}"
     topic = f"wb/v1/{user}/glasses/g1/evt/voice/utterance"
-    async with agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"), Bus(BusOptions(url=any_broker.url)) as dev:
+    async with (
+        agent(any_broker.url, tmp_path / "a.db", f"agent-{user}"),
+        open_bus(BusOptions(url=any_broker.url)) as dev,
+    ):
         await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
         await born(dev, user)
         first = make(Utterance(text="Take a photo"))

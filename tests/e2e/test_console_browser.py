@@ -37,6 +37,7 @@ from broker.embedded import EmbeddedBroker, free_port
 from schemas import actions as act
 from schemas import events as ev
 from schemas.envelope import Message, make, now_ms
+from schemas.shadow import GlassesSettings, ShadowDesired, ShadowReported
 from schemas.topics import (
     DeviceId,
     Kind,
@@ -44,7 +45,9 @@ from schemas.topics import (
     agent_state_topic,
     command_topic,
     context_topic,
+    desired_topic,
     event_topic,
+    reported_topic,
     state_topic,
 )
 
@@ -200,6 +203,10 @@ DEVICES_JS = """
 return [...document.querySelectorAll('#devices .device')].map(e => [e.dataset.key, e.dataset.online]);
 """
 HUD_JS = "return document.querySelector('#displays')?.innerText || '';"
+SHADOW_JS = """
+return [...document.querySelectorAll('#devices .device .shadow')]
+  .map(e => [e.dataset.setting, e.className, e.innerText]);
+"""
 HR_JS = """
 const p = document.getElementById('plot-hr');
 if (!p) return [0, 0];
@@ -287,6 +294,17 @@ async def test_console_page_shows_the_live_stack(
         "four devices online",
     )
     assert sorted(k for k, _ in online) == sorted(f"{d.kind.value}/{d.device}" for d in user.devices)
+
+    # The glasses' settings: brightness desired at 30 %, still 80 % as reported (the device has not applied it).
+    desired = ShadowDesired(version=2, settings=GlassesSettings(brightness=0.3, display_lang="zh"))
+    await bus.publish(desired_topic(user.glasses), make(desired), retain=True, wait=True)
+    reported = ShadowReported(version=1, settings=GlassesSettings(brightness=0.8, display_lang="zh"))
+    await bus.publish(reported_topic(user.glasses), make(reported), retain=True, wait=True)
+    rows = await until(browser, SHADOW_JS, lambda v: len(v) == 2, "the glasses' settings, desired vs reported")
+    by_key = {k: (cls, text) for k, cls, text in rows}
+    assert "pending" in by_key["brightness"][0]
+    assert "0.3 ← 0.8" in by_key["brightness"][1]
+    assert "applied" in by_key["display_lang"][0]
 
     # Some device detail, for a screenshot that shows what the page is for.
     t0 = now_ms()

@@ -243,6 +243,35 @@ function liveness(d) {
   return ["on", "online"];
 }
 
+function settingValue(v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "object" && !Array.isArray(v) && "start" in v) return `${v.start}-${v.end}`;
+  return typeof v === "string" ? v : JSON.stringify(v);
+}
+
+// Desired vs reported settings (the device's shadow) with the pending delta and rejections.
+function shadowRows(sh) {
+  if (!sh || (!sh.desired && !sh.reported)) return [];
+  const want = (sh.desired && sh.desired.settings) || {};
+  const have = (sh.reported && sh.reported.settings) || {};
+  const pending = Object.keys(sh.pending || {});
+  const head = h("div", { class: "row shadow-head" }, h("span", { text: "settings" }),
+    h("span", { class: pending.length ? "pending" : "dim",
+      text: `desired v${sh.desired ? sh.desired.version : 0} · reported v${sh.reported ? sh.reported.version : 0}` +
+        (pending.length ? ` · ${pending.length} pending` : "") }));
+  const rows = Object.keys({ ...have, ...want }).sort().map((k) => {
+    const rejected = (sh.rejected || {})[k];
+    const state = rejected && k in (sh.delta || {}) ? "rejected" : pending.includes(k) ? "pending" : "applied";
+    const text = k in want && settingValue(want[k]) !== settingValue(have[k])
+      ? `${settingValue(want[k])} ← ${settingValue(have[k])}` : settingValue(have[k] ?? want[k]);
+    return h("div", { class: `row shadow ${state}`, "data-setting": k, title: rejected || state },
+      h("span", { text: k }), h("span", { text: state === "rejected" ? `${text} (rejected: ${rejected})` : text }));
+  });
+  if (sh.refused) rows.push(h("div", { class: "row shadow rejected" }, h("span", { text: "refused" }),
+    h("span", { text: `v${sh.refused.version}: ${sh.refused.reason}` })));
+  return [head, ...rows];
+}
+
 function renderDevices() {
   const u = currentUser();
   const box = $("devices");
@@ -266,6 +295,7 @@ function renderDevices() {
         d.model || d.firmware
           ? h("div", { class: "row" }, h("span", { text: "model" }), h("span", { class: "dim", text: [d.model, d.firmware].filter(Boolean).join(" · ") }))
           : null,
+        ...shadowRows(d.shadow),
       );
     }),
   );
