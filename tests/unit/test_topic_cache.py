@@ -101,7 +101,14 @@ def _reference(topic: str) -> Topic:
             return Topic(Channel.ACK, first, kind, device)
         case ["state"]:
             return Topic(Channel.STATE, first, kind, device)
-    raise TopicError("expected .../evt/{class}/{name}, .../cmd/{action}, .../ack or .../state", topic=topic)
+        case ["shadow", "desired"]:
+            return Topic(Channel.DESIRED, first, kind, device)
+        case ["shadow", "reported"]:
+            return Topic(Channel.REPORTED, first, kind, device)
+    raise TopicError(
+        "expected .../evt/{class}/{name}, .../cmd/{action}, .../ack, .../state or .../shadow/desired|reported",
+        topic=topic,
+    )
 
 
 @settings(max_examples=300)
