@@ -62,7 +62,8 @@ def test_connect_packet_carries_everything() -> None:
     assert level == 5
     assert flags == 0x80 | 0x40 | 0x20 | (1 << 3) | 0x04  # user, password, will retain, will QoS 1, will; no clean
     props, pos = mqtt.read_properties(raw, pos + 10)
-    assert props == {mqtt.RECEIVE_MAXIMUM: 500, mqtt.SESSION_EXPIRY: 3600, mqtt.MAXIMUM_PACKET_SIZE: mqtt.MAX_PACKET_SIZE}
+    expected = {mqtt.RECEIVE_MAXIMUM: 500, mqtt.SESSION_EXPIRY: 3600, mqtt.MAXIMUM_PACKET_SIZE: mqtt.MAX_PACKET_SIZE}
+    assert props == expected
     assert b"alice/ring/ring-1" in raw[pos:]
     assert raw.endswith(b"\x00\x02pw")
 
@@ -225,7 +226,7 @@ async def test_manual_ack_and_backpressure() -> None:
     conn.pause()
     await peer.send(mqtt.encode_publish(b"a/b", b"2", 0, False, 0, b""))
     await asyncio.sleep(0.1)
-    assert len(received) == 1  # paused: the bytes wait in the socket
+    assert len(received) == 1  # paused: the message is held back (the socket is still read)
     conn.resume()
     await received.wait(2)
     conn.disconnect()
