@@ -62,6 +62,9 @@ _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _READS_PER_WAKE = 256
+#: A filter the broker refuses on this many reconnects in a row is dropped (a refusal may be transient: nats-server
+#: answered 0x80 under load, and the cluster reconnects to try again), so it is not re-subscribed for ever.
+MAX_REFUSALS = 3
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
@@ -150,7 +153,7 @@ class BusStats:
     disconnects: int = 0
     resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
     lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
-    subscriptions_refused: int = 0  # filters the broker refused on a reconnect (logged, dropped, not retried)
+    subscriptions_refused: int = 0  # re-subscriptions the broker refused on a reconnect (each logged)
 
 
 def _code(code: Any) -> int:
@@ -200,6 +203,7 @@ class Bus:
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
+        self._refusals: dict[str, int] = {}  # filter -> reconnects in a row on which the broker refused it
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error: str = ""
@@ -364,12 +368,21 @@ class Bus:
                 self._carried = carried
 
     def _drop_refused(self, filters: list[tuple[str, int]], codes: list[int]) -> None:
-        """After a reconnect: a filter the broker now refuses is logged once, counted and dropped (not retried)."""
+        """After a reconnect: a filter the broker refuses is logged and counted; refused on ``MAX_REFUSALS``
+        reconnects in a row, it is dropped (not re-subscribed for ever)."""
         for (topic_filter, _qos), code in zip(filters, codes, strict=False):
-            if code >= 0x80:
+            if code < 0x80:
+                self._refusals.pop(topic_filter, None)
+                continue
+            self.stats.subscriptions_refused += 1
+            times = self._refusals[topic_filter] = self._refusals.get(topic_filter, 0) + 1
+            dropped = times >= MAX_REFUSALS
+            if dropped:
                 self._subs.pop(topic_filter, None)
-                self.stats.subscriptions_refused += 1
-                self._log.error("subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code))
+                self._refusals.pop(topic_filter, None)
+            self._log.error(
+                "subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code), times=times, dropped=dropped
+            )
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.url.tls:
