@@ -154,6 +154,7 @@ class BusStats:
     resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
     lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
     subscriptions_refused: int = 0  # re-subscriptions the broker refused on a reconnect (each logged)
+    qos0_dropped: int = 0  # QoS 0 publishes dropped while the socket could take no more (native; see broker.mqtt)
 
 
 def _code(code: Any) -> int:
@@ -364,6 +365,7 @@ class Bus:
                 self._conn = None
             carried = conn.unacknowledged()
             self.stats.lost += conn.stats.lost
+            self.stats.qos0_dropped += conn.stats.qos0_dropped
             if carried:
                 self._carried = carried
 
