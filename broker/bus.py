@@ -129,7 +129,8 @@ class BusStats:
     disconnects: int = 0
     resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
     lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
-    subscriptions_refused: int = 0  # filters the broker refused on a reconnect (logged, dropped, not retried)
+    subscriptions_refused: int = 0  # re-subscriptions the broker refused on a reconnect (each logged)
+    qos0_dropped: int = 0  # QoS 0 publishes dropped while the socket could take no more (native; see broker.mqtt)
 
 
 # ---------------------------------------------------------------------------------------------- the protocols

@@ -77,6 +77,9 @@ _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _READS_PER_WAKE = 256
+#: A filter the broker refuses on this many reconnects in a row is dropped (a refusal may be transient: nats-server
+#: answered 0x80 under load, and the cluster reconnects to try again), so it is not re-subscribed for ever.
+MAX_REFUSALS = 3
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
@@ -98,6 +101,7 @@ class Bus(BusCore):
         self._client: aiomqtt.Client | None = None
         self._wire: Transport | None = None
         self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
+        self._refusals: dict[str, int] = {}  # filter -> reconnects in a row on which the broker refused it
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error: str = ""
@@ -220,14 +224,23 @@ class Bus(BusCore):
                 self._wire = None
 
     async def _renew_subscriptions(self, wire: Transport) -> None:
-        """Subscribe every filter again; a filter the broker now refuses is dropped and logged, not retried for ever."""
+        """Subscribe every filter again. A filter the broker refuses is logged and counted; refused on
+        ``MAX_REFUSALS`` reconnects in a row, it is dropped (not re-subscribed for ever)."""
         filters = list(self._subs.items())
         codes = await wire.subscribe(filters)
         for (topic_filter, _), code in zip(filters, codes, strict=False):
-            if code >= 0x80:
+            if code < 0x80:
+                self._refusals.pop(topic_filter, None)
+                continue
+            self.stats.subscriptions_refused += 1
+            times = self._refusals[topic_filter] = self._refusals.get(topic_filter, 0) + 1
+            dropped = times >= MAX_REFUSALS
+            if dropped:
                 self._subs.pop(topic_filter, None)
-                self.stats.subscriptions_refused += 1
-                self._log.error("subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code))
+                self._refusals.pop(topic_filter, None)
+            self._log.error(
+                "subscription_refused", filter=topic_filter, reason=mqtt.reason_text(code), times=times, dropped=dropped
+            )
 
     async def _session_native(self, protocol: str) -> None:
         opts = self.options
@@ -275,6 +288,7 @@ class Bus(BusCore):
             conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
             carried = conn.unacknowledged()
             self.stats.lost += conn.stats.lost
+            self.stats.qos0_dropped += conn.stats.qos0_dropped
             if carried:
                 self._carried = carried
 

@@ -952,7 +952,9 @@ class Connection(asyncio.Protocol):
                 )
         if not qos:
             if self._write_paused and self.unsent > self.max_qos0_buffer:
-                self.stats.qos0_dropped += 1
+                dropped = self.stats.qos0_dropped = self.stats.qos0_dropped + 1
+                if dropped in {1, 10, 100} or dropped % 1000 == 0:
+                    _log.warning("qos0_dropped_while_the_socket_is_full", dropped=dropped, unsent=self.unsent)
                 return ERR_SUCCESS, None
             self._write(encode_publish(topic_b, payload, 0, retain, 0, props))
             return ERR_SUCCESS, None

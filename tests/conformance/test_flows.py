@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from broker import mqtt
-from broker.client import Bus, BusOptions, Outgoing
+from broker.client import MAX_REFUSALS, Bus, BusOptions, Outgoing
 from schemas.errors import (
     BusConnectionError,
     MessageTooLarge,
@@ -346,7 +346,9 @@ async def test_a_refused_subscription_raises_mqtt_3_9_3(transport: str, v5: bool
 
 
 async def test_a_refused_resubscription_is_logged_and_dropped(v5: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    """After a reconnect, a filter the broker now refuses is logged once, counted, and not retried for ever."""
+    """After a reconnect, a filter the broker now refuses is logged and counted each time, and dropped after
+    ``MAX_REFUSALS`` reconnects in a row (a refusal may be transient), not re-subscribed for ever."""
+    refused = 0x87 if v5 else 0x80
     async with FakeBroker() as broker, Bus(options(broker.url, v5, connect_timeout_s=0)) as bus:
         peer = await broker.accept()
         await peer.read_packet()
@@ -356,20 +358,23 @@ async def test_a_refused_resubscription_is_logged_and_dropped(v5: bool, capsys: 
         _, body = await peer.expect(mqtt.SUBSCRIBE)
         await peer.send(suback(int.from_bytes(body[:2], "big"), [1], v5))
         await sub
+        for times in range(1, MAX_REFUSALS + 1):
+            peer.close()
+            peer = await broker.accept()
+            await peer.read_packet()
+            await peer.send(connack(v5))
+            _, body = await peer.expect(mqtt.SUBSCRIBE)
+            await peer.send(suback(int.from_bytes(body[:2], "big"), [refused], v5))
+            await peer.send(b"\xd0\x00")  # a PINGRESP after the SUBACK: once it is read, the SUBACK was handled
+            await wait_until(lambda: bus.stats.subscriptions_refused >= times)  # noqa: B023  (awaited right here)
         peer.close()
-        second = await broker.accept()
-        await second.read_packet()
-        await second.send(connack(v5))
-        _, body = await second.expect(mqtt.SUBSCRIBE)
-        await second.send(suback(int.from_bytes(body[:2], "big"), [0x87 if v5 else 0x80], v5))
-        await second.send(b"\xd0\x00")  # a PINGRESP after the SUBACK: once it is read, the SUBACK was handled
-        await wait_until(lambda: bus.stats.subscriptions_refused >= 1)
-        second.close()
-        third = await broker.accept()
-        await third.read_packet()
-        await third.send(connack(v5))
-        assert await third.silent(0.3)  # no SUBSCRIBE again
-    assert "subscription_refused" in capsys.readouterr().out
+        last = await broker.accept()
+        await last.read_packet()
+        await last.send(connack(v5))
+        assert await last.silent(0.3)  # no SUBSCRIBE again
+    out = capsys.readouterr().out
+    assert out.count("subscription_refused") == MAX_REFUSALS
+    assert "dropped=True" in out
 
 
 async def test_suback_with_reserved_codes_closes_mqtt_3_9_3_2(broker: FakeBroker) -> None:

@@ -229,7 +229,7 @@ async def test_manual_ack_and_backpressure() -> None:
     conn.pause()
     await peer.send(mqtt.encode_publish(b"a/b", b"2", 0, False, 0, b""))
     await asyncio.sleep(0.1)
-    assert len(received) == 1  # paused: the bytes wait in the socket
+    assert len(received) == 1  # paused: the message is held back (the socket is still read)
     conn.resume()
     await received.wait(2)
     conn.disconnect()
