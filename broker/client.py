@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableSet
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -45,10 +46,11 @@ from pydantic import BaseModel
 
 from broker import mqtt
 from broker.logs import get_logger
+from broker.ratelog import Sampler
 from broker.url import BrokerUrl
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError
+from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
 from schemas.topics import dlq_topic, validate_filter
 
 Protocol = Literal["auto", "5", "3.1.1"]
@@ -109,6 +111,8 @@ class BusOptions:
         backoff_min_s: first reconnect delay.
         backoff_max_s: reconnect delay cap.
         name: for logs.
+        seen_retained: digests of retained messages already dead-lettered (the agent passes one it keeps on disk):
+            retained garbage comes again at every subscribe, and is then acknowledged without another dead letter.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -134,6 +138,7 @@ class BusOptions:
     name: str = "bus"
     on_connect: list[OnConnect] = field(default_factory=list)
     on_reject: list[OnReject] = field(default_factory=list)
+    seen_retained: MutableSet[str] | None = None
 
 
 @dataclass(slots=True)
@@ -146,6 +151,7 @@ class BusStats:
     published: int = 0
     connects: int = 0
     disconnects: int = 0
+    cleared: int = 0  # empty payloads: a retained topic cleared, not an error
 
 
 def _settle(waiter: asyncio.Future[bool]) -> None:
@@ -195,6 +201,10 @@ class Bus:
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
+        # Rejected before the connection was up (a persistent session's queue arrives right behind the CONNACK):
+        # (link, mid, qos, DLQ topic, dead letter), published and acknowledged once it is.
+        self._held: list[tuple[int, int, int, str, bytes]] = []
+        self._reject_log = Sampler(5)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -444,6 +454,12 @@ class Bus:
         self.stats.connects += 1
         self._last_error = ""
         self._connected.set()
+        held, self._held = self._held, []
+        for link, mid, qos, dlq, letter in held:
+            if dlq:
+                self._publish_nowait(dlq, letter, 1, False)
+            if qos and link == self._link:  # an ack is valid on its own connection only; else the broker sends it again
+                self._send_ack(mid, qos)
         self._log.info(
             "bus_connected",
             protocol=self.protocol,
@@ -506,6 +522,10 @@ class Bus:
         except ContractError as exc:
             self._reject(topic, payload, exc, qos, retain, mid)
             return
+        except Exception as exc:  # noqa: BLE001  (whatever decoding raises, the message ends on the DLQ, acknowledged)
+            error = DecodeError(f"decoding failed: {type(exc).__name__}: {str(exc)[:200]}", topic=topic)
+            self._reject(topic, payload, error, qos, retain, mid)
+            return
         self.stats.received += 1
         inbox = self._inbox
         if qos == 0 and len(inbox) >= self.options.max_inbox:
@@ -525,18 +545,47 @@ class Bus:
         return taken
 
     def _reject(self, topic: str, payload: bytes, exc: ContractError, qos: int, retain: bool, mid: int) -> None:
-        if not payload and retain:
-            return  # an empty retained payload clears a retained topic: a deliberate act, not an error
+        """A message that will never be accepted: a dead letter (once), one sampled log line, an acknowledgement.
+
+        Whatever the connection's state: rejected before it is up, both wait for it (:meth:`_on_connected`).
+        """
+        opts = self.options
+        ack = opts.manual_ack and qos > 0
+        if not payload:
+            # An empty payload clears a retained topic: a deliberate act, not an error (the copy forwarded to a
+            # live subscriber has its retain flag cleared, so the flag cannot tell).
+            self.stats.cleared += 1
+            if ack and not self._send_ack(mid, qos):
+                self._held.append((self._link, mid, qos, "", b""))
+            return
+        seen = opts.seen_retained
+        if retain and seen is not None:
+            digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+            if digest in seen:  # dead-lettered at an earlier start: acknowledged, not dead-lettered again
+                if ack and not self._send_ack(mid, qos):
+                    self._held.append((self._link, mid, qos, "", b""))
+                return
+            seen.add(digest)
         self.stats.rejected += 1
-        self._log.warning("message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field)
+        sampler = self._reject_log
+        if sampler.allow(exc.reason):  # one line each, a few a second, never the payload
+            self._log.warning(
+                "message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field,
+                size=len(payload), retain=retain, suppressed=sampler.take_suppressed(),
+            )  # fmt: skip
         rejected = Rejected(topic, payload, exc)
-        for handler in self.options.on_reject:
+        for handler in opts.on_reject:
             handler(rejected)
-        if self.options.dlq and not topic.startswith("wb/v1/_dlq/"):
-            letter = codec.dead_letter(topic, payload, exc, seen_by=self.options.name)
-            raw = codec.encode(make(letter, ts=now_ms()))
-            self._publish_nowait(dlq_topic(exc.reason), raw, 1, False)
-        if self.options.manual_ack and qos > 0:
+        dlq, raw = "", b""
+        if opts.dlq and not topic.startswith("wb/v1/_dlq/"):
+            letter = codec.dead_letter(topic, payload, exc, seen_by=opts.name)
+            dlq, raw = dlq_topic(exc.reason), codec.encode(make(letter, ts=now_ms()))
+        if not self.connected:
+            self._held.append((self._link, mid if ack else 0, qos if ack else 0, dlq, raw))
+            return
+        if dlq:
+            self._publish_nowait(dlq, raw, 1, False)
+        if ack:
             self._send_ack(mid, qos)  # handled: it went to the DLQ
 
     def _wake(self, message: Message | None = None) -> None:
