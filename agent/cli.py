@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.core.config import CoreConfig
+from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
 from agent.report import Summary, summarize, timed_note
@@ -105,6 +106,13 @@ def agent_command(
     partitions: Annotated[
         str, typer.Option(help="Cluster: nats (broker partition mapping) or filters (per-user, needs --users).")
     ] = "nats",
+    db_max_mb: Annotated[
+        float,
+        typer.Option(
+            help="Cap the database at this many MiB (0: no cap); past it the agent stops acknowledging and exits "
+            "with status 74, as on a full disk."
+        ),
+    ] = 0.0,
     escape_dots: Annotated[
         bool, typer.Option(help="Cluster: send '.' in topics as '_' (nats-server < 2.10; tests only).")
     ] = False,
@@ -128,6 +136,7 @@ def agent_command(
         core=config,
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
+        db_max_mb=db_max_mb,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,
@@ -143,6 +152,8 @@ def agent_command(
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
+        if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None:
+            _exit_now(EXIT_STORE)
         raise typer.Exit(1) from None
 
 
@@ -181,6 +192,14 @@ def _run_cluster_member(
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def _exit_now(status: int) -> None:
+    """End the process at once with ``status``: a thread stuck on a failed database (aiosqlite's) kept the agent
+    alive after "database or disk is full", so its supervisor never restarted it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:

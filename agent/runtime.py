@@ -40,6 +40,7 @@ from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
+from agent.failfast import StoreFailed, unrecoverable
 from agent.llm import ChatResolver
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing
@@ -48,7 +49,7 @@ from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
+from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError, ValidationFailed
 from schemas.events import Utterance
 from schemas.topics import (
     Channel,
@@ -117,6 +118,8 @@ class AgentSettings:
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
+        db_max_mb: a cap on the database's size (SQLite's ``max_page_count``): past it every write fails with
+            "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`); 0: none.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -137,6 +140,7 @@ class AgentSettings:
     presence: bool = True
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
+    db_max_mb: float = 0.0
 
 
 @dataclass(slots=True)
@@ -199,6 +203,7 @@ class AgentRuntime:
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
         self._gc_clock = _GcClock()
+        self._failed = ""  # the store's unrecoverable condition, once seen: no more writes at shutdown
 
     @property
     def store(self) -> Store:
@@ -217,6 +222,10 @@ class AgentRuntime:
     async def __aenter__(self) -> Self:
         s = self.settings
         self._store = await (self._given_store or Store(s.db)).__aenter__()
+        if s.db_max_mb > 0 and self._given_store is None:
+            con = self._store.writer
+            page = int(con.execute("PRAGMA page_size").fetchone()[0])
+            con.execute(f"PRAGMA max_page_count = {max(1, int(s.db_max_mb * 1024 * 1024 / page))}")
         await self._restore()
         state = agent_state_topic(s.instance)
 
@@ -258,7 +267,7 @@ class AgentRuntime:
                 await self._pump
         with contextlib.suppress(ValueError):  # not registered: __aenter__ failed before
             gc.callbacks.remove(self._gc_clock)
-        if self._store is not None:
+        if self._store is not None and not self._failed:
             with contextlib.suppress(Exception):
                 await self._mark_acked()
                 await self._save_core()
@@ -270,9 +279,22 @@ class AgentRuntime:
                 await self._store.__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
-        """Run until cancelled; a failure of the pump ends the process (deployment restarts it)."""
+        """Run until cancelled; a failure of the pump ends the process (deployment restarts it).
+
+        Raises:
+            StoreFailed: the store failed for good (disk full, read-only, corrupt); the pump has stopped, so
+                nothing more is acknowledged, and the process should end with ``agent.failfast.EXIT_STORE``.
+        """
         assert self._pump is not None  # noqa: S101
-        await self._pump
+        try:
+            await self._pump
+        except StoreError as exc:
+            condition = unrecoverable(exc)
+            if condition is None:
+                raise
+            self._failed = condition
+            self.log.error("store_failed", condition=condition, error=str(exc)[:300])  # noqa: TRY400 (one line)
+            raise StoreFailed(condition, str(exc)[:300]) from exc
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the agent's bus is connected."""

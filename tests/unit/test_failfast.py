@@ -1,0 +1,62 @@
+"""Which store failures end the agent (issue 18, item 3): decided on SQLite's result codes, not on message text."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.failfast import StoreFailed, unrecoverable
+from schemas.errors import StoreError
+
+
+def _wrapped(exc: BaseException) -> StoreError:
+    wrapped = StoreError("could not store a batch")
+    wrapped.__cause__ = exc  # as ``raise StoreError(...) from exc`` leaves it
+    return wrapped
+
+
+def _error_of(fn: object) -> sqlite3.Error:
+    with pytest.raises(sqlite3.Error) as info:
+        fn()  # type: ignore[operator]
+    return info.value
+
+
+def test_a_full_database_is_unrecoverable(tmp_path: Path) -> None:
+    con = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    con.execute("CREATE TABLE t (x BLOB)")
+    con.execute("PRAGMA max_page_count = 4")
+    exc = _error_of(lambda: con.execute("INSERT INTO t VALUES (zeroblob(100000))"))
+    assert unrecoverable(_wrapped(exc)) == "SQLITE_FULL"
+
+
+def test_a_read_only_database_is_unrecoverable(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    exc = _error_of(lambda: con.execute("INSERT INTO t VALUES (1)"))
+    assert unrecoverable(_wrapped(exc)) == "SQLITE_READONLY"
+
+
+def test_a_file_that_is_no_database_is_unrecoverable(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    path.write_bytes(os.urandom(8192))
+    exc = _error_of(lambda: sqlite3.connect(path).execute("SELECT * FROM sqlite_master").fetchall())
+    assert unrecoverable(_wrapped(exc)) in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+
+def test_a_busy_database_or_a_bug_is_not(tmp_path: Path) -> None:
+    con = sqlite3.connect(tmp_path / "db")
+    exc = _error_of(lambda: con.execute("SELECT * FROM missing"))
+    assert unrecoverable(_wrapped(exc)) is None
+    assert unrecoverable(ValueError("disk is full")) is None  # the words alone decide nothing
+    assert unrecoverable(_wrapped(OSError(errno.ENOSPC, "No space left on device"))) == "ENOSPC"
+
+
+def test_the_failure_says_what_to_do() -> None:
+    text = str(StoreFailed("SQLITE_FULL", "database or disk is full"))
+    assert "free disk space" in text
+    assert "74" in text
