@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.codec import MAX_PAYLOAD, PACKET_OVERHEAD
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import DeviceId, Kind, check_name
 
@@ -368,7 +369,8 @@ class Limits:
     """Broker limits. The defaults are sized for the agent's backlog (performance.md P2).
 
     Attributes:
-        max_packet_size: bytes; bigger packets get DISCONNECT 0x95 (256 KiB fits a ring batch with room).
+        max_packet_size: bytes; bigger packets get DISCONNECT 0x95 (the contract's largest payload, 256 KiB, plus
+            a topic and headers: every valid event fits).
         max_queued_messages: per client, beyond those in flight; past it mosquitto drops silently (0 = no
             limit).
         max_queued_bytes: per client, queued payload bytes (0 = no limit).
@@ -378,7 +380,7 @@ class Limits:
         max_connections: -1 = no limit.
     """
 
-    max_packet_size: int = 262_144
+    max_packet_size: int = MAX_PAYLOAD + PACKET_OVERHEAD
     max_queued_messages: int = 100_000
     max_queued_bytes: int = 268_435_456
     max_inflight_messages: int = 100

@@ -32,7 +32,10 @@ from schemas.topics import Channel, Kind, Topic, parse
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 Format = Literal["msgpack", "json"]
-MAX_PAYLOAD = 256 * 1024  # matches the generated broker's max_packet_size; a ring batch of a day fits
+MAX_PAYLOAD = 256 * 1024  # a full ring batch fits (tests/unit/test_bounds.py)
+#: Room in a packet beside its payload: the fixed header, the topic and MQTT 5 properties. The generated broker's
+#: max_packet_size is ``MAX_PAYLOAD + PACKET_OVERHEAD``, so every valid payload fits a packet.
+PACKET_OVERHEAD = 1024
 _JSON_START = frozenset(b"{ \t\r\n")
 #: How deep maps and lists may nest in a payload (the deepest envelope nests 5 levels: envelope, data, a batch's
 #: items, an item, ...): JSON nested 10,000 levels deep made ``json.loads`` raise ``RecursionError``.

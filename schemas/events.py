@@ -81,6 +81,9 @@ class Heartbeat(Body):
     uptime_s: float = Field(ge=0)
     outbox: int = Field(default=0, ge=0, le=MAX_COUNT, description="events waiting in the device's outbox")
     dropped: int = Field(default=0, ge=0, le=MAX_COUNT, description="events the outbox had to drop since start")
+    dead_lettered: int = Field(
+        default=0, ge=0, le=MAX_COUNT, description="events the outbox gave up on since start (never sendable)"
+    )
 
 
 # --------------------------------------------------------------------------- glasses
