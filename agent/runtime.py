@@ -41,12 +41,14 @@ from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.failfast import StoreFailed, unrecoverable
+from agent.fairness import FairQueue
 from agent.llm import ChatResolver
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
+from broker.ratelog import Sampler
 from schemas import codec
-from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
+from schemas.actions import Ack, AgentState, ContextSnapshot, DeadLetter, DeviceState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError, ValidationFailed
@@ -156,6 +158,7 @@ class AgentStats:
     alerts: int = 0
     batches: int = 0
     silent: int = 0
+    sampled_out: int = 0  # refused for rate and counted, without a dead letter of their own
 
 
 class AgentRuntime:
@@ -204,6 +207,12 @@ class AgentRuntime:
         self._connects_seen = 0
         self._gc_clock = _GcClock()
         self._failed = ""  # the store's unrecoverable condition, once seen: no more writes at shutdown
+        self._fair = FairQueue()  # delivered, not handled yet: a batch per turn, round-robin by user
+        # A flooding device's refusals: the first of each second per device goes to the DLQ, the rest are counted.
+        self._rate_letters = Sampler(1)
+        self._rate_unlettered: dict[str, int] = {}  # topic -> refused without a dead letter of their own
+        self._rate_flushed = 0.0
+        self._failure_log = Sampler(5)
 
     @property
     def store(self) -> Store:
@@ -371,12 +380,18 @@ class AgentRuntime:
             ticking = self._tick_pos < len(self._tick_users)
             backlog = ticking or self._round is not None
             backlog = backlog or bool(self._context_due and self._context_due[0][0] <= time.monotonic())
-            if backlog:
-                batch = await bus.next_batch(s.batch, timeout=0.0)
+            # Up to two batches from the bus (the receive maximum), a fair batch of them handled: one user's
+            # backlog does not fill the batch while others wait (agent.fairness).
+            fair = self._fair
+            if backlog or fair:
+                batch = await bus.next_batch(2 * s.batch, timeout=0.0)
             else:
                 batch = await bus.next_batch(
-                    s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
+                    2 * s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
                 )
+            if fair or len(batch) > s.batch:
+                fair.add(batch)
+                batch = fair.take(s.batch)
             mono = time.monotonic()
             turn = _Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
@@ -398,6 +413,7 @@ class AgentRuntime:
             if self._round is not None:
                 turn.snapshot_users = await self._snapshot_slice(self._round)
                 turn.lap("snapshot")
+            self._flush_rate_counts(mono)
             turn.contexts = await self._publish_contexts()
             turn.lap("contexts")
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
@@ -482,8 +498,12 @@ class AgentRuntime:
             try:
                 handled = handle(message, now)
                 row = _event_row(message, now, received)
-            except Exception as exc:  # a message that breaks the agent must not stop it: it would come back for ever
-                self.log.exception("message_failed", topic=message.topic, id=message.envelope.id)
+            except Exception as exc:  # noqa: BLE001  (a message that breaks the agent must not stop it: it would come back for ever)
+                if self._failure_log.allow():  # one line, no traceback (its frames hold the payload), a few a second
+                    self.log.warning(
+                        "message_failed", topic=message.topic, id=message.envelope.id, error=type(exc).__name__,
+                        suppressed=self._failure_log.take_suppressed(),
+                    )  # fmt: skip
                 self._refuse(message, "agent", f"the agent could not handle it: {type(exc).__name__}: {exc}")
                 continue
             outcome.extend(handled)
@@ -639,6 +659,13 @@ class AgentRuntime:
         self.stats.refused += 1
         if self.stats.refused in {1, 10, 100} or self.stats.refused % 1000 == 0:
             self.log.warning("message_refused", topic=message.topic, reason=reason, why=why, total=self.stats.refused)
+        if reason == "rate":  # a flood: sampled, not mirrored one to one (the DLQ would flood the agent's link)
+            where = message.where
+            if not self._rate_letters.allow((where.user, where.kind, where.device)):
+                self.stats.sampled_out += 1
+                waiting = self._rate_unlettered
+                waiting[message.topic] = waiting.get(message.topic, 0) + 1  # summed by _flush_rate_counts
+                return
         error = ValidationFailed(why, topic=message.topic)
         error.reason = reason
         try:
@@ -648,6 +675,21 @@ class AgentRuntime:
         letter = codec.dead_letter(message.topic, raw, error, seen_by=self.settings.instance)
         with contextlib.suppress(BusConnectionError, PublishError):
             self.bus._publish_nowait(dlq_topic(reason), codec.encode(make(letter, ts=now_ms())), 1, False)
+
+    def _flush_rate_counts(self, mono: float) -> None:
+        """Once a second: one dead letter per topic standing for the refusals for rate not dead-lettered one by one
+        (``count``), so the DLQ still accounts for every message."""
+        if not self._rate_unlettered or mono - self._rate_flushed < 1.0 or not self.bus.connected:
+            return
+        self._rate_flushed = mono
+        waiting, self._rate_unlettered = self._rate_unlettered, {}
+        for topic, count in waiting.items():
+            letter = DeadLetter(
+                reason="rate", topic=topic, size=0, count=count, seen_by=self.settings.instance,
+                error=f"{count} more messages refused for rate: sampled, not dead-lettered one by one",
+            )  # fmt: skip
+            with contextlib.suppress(BusConnectionError, PublishError):
+                self.bus._publish_nowait(dlq_topic("rate"), codec.encode(make(letter, ts=now_ms())), 1, False)
 
     async def _snapshot_slice(self, snap: _Round) -> int:
         """Write the next slice of the snapshot round; at its end, plan the next round. How many users it wrote.

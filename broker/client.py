@@ -51,7 +51,7 @@ from broker.url import BrokerUrl
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
-from schemas.topics import dlq_topic, validate_filter
+from schemas.topics import Channel, dlq_topic, parse, validate_filter
 
 Protocol = Literal["auto", "5", "3.1.1"]
 Transport = Literal["auto", "native", "paho"]
@@ -152,6 +152,17 @@ class BusStats:
     connects: int = 0
     disconnects: int = 0
     cleared: int = 0  # empty payloads: a retained topic cleared, not an error
+
+
+_RETAINED = frozenset({Channel.STATE, Channel.CONTEXT, Channel.AGENT_STATE})
+
+
+def _retained_topic(topic: str) -> bool:
+    """Whether the contract makes ``topic`` a retained one (a device's or agent's state, a user's context)."""
+    try:
+        return parse(topic).channel in _RETAINED
+    except ContractError:
+        return False
 
 
 def _settle(waiter: asyncio.Future[bool]) -> None:
@@ -565,9 +576,9 @@ class Bus:
         """
         opts = self.options
         ack = opts.manual_ack and qos > 0
-        if not payload:
+        if not payload and (retain or _retained_topic(topic)):
             # An empty payload clears a retained topic: a deliberate act, not an error (the copy forwarded to a
-            # live subscriber has its retain flag cleared, so the flag cannot tell).
+            # live subscriber has its retain flag cleared, so the topic tells).
             self.stats.cleared += 1
             if ack and not self._send_ack(mid, qos):
                 self._held.append((self._link, mid, qos, "", b""))
