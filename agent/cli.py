@@ -152,9 +152,10 @@ def agent_command(
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
-        if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None:
-            _exit_now(EXIT_STORE)
-        raise typer.Exit(1) from None
+        _exit_now(EXIT_STORE if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None else 1)
+    except Exception:  # noqa: BLE001  (a bug: its traceback without frame locals, which hold payloads; then out)
+        err.print_exception(show_locals=False)
+        _exit_now(1)
 
 
 def _run_cluster_member(
@@ -195,8 +196,9 @@ def _run_cluster_member(
 
 
 def _exit_now(status: int) -> None:
-    """End the process at once with ``status``: a thread stuck on a failed database (aiosqlite's) kept the agent
-    alive after "database or disk is full", so its supervisor never restarted it."""
+    """End the process at once with ``status``: after a failed store transaction a non-daemon thread kept the agent
+    alive with nothing running ("database or disk is full" printed, no connection, no answers), so its supervisor
+    never restarted it. Everything to say is said and nothing more can be stored: no cleanup is lost."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

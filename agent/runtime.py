@@ -43,8 +43,9 @@ from agent.core.intents import parse as parse_text
 from agent.failfast import StoreFailed, unrecoverable
 from agent.fairness import FairQueue
 from agent.llm import ChatResolver
+from agent.parking import Attempts, SeenFile
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
-from broker.client import Bus, BusOptions, Outgoing
+from broker.client import Bus, BusOptions, Outgoing, retained_digest
 from broker.logs import get_logger
 from broker.ratelog import Sampler
 from schemas import codec
@@ -120,6 +121,8 @@ class AgentSettings:
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
+        max_attempts: a message in a batch the agent did not survive this many times is parked on the DLQ
+            (``wb/v1/_dlq/parked``) instead of being handled again (agent.parking); 0: never.
         db_max_mb: a cap on the database's size (SQLite's ``max_page_count``): past it every write fails with
             "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`); 0: none.
     """
@@ -143,6 +146,7 @@ class AgentSettings:
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
     db_max_mb: float = 0.0
+    max_attempts: int = 3
 
 
 @dataclass(slots=True)
@@ -213,6 +217,15 @@ class AgentRuntime:
         self._rate_unlettered: dict[str, int] = {}  # topic -> refused without a dead letter of their own
         self._rate_flushed = 0.0
         self._failure_log = Sampler(5)
+        # Beside a SQLite store (a cluster's Redis-backed buckets have neither): retained garbage already
+        # dead-lettered, and messages in batches the agent did not survive (agent.parking).
+        own = store is None
+        self._seen_retained = SeenFile(settings.db.with_name(settings.db.name + ".retained")) if own else None
+        self._attempts = (
+            Attempts(settings.db.with_name(settings.db.name + ".attempts"), settings.max_attempts)
+            if own and settings.max_attempts > 0
+            else None
+        )
 
     @property
     def store(self) -> Store:
@@ -258,6 +271,7 @@ class AgentRuntime:
             connect_timeout_s=0,
             name=s.instance,
             receive_maximum=max(100, s.batch * 2),
+            seen_retained=self._seen_retained,
         )
         self._bus = self._bus_factory(options)
         await self._bus.__aenter__()
@@ -402,7 +416,7 @@ class AgentRuntime:
                     batch += self._silent_devices()
             if batch or self._tick_pos < len(self._tick_users):
                 try:
-                    await self._process(batch, turn)
+                    await self._process_guarded(batch, turn)
                 except (BusConnectionError, PublishError) as exc:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
@@ -456,6 +470,38 @@ class AgentRuntime:
         for message in batch:  # once all of it is stored (a crash before this: the broker delivers it again)
             ack(message)
 
+    async def _process_guarded(self, batch: list[Message], turn: _Turn) -> None:
+        """:meth:`_process`, counting an attempt for the messages in hand when it fails (and the process ends).
+
+        Messages that were in such a batch before are handled one at a time first, so only the one that fails
+        again gains attempts; past ``max_attempts`` :meth:`_admit` parks it. A store that failed for good is not
+        the messages' fault: it counts nothing.
+        """
+        attempts = self._attempts
+        if attempts is None:
+            await self._process(batch, turn)
+            return
+        current = batch
+        try:
+            if len(attempts):
+                suspects = [m for m in batch if attempts.suspect(m.envelope.id)]
+                if suspects:
+                    rest = [m for m in batch if not attempts.suspect(m.envelope.id)]
+                    for message in suspects:
+                        current = [message]
+                        await self._process(current)
+                        attempts.settled([message.envelope.id])
+                    current = batch = rest
+            await self._process(batch, turn)
+        except (BusConnectionError, PublishError):
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, StoreError) and unrecoverable(exc)):
+                attempts.failed(m.envelope.id for m in current)
+            raise
+        if len(attempts):
+            attempts.settled(m.envelope.id for m in batch)
+
     async def _admit(self, batch: list[Message]) -> list[Message]:
         """The messages of ``batch`` to handle: not seen before (by id and publish time), for our users, within the
         limits."""
@@ -474,6 +520,15 @@ class AgentRuntime:
                 stats.duplicates += 1
                 continue
             if users is not None and message.where.user not in users:
+                continue
+            if message.retain and message.where.channel is Channel.EVENT:
+                self._retained_event(message)
+                continue
+            attempts = self._attempts
+            if attempts is not None and attempts.exhausted(message.envelope.id):
+                n = attempts.count(message.envelope.id)
+                self._refuse(message, "parked", f"the agent failed {n} times while handling it; parked, not retried")
+                attempts.settled([message.envelope.id])
                 continue
             refusal = check(message, arrived)
             if refusal is not None:
@@ -654,6 +709,17 @@ class AgentRuntime:
             created_wall_ms=created_wall,
             payload=codec.encode(envelope),
         )
+
+    def _retained_event(self, message: Message) -> None:
+        """A retained event (Mosquitto's ACL cannot refuse the retain flag): dead-lettered the first time only;
+        it comes again at every subscribe and is acknowledged silently then, also after a restart."""
+        seen = self._seen_retained
+        key = retained_digest(message.topic, message.raw or codec.encode(message.envelope))
+        if seen is not None and key in seen:
+            return
+        if seen is not None:
+            seen.add(key)
+        self._refuse(message, "retained", "events are never retained: it would be handled again at every start")
 
     def _refuse(self, message: Message, reason: str, why: str) -> None:
         self.stats.refused += 1

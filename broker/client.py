@@ -157,6 +157,11 @@ class BusStats:
 _RETAINED = frozenset({Channel.STATE, Channel.CONTEXT, Channel.AGENT_STATE})
 
 
+def retained_digest(topic: str, payload: bytes) -> str:
+    """What identifies a retained message (for :attr:`BusOptions.seen_retained`): its topic and bytes."""
+    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+
+
 def _retained_topic(topic: str) -> bool:
     """Whether the contract makes ``topic`` a retained one (a device's or agent's state, a user's context)."""
     try:
@@ -585,7 +590,7 @@ class Bus:
             return
         seen = opts.seen_retained
         if retain and seen is not None:
-            digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+            digest = retained_digest(topic, payload)
             if digest in seen:  # dead-lettered at an earlier start: acknowledged, not dead-lettered again
                 if ack and not self._send_ack(mid, qos):
                     self._held.append((self._link, mid, qos, "", b""))
