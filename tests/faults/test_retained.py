@@ -73,7 +73,8 @@ async def test_retained_garbage_is_dead_lettered_once_and_a_clear_is_no_error(
             # a canary behind whatever came at the subscribe: refused in the pump, after anything before it
             canary = make(HeartRate(bpm=80), ts=now_ms() + 3_600_000)
             await ring.publish_raw(Outgoing(HR, codec.encode(canary), 1), wait=True)
-            await wait_for(lambda n=start + 1: letters(HR, "future") >= n, "the canary's dead letter", 30)
+            seen = start + 1
+            await wait_for(lambda: letters(HR, "future") >= seen, "the canary's dead letter", 30)  # noqa: B023
             await agent.stop()
 
         retained_events = letters(HR, "retained")
