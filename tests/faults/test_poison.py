@@ -99,3 +99,44 @@ async def test_poison_ends_on_the_dlq_acknowledged_and_never_comes_back(
     assert "message_callback_failed" not in log
     assert "[[[[[[[[" not in log, "payload bytes in the log"
     assert len(log) < 256 * 1024, f"{len(log)} bytes of log"
+
+
+async def test_rejected_before_the_connection_is_up_is_dead_lettered_and_acknowledged(
+    mosquitto_binary: None, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """A persistent session's queue arrives right behind the CONNACK, before the bus counts itself connected: what
+    it rejected then was neither dead-lettered nor acknowledged, and came back at every start."""
+    creds = fleet(["alice", "bob"])
+    counts = Counts("rejected-early")
+    garbage = 50
+    async with secure_broker(creds) as broker, contextlib.AsyncExitStack() as stack:
+        observer = await stack.enter_async_context(Observer(broker.url, TAP.username, TAP.password))
+        agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
+        stack.push_async_callback(agent.stop)
+        await agent.start()
+        await observer.agent_online(agent)
+        await agent.stop()
+        ring = await stack.enter_async_context(device_bus(creds, "alice", Kind.RING, broker.url))
+        other = await stack.enter_async_context(device_bus(creds, "bob", Kind.RING, broker.url))
+        for i in range(garbage):
+            await ring.publish_raw(Outgoing(ALICE_HR, b"\xc1 garbage %d" % i, 1), wait=True)
+
+        def mine() -> int:
+            return sum(1 for d in observer.dlq if d.topic == ALICE_HR)
+
+        for start in range(2):
+            await agent.start()
+            await observer.agent_online(agent)
+            await other.publish_raw(Outgoing(BOB_HR, b"\xc1canary", 1), wait=True)
+            seen = start + 1
+            await wait_for(
+                lambda: sum(1 for d in observer.dlq if d.topic == BOB_HR) >= seen,  # noqa: B023
+                "the canary's dead letter",
+                60,
+            )
+            await agent.stop()
+
+    counts["sent"] = garbage
+    counts["dead_lettered"] = mine()
+    counts.report(record_property)
+    assert mine() == garbage, f"{mine()} dead letters for {garbage} rejected messages over two starts"
