@@ -521,7 +521,8 @@ class AgentRuntime:
                 continue
             if users is not None and message.where.user not in users:
                 continue
-            if message.retain and message.where.channel is Channel.EVENT:
+            if message.retain and message.where.channel is Channel.EVENT and self.bus.protocol == "5":
+                # (not on MQTT 3.1.1: amqtt sets the retain flag on a persistent session's queued messages)
                 self._retained_event(message)
                 continue
             attempts = self._attempts
