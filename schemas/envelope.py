@@ -60,18 +60,22 @@ class Envelope(BaseModel, Generic[B]):
 
     @model_validator(mode="after")
     def _default_src_ts(self) -> Envelope[B]:
+        ts = self.ts
         if self.src_ts is None:
-            object.__setattr__(self, "src_ts", self.ts)
-        else:
-            _check_sample_time("src_ts", self.src_ts, self.ts)
+            object.__setattr__(self, "src_ts", ts)
+        elif not ts - MAX_SRC_BEHIND_MS <= self.src_ts <= ts + MAX_SRC_AHEAD_MS:
+            _check_sample_time("src_ts", self.src_ts, ts)
         data = self.data
-        own = getattr(data, "src_ts", None)
-        if own is not None:
-            _check_sample_time("data.src_ts", own, self.ts)
-        for i, item in enumerate(getattr(data, "items", None) or ()):
-            at = getattr(item, "src_ts", None)
-            if at is not None:
-                _check_sample_time(f"data.items.{i}.src_ts", at, self.ts)
+        fields = type(data).model_fields  # a dict lookup: getattr on a missing field raises inside pydantic
+        if "src_ts" in fields:
+            own = data.src_ts  # type: ignore[attr-defined]
+            if own is not None:
+                _check_sample_time("data.src_ts", own, ts)
+        if "items" in fields:
+            for i, item in enumerate(data.items):  # type: ignore[attr-defined]
+                at = item.src_ts
+                if at is not None and not ts - MAX_SRC_BEHIND_MS <= at <= ts + MAX_SRC_AHEAD_MS:
+                    _check_sample_time(f"data.items.{i}.src_ts", at, ts)
         return self
 
     @property
