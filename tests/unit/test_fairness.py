@@ -72,3 +72,24 @@ def test_sampler_memory_is_bounded() -> None:
     sampler = Sampler(1, clock=lambda: 0.0, max_keys=10)
     allowed = sum(sampler.allow(i) for i in range(10_000))
     assert allowed == 11  # ten keys, then one shared by every other key
+
+
+def test_logged_tracebacks_carry_no_frame_locals() -> None:
+    """A traceback's frame locals held whole payloads (a poison message once logged 6.5 MB of them)."""
+    import io  # noqa: PLC0415
+
+    from broker.logs import configure_logging, get_logger  # noqa: PLC0415
+
+    out = io.StringIO()
+    configure_logging(json=True, stream=out)
+
+    def fail(payload: bytes) -> None:
+        raise ValueError(len(payload))
+
+    try:
+        fail(b"SECRET-PAYLOAD")
+    except ValueError:
+        get_logger("test").exception("failed")
+    configure_logging()
+    assert "failed" in out.getvalue()
+    assert "SECRET-PAYLOAD" not in out.getvalue()
