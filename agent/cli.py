@@ -106,6 +106,13 @@ def agent_command(
     partitions: Annotated[
         str, typer.Option(help="Cluster: nats (broker partition mapping) or filters (per-user, needs --users).")
     ] = "nats",
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            help="Park a message on wb/v1/_dlq/parked once the agent failed this many times while handling it "
+            "(0: never)."
+        ),
+    ] = 3,
     db_max_mb: Annotated[
         float,
         typer.Option(
@@ -137,6 +144,7 @@ def agent_command(
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
         db_max_mb=db_max_mb,
+        max_attempts=max_attempts,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,
