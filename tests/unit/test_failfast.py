@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
-from agent.failfast import StoreFailed, unrecoverable
+from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
+from agent.stack import Proc, Supervisor
 from schemas.errors import StoreError
 
 
@@ -60,3 +63,13 @@ def test_the_failure_says_what_to_do() -> None:
     text = str(StoreFailed("SQLITE_FULL", "database or disk is full"))
     assert "free disk space" in text
     assert "74" in text
+
+
+async def test_up_says_why_the_agent_ended(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``wearbus up``'s supervisor restarts a child that ended with 74 and says that its store failed."""
+    sup = Supervisor(max_restarts=0)
+    await sup.start(Proc("agent", [sys.executable, "-c", f"raise SystemExit({EXIT_STORE})"], tmp_path / "a.log"))
+    await asyncio.wait_for(sup.changed.wait(), 30)
+    await sup.stop()
+    said = capsys.readouterr().err
+    assert f"exited with {EXIT_STORE} (its store failed" in " ".join(said.split())
