@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Iterator
 
 from schemas.errors import StoreError
 
@@ -33,12 +34,22 @@ _FATAL_SQLITE = {
 _FATAL_ERRNO = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
-def unrecoverable(exc: BaseException) -> str | None:
-    """The name of the condition when ``exc`` (or what caused it) is a store failure no retry cures, else None."""
+# Primary result codes of a store that is busy or short of memory now: no message's fault.
+_TRANSIENT_SQLITE = {5, 6, 7, 9}  # BUSY, LOCKED, NOMEM, INTERRUPT
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def unrecoverable(exc: BaseException) -> str | None:
+    """The name of the condition when ``exc`` (or what caused it) is a store failure no retry cures, else None."""
+    for cur in _causes(exc):
         if isinstance(cur, sqlite3.Error):
             code = getattr(cur, "sqlite_errorcode", None)
             if isinstance(code, int) and code & 0xFF in _FATAL_SQLITE:
@@ -46,8 +57,19 @@ def unrecoverable(exc: BaseException) -> str | None:
                 return str(name) if name else _FATAL_SQLITE[code & 0xFF]
         elif isinstance(cur, OSError) and cur.errno in _FATAL_ERRNO:
             return errno.errorcode.get(cur.errno or 0, "OSError")
-        cur = cur.__cause__ or cur.__context__
     return None
+
+
+def blames_the_messages(exc: BaseException) -> bool:
+    """Whether a failure while handling a batch may be its messages' fault (they then count an attempt toward
+    being parked): not when the store failed for good, nor when it was only busy, locked or short of memory."""
+    if unrecoverable(exc) is not None:
+        return False
+    for cur in _causes(exc):
+        code = getattr(cur, "sqlite_errorcode", None) if isinstance(cur, sqlite3.Error) else None
+        if isinstance(code, int) and code & 0xFF in _TRANSIENT_SQLITE:
+            return False
+    return True
 
 
 class StoreFailed(StoreError):

@@ -40,7 +40,7 @@ from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
-from agent.failfast import StoreFailed, unrecoverable
+from agent.failfast import StoreFailed, blames_the_messages, unrecoverable
 from agent.fairness import FairQueue
 from agent.llm import ChatResolver
 from agent.parking import Attempts, SeenFile
@@ -474,8 +474,8 @@ class AgentRuntime:
         """:meth:`_process`, counting an attempt for the messages in hand when it fails (and the process ends).
 
         Messages that were in such a batch before are handled one at a time first, so only the one that fails
-        again gains attempts; past ``max_attempts`` :meth:`_admit` parks it. A store that failed for good is not
-        the messages' fault: it counts nothing.
+        again gains attempts; past ``max_attempts`` :meth:`_admit` parks it. A store that failed for good, or was
+        only busy, is not the messages' fault: it counts nothing.
         """
         attempts = self._attempts
         if attempts is None:
@@ -496,7 +496,7 @@ class AgentRuntime:
         except (BusConnectionError, PublishError):
             raise
         except Exception as exc:
-            if not (isinstance(exc, StoreError) and unrecoverable(exc)):
+            if blames_the_messages(exc):
                 attempts.failed(m.envelope.id for m in current)
             raise
         if len(attempts):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
+from agent.failfast import EXIT_STORE, StoreFailed, blames_the_messages, unrecoverable
 from agent.stack import Proc, Supervisor
 from schemas.errors import StoreError
 
@@ -57,6 +57,23 @@ def test_a_busy_database_or_a_bug_is_not(tmp_path: Path) -> None:
     assert unrecoverable(_wrapped(exc)) is None
     assert unrecoverable(ValueError("disk is full")) is None  # the words alone decide nothing
     assert unrecoverable(_wrapped(OSError(errno.ENOSPC, "No space left on device"))) == "ENOSPC"
+
+
+def test_only_a_message_s_own_failure_counts_toward_parking(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    busy = _error_of(lambda: other.execute("BEGIN IMMEDIATE"))
+    assert not blames_the_messages(_wrapped(busy))  # another process holds the lock: nobody's message
+    holder.execute("ROLLBACK")
+    holder.execute("CREATE TRIGGER no BEFORE INSERT ON t BEGIN SELECT RAISE(ABORT, 'no'); END")
+    refused = _error_of(lambda: holder.execute("INSERT INTO t VALUES (1)"))
+    assert blames_the_messages(_wrapped(refused))
+    assert blames_the_messages(ValueError("a bug this message triggers"))
+    full = _wrapped(OSError(errno.ENOSPC, "No space left on device"))
+    assert not blames_the_messages(full)
 
 
 def test_the_failure_says_what_to_do() -> None:
