@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.core.config import CoreConfig
+from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
 from agent.report import Summary, summarize, timed_note
@@ -108,6 +109,20 @@ def agent_command(
     partitions: Annotated[
         str, typer.Option(help="Cluster: nats (broker partition mapping) or filters (per-user, needs --users).")
     ] = "nats",
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            help="Park a message on wb/v1/_dlq/parked once the agent failed this many times while handling it "
+            "(0: never)."
+        ),
+    ] = 3,
+    db_max_mb: Annotated[
+        float,
+        typer.Option(
+            help="Cap the database at this many MiB (0: no cap); past it the agent stops acknowledging and exits "
+            "with status 74, as on a full disk."
+        ),
+    ] = 0.0,
     escape_dots: Annotated[
         bool, typer.Option(help="Cluster: send '.' in topics as '_' (nats-server < 2.10; tests only).")
     ] = False,
@@ -136,6 +151,8 @@ def agent_command(
         core=config,
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
+        db_max_mb=db_max_mb,
+        max_attempts=max_attempts,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,
@@ -151,7 +168,10 @@ def agent_command(
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _exit_now(EXIT_STORE if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None else 1)
+    except Exception:  # noqa: BLE001  (a bug: its traceback without frame locals, which hold payloads; then out)
+        err.print_exception(show_locals=False)
+        _exit_now(1)
 
 
 def _run_cluster_member(
@@ -189,6 +209,15 @@ def _run_cluster_member(
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def _exit_now(status: int) -> None:
+    """End the process at once with ``status``: after a failed store transaction a non-daemon thread kept the agent
+    alive with nothing running ("database or disk is full" printed, no connection, no answers), so its supervisor
+    never restarted it. Everything to say is said and nothing more can be stored: no cleanup is lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:

@@ -41,15 +41,19 @@ from agent.core.engine import AgentCore
 from agent.core.fuzzy import warm as warm_parser
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
+from agent.failfast import StoreFailed, blames_the_messages, unrecoverable
+from agent.fairness import FairQueue
 from agent.llm import ChatResolver
+from agent.parking import Attempts, SeenFile
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
-from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus
+from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus, retained_digest
 from broker.logs import get_logger
+from broker.ratelog import Sampler
 from schemas import codec
-from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
+from schemas.actions import Ack, AgentState, ContextSnapshot, DeadLetter, DeviceState
 from schemas.clock import Clock, WallClock
-from schemas.envelope import Envelope, Message, envelope_of, make, new_id
-from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
+from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
+from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError, ValidationFailed
 from schemas.events import Utterance
 from schemas.topics import (
     Channel,
@@ -59,6 +63,7 @@ from schemas.topics import (
     command_topic,
     context_topic,
     desired_topic,
+    dlq_topic,
     parse,
     state_topic,
 )
@@ -120,6 +125,10 @@ class AgentSettings:
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
+        max_attempts: a message in a batch the agent did not survive this many times is parked on the DLQ
+            (``wb/v1/_dlq/parked``) instead of being handled again (agent.parking); 0: never.
+        db_max_mb: a cap on the database's size (SQLite's ``max_page_count``): past it every write fails with
+            "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`); 0: none.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -142,6 +151,8 @@ class AgentSettings:
     presence: bool = True
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
+    db_max_mb: float = 0.0
+    max_attempts: int = 3
 
 
 @dataclass(slots=True)
@@ -158,6 +169,7 @@ class AgentStats:
     batches: int = 0
     silent: int = 0
     llm_late: int = 0  # utterances handled after the LLM resolver answered (off the pump)
+    sampled_out: int = 0  # refused for rate and counted, without a dead letter of their own
 
 
 class AgentRuntime:
@@ -210,6 +222,22 @@ class AgentRuntime:
         self._held: dict[str, Message] = {}
         self._late: list[tuple[Message, Intent | None]] = []
         self._llm_calls: set[asyncio.Task[None]] = set()
+        self._failed = ""  # the store's unrecoverable condition, once seen: no more writes at shutdown
+        self._fair = FairQueue()  # delivered, not handled yet: a batch per turn, round-robin by user
+        # A flooding device's refusals: the first of each second per device goes to the DLQ, the rest are counted.
+        self._rate_letters = Sampler(1)
+        self._rate_unlettered: dict[str, int] = {}  # topic -> refused without a dead letter of their own
+        self._rate_flushed = 0.0
+        self._failure_log = Sampler(5)
+        # Beside a SQLite store (a cluster's Redis-backed buckets have neither): retained garbage already
+        # dead-lettered, and messages in batches the agent did not survive (agent.parking).
+        own = store is None
+        self._seen_retained = SeenFile(settings.db.with_name(settings.db.name + ".retained")) if own else None
+        self._attempts = (
+            Attempts(settings.db.with_name(settings.db.name + ".attempts"), settings.max_attempts)
+            if own and settings.max_attempts > 0
+            else None
+        )
 
     @property
     def store(self) -> Store:
@@ -229,6 +257,10 @@ class AgentRuntime:
         s = self.settings
         await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
         self._store = await (self._given_store or Store(s.db)).__aenter__()
+        if s.db_max_mb > 0 and self._given_store is None:
+            con = self._store.writer
+            page = int(con.execute("PRAGMA page_size").fetchone()[0])
+            con.execute(f"PRAGMA max_page_count = {max(1, int(s.db_max_mb * 1024 * 1024 / page))}")
         await self._restore()
         state = agent_state_topic(s.instance)
 
@@ -254,6 +286,7 @@ class AgentRuntime:
             connect_timeout_s=0,
             name=s.instance,
             receive_maximum=max(100, s.batch * 2),
+            seen_retained=self._seen_retained,
         )
         self._bus = self._bus_factory(options)
         await self._bus.__aenter__()
@@ -276,7 +309,7 @@ class AgentRuntime:
             await asyncio.gather(*self._llm_calls, return_exceptions=True)
         with contextlib.suppress(ValueError):  # not registered: __aenter__ failed before
             gc.callbacks.remove(self._gc_clock)
-        if self._store is not None:
+        if self._store is not None and not self._failed:
             with contextlib.suppress(Exception):
                 await self._mark_acked()
                 await self._save_core()
@@ -288,9 +321,22 @@ class AgentRuntime:
                 await self._store.__aexit__(exc_type, exc, tb)
 
     async def run(self) -> None:
-        """Run until cancelled; a failure of the pump ends the process (deployment restarts it)."""
+        """Run until cancelled; a failure of the pump ends the process (deployment restarts it).
+
+        Raises:
+            StoreFailed: the store failed for good (disk full, read-only, corrupt); the pump has stopped, so
+                nothing more is acknowledged, and the process should end with ``agent.failfast.EXIT_STORE``.
+        """
         assert self._pump is not None  # noqa: S101
-        await self._pump
+        try:
+            await self._pump
+        except StoreError as exc:
+            condition = unrecoverable(exc)
+            if condition is None:
+                raise
+            self._failed = condition
+            self.log.error("store_failed", condition=condition, error=str(exc)[:300])  # noqa: TRY400 (one line)
+            raise StoreFailed(condition, str(exc)[:300]) from exc
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the agent's bus is connected."""
@@ -367,12 +413,18 @@ class AgentRuntime:
             ticking = self._tick_pos < len(self._tick_users)
             backlog = ticking or self._round is not None
             backlog = backlog or bool(self._context_due and self._context_due[0][0] <= time.monotonic())
-            if backlog:
-                batch = await bus.next_batch(s.batch, timeout=0.0)
+            # Up to two batches from the bus (the receive maximum), a fair batch of them handled: one user's
+            # backlog does not fill the batch while others wait (agent.fairness).
+            fair = self._fair
+            if backlog or fair:
+                batch = await bus.next_batch(2 * s.batch, timeout=0.0)
             else:
                 batch = await bus.next_batch(
-                    s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
+                    2 * s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=_interactive, enough=LINGER_ENOUGH
                 )
+            if fair or len(batch) > s.batch:
+                fair.add(batch)
+                batch = fair.take(s.batch)
             mono = time.monotonic()
             turn = _Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
@@ -383,7 +435,7 @@ class AgentRuntime:
                     batch += self._silent_devices()
             if batch or self._late or self._tick_pos < len(self._tick_users):
                 try:
-                    await self._process(batch, turn)
+                    await self._process_guarded(batch, turn)
                 except (BusConnectionError, PublishError) as exc:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
@@ -394,6 +446,7 @@ class AgentRuntime:
             if self._round is not None:
                 turn.snapshot_users = await self._snapshot_slice(self._round)
                 turn.lap("snapshot")
+            self._flush_rate_counts(mono)
             turn.contexts = await self._publish_contexts()
             turn.lap("contexts")
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
@@ -443,6 +496,38 @@ class AgentRuntime:
             if message.envelope.id not in held:  # one waiting for the LLM is acked once it is handled and stored
                 ack(message)
 
+    async def _process_guarded(self, batch: list[Message], turn: _Turn) -> None:
+        """:meth:`_process`, counting an attempt for the messages in hand when it fails (and the process ends).
+
+        Messages that were in such a batch before are handled one at a time first, so only the one that fails
+        again gains attempts; past ``max_attempts`` :meth:`_admit` parks it. A store that failed for good, or was
+        only busy, is not the messages' fault: it counts nothing.
+        """
+        attempts = self._attempts
+        if attempts is None:
+            await self._process(batch, turn)
+            return
+        current = batch
+        try:
+            if len(attempts):
+                suspects = [m for m in batch if attempts.suspect(m.envelope.id)]
+                if suspects:
+                    rest = [m for m in batch if not attempts.suspect(m.envelope.id)]
+                    for message in suspects:
+                        current = [message]
+                        await self._process(current)
+                        attempts.settled([message.envelope.id])
+                    current = batch = rest
+            await self._process(batch, turn)
+        except (BusConnectionError, PublishError):
+            raise
+        except Exception as exc:
+            if blames_the_messages(exc):
+                attempts.failed(m.envelope.id for m in current)
+            raise
+        if len(attempts):
+            attempts.settled(m.envelope.id for m in batch)
+
     async def _admit(self, batch: list[Message]) -> list[Message]:
         """The messages of ``batch`` to handle: not seen before (by envelope id, the contract's dedup key), for our
         users, within the limits."""
@@ -461,6 +546,16 @@ class AgentRuntime:
                 stats.duplicates += 1
                 continue
             if users is not None and message.where.user not in users:
+                continue
+            if message.retain and message.where.channel is Channel.EVENT and self.bus.protocol == "5":
+                # (not on MQTT 3.1.1: amqtt sets the retain flag on a persistent session's queued messages)
+                self._retained_event(message)
+                continue
+            attempts = self._attempts
+            if attempts is not None and attempts.exhausted(message.envelope.id):
+                n = attempts.count(message.envelope.id)
+                self._refuse(message, "parked", f"the agent failed {n} times while handling it; parked, not retried")
+                attempts.settled([message.envelope.id])
                 continue
             refusal = check(message, arrived)
             if refusal is not None:
@@ -494,8 +589,12 @@ class AgentRuntime:
             try:
                 handled = handle(message, now)
                 row = _event_row(message, now, received)
-            except Exception as exc:  # a message that breaks the agent must not stop it: it would come back for ever
-                self.log.exception("message_failed", topic=message.topic, id=message.envelope.id)
+            except Exception as exc:  # noqa: BLE001  (a message that breaks the agent must not stop it: it would come back for ever)
+                if self._failure_log.allow():  # one line, no traceback (its frames hold the payload), a few a second
+                    self.log.warning(
+                        "message_failed", topic=message.topic, id=message.envelope.id, error=type(exc).__name__,
+                        suppressed=self._failure_log.take_suppressed(),
+                    )  # fmt: skip
                 self._refuse(message, "agent", f"the agent could not handle it: {type(exc).__name__}: {exc}")
                 continue
             outcome.extend(handled)
@@ -685,10 +784,28 @@ class AgentRuntime:
             payload=codec.encode(envelope),
         )
 
+    def _retained_event(self, message: Message) -> None:
+        """A retained event (Mosquitto's ACL cannot refuse the retain flag): dead-lettered the first time only;
+        it comes again at every subscribe and is acknowledged silently then, also after a restart."""
+        seen = self._seen_retained
+        key = retained_digest(message.topic, message.raw or codec.encode(message.envelope))
+        if seen is not None and key in seen:
+            return
+        if seen is not None:
+            seen.add(key)
+        self._refuse(message, "retained", "events are never retained: it would be handled again at every start")
+
     def _refuse(self, message: Message, reason: str, why: str) -> None:
         self.stats.refused += 1
         if self.stats.refused in {1, 10, 100} or self.stats.refused % 1000 == 0:
             self.log.warning("message_refused", topic=message.topic, reason=reason, why=why, total=self.stats.refused)
+        if reason == "rate":  # a flood: sampled, not mirrored one to one (the DLQ would flood the agent's link)
+            where = message.where
+            if not self._rate_letters.allow((where.user, where.kind, where.device)):
+                self.stats.sampled_out += 1
+                waiting = self._rate_unlettered
+                waiting[message.topic] = waiting.get(message.topic, 0) + 1  # summed by _flush_rate_counts
+                return
         error = ValidationFailed(why, topic=message.topic)
         error.reason = reason
         try:
@@ -697,6 +814,21 @@ class AgentRuntime:
             raw = repr(message.envelope).encode()
         with contextlib.suppress(BusConnectionError, PublishError):
             self.bus.dead_letter(message.topic, raw, error, seen_by=self.settings.instance)
+
+    def _flush_rate_counts(self, mono: float) -> None:
+        """Once a second: one dead letter per topic standing for the refusals for rate not dead-lettered one by one
+        (``count``), so the DLQ still accounts for every message."""
+        if not self._rate_unlettered or mono - self._rate_flushed < 1.0 or not self.bus.connected:
+            return
+        self._rate_flushed = mono
+        waiting, self._rate_unlettered = self._rate_unlettered, {}
+        for topic, count in waiting.items():
+            letter = DeadLetter(
+                reason="rate", topic=topic, size=0, count=count, seen_by=self.settings.instance,
+                error=f"{count} more messages refused for rate: sampled, not dead-lettered one by one",
+            )  # fmt: skip
+            with contextlib.suppress(BusConnectionError, PublishError):
+                self.bus.publish_unconfirmed(Outgoing(dlq_topic("rate"), codec.encode(make(letter, ts=now_ms())), 1))
 
     async def _snapshot_slice(self, snap: _Round) -> int:
         """Write the next slice of the snapshot round; at its end, plan the next round. How many users it wrote.

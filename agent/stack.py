@@ -27,6 +27,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from agent.failfast import EXIT_STORE
 from agent.report import percentile, summarize, timed_note
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
@@ -60,6 +61,10 @@ class Proc:
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     done: bool = False
+
+
+#: What a child's exit status means, shown when it is restarted.
+_EXIT_MEANING = {EXIT_STORE: " (its store failed: disk full, read-only or corrupt; see the store_failed line)"}
 
 
 class Supervisor:
@@ -98,14 +103,15 @@ class Supervisor:
                 proc.done = True
                 self.changed.set()
                 return
+            why = f"{rc}{_EXIT_MEANING.get(rc, '')}"
             if proc.restarts >= self.max_restarts:
-                err.print(f"[red]{proc.name} exited with {rc} {proc.restarts} times; giving up (log: {proc.log})[/]")
+                err.print(f"[red]{proc.name} exited with {why} {proc.restarts} times; giving up (log: {proc.log})[/]")
                 proc.done = True
                 self.changed.set()
                 return
             proc.restarts += 1
             delay = min(10.0, 0.5 * 2**proc.restarts)
-            err.print(f"[yellow]{proc.name} exited with {rc}; restarting in {delay:.1f} s (log: {proc.log})[/]")
+            err.print(f"[yellow]{proc.name} exited with {why}; restarting in {delay:.1f} s (log: {proc.log})[/]")
             await asyncio.sleep(delay)
             await self._spawn(proc)
 

@@ -21,8 +21,9 @@ what does not, queue the rest in a deque (no task per message) and hand it out w
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableSet
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -30,10 +31,11 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import BaseModel
 
 from broker.logs import get_logger
+from broker.ratelog import Sampler
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError
-from schemas.topics import dlq_topic
+from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
+from schemas.topics import Channel, dlq_topic, parse
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 TransportName = Literal["auto", "native", "paho"]
@@ -90,6 +92,8 @@ class BusOptions:
         backoff_min_s: first reconnect delay.
         backoff_max_s: reconnect delay cap.
         name: for logs.
+        seen_retained: digests of retained messages already dead-lettered (the agent passes one it keeps on disk):
+            retained garbage comes again at every subscribe, and is then acknowledged without another dead letter.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -115,6 +119,7 @@ class BusOptions:
     name: str = "bus"
     on_connect: list[OnConnect] = field(default_factory=list)
     on_reject: list[OnReject] = field(default_factory=list)
+    seen_retained: MutableSet[str] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +135,7 @@ class BusStats:
     resent: int = 0  # untracked QoS 1 publishes sent again on a new connection (DUP when the session was resumed)
     lost: int = 0  # untracked QoS 1 publishes that could not be sent again (the bus closed first); logged
     subscriptions_refused: int = 0  # re-subscriptions the broker refused on a reconnect (each logged)
+    cleared: int = 0  # empty payloads: a retained topic cleared, not an error
     qos0_dropped: int = 0  # QoS 0 publishes dropped while the socket could take no more (native; see broker.mqtt)
 
 
@@ -170,6 +176,14 @@ class Bus(Protocol):
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected; :class:`~schemas.errors.BusConnectionError` with what to do if not in time."""
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version spoken now: ``"5"`` or ``"3.1.1"`` (the in-memory bus behaves as MQTT 5)."""
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size, if it announced one (an MQTT 5 CONNACK)."""
 
     # publishing
     async def publish(
@@ -330,6 +344,22 @@ def _settle(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
+_RETAINED = frozenset({Channel.STATE, Channel.CONTEXT, Channel.AGENT_STATE})
+
+
+def retained_digest(topic: str, payload: bytes) -> str:
+    """What identifies a retained message (for :attr:`BusOptions.seen_retained`): its topic and bytes."""
+    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+
+
+def _retained_topic(topic: str) -> bool:
+    """Whether the contract makes ``topic`` a retained one (a device's or agent's state, a user's context)."""
+    try:
+        return parse(topic).channel in _RETAINED
+    except ContractError:
+        return False
+
+
 class BusCore:
     """The receive side and the hooks both bus implementations share (see the module's docstring).
 
@@ -354,6 +384,15 @@ class BusCore:
         self._high_water = max(100, options.receive_maximum)
         self._link = 0
         self._closing = False
+        # Rejected before the connection was up (a persistent session's queue arrives right behind the CONNACK):
+        # (link, mid, qos, DLQ topic, dead letter), published and acknowledged once it is (:meth:`_release_held`).
+        self._held: list[tuple[int, int, int, str, bytes]] = []
+        self._reject_log = Sampler(5)
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size, if it announced one (an MQTT 5 CONNACK); ``None`` here."""
+        return None
 
     # ------------------------------------------------------------------ what a subclass provides
 
@@ -488,6 +527,10 @@ class BusCore:
         except ContractError as exc:
             self._reject(topic, payload, exc, qos, retain, mid)
             return
+        except Exception as exc:  # noqa: BLE001  (whatever decoding raises, the message ends on the DLQ, acknowledged)
+            error = DecodeError(f"decoding failed: {type(exc).__name__}: {str(exc)[:200]}", topic=topic)
+            self._reject(topic, payload, error, qos, retain, mid)
+            return
         self.stats.received += 1
         inbox = self._inbox
         if qos == 0 and len(inbox) >= self.options.max_inbox:
@@ -506,20 +549,63 @@ class BusCore:
         return taken
 
     def _reject(self, topic: str, payload: bytes, exc: ContractError, qos: int, retain: bool, mid: int) -> None:
-        if not payload and retain:
-            return  # an empty retained payload clears a retained topic: a deliberate act, not an error
+        """A message that will never be accepted: a dead letter (once), one sampled log line, an acknowledgement.
+
+        Whatever the connection's state: rejected before it is up, both wait for it (:meth:`_release_held`).
+        """
+        opts = self.options
+        ack = opts.manual_ack and qos > 0
+        if not payload and (retain or _retained_topic(topic)):
+            # An empty payload clears a retained topic: a deliberate act, not an error (the copy forwarded to a
+            # live subscriber has its retain flag cleared, so the topic tells).
+            self.stats.cleared += 1
+            if ack and not self._send_ack(mid, qos):
+                self._held.append((self._link, mid, qos, "", b""))
+            return
+        seen = opts.seen_retained
+        if retain and seen is not None:
+            digest = retained_digest(topic, payload)
+            if digest in seen:  # dead-lettered at an earlier start: acknowledged, not dead-lettered again
+                if ack and not self._send_ack(mid, qos):
+                    self._held.append((self._link, mid, qos, "", b""))
+                return
+            seen.add(digest)
         self.stats.rejected += 1
-        self._log.warning("message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field)
+        sampler = self._reject_log
+        if sampler.allow(exc.reason):  # one line each, a few a second, never the payload
+            self._log.warning(
+                "message_rejected", topic=topic, reason=exc.reason, error=exc.detail, field=exc.field,
+                size=len(payload), retain=retain, suppressed=sampler.take_suppressed(),
+            )  # fmt: skip
         rejected = Rejected(topic, payload, exc)
-        for handler in self.options.on_reject:
+        for handler in opts.on_reject:
             handler(rejected)
-        if self.options.dlq and not topic.startswith("wb/v1/_dlq/"):
-            try:
-                self.dead_letter(topic, payload, exc)
-            except (BusConnectionError, PublishError) as error:
-                self._log.warning("dead_letter_not_sent", topic=topic, error=str(error))
-        if self.options.manual_ack and qos > 0:
+        dlq, raw = "", b""
+        if opts.dlq and not topic.startswith("wb/v1/_dlq/"):
+            letter = codec.dead_letter(topic, payload, exc, seen_by=opts.name)
+            dlq, raw = dlq_topic(exc.reason), codec.encode(make(letter, ts=now_ms()))
+        if not self.connected:
+            self._held.append((self._link, mid if ack else 0, qos if ack else 0, dlq, raw))
+            return
+        if dlq:
+            self._send_dead_letter(topic, dlq, raw)
+        if ack:
             self._send_ack(mid, qos)  # handled: it went to the DLQ
+
+    def _send_dead_letter(self, topic: str, dlq: str, raw: bytes) -> None:
+        try:
+            self.publish_unconfirmed(Outgoing(dlq, raw, 1))
+        except (BusConnectionError, PublishError) as error:
+            self._log.warning("dead_letter_not_sent", topic=topic, error=str(error))
+
+    def _release_held(self) -> None:
+        """Once connected: the dead letters and acknowledgements of what was rejected while the bus was not."""
+        held, self._held = self._held, []
+        for link, mid, qos, dlq, letter in held:
+            if dlq:
+                self._send_dead_letter("", dlq, letter)
+            if qos and link == self._link:  # an ack is valid on its own connection only; else the broker sends it again
+                self._send_ack(mid, qos)
 
     def _wake(self, message: Message | None = None) -> None:
         waiter = self._waiter

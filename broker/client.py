@@ -151,6 +151,14 @@ class Bus(BusCore):
         """Whether the bus is connected now."""
         return self._connected.is_set()
 
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size from its CONNACK (MQTT 5, native transport), if it gave one."""
+        wire = self._wire
+        if isinstance(wire, mqtt.Connection) and wire.stats.server.get("0x27"):
+            return wire.server_max_packet
+        return None
+
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected.
 
@@ -382,6 +390,14 @@ class Bus(BusCore):
         self.stats.connects += 1
         self._last_error = ""
         self._connected.set()
+        limit = self.max_packet_size
+        if limit is not None and limit < codec.MAX_PAYLOAD + codec.PACKET_OVERHEAD:
+            self._log.warning(
+                "broker_packet_limit_below_contract", broker_limit=limit, contract_limit=codec.MAX_PAYLOAD,
+                hint="events up to the contract's limit are valid but this broker refuses them: raise its "
+                f"max_packet_size to {codec.MAX_PAYLOAD + codec.PACKET_OVERHEAD} (the generated config's)",
+            )  # fmt: skip
+        self._release_held()
         self._log.info(
             "bus_connected",
             protocol=self.protocol,

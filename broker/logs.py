@@ -43,7 +43,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_json:
-        processors.append(structlog.processors.dict_tracebacks)
+        # Tracebacks without frame locals: they held whole payloads (a poison message logged 6.5 MB of them).
+        no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        processors.append(structlog.processors.ExceptionRenderer(no_locals))
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -308,6 +308,7 @@ class MemoryBus(BusCore):
         self.stats.connects += 1
         self._last_error = ""
         self._connected.set()
+        self._release_held()
         self.broker.resume(self.client_id)
         for topic_filter, qos in list(self._subs.items()):
             self.broker.subscribe(self.client_id, topic_filter, qos)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.codec import MAX_PAYLOAD, PACKET_OVERHEAD
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import DeviceId, Kind, check_name
 
@@ -301,6 +302,8 @@ def render_acl(agents: Sequence[str] = ("agent",), operators: Sequence[str] = ("
         "# the patterns name topics no device or agent parses (wb/v1/agent/evt/... has no valid kind).",
         "",
         "# -- devices",
+        "# An ACL line cannot refuse the retain flag (retain_available false is global and would end the",
+        "# retained states): the agent dead-letters a retained event, and retained garbage, once.",
         "pattern write wb/v1/%u/evt/#",
         "pattern write wb/v1/%u/ack",
         "# the retained birth message and the Will (offline) go to the state topic",
@@ -373,7 +376,8 @@ class Limits:
     """Broker limits. The defaults are sized for the agent's backlog (performance.md P2).
 
     Attributes:
-        max_packet_size: bytes; bigger packets get DISCONNECT 0x95 (256 KiB fits a ring batch with room).
+        max_packet_size: bytes; bigger packets get DISCONNECT 0x95 (the contract's largest payload, 256 KiB, plus
+            a topic and headers: every valid event fits).
         max_queued_messages: per client, beyond those in flight; past it mosquitto drops silently (0 = no
             limit).
         max_queued_bytes: per client, queued payload bytes (0 = no limit).
@@ -383,7 +387,7 @@ class Limits:
         max_connections: -1 = no limit.
     """
 
-    max_packet_size: int = 262_144
+    max_packet_size: int = MAX_PAYLOAD + PACKET_OVERHEAD
     max_queued_messages: int = 100_000
     max_queued_bytes: int = 268_435_456
     max_inflight_messages: int = 100
@@ -602,7 +606,10 @@ def render_conf(settings: MosquittoSettings) -> str:
         f"max_queued_bytes {lim.max_queued_bytes}",
         "# QoS 1/2 messages on the wire per client (default 20); the agent acks after its store commits.",
         f"max_inflight_messages {lim.max_inflight_messages}",
+        "# Mosquitto 2.0 has no per-client publish rate limit, and these limits are global settings applied",
+        "# per client: the agent limits each device's rate and shares its batches round-robin by user.",
         "# Bigger packets are refused with DISCONNECT 0x95 (a 20 kB publish against a 16 kB limit was).",
+        "# The contract's largest payload (256 KiB) plus a topic and headers: every valid event fits.",
         f"max_packet_size {lim.max_packet_size}",
         "# Devices choose their keep-alive (the Will fires after ~1.5 x keep-alive + 5 s on a silent loss).",
         "# MQTT 5 clients are told to use at most this; 2.0.11 still accepts more from an MQTT 3.1.1 client.",

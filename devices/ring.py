@@ -37,6 +37,7 @@ from devices.sdk import ActionRejected, SettingRejected, on_action
 from schemas.actions import Haptic, MeasureNow, RingSync
 from schemas.envelope import Envelope
 from schemas.events import (
+    MAX_BATCH_ITEMS,
     BatchItem,
     HeartRate,
     Hrv,
@@ -54,7 +55,7 @@ from schemas.events import RingBattery as RingBatteryEvent
 from schemas.shadow import RING_STREAMS
 from schemas.topics import Kind
 
-MAX_BATCH = 5000  # SyncBatch.items limit
+MAX_BATCH = MAX_BATCH_ITEMS  # SyncBatch.items limit
 GESTURE_MS = {"press": 180, "long_press": 1200, "pinch": 120, "double_pinch": 350, "scroll_up": 250, "scroll_down": 250}
 MEASURE_LOAD = 3.0  # the optical sensor runs continuously during a spot measurement
 #: The stream (a ``streams`` setting value) each synced item belongs to.
@@ -178,7 +179,7 @@ class RingEmulator(Emulator):
             self.sync(now)
 
     def sync(self, now: int) -> int:
-        """Send what the ring stored as one batch (or several of at most 5000 items), then the battery.
+        """Send what the ring stored as one batch (or several of at most MAX_BATCH_ITEMS items), then the battery.
 
         Returns:
             How many items were sent.

@@ -101,6 +101,8 @@ class DeviceConfig:
             that event (measured: always the last one); the agent drops the copies by id. 0: never.
         shadow_file: where the device keeps the settings it applied and the version it reported (JSON, written
             atomically), as a real device keeps them in flash; ``None``: in memory only.
+        max_send_tries: an event whose publish ends the connection this many times in a row is dead-lettered
+            (a broker that refuses it by closing the connection, without saying why, would get it for ever).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -116,6 +118,7 @@ class DeviceConfig:
     hold_while_agent_away: bool = True
     resend_on_reconnect: int = 8
     shadow_file: Path | None = None
+    max_send_tries: int = 5
 
 
 @dataclass(slots=True)
@@ -129,6 +132,7 @@ class DeviceStats:
     rejected: int = 0
     expired: int = 0
     resent: int = 0
+    dead_lettered: int = 0
     settings_applied: int = 0
     settings_rejected: int = 0
     reported: int = 0
@@ -175,6 +179,8 @@ class ShadowMemory:
         tmp.write_text(json.dumps({**data, "rejected": self.rejected, "desired": self.desired}, ensure_ascii=False))
         os.replace(tmp, path)
 
+    dead_lettered: int = 0
+
 
 class Device:
     """Base class of every device on the bus; an async context manager that owns its tasks."""
@@ -214,6 +220,9 @@ class Device:
         self._refused: Refusal | None = None
         #: The settings applied now (typed; ``None`` fields were never set).
         self.settings = SETTINGS[self.kind].model_validate(self._shadow.settings)
+        #: what the outbox gave up on, newest last: ``(topic, reason, payload size)``
+        self.dead_letters: deque[tuple[str, str, int]] = deque(maxlen=100)
+        self._head_tries = 0  # publishes of the outbox's first event that ended the connection
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -399,17 +408,26 @@ class Device:
                 and not (self.config.hold_while_agent_away and self.agent_away)
             ):
                 out = self._outbox[0]
+                too_big = self._too_big(out, bus)
+                if too_big:
+                    self._dead_letter(out, "too_large", too_big)
+                    continue
                 try:
                     # QoS 1 waits for PUBACK before the event leaves the outbox: a broker that dies now loses nothing.
                     await bus.publish_raw(out, wait=out.qos > 0)
-                except MessageTooLarge as exc:  # sending it again cannot help: drop it, say why, go on
-                    self._outbox.popleft()
-                    self.stats.dropped += 1
-                    self.log.warning("outbox_dropped_too_large", topic=out.topic, size=exc.size, limit=exc.limit)
+                except MessageTooLarge as exc:  # sending it again cannot help: dead-letter it, say why, go on
+                    self._dead_letter(out, "too_large", str(exc))
                     continue
                 except (BusConnectionError, PublishError) as exc:
+                    if isinstance(exc, BusConnectionError) and self._outbox and self._outbox[0] is out:
+                        self._head_tries += 1  # it was on the wire when the connection ended
+                        if self._head_tries >= self.config.max_send_tries:
+                            why = f"the connection ended {self._head_tries} times while it was sent: {exc}"
+                            self._dead_letter(out, "connection_lost", why)
+                            continue
                     self.log.info("outbox_holding", depth=len(self._outbox), why=str(exc))
                     break
+                self._head_tries = 0
                 if self._outbox and self._outbox[0] is out:
                     self._outbox.popleft()
                 if out.qos > 0:
@@ -417,6 +435,30 @@ class Device:
                 self.stats.sent += 1
             if not self._outbox:
                 self._drained.set()
+
+    @staticmethod
+    def _too_big(out: Outgoing, bus: Bus) -> str:
+        """Why ``out`` can never be sent (its size against the contract's and the broker's limit), or ''."""
+        size = len(out.payload)
+        if size > codec.MAX_PAYLOAD:
+            return f"{size} bytes is over the contract's limit of {codec.MAX_PAYLOAD}"
+        limit = bus.max_packet_size
+        packet = size + len(out.topic.encode()) + 64  # fixed header, topic length, packet id, properties
+        if limit is not None and packet > limit:
+            return f"a packet of ~{packet} bytes is over the broker's Maximum Packet Size of {limit}"
+        return ""
+
+    def _dead_letter(self, out: Outgoing, reason: str, why: str) -> None:
+        """Give up on the outbox's first event (it can never be sent) and go on with the next one."""
+        if self._outbox and self._outbox[0] is out:
+            self._outbox.popleft()
+        self._head_tries = 0
+        self.stats.dead_lettered += 1
+        self.dead_letters.append((out.topic, reason, len(out.payload)))
+        self.log.warning(
+            "outbox_dead_letter", topic=out.topic, reason=reason, why=why, size=len(out.payload),
+            total=self.stats.dead_lettered,
+        )  # fmt: skip
 
     async def _heartbeat(self) -> None:
         while True:
@@ -427,6 +469,7 @@ class Device:
                 uptime_s=round(time.monotonic() - self._started, 3),
                 outbox=len(self._outbox),
                 dropped=self.stats.dropped,
+                dead_lettered=self.stats.dead_lettered,
             )
             _, cls, name = event_key(self.kind, body)
             envelope = make(body, ts=self.clock.now_ms())

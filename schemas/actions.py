@@ -364,3 +364,6 @@ class DeadLetter(Body):
     payload: str = Field(default="", description="the first bytes, as text if printable, else base64")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     seen_by: str = ""
+    count: int = Field(
+        default=1, ge=1, le=MAX_COUNT, description="messages this letter stands for (a flood's refusals are summed)"
+    )

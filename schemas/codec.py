@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 from typing import Any, Literal
 
 import msgpack
@@ -32,8 +33,21 @@ from schemas.topics import Channel, Kind, Topic, parse
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 Format = Literal["msgpack", "json"]
-MAX_PAYLOAD = 256 * 1024  # matches the generated broker's max_packet_size; a ring batch of a day fits
+MAX_PAYLOAD = 256 * 1024  # a full ring batch fits (tests/unit/test_bounds.py)
+#: Room in a packet beside its payload: the fixed header, the topic and MQTT 5 properties. The generated broker's
+#: max_packet_size is ``MAX_PAYLOAD + PACKET_OVERHEAD``, so every valid payload fits a packet.
+PACKET_OVERHEAD = 1024
 _JSON_START = frozenset(b"{ \t\r\n")
+#: How deep maps and lists may nest in a JSON payload (the deepest envelope nests 4 levels: envelope, data, a
+#: batch's items, an item): JSON nested 10,000 levels deep made ``json.loads`` (which recurses) raise
+#: ``RecursionError``. msgpack's C unpacker bounds nesting itself (1024 levels, no Python recursion), and a validated
+#: envelope is never deeper than its schema; walking every decoded batch to check 32 would cost ~0.3 ms a batch.
+MAX_DEPTH = 32
+#: Elements a payload may hold (msgpack: in one list or map; JSON: all levels together): the longest list of the
+#: contract (an agent state's ``users``) fits.
+MAX_ELEMENTS = 100_000
+# A JSON string (skipped whole, escapes included) or one structural character.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
 _FIXED: dict[Channel, type[Body]] = {
     Channel.ACK: Ack,
@@ -151,15 +165,54 @@ def loads(
     if size > max_size:
         raise DecodeError(f"payload of {size} bytes is larger than the limit of {max_size}", topic=topic)
     is_json = content_type == JSON if content_type in {JSON, MSGPACK} else payload[0] in _JSON_START
+    fmt = "JSON" if is_json else "msgpack"
     try:
-        obj = json.loads(payload) if is_json else msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        fmt = "JSON" if is_json else "msgpack"
-        why = str(exc) or type(exc).__name__
+        if is_json:
+            check_json_bounds(payload)
+            obj = json.loads(payload)
+        else:
+            obj = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=max_size,
+                max_bin_len=max_size,
+                max_array_len=MAX_ELEMENTS,
+                max_map_len=MAX_ELEMENTS,
+                max_ext_len=0,
+            )  # nesting: msgpack's C unpacker stops at 1024 levels (StackError), without recursing in Python
+    except DecodeError as exc:
+        raise DecodeError(f"not accepted as {fmt} ({exc.detail})", topic=topic) from exc
+    except Exception as exc:
+        why = str(exc)[:200] or type(exc).__name__
         raise DecodeError(f"not valid {fmt} ({why})", topic=topic) from exc
     if not isinstance(obj, dict):
         raise DecodeError(f"the envelope must be a map, not {type(obj).__name__}", topic=topic)
     return obj
+
+
+def check_json_bounds(payload: bytes) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` or with more than :data:`MAX_ELEMENTS` elements, before
+    ``json.loads`` (which recurses) sees it; a loop over the structural characters, no recursion.
+
+    Raises:
+        DecodeError: too deep or too many elements.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH and payload.count(b",") < MAX_ELEMENTS:
+        return  # cannot be too deep nor too long: the common case costs two byte counts
+    depth = elements = 0
+    for match in _JSON_TOKEN.finditer(payload):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
+        elif token in (b"]", b"}"):
+            depth -= 1
+        elif token == b",":
+            elements += 1
+            if elements >= MAX_ELEMENTS:
+                raise DecodeError(f"more than {MAX_ELEMENTS} elements")
 
 
 def validation_failed(exc: ValidationError, topic: str) -> ValidationFailed:

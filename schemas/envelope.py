@@ -16,6 +16,13 @@ from schemas.topics import Topic
 
 B = TypeVar("B", bound=Body)
 
+#: How far a sample time (``src_ts``, of the envelope, of its body or of a batch item) may be ahead of the publish
+#: time ``ts``: clock skew between a device's sensor and its radio, no more. ``src_ts`` = 10^14 (year 5138) once
+#: made every later "what's my heart rate" answer a stale 199 bpm.
+MAX_SRC_AHEAD_MS = 5 * 60_000
+#: How far a sample time may be behind ``ts``: a ring stores samples for days between syncs.
+MAX_SRC_BEHIND_MS = 7 * 86_400_000
+
 _counter = itertools.count(1)
 _prefix = os.urandom(6).hex()
 
@@ -53,14 +60,39 @@ class Envelope(BaseModel, Generic[B]):
 
     @model_validator(mode="after")
     def _default_src_ts(self) -> Envelope[B]:
+        ts = self.ts
         if self.src_ts is None:
-            object.__setattr__(self, "src_ts", self.ts)
+            object.__setattr__(self, "src_ts", ts)
+        elif not ts - MAX_SRC_BEHIND_MS <= self.src_ts <= ts + MAX_SRC_AHEAD_MS:
+            _check_sample_time("src_ts", self.src_ts, ts)
+        data = self.data
+        fields = type(data).model_fields  # a dict lookup: getattr on a missing field raises inside pydantic
+        if "src_ts" in fields:
+            own = data.src_ts  # type: ignore[attr-defined]
+            if own is not None:
+                _check_sample_time("data.src_ts", own, ts)
+        if "items" in fields:
+            for i, item in enumerate(data.items):  # type: ignore[attr-defined]
+                at = item.src_ts
+                if at is not None and not ts - MAX_SRC_BEHIND_MS <= at <= ts + MAX_SRC_AHEAD_MS:
+                    _check_sample_time(f"data.items.{i}.src_ts", at, ts)
         return self
 
     @property
     def sample_ts(self) -> int:
         """When the sample was taken (``src_ts``, else ``ts``)."""
         return self.src_ts if self.src_ts is not None else self.ts
+
+
+def _check_sample_time(name: str, at: int, ts: int) -> None:
+    """Refuse a sample time outside the window around the publish time (a ``ValueError``: pydantic names it)."""
+    if at > ts + MAX_SRC_AHEAD_MS:
+        raise ValueError(
+            f"{name} {at} is {(at - ts) / 1000:.0f} s after ts {ts} (at most {MAX_SRC_AHEAD_MS // 1000} s)"
+        )
+    if at < ts - MAX_SRC_BEHIND_MS:
+        days = MAX_SRC_BEHIND_MS / 86_400_000
+        raise ValueError(f"{name} {at} is {(ts - at) / 86_400_000:.1f} days before ts {ts} (at most {days:g})")
 
 
 @cache

@@ -18,6 +18,11 @@ Ms = Annotated[int, Field(ge=0, le=10**14, description="ms since the Unix epoch"
 # Counters are bounded by what msgpack (64-bit) and SQLite (signed 64-bit) can hold: an envelope that validates but
 # cannot be stored or re-encoded would stop the agent, not reach the DLQ.
 MAX_COUNT = 2**63 - 1
+#: Items of one ring batch at most. The largest item (ring.steps with every field at its longest) encodes to 119
+#: bytes of msgpack and 187 of compact JSON, so a full batch (~187 KB as JSON) fits the broker's packet limit
+#: (``schemas.codec.MAX_PAYLOAD``, 256 KiB; tests/unit/test_bounds.py computes it). 5,000 items (300-380 KB) once
+#: passed the schema but not the broker, which disconnected the ring on every try.
+MAX_BATCH_ITEMS = 1000
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Pct = Annotated[float, Field(ge=0.0, le=100.0, description="percent")]
 Side = Literal["left", "right"]
@@ -76,6 +81,9 @@ class Heartbeat(Body):
     uptime_s: float = Field(ge=0)
     outbox: int = Field(default=0, ge=0, le=MAX_COUNT, description="events waiting in the device's outbox")
     dropped: int = Field(default=0, ge=0, le=MAX_COUNT, description="events the outbox had to drop since start")
+    dead_lettered: int = Field(
+        default=0, ge=0, le=MAX_COUNT, description="events the outbox gave up on since start (never sendable)"
+    )
 
 
 # --------------------------------------------------------------------------- glasses
@@ -318,7 +326,7 @@ class SyncBatch(Body):
     type: Literal["ring.batch"] = "ring.batch"
     from_ts: Ms
     to_ts: Ms
-    items: list[BatchItem] = Field(max_length=5000)
+    items: list[BatchItem] = Field(max_length=MAX_BATCH_ITEMS)
 
     @model_validator(mode="after")
     def _items_timed(self) -> SyncBatch:

@@ -153,10 +153,12 @@ class AgentProcess:
         db: the agent's SQLite file.
         log: where its output goes (appended across restarts).
         instance: its instance id.
+        extra: more command-line options.
     """
 
-    def __init__(self, url: str, db: Path, log: Path, instance: str = "fault-agent") -> None:
+    def __init__(self, url: str, db: Path, log: Path, instance: str = "fault-agent", extra: Sequence[str] = ()) -> None:
         self.url = url
+        self.extra = tuple(extra)
         self.db = db
         self.log = log
         self.instance = instance
@@ -193,7 +195,7 @@ class AgentProcess:
         argv = [
             sys.executable, "-m", "broker.cli", "agent", "--broker", self.url, "--db", str(self.db),
             "--instance", self.instance, "--username", AGENT.username, "--password", AGENT.password,
-            "--log-level", "info",
+            "--log-level", "info", *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self._proc = await asyncio.create_subprocess_exec(

@@ -388,6 +388,7 @@ _users = st.sampled_from(["u1", "u2", "u3", "u4", "u5"])
 _names = st.sampled_from(["d1", "d2", "d3", "d4", "d5"])
 _kinds = st.sampled_from(list(Kind))
 _ts = st.integers(NOW - 10**7, NOW + 10**7)
+_sample_ts = st.integers(NOW - 10**7, NOW)  # a sample is never after its envelope's ts (NOW) by more than 5 min
 _word = st.text(alphabet="abcdefgh ", min_size=1, max_size=30).filter(str.strip)
 _rule = st.sampled_from(["r1", "r2", "r3", "r4"])
 _corr = st.sampled_from(["c1", "c2", "c3", "rule:r5", "tick-u1"])
@@ -409,14 +410,15 @@ def messages(draw: st.DrawFn) -> Message | tuple[str, str]:
             body = act.DeviceState(online=draw(st.booleans()), kind=kind)
             return msg(device_state_topic(_dev(user, kind, name)), body, retain=draw(st.booleans()), ts=t)
         case 1:
-            return msg(event_topic(ring, "sensor", "hr"), ev.HeartRate(bpm=draw(st.floats(30, 220))), src_ts=t)
+            hr = ev.HeartRate(bpm=draw(st.floats(30, 220)))
+            return msg(event_topic(ring, "sensor", "hr"), hr, src_ts=draw(_sample_ts))
         case 2:
             items = draw(
                 st.lists(
                     st.one_of(
-                        st.builds(ev.HeartRate, bpm=st.floats(30, 220), src_ts=_ts),
-                        st.builds(ev.SpO2, pct=st.floats(70, 100), src_ts=_ts),
-                        st.builds(ev.SkinTemp, celsius=st.floats(25, 38), src_ts=_ts),
+                        st.builds(ev.HeartRate, bpm=st.floats(30, 220), src_ts=_sample_ts),
+                        st.builds(ev.SpO2, pct=st.floats(70, 100), src_ts=_sample_ts),
+                        st.builds(ev.SkinTemp, celsius=st.floats(25, 38), src_ts=_sample_ts),
                     ),
                     max_size=12,
                 )

@@ -294,7 +294,7 @@ def test_conf_has_the_measured_settings() -> None:
         "autosave_on_changes true",
         "autosave_interval 1",
         "persistent_client_expiration 14d",
-        "max_packet_size 262144",
+        "max_packet_size 263168",
         "max_queued_messages 100000",
         "max_queued_bytes 268435456",
         "max_inflight_messages 100",
