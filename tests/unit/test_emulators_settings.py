@@ -40,7 +40,7 @@ def test_ring_cadence_streams_and_haptics() -> None:
     assert ring.apply_desired(desired)
     assert ring.stats.settings_applied == 3
     assert ring.sampler.cadence.hr_interval_s == 120
-    clock.advance(30 * MIN)
+    clock.advance(30 * MIN / 1000)  # seconds
     ring.sync(clock.now_ms())
     items = [it for b in ring.emitted(SyncBatch) for it in b.items]
     hr = sorted(it.src_ts for it in items if isinstance(it, HeartRate) and it.src_ts and it.src_ts > T0)
