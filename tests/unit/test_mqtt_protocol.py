@@ -26,7 +26,10 @@ def test_varint_round_trip(n: int) -> None:
     st.fixed_dictionaries(
         {},
         optional={
-            mqtt.CONTENT_TYPE: st.text(max_size=40),
+            # a UTF-8 string of the protocol: no U+0000 and no surrogates [MQTT-1.5.4-1, -2]
+            mqtt.CONTENT_TYPE: st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+            ),
             mqtt.SESSION_EXPIRY: st.integers(0, 2**32 - 1),
             mqtt.RECEIVE_MAXIMUM: st.integers(1, 65535),
             0x01: st.integers(0, 1),
