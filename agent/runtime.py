@@ -501,7 +501,7 @@ class AgentRuntime:
         stats.batches += 1
         stats.alerts += len(alerts)
         for rule, user, text in outcome.alerts:
-            self.log.info("proactive_alert", rule=rule, user=user, text=text)
+            self.log.info("proactive_alert", rule=rule, user=user, chars=len(text))  # the text may quote a vital
         self._note_contexts(outcome.context_changed)
         if actions:
             stats.actions += len(actions)

@@ -21,6 +21,7 @@ from schemas.actions import (
     ContextSnapshot,
     DeadLetter,
     DeviceState,
+    HealthSnapshot,
 )
 from schemas.envelope import Envelope, envelope_of
 from schemas.events import EVENT_QOS, EVENTS, Body
@@ -87,7 +88,17 @@ def _catalogue() -> list[dict[str, Any]]:
             "qos": 1,
             "retain": True,
             "action": "send",
-            "summary": "The fused context snapshot of a user.",
+            "summary": "The fused context snapshot of a user, without health values.",
+        },
+        {
+            "id": "agent.health",
+            "address": "wb/v1/{user}/agent/health",
+            "params": ["user"],
+            "model": HealthSnapshot,
+            "qos": 1,
+            "retain": True,
+            "action": "send",
+            "summary": "The health part of a user's fused context (the agent and the user's own app may read it).",
         },
         {
             "id": "agent.state",

@@ -6,7 +6,8 @@
     wb/v1/{user}/{kind}/{device}/cmd/{action}         agent -> device, actions
     wb/v1/{user}/{kind}/{device}/ack                  device -> agent, action results
     wb/v1/{user}/{kind}/{device}/state                device -> all, retained birth / Will
-    wb/v1/{user}/agent/context                        agent -> apps, retained fused context
+    wb/v1/{user}/agent/context                        agent -> apps, retained fused context (no health values)
+    wb/v1/{user}/agent/health                         agent -> the user's own app, retained health part
     wb/v1/_agent/{instance}/state                     agent -> all, retained online / Will
     wb/v1/_dlq/{reason}                               bus -> operators, rejected messages
 """
@@ -52,6 +53,7 @@ class Channel(StrEnum):
     ACK = "ack"
     STATE = "state"
     CONTEXT = "context"
+    HEALTH = "health"
     AGENT_STATE = "agent_state"
     DLQ = "dlq"
 
@@ -120,6 +122,8 @@ class Topic:
                 return f"{ROOT}/{self.user}/{self.kind}/{self.device}/state"
             case Channel.CONTEXT:
                 return f"{ROOT}/{self.user}/agent/context"
+            case Channel.HEALTH:
+                return f"{ROOT}/{self.user}/agent/health"
             case Channel.AGENT_STATE:
                 return f"{ROOT}/_agent/{self.name}/state"
             case Channel.DLQ:
@@ -161,6 +165,11 @@ def state_topic(dev: DeviceId) -> str:
 def context_topic(user: str) -> str:
     """``wb/v1/{user}/agent/context`` (retained fused context)."""
     return f"{ROOT}/{check_name(user, 'user')}/agent/context"
+
+
+def health_topic(user: str) -> str:
+    """``wb/v1/{user}/agent/health`` (retained health part of the fused context; agent and the user's app only)."""
+    return f"{ROOT}/{check_name(user, 'user')}/agent/health"
 
 
 def agent_state_topic(instance: str) -> str:
@@ -218,8 +227,8 @@ def _parse(topic: str, parts: list[str]) -> Topic:
     if not _NAME.match(first):
         raise TopicError(f"user {first!r} must match [a-z0-9-]{{1,64}}", topic=topic)
     user = _intern(first)
-    if len(parts) == 5 and parts[3] == "agent" and parts[4] == "context":
-        return Topic(Channel.CONTEXT, user=user)
+    if len(parts) == 5 and parts[3] == "agent" and parts[4] in {"context", "health"}:
+        return Topic(Channel.CONTEXT if parts[4] == "context" else Channel.HEALTH, user=user)
     if len(parts) < 6:
         raise TopicError("expected wb/v1/{user}/{kind}/{device}/...", topic=topic)
     kind = _KINDS.get(parts[3])

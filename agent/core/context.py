@@ -627,6 +627,8 @@ class Output:
         haptic: a ring pattern to draw attention discreetly.
         ttl_s: how long a card stays.
         reason: the reason tag of the commands.
+        health: the text quotes a health value (the actions carry the contract's ``health`` flag, so every tool
+            redacts it where people read).
     """
 
     title: str
@@ -641,6 +643,7 @@ class Output:
     haptic: str | None = None
     ttl_s: int = 30
     reason: str = ""
+    health: bool = False
 
 
 @dataclass(slots=True)
