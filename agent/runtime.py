@@ -37,6 +37,7 @@ from typing import Any, Self
 from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
+from agent.core.context import split_health
 from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
@@ -58,6 +59,7 @@ from schemas.topics import (
     command_topic,
     context_topic,
     dlq_topic,
+    health_topic,
     parse,
     state_topic,
 )
@@ -690,9 +692,10 @@ class AgentRuntime:
             self._dirty_users.discard(user)
             self._last_context[user] = mono
             snapshot: ContextSnapshot = self.core.snapshot(user)
-            envelope = make(snapshot, ts=now)
+            public, health = split_health(snapshot)  # health values only where the ACL lets the user's app read
             with contextlib.suppress(BusConnectionError, PublishError):
-                await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(envelope), 1, True))
+                await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(make(public, ts=now)), 1, True))
+                await self.bus.publish_raw(Outgoing(health_topic(user), codec.encode(make(health, ts=now)), 1, True))
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await self.store.save_contexts(saved)
         return len(saved)

@@ -44,6 +44,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 
 import aiosqlite
 
+from broker.files import private_dir, private_file
 from broker.logs import get_logger
 from schemas.errors import StoreError
 
@@ -320,7 +321,8 @@ class Store:
 
     async def __aenter__(self) -> Self:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # 0600 before SQLite writes a byte; its -wal and -shm files take the same mode
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self.db.execute("PRAGMA journal_mode=WAL")
             await self.db.execute("PRAGMA synchronous=NORMAL")

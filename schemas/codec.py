@@ -189,8 +189,8 @@ def redact_payload(topic: str, obj: Any) -> Any:
     return redact_data(model, obj, names=HEALTH_NAMES)
 
 
-def redact_bytes(topic: str, payload: bytes) -> bytes:
-    """A payload of ``topic`` re-encoded as JSON with its health values redacted.
+def redact_wire(topic: str, payload: bytes) -> bytes | None:
+    """A payload of ``topic`` with its health values redacted (re-encoded as JSON), or ``None`` if it holds none.
 
     A payload that does not decode is replaced by :data:`REDACTED` when its topic can carry health data (its bytes
     may hold a value), and kept otherwise.
@@ -199,8 +199,17 @@ def redact_bytes(topic: str, payload: bytes) -> bytes:
         obj = loads(topic, payload)
     except DecodeError:
         model = topic_model(topic)
-        return REDACTED.encode() if model is None or carries_health(model) else payload
-    return json.dumps(redact_payload(topic, obj), separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        return REDACTED.encode() if model is not None and carries_health(model) else None
+    redacted = redact_payload(topic, obj)
+    if redacted == obj:
+        return None
+    return json.dumps(redacted, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def redact_bytes(topic: str, payload: bytes) -> bytes:
+    """A payload of ``topic`` with its health values redacted (see :func:`redact_wire`)."""
+    redacted = redact_wire(topic, payload)
+    return payload if redacted is None else redacted
 
 
 def dead_letter(topic: str, payload: bytes, error: ContractError, *, seen_by: str = "") -> DeadLetter:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Iterable, Mapping
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
@@ -31,6 +31,7 @@ HEALTH_IF_FLAGGED: dict[str, Any] = {HEALTH_KEY: "if-flagged"}
 FLAG = "health"
 
 Mark = Literal[True, "if-flagged"]
+B = TypeVar("B", bound=BaseModel)
 
 
 def health_field(default: Any = ..., **kwargs: Any) -> Any:
@@ -199,3 +200,42 @@ def register_flagged(models: Iterable[type[BaseModel]]) -> None:
     """Note the ``if-flagged`` field names of ``models`` for :func:`redact_by_name` (called by the contract)."""
     for model in models:
         _FLAGGED_TEXT.update(n for n, m in marks(model).items() if m == "if-flagged")
+
+
+def holds_health(body: BaseModel) -> bool:
+    """Whether this body holds a health value now (an always-health model, or a flagged text)."""
+    model = type(body)
+    return always_health(model) or (carries_health(model) and bool(getattr(body, FLAG, False)))
+
+
+def redact_body(body: B) -> B:
+    """The same body with its health values redacted, built without validation (a redacted value is a string
+    where the model wants a number): for display code that reads bodies, never for the wire. Nested models stay
+    models."""
+    if not holds_health(body):
+        return body
+    return _redact_obj(body)
+
+
+def _redact_obj(body: B) -> B:
+    model = type(body)
+    own, nested = marks(model), _nested(model)
+    flagged = bool(getattr(body, FLAG, False))
+    updates: dict[str, Any] = {}
+    for name in model.model_fields:
+        mark = own.get(name)
+        if mark is True or (mark == "if-flagged" and flagged):
+            updates[name] = hide(getattr(body, name))
+        elif name in nested:
+            updates[name] = _redact_walk(getattr(body, name))
+    return body.model_copy(update=updates)
+
+
+def _redact_walk(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _redact_obj(value)
+    if isinstance(value, list | tuple):
+        return [_redact_walk(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_walk(v) for k, v in value.items()}
+    return value

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.config import CoreConfig, Place, UserProfile
+from schemas.actions import ContextSnapshot, HealthSnapshot
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -23,6 +24,15 @@ MAX_ACT = 4
 MAX_STEP_BUCKETS = 4
 MAX_SPO2 = 3
 SlotValue = str | int | float | bool
+
+
+# --- the published context, split
+
+
+def split_health(snapshot: ContextSnapshot) -> tuple[ContextSnapshot, HealthSnapshot]:
+    """The context every app may read (``wb/v1/{user}/agent/context``, no health values) and its health part
+    (``wb/v1/{user}/agent/health``, which the broker's ACL lets only the agent and the user's own app read)."""
+    return snapshot.model_copy(update={"health": {}}), HealthSnapshot(user=snapshot.user, values=dict(snapshot.health))
 
 
 # --- time

@@ -36,13 +36,17 @@ def console(
         bool, typer.Option("--allow-inject", help="Let the page inject an utterance or a gesture for a device.")
     ] = False,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    show_health: Annotated[
+        bool,
+        typer.Option("--show-health", help="Show health values (vitals, health alerts); redacted by default."),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
 ) -> None:
     """Serve a live page of the bus: devices, glasses display, vitals, tasks, alerts and the event timeline."""
     configure_logging(log_level)
     url = broker or Settings().broker
     try:
-        asyncio.run(_console(url, host, port, allow_inject, open_page))
+        asyncio.run(_console(url, host, port, allow_inject, open_page, show_health))
     except WearbusError as exc:
         _err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -50,9 +54,13 @@ def console(
         raise typer.Exit(130) from None
 
 
-async def _console(broker_url: str, host: str, port: int, allow_inject: bool, open_page: bool) -> None:
+async def _console(
+    broker_url: str, host: str, port: int, allow_inject: bool, open_page: bool, show_health: bool = False
+) -> None:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve_console(broker_url, host, port, allow_inject, ready), name="console")
+    task = asyncio.create_task(
+        serve_console(broker_url, host, port, allow_inject, ready, show_health=show_health), name="console"
+    )
     with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
         # SIGTERM (from `wearbus up` or a service manager) ends it as cleanly as Ctrl-C.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

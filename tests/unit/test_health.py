@@ -160,3 +160,31 @@ def test_every_action_with_a_health_flag_marks_its_texts() -> None:
     for model in ACTIONS.values():
         if "health" in model.model_fields:
             assert any(m == "if-flagged" for m in marks(model).values()), model
+
+
+def _message(topic: str, body: Any) -> Any:
+    return codec.decode(topic, codec.encode(make(body)))
+
+
+def test_the_timeline_and_tap_redact_unless_asked_for() -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from agent.stack import Timeline  # noqa: PLC0415
+    from broker.cli import render  # noqa: PLC0415
+
+    hr = _message("wb/v1/alice/ring/ring-1/evt/sensor/hr", HeartRate(bpm=131.5))
+    card = _message(
+        "wb/v1/alice/glasses/g1/cmd/display.card", ShowCard(title="Heart rate", body="At 131.5 bpm.", health=True)
+    )
+    shown: dict[bool, str] = {}
+    for show in (False, True):
+        console = Console(record=True, width=300)
+        timeline = Timeline(console, show=True, show_health=show)
+        timeline.feed(hr)
+        timeline.feed(card)
+        shown[show] = console.export_text()
+    assert "131.5" not in shown[False]
+    assert shown[False].count(REDACTED) == 3  # bpm, the card's title and body
+    assert "131.5" in shown[True]
+    assert render(hr)["envelope"]["data"]["bpm"] == REDACTED
+    assert render(hr, show_health=True)["envelope"]["data"]["bpm"] == 131.5
