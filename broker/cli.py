@@ -119,12 +119,20 @@ def broker_config(
     certfile: Annotated[Path | None, typer.Option(help="Server certificate for the TLS listener.")] = None,
     keyfile: Annotated[Path | None, typer.Option(help="Server key for the TLS listener.")] = None,
     agent_user: Annotated[str, typer.Option(help="The agent's user name.")] = "agent",
+    tap_health: Annotated[
+        bool,
+        typer.Option("--tap-health", help="Let the operator's tap login read health topics (denied by default)."),
+    ] = False,
     layout: Annotated[
         str,
         typer.Option(help="local (run from --out), systemd (/etc/wearbus paths) or compose (container paths)."),
     ] = "local",
 ) -> None:
-    """Write mosquitto.conf, a password file and a per-device ACL (with persistence that survives kill -9)."""
+    """Write mosquitto.conf, a password file and a per-device ACL (with persistence that survives kill -9).
+
+    Health topics are read only by the agent and each user's own phone (its app role); the tap login reads the rest
+    of the bus, and health too with --tap-health.
+    """
     from broker import mosquitto  # noqa: PLC0415
 
     try:
@@ -140,6 +148,7 @@ def broker_config(
             keyfile=keyfile,
             agent_user=agent_user,
             layout=layout,
+            operator_health=tap_health,
         )
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")

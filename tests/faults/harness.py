@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KINDS = (Kind.GLASSES, Kind.RING, Kind.EARPHONES, Kind.PHONE)
 DEVICE_NAMES = {Kind.GLASSES: "g1", Kind.RING: "r1", Kind.EARPHONES: "e1", Kind.PHONE: "p1"}
 AGENT = AgentCredential("agent", "agent-fault-secret")
-TAP = OperatorCredential("tap", "tap-fault-secret")
+TAP = OperatorCredential("tap", "tap-fault-secret", health=True)  # the observer counts every action, alerts too
 HOME = (30.2745, 120.1390)
 
 
