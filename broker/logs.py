@@ -14,6 +14,8 @@ from schemas.health import FLAG, hide, redact_by_name, redact_model
 
 #: Keys of a log event whose value is a text that quotes a health value when the event has ``health=True``.
 _TEXT_KEYS = frozenset({"text", "title", "body"})
+#: structlog's own keys (``level`` is also the name of a health field, the stress level).
+_RESERVED = frozenset({"event", "level", "timestamp", "logger", "component", "exc_info", "exception"})
 
 
 class _Stderr:
@@ -39,6 +41,8 @@ def redact_health(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str
     """
     flagged = bool(event.get(FLAG))
     for key, value in event.items():
+        if key in _RESERVED:
+            continue
         if (key in HEALTH_NAMES and not (key == FLAG and isinstance(value, bool))) or (flagged and key in _TEXT_KEYS):
             event[key] = hide(value)
         elif isinstance(value, bytes | bytearray | memoryview):

@@ -128,8 +128,9 @@ def test_the_log_processor_redacts_by_the_mark() -> None:
     assert event["payload"] == "<7 bytes>"
     assert event["sample"]["bpm"] == REDACTED
     assert event["raw"] == {"data": {"pct": REDACTED, "steps": 5}}
-    plain = redact_health(None, "info", {"event": "y", "text": "Your car is here"})
+    plain = redact_health(None, "info", {"event": "y", "text": "Your car is here", "level": "info"})
     assert plain["text"] == "Your car is here"
+    assert plain["level"] == "info"  # structlog's own key, though a health field (stress) is called level too
 
 
 _SECRET = "-".join(["secret", "payload", "bytes"])  # built, so no source line shown in a traceback holds it
