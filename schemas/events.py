@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.health import health_field
+from schemas.health import HEALTH_IF_FLAGGED, health_field
 from schemas.topics import EventClass, Kind
 
 Ms = Annotated[int, Field(ge=0, le=10**14, description="ms since the Unix epoch")]
@@ -379,8 +379,9 @@ class PlaybackState(Body):
 
     type: Literal["earphones.playback"] = "earphones.playback"
     state: Literal["speaking", "idle", "music"]
-    text: str | None = Field(default=None, max_length=2000)
+    text: str | None = Field(default=None, max_length=2000, json_schema_extra=HEALTH_IF_FLAGGED)
     queue: int = Field(default=0, ge=0, le=MAX_COUNT)
+    health: bool = Field(default=False, description="the text quotes a health value (a flagged audio.speak)")
 
 
 # --------------------------------------------------------------------------- phone
