@@ -22,6 +22,7 @@ from broker.client import Bus, BusOptions, Outgoing
 from broker.testkit.mosquitto import MosquittoProcess
 from broker.testkit.record import load_recording
 from schemas import codec
+from schemas.errors import DecodeError
 from schemas.health import FLAG, REDACTED
 from tests.conftest import require_mosquitto
 
@@ -62,7 +63,7 @@ def health_values(path: Path) -> tuple[list[Any], list[str]]:
     for rec in load_recording(path):
         try:
             obj = codec.loads(rec.topic, rec.payload)
-        except codec.DecodeError:
+        except DecodeError:
             continue
         _diff(obj, codec.redact_payload(rec.topic, obj), values)
     texts = [v for v in values if isinstance(v, str) and len(v) > 8]
@@ -131,9 +132,9 @@ async def test_after_up_nothing_people_read_holds_a_health_value(tmp_path: Path)
                     await watcher
                 code, stdout = await up
         finally:
-            for rec in recorders:
-                rec.terminate()
-                await rec.wait()
+            for proc in recorders:
+                proc.terminate()
+                await proc.wait()
     assert code == 0, stdout[-4000:]
     values, texts = health_values(full)
     assert len(values) > 20, "the scenario published health values"
