@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
     """Add the agent's commands to the ``wearbus`` CLI."""
     app.command("agent")(agent_command)
     app.command("report")(report_command)
+    from agent.privacy import register as register_privacy  # noqa: PLC0415
+
+    register_privacy(app)
     from agent.stack import up_command  # noqa: PLC0415 (keeps start-up of the other commands light)
 
     app.command("up")(up_command)

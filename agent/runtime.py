@@ -57,6 +57,7 @@ from schemas.topics import (
     Kind,
     agent_state_topic,
     command_topic,
+    consent_topic,
     context_topic,
     dlq_topic,
     health_topic,
@@ -65,7 +66,7 @@ from schemas.topics import (
 )
 
 VERSION = "0.1.0"
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
+AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state", "wb/v1/+/agent/consent/set")
 
 
 def wall_ms() -> int:
@@ -696,6 +697,8 @@ class AgentRuntime:
             with contextlib.suppress(BusConnectionError, PublishError):
                 await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(make(public, ts=now)), 1, True))
                 await self.bus.publish_raw(Outgoing(health_topic(user), codec.encode(make(health, ts=now)), 1, True))
+                consent = codec.encode(make(self.core.consent(user), ts=now))
+                await self.bus.publish_raw(Outgoing(consent_topic(user), consent, 1, True))
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await self.store.save_contexts(saved)
         return len(saved)

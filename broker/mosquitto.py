@@ -354,6 +354,8 @@ def render_acl(
             "topic write wb/v1/+/+/+/cmd/#",
             "topic readwrite wb/v1/+/agent/context",
             "topic readwrite wb/v1/+/agent/health",
+            "topic readwrite wb/v1/+/agent/consent",
+            "topic read wb/v1/+/agent/consent/set",
             "topic readwrite wb/v1/_agent/#",
             "topic write wb/v1/_dlq/#",
         ]
@@ -380,6 +382,8 @@ def render_acl(
             f"user {username}",
             f"topic read wb/v1/{user}/agent/context",
             f"topic read wb/v1/{user}/agent/health",
+            f"topic read wb/v1/{user}/agent/consent",
+            f"topic write wb/v1/{user}/agent/consent/set",
         ]
     return "\n".join(out) + "\n"
 

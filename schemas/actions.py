@@ -363,6 +363,28 @@ class HealthSnapshot(Body):
     values: dict[str, float | None] = Field(default_factory=dict, json_schema_extra=HEALTH)
 
 
+#: What a user consents to, one purpose at a time. ``proactive-health``: the agent runs its health rules on the
+#: user's vitals and keeps their raw health samples (for the retention time).
+Purpose = Literal["proactive-health"]
+PURPOSES: tuple[str, ...] = ("proactive-health",)
+
+
+class ConsentRequest(Body):
+    """Change a consent (``wb/v1/{user}/agent/consent/set``, from the user's app or ``wearbus consent``)."""
+
+    type: Literal["consent.set"] = "consent.set"
+    purpose: Purpose
+    granted: bool
+
+
+class ConsentState(Body):
+    """The consents the agent holds for a user (retained on ``wb/v1/{user}/agent/consent``)."""
+
+    type: Literal["agent.consent"] = "agent.consent"
+    user: str
+    purposes: dict[str, bool] = Field(default_factory=dict)
+
+
 class DeadLetter(Body):
     """What was rejected, from which topic, and why (published on ``wb/v1/_dlq/{reason}``)."""
 

@@ -19,6 +19,8 @@ from schemas.actions import (
     ACTIONS,
     Ack,
     AgentState,
+    ConsentRequest,
+    ConsentState,
     ContextSnapshot,
     DeadLetter,
     DeviceState,
@@ -41,6 +43,8 @@ _FIXED: dict[Channel, type[Body]] = {
     Channel.STATE: DeviceState,
     Channel.CONTEXT: ContextSnapshot,
     Channel.HEALTH: HealthSnapshot,
+    Channel.CONSENT: ConsentState,
+    Channel.CONSENT_SET: ConsentRequest,
     Channel.AGENT_STATE: AgentState,
     Channel.DLQ: DeadLetter,
 }

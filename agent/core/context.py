@@ -708,6 +708,7 @@ class UserContext:
         display: what the glasses show (app name).
         speaking: what is being said or played.
         flags: the last published quiet/asleep/moving flags (to notice a change on tick).
+        consent: the consents the user gave or withdrew, by purpose (the profile's ``consent`` until then).
     """
 
     user: str
@@ -725,6 +726,25 @@ class UserContext:
     display: str | None = None
     speaking: str | None = None
     flags: str = ""
+    consent: dict[str, bool] = field(default_factory=dict)
+
+
+PROACTIVE_HEALTH = "proactive-health"
+
+
+def consented(ctx: UserContext, profile: UserProfile, purpose: str) -> bool:
+    """Whether the user consents to ``purpose``: what they last said, else what their profile records (a new user
+    without a profile has not consented: health rules are opt-in)."""
+    given = ctx.consent.get(purpose)
+    return purpose in profile.consent if given is None else given
+
+
+def drop_vitals(h: Health) -> None:
+    """Forget every vital sample and window (consent withdrawn); steps and sleep totals stay (they route output)."""
+    h.hr = h.hrv = h.spo2 = h.skin_temp = h.skin_dev = h.resp = h.stress = None
+    h.hr_window = HrWindow()
+    h.spo2_recent = []
+    h.night = Night()
 
 
 def new_context(user: str, cfg: CoreConfig) -> UserContext:
