@@ -86,6 +86,10 @@ def agent_command(
             "(a sentence or a gesture never waits; 0: never)."
         ),
     ] = 5.0,
+    health_retention_days: Annotated[
+        float,
+        typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
+    ] = 7.0,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -131,6 +135,7 @@ def agent_command(
         core=config,
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
+        health_retention_s=health_retention_days * 86_400,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,

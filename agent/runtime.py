@@ -37,7 +37,7 @@ from typing import Any, Self
 from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
-from agent.core.context import split_health
+from agent.core.context import PROACTIVE_HEALTH, split_health
 from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
@@ -51,6 +51,7 @@ from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
 from schemas.events import Utterance
+from schemas.health import holds_health
 from schemas.topics import (
     Channel,
     DeviceId,
@@ -66,6 +67,8 @@ from schemas.topics import (
 )
 
 VERSION = "0.1.0"
+#: How often the agent looks for health events past their retention time (wall seconds).
+PRUNE_EVERY_S = 60.0
 AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state", "wb/v1/+/agent/consent/set")
 
 
@@ -120,6 +123,8 @@ class AgentSettings:
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
+        health_retention_s: how long the raw payload of a health event (heart rate, SpO2, ...) is kept; then the
+            agent, while it runs, replaces it by a redacted copy (the fused baselines and the context stay).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -140,6 +145,7 @@ class AgentSettings:
     presence: bool = True
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
+    health_retention_s: float = 7 * 86_400.0
 
 
 @dataclass(slots=True)
@@ -187,6 +193,7 @@ class AgentRuntime:
         self._context_due: list[tuple[float, str]] = []  # heap: (monotonic time due, user), one per dirty user
         self._last_context: dict[str, float] = {}
         self._last_snapshot = 0.0
+        self._next_prune = 0.0  # the health retention: first pass at start
         self._snapshot_every = settings.snapshot_s
         self._round: _Round | None = None  # the snapshot being written, a slice of users per pump turn
         self._snapshot_pace = _Pace(SNAPSHOT_BUDGET_S, 1, SNAPSHOT_SLICE, guess_s=300e-6)
@@ -381,6 +388,12 @@ class AgentRuntime:
                 turn.lap("snapshot")
             turn.contexts = await self._publish_contexts()
             turn.lap("contexts")
+            if mono >= self._next_prune:
+                self._next_prune = mono + PRUNE_EVERY_S
+                pruned = self.store.prune_health(wall_ms() - int(s.health_retention_s * 1000))
+                if pruned:
+                    self._next_prune = mono  # more may be due: the next turn goes on
+                    self.log.info("health_pruned", rows=pruned)
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
                 self.log.warning("pump_turn_slow", **turn.report())
 
@@ -463,6 +476,8 @@ class AgentRuntime:
             try:
                 handled = handle(message, now)
                 row = _event_row(message, now, received)
+                if holds_health(message.data) and not self.core.consents(row.user or "", PROACTIVE_HEALTH):
+                    row = row._replace(payload=codec.redact_bytes(message.topic, row.payload))  # no raw sample kept
             except Exception as exc:  # a message that breaks the agent must not stop it: it would come back for ever
                 self.log.exception("message_failed", topic=message.topic, id=message.envelope.id)
                 self._refuse(message, "agent", f"the agent could not handle it: {type(exc).__name__}: {exc}")

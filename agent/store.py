@@ -46,7 +46,10 @@ import aiosqlite
 
 from broker.files import private_dir, private_file
 from broker.logs import get_logger
+from schemas import codec
 from schemas.errors import StoreError
+from schemas.events import EVENTS
+from schemas.health import REDACTED, always_health
 
 #: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
 _EVENT_FIELDS = """
@@ -187,6 +190,10 @@ MIGRATIONS: tuple[str, ...] = (
     # (~1 KB an event, 4-6 us less of CPU an insert). A redelivery is the same message, so it has the same ts.
     _rebuild_events("events_v7", "id TEXT NOT NULL") + "CREATE UNIQUE INDEX events_key ON events(ts, id);",
 )
+
+
+#: The ``type`` of every event that always carries a health value (by the contract's mark): the retention applies.
+HEALTH_EVENT_TYPES = frozenset(str(m.model_fields["type"].default) for m in EVENTS.values() if always_health(m))
 
 
 class EventRow(NamedTuple):
@@ -411,6 +418,26 @@ class Store:
             get_logger("store").warning("checkpoint_failed", db=str(self.path), error=str(exc))
 
     # ------------------------------------------------------------------ the batch transaction
+
+    def prune_health(self, before_wall_ms: int, *, limit: int = 500) -> int:
+        """Retention: replace the raw payload of health events received before ``before_wall_ms`` by a redacted copy
+        (the row stays, for the dedup check and the shape of a replay); at most ``limit`` rows a call, so a large
+        backlog is pruned over several pump turns. Returns how many rows were pruned."""
+        types = sorted(HEALTH_EVENT_TYPES)
+        marks = ",".join("?" * len(types))
+        rows = self.writer.execute(
+            f"SELECT seq, topic, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
+            " AND instr(payload, ?) = 0 LIMIT ?",
+            (before_wall_ms, *types, REDACTED.encode(), limit),
+        ).fetchall()
+        if not rows:
+            return 0
+        with self._transaction("the health retention"):
+            self.writer.executemany(
+                "UPDATE events SET payload = ? WHERE seq = ?",
+                [(codec.redact_bytes(topic, bytes(payload)), seq) for seq, topic, payload in rows],
+            )
+        return len(rows)
 
     async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these events were already processed (the dedup check), as ``(id, ts)``: an envelope's id and

@@ -501,6 +501,12 @@ class AgentCore:
             cx.drop_vitals(ctx.health)
         out.context_changed.add(user)
 
+    def consents(self, user: str, purpose: str) -> bool:
+        """Whether ``user`` consents to ``purpose`` now (the profile's consent for a user not seen yet)."""
+        ctx = self._users.get(user)
+        profile = self.config.profile(user)
+        return cx.consented(ctx, profile, purpose) if ctx is not None else purpose in profile.consent
+
     def consent(self, user: str) -> ConsentState:
         """The consents of one user, as published on ``wb/v1/{user}/agent/consent``."""
         ctx = self._users.get(user)

@@ -54,6 +54,13 @@ async def test_consent_is_stored_and_published_by_the_agent(any_broker: BrokerUn
         assert await set_consent(url, user, "proactive-health", True, wait=15)
     state = await retained(url, consent_topic(user))
     assert state, "the consent is retained"
+    con = sqlite3.connect(tmp_path / "a.db")
+    try:
+        (payload,) = con.execute("SELECT payload FROM events WHERE type = 'ring.hr'").fetchone()
+    finally:
+        con.close()
+    assert b"77.5" not in payload  # without consent no raw sample is kept: the stored copy is redacted
+    assert "‹redacted›".encode() in payload
 
 
 async def test_forget_erases_one_user_from_the_store_and_the_broker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,31 @@ async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Pat
     restored = AgentCore()
     restored.restore(snap.state)
     assert restored.export_state() == live.export_state()
+
+
+async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path) -> None:
+    from agent.store import HEALTH_EVENT_TYPES  # noqa: PLC0415
+    from schemas.envelope import make  # noqa: PLC0415
+    from schemas.events import HeartRate, Steps  # noqa: PLC0415
+    from schemas.health import REDACTED  # noqa: PLC0415
+
+    assert {"ring.hr", "ring.spo2", "ring.batch"} <= HEALTH_EVENT_TYPES
+    assert "ring.steps" not in HEALTH_EVENT_TYPES
+    hr, steps = make(HeartRate(bpm=141.25), ts=1000), make(Steps(steps=12, bucket_start=0), ts=1000)
+    topic = "wb/v1/alice/ring/r1/evt/sensor/"
+
+    def row(i: int, name: str, body: Any, received: int) -> EventRow:
+        return EventRow(f"e{i}", topic + name, "alice", "ring", "r1", "evt", body.data.type, 1000 + i, 1000, i, None,
+                        1000, received, 1, False, codec.encode(body))  # fmt: skip
+
+    path = tmp_path / "s.db"
+    async with Store(path) as store:
+        await store.commit_batch([row(1, "hr", hr, 10), row(2, "steps", steps, 10), row(3, "hr", hr, 99)], [], [], [])
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert store.prune_health(50) == 1
+        assert store.prune_health(50) == 0  # done once
+        stored = dict(store.writer.execute("SELECT id, payload FROM events"))
+    assert b"141.25" not in stored["e1"]
+    assert REDACTED.encode() in stored["e1"]
+    assert stored["e2"] == codec.encode(steps)
+    assert codec.decode(topic + "hr", stored["e3"]).data == hr.data  # younger than the retention
