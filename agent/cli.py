@@ -24,6 +24,7 @@ from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
 from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
+from agent.sealing import HealthCipher
 from broker.logs import configure_logging
 from broker.settings import Settings
 from schemas.clock import SimClock
@@ -90,6 +91,10 @@ def agent_command(
         float,
         typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
     ] = 7.0,
+    health_key: Annotated[
+        Path | None,
+        typer.Option(help="Seal health values at rest with this AES-256-GCM key (make one: wearbus health-key)."),
+    ] = None,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -136,6 +141,7 @@ def agent_command(
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
         health_retention_s=health_retention_days * 86_400,
+        health_key=health_key,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,
@@ -213,12 +219,20 @@ async def _run_agent(settings: AgentSettings, clock: SimClock) -> None:
 def report_command(
     db: Annotated[Path, typer.Option(help="The agent's SQLite database.")] = Path(".wearbus/agent.db"),
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    health_key: Annotated[
+        Path | None, typer.Option(help="The key the agent sealed health values with (to read them).")
+    ] = None,
 ) -> None:
     """Summarise a run from the agent's database: tasks and interaction rounds, alerts, latency, traffic."""
     if not db.exists():
         err.print(f"[bold red]error:[/] no database at {db} (run `wearbus agent` or `wearbus up` first, or pass --db)")
         raise typer.Exit(1)
-    summary = asyncio.run(summarize(db))
+    try:
+        cipher = HealthCipher.from_file(health_key) if health_key is not None else None
+        summary = asyncio.run(summarize(db, cipher))
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
     if json_out:
         print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=2))  # noqa: T201
     else:
@@ -258,6 +272,9 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"Stored in {summary.db}: {stored}")
     if summary.paid_rounds:
         console.print(f"Interaction rounds of paid tasks: {summary.paid_rounds} (goal: 2 each)")
+    if summary.health:
+        held = ", ".join(f"{k} {n} ({r} readable)" for k, (n, r) in summary.health.items())
+        console.print(f"Health samples with their values stored: {held}")
 
 
 def replay_agent_command(

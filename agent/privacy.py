@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from agent.sealing import new_key_file
 from broker.client import Bus, BusOptions, Outgoing
 from broker.settings import Settings
 from broker.testkit.raw import RawBus, RawMessage
@@ -42,6 +43,22 @@ def register(app: typer.Typer) -> None:
     """Add ``consent`` and ``forget`` to the ``wearbus`` CLI."""
     app.command("consent")(consent_command)
     app.command("forget")(forget_command)
+    app.command("health-key")(health_key_command)
+
+
+def health_key_command(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the key (mode 0600).")],
+) -> None:
+    """Make a random AES-256-GCM key for `wearbus agent --health-key` and `wearbus report --health-key`.
+
+    Keep it apart from the database: whoever holds both reads the health values; without it, nobody can.
+    """
+    try:
+        new_key_file(out_file)
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"wrote a health key to {out_file}")
 
 
 # ------------------------------------------------------------------------------------------------ consent

@@ -42,6 +42,7 @@ from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
+from agent.sealing import HealthCipher
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
@@ -125,6 +126,8 @@ class AgentSettings:
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
         health_retention_s: how long the raw payload of a health event (heart rate, SpO2, ...) is kept; then the
             agent, while it runs, replaces it by a redacted copy (the fused baselines and the context stay).
+        health_key: an AES-256-GCM key file: health event payloads, the per-user state and the context snapshots
+            are sealed with it in the database (:mod:`agent.sealing`).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -146,6 +149,7 @@ class AgentSettings:
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
     health_retention_s: float = 7 * 86_400.0
+    health_key: Path | None = None
 
 
 @dataclass(slots=True)
@@ -226,7 +230,8 @@ class AgentRuntime:
 
     async def __aenter__(self) -> Self:
         s = self.settings
-        self._store = await (self._given_store or Store(s.db)).__aenter__()
+        cipher = HealthCipher.from_file(s.health_key) if s.health_key is not None else None
+        self._store = await (self._given_store or Store(s.db, cipher=cipher)).__aenter__()
         await self._restore()
         state = agent_state_topic(s.instance)
 

@@ -44,10 +44,11 @@ from typing import Any, ClassVar, NamedTuple, Self
 
 import aiosqlite
 
+from agent.sealing import HealthCipher, is_sealed
 from broker.files import private_dir, private_file
 from broker.logs import get_logger
 from schemas import codec
-from schemas.errors import StoreError
+from schemas.errors import ContractError, StoreError
 from schemas.events import EVENTS
 from schemas.health import REDACTED, always_health
 
@@ -305,8 +306,9 @@ class Store:
     #: Whether a snapshot may be written a slice of users at a time (each user's row has its own mark).
     sliced_snapshots: ClassVar[bool] = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cipher: HealthCipher | None = None) -> None:
         self.path = Path(path)
+        self.cipher = cipher  # seals health event payloads, per-user core state and context snapshots at rest
         self._db: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Task[None] | None = None
@@ -426,17 +428,20 @@ class Store:
         types = sorted(HEALTH_EVENT_TYPES)
         marks = ",".join("?" * len(types))
         rows = self.writer.execute(
-            f"SELECT seq, topic, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
+            f"SELECT seq, id, topic, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
             " AND instr(payload, ?) = 0 LIMIT ?",
             (before_wall_ms, *types, REDACTED.encode(), limit),
         ).fetchall()
         if not rows:
             return 0
+        redacted = []
+        for seq, event_id, topic, stored in rows:
+            payload = bytes(stored)
+            with contextlib.suppress(StoreError):  # sealed with another key: nothing to keep of it
+                payload = self._open(payload, event_id)
+            redacted.append((codec.redact_bytes(topic, payload), seq))
         with self._transaction("the health retention"):
-            self.writer.executemany(
-                "UPDATE events SET payload = ? WHERE seq = ?",
-                [(codec.redact_bytes(topic, bytes(payload)), seq) for seq, topic, payload in rows],
-            )
+            self.writer.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
         return len(rows)
 
     async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -480,6 +485,8 @@ class Store:
                     [(last, t.at_ms, None if t.users is None else json.dumps(t.users)) for t in ticks],
                 )
             if events:
+                if self.cipher is not None:
+                    events = [self._seal_event(row) for row in events]
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
             if actions:
                 con.executemany(
@@ -568,7 +575,12 @@ class Store:
                 " ON CONFLICT(user) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
                 " tick_n=excluded.tick_n",
                 (
-                    (user, json.dumps(data, ensure_ascii=False, separators=(",", ":")), mark.event_seq, mark.tick_n)
+                    (
+                        user,
+                        self._seal_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), user),
+                        mark.event_seq,
+                        mark.tick_n,
+                    )
                     for user, data in users.items()
                 ),
             )
@@ -595,7 +607,7 @@ class Store:
         users: dict[str, Any] = {}
         async with self.db.execute("SELECT user, state, event_seq, tick_n FROM core_users") as cur:
             async for user, data, event_seq, tick_n in cur:
-                users[user] = json.loads(data)
+                users[user] = json.loads(self._open_text(data, user))
                 marks[user] = Mark(int(event_seq), int(tick_n))
         if users:
             state.setdefault("users", {}).update(users)
@@ -613,7 +625,7 @@ class Store:
                 row = EventRow(
                     id=r[1], topic=r[2], user=r[3], kind=r[4], device=r[5], channel=r[6], type=r[7], ts=r[8],
                     src_ts=r[9], dev_seq=r[10], corr=r[11], handled_ms=r[12], received_wall_ms=r[13], qos=r[14],
-                    retain=bool(r[15]), payload=bytes(r[16]),
+                    retain=bool(r[15]), payload=self._open(bytes(r[16]), r[1]),
                 )  # fmt: skip
                 out.append((int(r[0]), 0, ("event", row, int(r[0]))))
         async with self.db.execute(
@@ -636,8 +648,52 @@ class Store:
                 con.executemany(
                     "INSERT INTO context (user, snapshot, updated_ms) VALUES (?,?,?) ON CONFLICT(user) DO UPDATE SET"
                     " snapshot=excluded.snapshot, updated_ms=excluded.updated_ms",
-                    snapshots,
+                    [(user, self._seal_text(text, user), at) for user, text, at in snapshots],
                 )
+
+    # ------------------------------------------------------------------ sealing (health data at rest)
+
+    def _seal_event(self, row: EventRow) -> EventRow:
+        if self.cipher is None or row.type not in HEALTH_EVENT_TYPES:
+            return row
+        return row._replace(payload=self.cipher.seal(row.payload, row.id.encode()))
+
+    def _open(self, payload: bytes, event_id: str) -> bytes:
+        if not is_sealed(payload):
+            return payload
+        if self.cipher is None:
+            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
+        return self.cipher.open(payload, event_id.encode())
+
+    def _seal_text(self, text: str, user: str) -> str:
+        return text if self.cipher is None else self.cipher.seal_text(text, user.encode())
+
+    def _open_text(self, text: str, user: str) -> str:
+        if not is_sealed(text):
+            return text
+        if self.cipher is None:
+            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
+        return self.cipher.open_text(text, user.encode())
+
+    def health_samples(self) -> dict[str, tuple[int, int]]:
+        """Per health event type: how many stored payloads hold their values, and how many of those this store can
+        read (sealed ones need the key; redacted ones are not counted)."""
+        types = sorted(HEALTH_EVENT_TYPES)
+        marks = ",".join("?" * len(types))
+        out: dict[str, tuple[int, int]] = {}
+        rows = self.writer.execute(
+            f"SELECT id, type, topic, payload FROM events WHERE type IN ({marks}) AND instr(payload, ?) = 0",  # noqa: S608
+            (*types, REDACTED.encode()),
+        ).fetchall()
+        for event_id, kind, topic, payload in rows:
+            held, readable = out.get(kind, (0, 0))
+            ok = True
+            try:
+                codec.decode(topic, self._open(bytes(payload), event_id))
+            except (StoreError, ContractError):
+                ok = False
+            out[kind] = (held + 1, readable + ok)
+        return out
 
     # ------------------------------------------------------------------ reading (report, tests)
 
