@@ -91,6 +91,9 @@ def agent_command(
         float,
         typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
     ] = 7.0,
+    health_hourly_days: Annotated[
+        float, typer.Option(help="Keep the hourly aggregates of pruned health values this long.")
+    ] = 365.0,
     health_key: Annotated[
         Path | None,
         typer.Option(help="Seal health values at rest with this AES-256-GCM key (make one: wearbus health-key)."),
@@ -141,6 +144,7 @@ def agent_command(
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
         health_retention_s=health_retention_days * 86_400,
+        health_hourly_retention_s=health_hourly_days * 86_400,
         health_key=health_key,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url

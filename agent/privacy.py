@@ -184,6 +184,8 @@ def forget_user(db: Path, user: str) -> dict[str, int]:
                 con.execute("UPDATE core_state SET state = ?", (json.dumps(data),))
                 removed["core_state"] = 1
         removed["ticks"] = _forget_in_ticks(con, user)
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'health_hourly'").fetchone():
+            removed["health_hourly"] = con.execute("DELETE FROM health_hourly WHERE user = ?", (user,)).rowcount
         con.execute("COMMIT")
         con.execute("VACUUM")  # the deleted pages are overwritten, not left in the free list
     except (sqlite3.Error, ValueError) as exc:

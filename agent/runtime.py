@@ -126,6 +126,8 @@ class AgentSettings:
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
         health_retention_s: how long the raw payload of a health event (heart rate, SpO2, ...) is kept; then the
             agent, while it runs, replaces it by a redacted copy (the fused baselines and the context stay).
+        health_hourly_retention_s: how long the hourly aggregates (count, sum, min, max) of pruned health values
+            are kept, by their sample time.
         health_key: an AES-256-GCM key file: health event payloads, the per-user state and the context snapshots
             are sealed with it in the database (:mod:`agent.sealing`).
     """
@@ -150,6 +152,7 @@ class AgentSettings:
     linger_s: float = 0.005
     health_retention_s: float = 7 * 86_400.0
     health_key: Path | None = None
+    health_hourly_retention_s: float = 365 * 86_400.0
 
 
 @dataclass(slots=True)
@@ -395,7 +398,11 @@ class AgentRuntime:
             turn.lap("contexts")
             if mono >= self._next_prune:
                 self._next_prune = mono + PRUNE_EVERY_S
-                pruned = self.store.prune_health(wall_ms() - int(s.health_retention_s * 1000))
+                now_wall = wall_ms()
+                pruned = self.store.prune_health(
+                    now_wall - int(s.health_retention_s * 1000),
+                    hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
+                )
                 if pruned:
                     self._next_prune = mono  # more may be due: the next turn goes on
                     self.log.info("health_pruned", rows=pruned)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
 
 import aiosqlite
+from pydantic import BaseModel
 
 from agent.sealing import HealthCipher, is_sealed
 from broker.files import private_dir, private_file
@@ -51,6 +53,7 @@ from schemas import codec
 from schemas.errors import ContractError, StoreError
 from schemas.events import EVENTS
 from schemas.health import REDACTED, always_health
+from schemas.health import marks as marks_of
 
 #: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
 _EVENT_FIELDS = """
@@ -195,6 +198,29 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: The ``type`` of every event that always carries a health value (by the contract's mark): the retention applies.
 HEALTH_EVENT_TYPES = frozenset(str(m.model_fields["type"].default) for m in EVENTS.values() if always_health(m))
+
+
+#: Hourly aggregates of health values, kept longer than the raw samples (created when first needed, outside the
+#: numbered migrations: an agent of before simply has none).
+_HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
+    user TEXT NOT NULL, metric TEXT NOT NULL, hour_ms INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (user, metric, hour_ms))"""
+HOUR_MS = 3_600_000
+
+
+def _health_readings(message: Any) -> Iterator[tuple[str, int, float]]:
+    """``(metric, hour, value)`` of each numeric health value of a decoded event (``ring.hr.bpm``; batch items by
+    their own sample time)."""
+    body = message.data
+    items = getattr(body, "items", None)
+    timed = [(item, item.src_ts or message.envelope.sample_ts) for item in items] if items else [(body, None)]
+    for item, t in timed:
+        when = t if t is not None else message.envelope.sample_ts
+        model: type[BaseModel] = type(item)
+        for name, mark in marks_of(model).items():
+            value = getattr(item, name, None)
+            if mark is True and isinstance(value, int | float) and not isinstance(value, bool):
+                yield f"{item.type}.{name}", when - when % HOUR_MS, float(value)
 
 
 class EventRow(NamedTuple):
@@ -421,28 +447,70 @@ class Store:
 
     # ------------------------------------------------------------------ the batch transaction
 
-    def prune_health(self, before_wall_ms: int, *, limit: int = 500) -> int:
+    def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
         """Retention: replace the raw payload of health events received before ``before_wall_ms`` by a redacted copy
-        (the row stays, for the dedup check and the shape of a replay); at most ``limit`` rows a call, so a large
-        backlog is pruned over several pump turns. Returns how many rows were pruned."""
+        (the row stays, for the dedup check and the shape of a replay), after folding their values into hourly
+        aggregates (``health_hourly``: count, sum, min, max per user, field and hour of sample time), which are kept
+        until ``hourly_before_ms`` (sample time; None: for ever). At most ``limit`` rows a call, so a large backlog
+        is pruned over several pump turns. Returns how many rows were pruned."""
         types = sorted(HEALTH_EVENT_TYPES)
         marks = ",".join("?" * len(types))
+        self.writer.execute(_HOURLY_TABLE)
         rows = self.writer.execute(
-            f"SELECT seq, id, topic, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
+            f"SELECT seq, id, topic, user, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
             " AND instr(payload, ?) = 0 LIMIT ?",
             (before_wall_ms, *types, REDACTED.encode(), limit),
         ).fetchall()
-        if not rows:
-            return 0
         redacted = []
-        for seq, event_id, topic, stored in rows:
+        hourly: dict[tuple[str, str, int], list[float]] = {}
+        for seq, event_id, topic, user, stored in rows:
             payload = bytes(stored)
             with contextlib.suppress(StoreError):  # sealed with another key: nothing to keep of it
                 payload = self._open(payload, event_id)
+                with contextlib.suppress(ContractError):
+                    for metric, hour, value in _health_readings(codec.decode(topic, payload)):
+                        hourly.setdefault((user or "", metric, hour), []).append(value)
             redacted.append((codec.redact_bytes(topic, payload), seq))
-        with self._transaction("the health retention"):
-            self.writer.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
+        with self._transaction("the health retention") as con:
+            con.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
+            for (user, metric, hour), values in hourly.items():
+                self._fold_hour(con, user, metric, hour, values)
+            if hourly_before_ms is not None:
+                con.execute("DELETE FROM health_hourly WHERE hour_ms < ?", (hourly_before_ms,))
         return len(rows)
+
+    def _fold_hour(self, con: sqlite3.Connection, user: str, metric: str, hour: int, values: list[float]) -> None:
+        aad = f"{user}/{metric}/{hour}".encode()
+        row = con.execute(
+            "SELECT data FROM health_hourly WHERE user = ? AND metric = ? AND hour_ms = ?", (user, metric, hour)
+        ).fetchone()
+        agg = {"n": 0, "sum": 0.0, "min": math.inf, "max": -math.inf}
+        if row is not None:
+            text = row[0] if self.cipher is None else self.cipher.open_text(row[0], aad)
+            agg = json.loads(text)
+        agg = {
+            "n": agg["n"] + len(values),
+            "sum": agg["sum"] + sum(values),
+            "min": min(agg["min"], *values),
+            "max": max(agg["max"], *values),
+        }
+        data = json.dumps(agg)
+        con.execute(
+            "INSERT INTO health_hourly (user, metric, hour_ms, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(user, metric, hour_ms) DO UPDATE SET data = excluded.data",
+            (user, metric, hour, data if self.cipher is None else self.cipher.seal_text(data, aad)),
+        )
+
+    def health_hourly(self, user: str) -> list[tuple[str, int, dict[str, float]]]:
+        """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
+        self.writer.execute(_HOURLY_TABLE)
+        out = []
+        for metric, hour, data in self.writer.execute(
+            "SELECT metric, hour_ms, data FROM health_hourly WHERE user = ? ORDER BY hour_ms, metric", (user,)
+        ):
+            text = data if self.cipher is None else self.cipher.open_text(data, f"{user}/{metric}/{hour}".encode())
+            out.append((str(metric), int(hour), json.loads(text)))
+        return out
 
     async def known(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these events were already processed (the dedup check), as ``(id, ts)``: an envelope's id and

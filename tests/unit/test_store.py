@@ -192,6 +192,11 @@ async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path)
         assert path.stat().st_mode & 0o777 == 0o600
         assert store.prune_health(50) == 1
         assert store.prune_health(50) == 0  # done once
+        assert store.health_hourly("alice") == [
+            ("ring.hr.bpm", 0, {"n": 1, "sum": 141.25, "min": 141.25, "max": 141.25})
+        ]
+        store.prune_health(50, hourly_before_ms=1)  # aggregates of hours before 1 ms: dropped
+        assert store.health_hourly("alice") == []
         stored = dict(store.writer.execute("SELECT id, payload FROM events"))
     assert b"141.25" not in stored["e1"]
     assert REDACTED.encode() in stored["e1"]
