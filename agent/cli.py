@@ -21,7 +21,7 @@ from rich.table import Table
 
 from agent.core.config import CoreConfig
 from agent.llm import ChatResolver, ResolverConfig
-from agent.profile import load_profiles
+from agent.profile import load_profiles, profile_from
 from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
 from agent.sealing import HealthCipher
@@ -91,6 +91,13 @@ def agent_command(
         float,
         typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
     ] = 7.0,
+    default_consent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A purpose every user without a profile has consented to (collected at sign-up); repeatable. "
+            "By default nobody has: health rules are opt-in."
+        ),
+    ] = None,
     health_hourly_days: Annotated[
         float, typer.Option(help="Keep the hourly aggregates of pruned health values this long.")
     ] = 365.0,
@@ -130,6 +137,9 @@ def agent_command(
     try:
         if profiles is not None:
             config = replace(config, profiles=load_profiles(profiles))
+        if default_consent:
+            given = profile_from({"consent": default_consent}, "--default-consent").consent
+            config = replace(config, default_profile=replace(config.default_profile, consent=given))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -193,7 +193,7 @@ class AgentProcess:
         argv = [
             sys.executable, "-m", "broker.cli", "agent", "--broker", self.url, "--db", str(self.db),
             "--instance", self.instance, "--username", AGENT.username, "--password", AGENT.password,
-            "--log-level", "info",
+            "--log-level", "info", "--default-consent", "proactive-health",  # the health rules are under test too
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self._proc = await asyncio.create_subprocess_exec(
