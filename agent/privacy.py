@@ -17,8 +17,9 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgpack
 import typer
 from rich.console import Console
 
@@ -134,6 +135,11 @@ def forget_command(
         typer.Option("--broker", "-b", help="Also clear the user's retained messages on this broker; env WB_BROKER."),
     ] = None,
     keep_retained: Annotated[bool, typer.Option(help="Leave the broker alone (the store only).")] = False,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis", help="Erase the user from this agent cluster's Redis bucket store (instead of --db).")
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="With --redis: the name of the cluster.")] = None,
+    buckets: Annotated[int, typer.Option(help="With --redis: the number of buckets of the cluster.")] = 64,
 ) -> None:
     """Erase a user: every row of theirs in the agent's store, and their retained messages on the broker.
 
@@ -141,9 +147,14 @@ def forget_command(
     """
     try:
         check_name(user, "user")
-        if not db.exists():
-            raise ConfigError(f"no database at {db} (pass --db)")
-        removed = forget_user(db, user)
+        if redis_url is not None:
+            if cluster is None:
+                raise ConfigError("--redis needs --cluster (the name the members run with)")
+            removed = asyncio.run(_forget_redis(redis_url, cluster, buckets, user))
+        elif not db.exists():
+            raise ConfigError(f"no database at {db} (pass --db, or --redis for a cluster)")
+        else:
+            removed = forget_user(db, user)
         cleared: list[str] = []
         if not keep_retained:
             cleared = asyncio.run(clear_retained(broker or Settings().broker, user))
@@ -151,7 +162,7 @@ def forget_command(
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     rows = ", ".join(f"{table} {n}" for table, n in removed.items() if n) or "none"
-    out.print(f"forgot {user}: rows deleted from {db}: {rows}")
+    out.print(f"forgot {user}: rows deleted from {redis_url or db}: {rows}")
     if not keep_retained:
         out.print(f"retained messages cleared on the broker: {len(cleared)}")
 
@@ -238,3 +249,54 @@ async def clear_retained(url: str, user: str, *, quiet_s: float = 0.5, within_s:
         for topic in retained:
             await bus.publish_raw(Outgoing(topic, b"", 1, True), wait=True)
     return list(retained)
+
+
+async def forget_in_redis(redis: Any, cluster: str, buckets: int, user: str) -> dict[str, int]:
+    """Erase ``user`` from an agent cluster's Redis bucket store (the bucket the user hashes to): their entries of
+    the event log and the alerts stream, their actions (with outbox and acks), tasks, context, per-user snapshot and
+    LLM resolutions. Run it with the cluster stopped (a member would write back what it holds).
+
+    Args:
+        redis: a ``redis.asyncio`` client.
+        cluster: the cluster name.
+        buckets: the number of buckets (as the members were started with).
+        user: the user.
+    """
+    from agent.cluster import bucket_of, bucket_prefix  # noqa: PLC0415 (redis is only needed here)
+
+    p = bucket_prefix(cluster, bucket_of(check_name(user, "user"), buckets))
+    name = user.encode()
+    removed: dict[str, int] = {}
+    events: list[bytes] = []
+    for stream in ("log", "alerts"):
+        ids = []
+        for entry_id, fields in await redis.xrange(p + stream, min="-", max="+"):
+            if fields.get(b"user") == name:
+                ids.append(entry_id)
+                if b"id" in fields:
+                    events.append(fields[b"id"])
+        removed[stream] = await redis.xdel(p + stream, *ids) if ids else 0
+    actions = [aid for aid, row in (await redis.hgetall(p + "actions")).items() if msgpack.unpackb(row)[2] == user]
+    tasks = [tid for tid, row in (await redis.hgetall(p + "tasks")).items() if json.loads(row)[0] == user]
+    removed["actions"] = await redis.hdel(p + "actions", *actions) if actions else 0
+    if actions:
+        await redis.zrem(p + "outbox", *actions)
+        await redis.hdel(p + "acks", *actions)
+    removed["tasks"] = await redis.hdel(p + "tasks", *tasks) if tasks else 0
+    removed["resolutions"] = await redis.hdel(p + "resolutions", *events) if events else 0
+    removed["ctx"] = await redis.hdel(p + "ctx", user)
+    removed["core_users"] = await redis.hdel(p + "core_users", user)
+    return removed
+
+
+async def _forget_redis(url: str, cluster: str, buckets: int, user: str) -> dict[str, int]:
+    import redis.asyncio as aioredis  # noqa: PLC0415
+    from redis.exceptions import RedisError  # noqa: PLC0415
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        return await forget_in_redis(client, cluster, buckets, user)
+    except RedisError as exc:
+        raise ConfigError(f"cannot erase {user} from {url}: {exc}") from exc
+    finally:
+        await client.aclose()
