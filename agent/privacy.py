@@ -136,7 +136,8 @@ def forget_command(
     ] = None,
     keep_retained: Annotated[bool, typer.Option(help="Leave the broker alone (the store only).")] = False,
     redis_url: Annotated[
-        str | None, typer.Option("--redis", help="Erase the user from this agent cluster's Redis bucket store (instead of --db).")
+        str | None,
+        typer.Option("--redis", help="Erase the user from this agent cluster's Redis bucket store (instead of --db)."),
     ] = None,
     cluster: Annotated[str | None, typer.Option(help="With --redis: the name of the cluster.")] = None,
     buckets: Annotated[int, typer.Option(help="With --redis: the number of buckets of the cluster.")] = 64,
