@@ -88,6 +88,7 @@ def carries_health(model: type[BaseModel]) -> bool:
     return any(carries_health(m) for models in _nested(model).values() for m in models)
 
 
+@cache
 def always_health(model: type[BaseModel]) -> bool:
     """Whether every body of this model is health data (an unconditional mark, itself or nested)."""
     if any(m is True for m in marks(model).values()):
