@@ -106,7 +106,7 @@ async def test_after_up_nothing_people_read_holds_a_health_value(tmp_path: Path)
         try:
             await asyncio.sleep(1.0)  # the recorders subscribe before the stack starts
             up = asyncio.create_task(
-                wearbus("up", "--speed", "240", "--no-console", "--workdir", str(tmp_path / "run"), "--broker",
+                wearbus("up", "--speed", "240", "--console-port", "0", "--workdir", str(tmp_path / "run"), "--broker",
                         broker.url)
             )  # fmt: skip
             # A reading out of range: the agent sends it to the DLQ, which must not carry the value.
@@ -146,7 +146,8 @@ async def test_after_up_nothing_people_read_holds_a_health_value(tmp_path: Path)
     assert REDACTED in stdout
     # The agent's and the devices' logs.
     logs = sorted((tmp_path / "run").glob("run-*/*.log"))
-    assert {p.stem for p in logs} >= {"agent", "ring-alice", "glasses-alice", "phone-alice", "earphones-alice"}
+    processes = {"agent", "console", "ring-alice", "glasses-alice", "phone-alice", "earphones-alice"}
+    assert {p.stem for p in logs} >= processes
     for log in logs:
         assert leaks(log.read_text(), texts, style="json") == [], log
         assert log.stat().st_mode & 0o777 == 0o600

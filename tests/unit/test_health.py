@@ -189,3 +189,31 @@ def test_the_timeline_and_tap_redact_unless_asked_for() -> None:
     assert "131.5" in shown[True]
     assert render(hr)["envelope"]["data"]["bpm"] == REDACTED
     assert render(hr, show_health=True)["envelope"]["data"]["bpm"] == 131.5
+
+
+def test_the_privacy_commands_say_what_is_wrong(tmp_path: Any) -> None:
+    import typer  # noqa: PLC0415
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from agent.privacy import register  # noqa: PLC0415
+
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    bad_state = runner.invoke(app, ["consent", "maybe", "--user", "alice"])
+    assert bad_state.exit_code == 2
+    assert "on or off" in bad_state.output
+    bad_purpose = runner.invoke(app, ["consent", "on", "--user", "alice", "--purpose", "ads"])
+    assert bad_purpose.exit_code == 2
+    assert "proactive-health" in bad_purpose.output
+    missing = runner.invoke(app, ["forget", "--user", "alice", "--db", str(tmp_path / "none.db")])
+    assert missing.exit_code == 1
+    assert "no database" in missing.output
+    no_cluster = runner.invoke(app, ["forget", "--user", "alice", "--redis", "redis://127.0.0.1:1/0"])
+    assert no_cluster.exit_code == 1
+    assert "--cluster" in no_cluster.output
+    key = tmp_path / "k"
+    assert runner.invoke(app, ["health-key", "--out", str(key)]).exit_code == 0
+    again = runner.invoke(app, ["health-key", "--out", str(key)])
+    assert again.exit_code == 1
+    assert "exists" in again.output
