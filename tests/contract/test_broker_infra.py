@@ -332,7 +332,7 @@ async def test_health_topics_reach_only_the_agent_the_users_app_and_a_configured
         connected(mosq.port, AGENT.username, login(AGENT)) as agent,
         connected(mosq.port, ALICE_RING.client_id, login(ALICE_RING)) as ring,
     ):
-        for peer in (tap, clinic, phone, bob, agent):
+        for peer in (tap, clinic, phone, bob, agent, ring):
             await peer.subscribe("wb/#")
         for topic in [*health_bearing, *plain]:
             sender = ring if topic.startswith(ALICE_RING.prefix) else agent
@@ -346,6 +346,14 @@ async def test_health_topics_reach_only_the_agent_the_users_app_and_a_configured
         # Alice's phone reads Alice's context, health part included; Bob's ring reads neither.
         assert await _topics_until(phone, end) == ["wb/v1/alice/agent/health", "wb/v1/alice/agent/context", end]
         assert await _topics_until(bob, end) == [end]
+        assert await _topics_until(ring, end) == [end]
+        # Every device reads its own user's consent state; a device still reads its own commands.
+        await agent.publish("wb/v1/alice/agent/consent", b"alice", retain=False)
+        await agent.publish("wb/v1/bob/agent/consent", b"bob", retain=False)
+        await agent.publish(f"{BOB_RING.prefix}/cmd/ring.haptic", b"buzz", retain=False)
+        await agent.publish(end, b"end")
+        assert await _topics_until(ring, end) == ["wb/v1/alice/agent/consent", end]
+        assert await _topics_until(bob, end) == ["wb/v1/bob/agent/consent", f"{BOB_RING.prefix}/cmd/ring.haptic", end]
 
 
 async def _topics_until(peer: Peer, last: str) -> list[str]:

@@ -392,7 +392,7 @@ def test_write_config_writes_private_files(tmp_path: Path) -> None:
     stored = dict(line.split(":", 1) for line in written.password_file.read_text(encoding="utf-8").splitlines())
     for username, password in creds.logins():
         assert verify_password(password, stored[username])
-    assert written.acl_file.read_text(encoding="utf-8") == render_acl()
+    assert written.acl_file.read_text(encoding="utf-8") == render_acl(devices=[("alice/ring/ring-1", "alice")])
     assert "chown mosquitto:" in written.notes[0]
 
 
