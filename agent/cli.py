@@ -22,9 +22,10 @@ from rich.table import Table
 from agent.core.config import CoreConfig
 from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
 from agent.llm import ChatResolver, ResolverConfig
-from agent.profile import load_profiles
+from agent.profile import load_profiles, profile_from
 from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
+from agent.sealing import HealthCipher
 from broker.logs import configure_logging
 from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from schemas.clock import SimClock
@@ -38,6 +39,9 @@ def register(app: typer.Typer) -> None:
     """Add the agent's commands to the ``wearbus`` CLI."""
     app.command("agent")(agent_command)
     app.command("report")(report_command)
+    from agent.privacy import register as register_privacy  # noqa: PLC0415
+
+    register_privacy(app)
     from agent.stack import up_command  # noqa: PLC0415 (keeps start-up of the other commands light)
 
     app.command("up")(up_command)
@@ -87,6 +91,24 @@ def agent_command(
             "(a sentence or a gesture never waits; 0: never)."
         ),
     ] = 5.0,
+    health_retention_days: Annotated[
+        float,
+        typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
+    ] = 7.0,
+    default_consent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A purpose every user without a profile has consented to (collected at sign-up); repeatable. "
+            "By default nobody has: health rules are opt-in."
+        ),
+    ] = None,
+    health_hourly_days: Annotated[
+        float, typer.Option(help="Keep the hourly aggregates of pruned health values this long.")
+    ] = 365.0,
+    health_key: Annotated[
+        Path | None,
+        typer.Option(help="Seal health values at rest with this AES-256-GCM key (make one: wearbus health-key)."),
+    ] = None,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -136,6 +158,9 @@ def agent_command(
         if profiles is not None:
             config = replace(config, profiles=load_profiles(profiles))
         mqtt = mqtt_choice(protocol, transport)
+        if default_consent:
+            given = profile_from({"consent": default_consent}, "--default-consent").consent
+            config = replace(config, default_profile=replace(config.default_profile, consent=given))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -153,6 +178,9 @@ def agent_command(
         linger_s=linger_ms / 1000,
         db_max_mb=db_max_mb,
         max_attempts=max_attempts,
+        health_retention_s=health_retention_days * 86_400,
+        health_hourly_retention_s=health_hourly_days * 86_400,
+        health_key=health_key,
         resolver=ChatResolver(ResolverConfig(llm_url, llm_model, os.environ.get("WB_LLM_API_KEY")))
         if llm_url
         else None,
@@ -242,12 +270,20 @@ async def _run_agent(settings: AgentSettings, clock: SimClock) -> None:
 def report_command(
     db: Annotated[Path, typer.Option(help="The agent's SQLite database.")] = Path(".wearbus/agent.db"),
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    health_key: Annotated[
+        Path | None, typer.Option(help="The key the agent sealed health values with (to read them).")
+    ] = None,
 ) -> None:
     """Summarise a run from the agent's database: tasks and interaction rounds, alerts, latency, traffic."""
     if not db.exists():
         err.print(f"[bold red]error:[/] no database at {db} (run `wearbus agent` or `wearbus up` first, or pass --db)")
         raise typer.Exit(1)
-    summary = asyncio.run(summarize(db))
+    try:
+        cipher = HealthCipher.from_file(health_key) if health_key is not None else None
+        summary = asyncio.run(summarize(db, cipher))
+    except WearbusError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
     if json_out:
         print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=2))  # noqa: T201
     else:
@@ -287,6 +323,9 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"Stored in {summary.db}: {stored}")
     if summary.paid_rounds:
         console.print(f"Interaction rounds of paid tasks: {summary.paid_rounds} (goal: 2 each)")
+    if summary.health:
+        held = ", ".join(f"{k} {n} ({r} readable)" for k, (n, r) in summary.health.items())
+        console.print(f"Health samples with their values stored: {held}")
 
 
 def replay_agent_command(

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from agent.core.config import Place, UserProfile, UsualOrder
+from schemas.actions import PURPOSES
 from schemas.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def _place(raw: Any, where: str) -> Place:
 def profile_from(raw: Mapping[str, Any], where: str = "profile") -> UserProfile:
     """Build a :class:`UserProfile` from plain data (unknown keys are refused, so typos are caught)."""
     known = {"lang", "tz_offset_min", "home", "office", "places", "usual_order", "ride_product", "music_app",
-             "scripts", "baselines", "muted_rules"}  # fmt: skip
+             "scripts", "baselines", "muted_rules", "consent"}  # fmt: skip
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -48,7 +49,16 @@ def profile_from(raw: Mapping[str, Any], where: str = "profile") -> UserProfile:
         scripts=MappingProxyType({str(k): str(v) for k, v in (raw.get("scripts") or {}).items()}),
         baselines=MappingProxyType({str(k): float(v) for k, v in (raw.get("baselines") or {}).items()}),
         muted_rules=frozenset(str(r) for r in raw.get("muted_rules") or ()),
+        consent=_purposes(raw.get("consent") or (), f"{where}.consent"),
     )
+
+
+def _purposes(raw: Any, where: str) -> frozenset[str]:
+    purposes = frozenset(str(p) for p in raw)
+    unknown = purposes - set(PURPOSES)
+    if unknown:
+        raise ConfigError(f"{where}: unknown purposes {sorted(unknown)}; known: {list(PURPOSES)}")
+    return purposes
 
 
 def load_profiles(path: Path) -> dict[str, UserProfile]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.sealing import HealthCipher
 from agent.store import Store
 
 PAID = frozenset({"order_food", "hail_ride"})
@@ -43,6 +44,7 @@ class Summary:
     messages: dict[str, int] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)
     acks: dict[str, int] = field(default_factory=dict)
+    health: dict[str, list[int]] = field(default_factory=dict)  # per type: [payloads with values, readable]
 
     @property
     def paid_rounds(self) -> list[int]:
@@ -71,10 +73,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-async def summarize(db: Path) -> Summary:
-    """Read a run's summary from the agent's database."""
+async def summarize(db: Path, cipher: HealthCipher | None = None) -> Summary:
+    """Read a run's summary from the agent's database (``cipher``: the key its health values were sealed with)."""
     summary = Summary(db=str(db))
-    async with Store(db) as store:
+    async with Store(db, cipher=cipher) as store:
+        summary.health = {kind: [held, readable] for kind, (held, readable) in sorted(store.health_samples().items())}
         for t in await store.tasks():
             summary.tasks.append(
                 TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,

@@ -37,6 +37,7 @@ from typing import Any, Self
 from agent.admission import Admission, AdmissionConfig
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
+from agent.core.context import PROACTIVE_HEALTH, split_health
 from agent.core.engine import AgentCore
 from agent.core.fuzzy import warm as warm_parser
 from agent.core.intents import Intent, Skill, Unknown
@@ -45,6 +46,7 @@ from agent.failfast import StoreFailed, blames_the_messages, unrecoverable
 from agent.fairness import FairQueue
 from agent.llm import ChatResolver
 from agent.parking import Attempts, SeenFile
+from agent.sealing import HealthCipher
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus, retained_digest
 from broker.logs import get_logger
@@ -55,21 +57,32 @@ from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError, ValidationFailed
 from schemas.events import Utterance
+from schemas.health import holds_health
 from schemas.topics import (
     Channel,
     DeviceId,
     Kind,
     agent_state_topic,
     command_topic,
+    consent_topic,
     context_topic,
     desired_topic,
     dlq_topic,
+    health_topic,
     parse,
     state_topic,
 )
 
 VERSION = "0.1.0"
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state", "wb/v1/+/+/+/shadow/+")
+#: How often the agent looks for health events past their retention time (wall seconds).
+PRUNE_EVERY_S = 60.0
+AGENT_FILTERS = (
+    "wb/v1/+/+/+/evt/#",
+    "wb/v1/+/+/+/ack",
+    "wb/v1/+/+/+/state",
+    "wb/v1/+/+/+/shadow/+",
+    "wb/v1/+/agent/consent/set",
+)
 
 
 def wall_ms() -> int:
@@ -129,6 +142,12 @@ class AgentSettings:
             (``wb/v1/_dlq/parked``) instead of being handled again (agent.parking); 0: never.
         db_max_mb: a cap on the database's size (SQLite's ``max_page_count``): past it every write fails with
             "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`); 0: none.
+        health_retention_s: how long the raw payload of a health event (heart rate, SpO2, ...) is kept; then the
+            agent, while it runs, replaces it by a redacted copy (the fused baselines and the context stay).
+        health_hourly_retention_s: how long the hourly aggregates (count, sum, min, max) of pruned health values
+            are kept, by their sample time.
+        health_key: an AES-256-GCM key file: health event payloads, the per-user state and the context snapshots
+            are sealed with it in the database (:mod:`agent.sealing`).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -153,6 +172,9 @@ class AgentSettings:
     linger_s: float = 0.005
     db_max_mb: float = 0.0
     max_attempts: int = 3
+    health_retention_s: float = 7 * 86_400.0
+    health_key: Path | None = None
+    health_hourly_retention_s: float = 365 * 86_400.0
 
 
 @dataclass(slots=True)
@@ -202,6 +224,7 @@ class AgentRuntime:
         self._context_due: list[tuple[float, str]] = []  # heap: (monotonic time due, user), one per dirty user
         self._last_context: dict[str, float] = {}
         self._last_snapshot = 0.0
+        self._next_prune = 0.0  # the health retention: first pass at start
         self._snapshot_every = settings.snapshot_s
         self._round: _Round | None = None  # the snapshot being written, a slice of users per pump turn
         self._snapshot_pace = _Pace(SNAPSHOT_BUDGET_S, 1, SNAPSHOT_SLICE, guess_s=300e-6)
@@ -256,7 +279,8 @@ class AgentRuntime:
     async def __aenter__(self) -> Self:
         s = self.settings
         await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
-        self._store = await (self._given_store or Store(s.db)).__aenter__()
+        cipher = HealthCipher.from_file(s.health_key) if s.health_key is not None else None
+        self._store = await (self._given_store or Store(s.db, cipher=cipher)).__aenter__()
         if s.db_max_mb > 0 and self._given_store is None:
             con = self._store.writer
             page = int(con.execute("PRAGMA page_size").fetchone()[0])
@@ -449,6 +473,16 @@ class AgentRuntime:
             self._flush_rate_counts(mono)
             turn.contexts = await self._publish_contexts()
             turn.lap("contexts")
+            if mono >= self._next_prune:
+                self._next_prune = mono + PRUNE_EVERY_S
+                now_wall = wall_ms()
+                pruned = self.store.prune_health(
+                    now_wall - int(s.health_retention_s * 1000),
+                    hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
+                )
+                if pruned:
+                    self._next_prune = mono  # more may be due: the next turn goes on
+                    self.log.info("health_pruned", rows=pruned)
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
                 self.log.warning("pump_turn_slow", **turn.report())
 
@@ -589,6 +623,8 @@ class AgentRuntime:
             try:
                 handled = handle(message, now)
                 row = _event_row(message, now, received)
+                if holds_health(message.data) and not self.core.consents(row.user or "", PROACTIVE_HEALTH):
+                    row = row._replace(payload=codec.redact_bytes(message.topic, row.payload))  # no raw sample kept
             except Exception as exc:  # noqa: BLE001  (a message that breaks the agent must not stop it: it would come back for ever)
                 if self._failure_log.allow():  # one line, no traceback (its frames hold the payload), a few a second
                     self.log.warning(
@@ -638,7 +674,7 @@ class AgentRuntime:
         stats.batches += 1
         stats.alerts += len(alerts)
         for rule, user, text in outcome.alerts:
-            self.log.info("proactive_alert", rule=rule, user=user, text=text)
+            self.log.info("proactive_alert", rule=rule, user=user, chars=len(text))  # the text may quote a vital
         self._note_contexts(outcome.context_changed)
         if actions:
             stats.actions += len(actions)
@@ -893,9 +929,12 @@ class AgentRuntime:
             self._dirty_users.discard(user)
             self._last_context[user] = mono
             snapshot: ContextSnapshot = self.core.snapshot(user)
-            envelope = make(snapshot, ts=now)
+            public, health = split_health(snapshot)  # health values only where the ACL lets the user's app read
             with contextlib.suppress(BusConnectionError, PublishError):
-                await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(envelope), 1, True))
+                await self.bus.publish_raw(Outgoing(context_topic(user), codec.encode(make(public, ts=now)), 1, True))
+                await self.bus.publish_raw(Outgoing(health_topic(user), codec.encode(make(health, ts=now)), 1, True))
+                consent = codec.encode(make(self.core.consent(user), ts=now))
+                await self.bus.publish_raw(Outgoing(consent_topic(user), consent, 1, True))
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await self.store.save_contexts(saved)
         return len(saved)

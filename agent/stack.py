@@ -30,9 +30,11 @@ from rich.console import Console
 from agent.failfast import EXIT_STORE
 from agent.report import percentile, summarize, timed_note
 from broker.client import Bus, BusOptions
+from broker.files import open_private, private_dir
 from broker.logs import configure_logging
 from broker.net import free_port, port_free, wait_port
 from broker.settings import mqtt_choice
+from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import Channel
@@ -84,8 +86,8 @@ class Supervisor:
         self._watchers.append(asyncio.create_task(self._watch(proc), name=f"up.watch[{proc.name}]"))
 
     async def _spawn(self, proc: Proc) -> None:
-        proc.log.parent.mkdir(parents=True, exist_ok=True)
-        handle = proc.log.open("ab")
+        private_dir(proc.log.parent)
+        handle = open_private(proc.log, "ab")
         try:
             proc.process = await asyncio.create_subprocess_exec(
                 *proc.argv, stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
@@ -185,9 +187,10 @@ def _seconds(value: Any) -> float:
 class Timeline:
     """Prints the bus as it happens: events in, context changes, actions out and their acks."""
 
-    def __init__(self, console: Console, *, show: bool) -> None:
+    def __init__(self, console: Console, *, show: bool, show_health: bool = False) -> None:
         self.console = console
         self.show = show
+        self.show_health = show_health  # health values are redacted (by the contract's mark) unless asked for
         self.counts: Counter[str] = Counter()
         self.first_action: dict[str, float] = {}
         self.event_seen: dict[str, float] = {}
@@ -197,6 +200,8 @@ class Timeline:
     def feed(self, message: Message) -> None:
         where = message.where
         data = dump(message.envelope)["data"]
+        if not self.show_health:
+            data = codec.redact_payload(message.topic, data)
         env = message.envelope
         now = time.monotonic()
         ch = where.channel
@@ -232,6 +237,8 @@ class Timeline:
             if self.last_context.get(where.user or "") != brief:
                 self.last_context[where.user or ""] = brief
                 self._line(stamp, "blue", f"context/{where.user}", "◆", "fused", brief)
+        elif ch is Channel.HEALTH and self.show_health:
+            self._line(stamp, "blue", f"health/{where.user}", "♥", "health", _brief(data.get("values") or {}))
         elif ch is Channel.DLQ:
             self._line(stamp, "red", "dlq", "!", f"[red]{where.name}[/]", f"{data.get('topic')}: {data.get('error')}")
 
@@ -265,13 +272,17 @@ def up_command(
     port: Annotated[
         int, typer.Option(help="Port of the embedded broker (a free one is chosen if it is taken).")
     ] = 1883,
+    show_health: Annotated[
+        bool,
+        typer.Option("--show-health", help="Show health values in the timeline and the console (redacted by default)."),
+    ] = False,
 ) -> None:
     """Run the local stack: embedded broker, agent, four emulators per user and a scenario, with a live timeline."""
     configure_logging("warning")
     try:
         code = asyncio.run(
             _up(broker, scenario or default_scenario(), speed, users, forever, console, console_port, workdir, seed,
-                quiet, json_summary, port)
+                quiet, json_summary, port, show_health)
         )  # fmt: skip
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
@@ -292,6 +303,7 @@ async def _up(
     quiet: bool,
     json_summary: Path | None,
     port: int,
+    show_health: bool = False,
 ) -> int:
     if speed <= 0:
         raise ConfigError("--speed must be positive")
@@ -299,7 +311,8 @@ async def _up(
         raise ConfigError("--users must be at least 1")
     user, start_ms, duration_s = scenario_info(scenario)
     run_dir = workdir / datetime.now().strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
+    private_dir(run_dir)
     db = run_dir / "agent.db"
     wearbus = [sys.executable, "-m", "broker.cli"]
     sup = Supervisor()
@@ -316,7 +329,7 @@ async def _up(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    timeline = Timeline(out, show=not quiet)
+    timeline = Timeline(out, show=not quiet, show_health=show_health)
     tap_task: asyncio.Task[None] | None = None
     given_protocol: str | None = None  # else WB_PROTOCOL's, read here at the edge
     try:
@@ -360,8 +373,9 @@ async def _up(
                              run_dir / "agent.log"))  # fmt: skip
         if with_console:
             cport = console_port if port_free(console_port) else free_port()
-            await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport), *mqtt],
-                                 run_dir / "console.log", restart=True))  # fmt: skip
+            health = ["--show-health"] if show_health else []
+            await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport),
+                                             *health, *mqtt], run_dir / "console.log", restart=True))  # fmt: skip
             err.print(f"[green]web console:[/] http://127.0.0.1:{cport}/")
         for i, u in enumerate(users):
             for kind in KINDS:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,9 +45,16 @@ from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
 
 import aiosqlite
+from pydantic import BaseModel
 
+from agent.sealing import HealthCipher, is_sealed
+from broker.files import private_dir, private_file
 from broker.logs import get_logger
-from schemas.errors import StoreError
+from schemas import codec
+from schemas.errors import ContractError, StoreError
+from schemas.events import EVENTS
+from schemas.health import REDACTED, always_health
+from schemas.health import marks as marks_of
 
 #: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
 _EVENT_FIELDS = """
@@ -199,6 +207,33 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+#: The ``type`` of every event that always carries a health value (by the contract's mark): the retention applies.
+HEALTH_EVENT_TYPES = frozenset(str(m.model_fields["type"].default) for m in EVENTS.values() if always_health(m))
+
+
+#: Hourly aggregates of health values, kept longer than the raw samples (created when first needed, outside the
+#: numbered migrations: an agent of before simply has none).
+_HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
+    user TEXT NOT NULL, metric TEXT NOT NULL, hour_ms INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (user, metric, hour_ms))"""
+HOUR_MS = 3_600_000
+
+
+def _health_readings(message: Any) -> Iterator[tuple[str, int, float]]:
+    """``(metric, hour, value)`` of each numeric health value of a decoded event (``ring.hr.bpm``; batch items by
+    their own sample time)."""
+    body = message.data
+    items = getattr(body, "items", None)
+    timed = [(item, item.src_ts or message.envelope.sample_ts) for item in items] if items else [(body, None)]
+    for item, t in timed:
+        when = t if t is not None else message.envelope.sample_ts
+        model: type[BaseModel] = type(item)
+        for name, mark in marks_of(model).items():
+            value = getattr(item, name, None)
+            if mark is True and isinstance(value, int | float) and not isinstance(value, bool):
+                yield f"{item.type}.{name}", when - when % HOUR_MS, float(value)
+
+
 class EventRow(NamedTuple):
     """An event as stored (a named tuple in column order: one per event on the hot path, bound as it is)."""
 
@@ -308,8 +343,9 @@ class Store:
     #: Whether a snapshot may be written a slice of users at a time (each user's row has its own mark).
     sliced_snapshots: ClassVar[bool] = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cipher: HealthCipher | None = None) -> None:
         self.path = Path(path)
+        self.cipher = cipher  # seals health event payloads, per-user core state and context snapshots at rest
         self._db: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Task[None] | None = None
@@ -331,7 +367,8 @@ class Store:
 
     async def __aenter__(self) -> Self:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # 0600 before SQLite writes a byte; its -wal and -shm files take the same mode
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self.db.execute("PRAGMA journal_mode=WAL")
             await self.db.execute("PRAGMA synchronous=NORMAL")
@@ -421,6 +458,71 @@ class Store:
 
     # ------------------------------------------------------------------ the batch transaction
 
+    def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
+        """Retention: replace the raw payload of health events received before ``before_wall_ms`` by a redacted copy
+        (the row stays, for the dedup check and the shape of a replay), after folding their values into hourly
+        aggregates (``health_hourly``: count, sum, min, max per user, field and hour of sample time), which are kept
+        until ``hourly_before_ms`` (sample time; None: for ever). At most ``limit`` rows a call, so a large backlog
+        is pruned over several pump turns. Returns how many rows were pruned."""
+        types = sorted(HEALTH_EVENT_TYPES)
+        marks = ",".join("?" * len(types))
+        self.writer.execute(_HOURLY_TABLE)
+        rows = self.writer.execute(
+            f"SELECT seq, id, topic, user, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
+            " AND instr(payload, ?) = 0 LIMIT ?",
+            (before_wall_ms, *types, REDACTED.encode(), limit),
+        ).fetchall()
+        redacted = []
+        hourly: dict[tuple[str, str, int], list[float]] = {}
+        for seq, event_id, topic, user, stored in rows:
+            payload = bytes(stored)
+            with contextlib.suppress(StoreError):  # sealed with another key: nothing to keep of it
+                payload = self._open(payload, event_id)
+                with contextlib.suppress(ContractError):
+                    for metric, hour, value in _health_readings(codec.decode(topic, payload)):
+                        hourly.setdefault((user or "", metric, hour), []).append(value)
+            redacted.append((codec.redact_bytes(topic, payload), seq))
+        with self._transaction("the health retention") as con:
+            con.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
+            for (user, metric, hour), values in hourly.items():
+                self._fold_hour(con, user, metric, hour, values)
+            if hourly_before_ms is not None:
+                con.execute("DELETE FROM health_hourly WHERE hour_ms < ?", (hourly_before_ms,))
+        return len(rows)
+
+    def _fold_hour(self, con: sqlite3.Connection, user: str, metric: str, hour: int, values: list[float]) -> None:
+        aad = f"{user}/{metric}/{hour}".encode()
+        row = con.execute(
+            "SELECT data FROM health_hourly WHERE user = ? AND metric = ? AND hour_ms = ?", (user, metric, hour)
+        ).fetchone()
+        agg = {"n": 0, "sum": 0.0, "min": math.inf, "max": -math.inf}
+        if row is not None:
+            text = row[0] if self.cipher is None else self.cipher.open_text(row[0], aad)
+            agg = json.loads(text)
+        agg = {
+            "n": agg["n"] + len(values),
+            "sum": agg["sum"] + sum(values),
+            "min": min(agg["min"], *values),
+            "max": max(agg["max"], *values),
+        }
+        data = json.dumps(agg)
+        con.execute(
+            "INSERT INTO health_hourly (user, metric, hour_ms, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(user, metric, hour_ms) DO UPDATE SET data = excluded.data",
+            (user, metric, hour, data if self.cipher is None else self.cipher.seal_text(data, aad)),
+        )
+
+    def health_hourly(self, user: str) -> list[tuple[str, int, dict[str, float]]]:
+        """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
+        self.writer.execute(_HOURLY_TABLE)
+        out = []
+        for metric, hour, data in self.writer.execute(
+            "SELECT metric, hour_ms, data FROM health_hourly WHERE user = ? ORDER BY hour_ms, metric", (user,)
+        ):
+            text = data if self.cipher is None else self.cipher.open_text(data, f"{user}/{metric}/{hour}".encode())
+            out.append((str(metric), int(hour), json.loads(text)))
+        return out
+
     async def known(self, ids: Iterable[str]) -> set[str]:
         """Which of these events were already processed (the dedup check), by envelope id alone: a device keeps the
         id of an event across its retries, even when it stamps a fresh ``ts``."""
@@ -457,6 +559,8 @@ class Store:
                     [(last, t.at_ms, None if t.users is None else json.dumps(t.users)) for t in ticks],
                 )
             if events:
+                if self.cipher is not None:
+                    events = [self._seal_event(row) for row in events]
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
             if actions:
                 con.executemany(
@@ -545,7 +649,12 @@ class Store:
                 " ON CONFLICT(user) DO UPDATE SET state=excluded.state, event_seq=excluded.event_seq,"
                 " tick_n=excluded.tick_n",
                 (
-                    (user, json.dumps(data, ensure_ascii=False, separators=(",", ":")), mark.event_seq, mark.tick_n)
+                    (
+                        user,
+                        self._seal_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), user),
+                        mark.event_seq,
+                        mark.tick_n,
+                    )
                     for user, data in users.items()
                 ),
             )
@@ -572,7 +681,7 @@ class Store:
         users: dict[str, Any] = {}
         async with self.db.execute("SELECT user, state, event_seq, tick_n FROM core_users") as cur:
             async for user, data, event_seq, tick_n in cur:
-                users[user] = json.loads(data)
+                users[user] = json.loads(self._open_text(data, user))
                 marks[user] = Mark(int(event_seq), int(tick_n))
         if users:
             state.setdefault("users", {}).update(users)
@@ -590,7 +699,7 @@ class Store:
                 row = EventRow(
                     id=r[1], topic=r[2], user=r[3], kind=r[4], device=r[5], channel=r[6], type=r[7], ts=r[8],
                     src_ts=r[9], dev_seq=r[10], corr=r[11], handled_ms=r[12], received_wall_ms=r[13], qos=r[14],
-                    retain=bool(r[15]), payload=bytes(r[16]),
+                    retain=bool(r[15]), payload=self._open(bytes(r[16]), r[1]),
                 )  # fmt: skip
                 out.append((int(r[0]), 0, ("event", row, int(r[0]))))
         async with self.db.execute(
@@ -613,8 +722,52 @@ class Store:
                 con.executemany(
                     "INSERT INTO context (user, snapshot, updated_ms) VALUES (?,?,?) ON CONFLICT(user) DO UPDATE SET"
                     " snapshot=excluded.snapshot, updated_ms=excluded.updated_ms",
-                    snapshots,
+                    [(user, self._seal_text(text, user), at) for user, text, at in snapshots],
                 )
+
+    # ------------------------------------------------------------------ sealing (health data at rest)
+
+    def _seal_event(self, row: EventRow) -> EventRow:
+        if self.cipher is None or row.type not in HEALTH_EVENT_TYPES:
+            return row
+        return row._replace(payload=self.cipher.seal(row.payload, row.id.encode()))
+
+    def _open(self, payload: bytes, event_id: str) -> bytes:
+        if not is_sealed(payload):
+            return payload
+        if self.cipher is None:
+            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
+        return self.cipher.open(payload, event_id.encode())
+
+    def _seal_text(self, text: str, user: str) -> str:
+        return text if self.cipher is None else self.cipher.seal_text(text, user.encode())
+
+    def _open_text(self, text: str, user: str) -> str:
+        if not is_sealed(text):
+            return text
+        if self.cipher is None:
+            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
+        return self.cipher.open_text(text, user.encode())
+
+    def health_samples(self) -> dict[str, tuple[int, int]]:
+        """Per health event type: how many stored payloads hold their values, and how many of those this store can
+        read (sealed ones need the key; redacted ones are not counted)."""
+        types = sorted(HEALTH_EVENT_TYPES)
+        marks = ",".join("?" * len(types))
+        out: dict[str, tuple[int, int]] = {}
+        rows = self.writer.execute(
+            f"SELECT id, type, topic, payload FROM events WHERE type IN ({marks}) AND instr(payload, ?) = 0",  # noqa: S608
+            (*types, REDACTED.encode()),
+        ).fetchall()
+        for event_id, kind, topic, payload in rows:
+            held, readable = out.get(kind, (0, 0))
+            ok = True
+            try:
+                codec.decode(topic, self._open(bytes(payload), event_id))
+            except (StoreError, ContractError):
+                ok = False
+            out[kind] = (held + 1, readable + ok)
+        return out
 
     # ------------------------------------------------------------------ reading (report, tests)
 

@@ -125,12 +125,20 @@ def broker_config(
     certfile: Annotated[Path | None, typer.Option(help="Server certificate for the TLS listener.")] = None,
     keyfile: Annotated[Path | None, typer.Option(help="Server key for the TLS listener.")] = None,
     agent_user: Annotated[str, typer.Option(help="The agent's user name.")] = "agent",
+    tap_health: Annotated[
+        bool,
+        typer.Option("--tap-health", help="Let the operator's tap login read health topics (denied by default)."),
+    ] = False,
     layout: Annotated[
         str,
         typer.Option(help="local (run from --out), systemd (/etc/wearbus paths) or compose (container paths)."),
     ] = "local",
 ) -> None:
-    """Write mosquitto.conf, a password file and a per-device ACL (with persistence that survives kill -9)."""
+    """Write mosquitto.conf, a password file and a per-device ACL (with persistence that survives kill -9).
+
+    Health topics are read only by the agent and each user's own phone (its app role); the tap login reads the rest
+    of the bus, and health too with --tap-health.
+    """
     from broker import mosquitto  # noqa: PLC0415
 
     try:
@@ -146,6 +154,7 @@ def broker_config(
             keyfile=keyfile,
             agent_user=agent_user,
             layout=layout,
+            operator_health=tap_health,
         )
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {exc}")
@@ -159,14 +168,15 @@ def broker_config(
 # ---------------------------------------------------------------------------------------------- tap
 
 
-def render(message: Message) -> dict[str, Any]:
-    """A message as plain data for printing."""
+def render(message: Message, *, show_health: bool = False) -> dict[str, Any]:
+    """A message as plain data for printing (health values redacted, by the contract's mark, unless asked for)."""
+    envelope = dump(message.envelope)
     return {
         "topic": message.topic,
         "qos": message.qos,
         "retain": message.retain,
         "type": getattr(message.data, "type", ""),
-        "envelope": dump(message.envelope),
+        "envelope": envelope if show_health else codec.redact_payload(message.topic, envelope),
     }
 
 
@@ -182,15 +192,23 @@ def tap(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line (for machines).")] = False,
     count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
     seconds: Annotated[float, typer.Option(help="Stop after this many seconds (0: never).")] = 0,
+    show_health: Annotated[
+        bool, typer.Option("--show-health", help="Show health values (redacted by default: '‹redacted›').")
+    ] = False,
     broker: BrokerOpt = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Print each message on the bus decoded: topic, type and fields; rejected ones in red with the reason."""
+    """Print each message on the bus decoded: topic, type and fields; rejected ones in red with the reason.
+
+    Health values (the fields the contract marks as health data) are shown as '‹redacted›' unless --show-health.
+    """
     configure_logging(log_level)
-    run(_tap(broker_url(broker), validate_filter(topic_filter), json_out, count, seconds))
+    run(_tap(broker_url(broker), validate_filter(topic_filter), json_out, count, seconds, show_health))
 
 
-async def _tap(url: str, topic_filter: str, json_out: bool, count: int, seconds: float) -> None:
+async def _tap(
+    url: str, topic_filter: str, json_out: bool, count: int, seconds: float, show_health: bool = False
+) -> None:
     def show_reject(r: Rejected) -> None:
         if json_out:
             line = {
@@ -214,18 +232,21 @@ async def _tap(url: str, topic_filter: str, json_out: bool, count: int, seconds:
                 async for message in bus.messages():
                     n += 1
                     if json_out:
-                        print(json.dumps(render(message), ensure_ascii=False, default=str), flush=True)  # noqa: T201
+                        line = render(message, show_health=show_health)
+                        print(json.dumps(line, ensure_ascii=False, default=str), flush=True)  # noqa: T201
                     else:
-                        _print_line(message)
+                        _print_line(message, show_health=show_health)
                     if count and n >= count:
                         break
 
 
-def _print_line(message: Message) -> None:
+def _print_line(message: Message, *, show_health: bool = False) -> None:
     where = message.where
     colour = KIND_COLOURS.get(str(where.kind) if where.kind else "agent", "white")
     stamp = time.strftime("%H:%M:%S", time.localtime(message.envelope.ts / 1000))
     data = dump(message.envelope)["data"]
+    if not show_health:
+        data = codec.redact_payload(message.topic, data)
     flag = " [dim](retained)[/]" if message.retain else ""
     out.print(
         f"[dim]{stamp}[/] [{colour}]{message.topic}[/] [bold]{data.get('type', '')}[/] {_fields(data)}{flag}",

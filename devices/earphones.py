@@ -166,6 +166,7 @@ class EarphonesEmulator(Emulator):
         #: Settings (shadow): the wake word (``None``: the language's default) and the volume (0..1).
         self.wake_word: str | None = None
         self.volume = 0.6
+        self._health_texts: dict[str, None] = {}  # texts of flagged Speak actions (they quote a health value)
 
     @property
     def worn(self) -> bool:
@@ -217,7 +218,10 @@ class EarphonesEmulator(Emulator):
         if force or snap != self._last_playback:
             self._last_playback = snap
             state, text, queued = snap
-            self.emit(PlaybackState(state=state, text=text[:2000] if text else None, queue=queued))
+            health = text is not None and text in self._health_texts
+            self.emit(PlaybackState(state=state, text=text[:2000] if text else None, queue=queued, health=health))
+            if state == "idle" and not queued:
+                self._health_texts.clear()
         state = snap[0]
         load = {"speaking": LOAD_SPEAKING, "music": LOAD_MUSIC, "idle": LOAD_IDLE}[state]
         self.battery.set_load(load + (LOAD_ANC if self.anc in ("anc", "adaptive") else 0.0), now)
@@ -298,6 +302,8 @@ class EarphonesEmulator(Emulator):
         if not self.worn:
             raise ActionRejected("the earbuds are in their case: nobody would hear it")
         now = self.clock.now_ms()
+        if action.health:
+            self._health_texts[action.text] = None
         said = self.speech.say(action, now)
         self._playback(now)
         self.trigger("speak", [action.text], now, after_s=(said.end_ms - now) / 1000)

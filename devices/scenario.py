@@ -29,6 +29,7 @@ from devices.models.physiology import (
     SKIN_TEMP_OFFSET_RANGE,
     SPO2_RANGE,
 )
+from schemas.actions import Purpose
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import Kind, check_name
 
@@ -121,6 +122,7 @@ class ProfileSpec(_Model):
     scripts: dict[str, str] = Field(default_factory=dict)
     baselines: dict[BaselineName, float] = Field(default_factory=dict)
     muted_rules: list[str] = Field(default_factory=list)
+    consent: list[Purpose] = Field(default_factory=list, description="purposes the user consented to")
 
 
 # --------------------------------------------------------------------------- the person and the devices

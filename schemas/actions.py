@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, field_validator
 
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, text_units, wrap
 from schemas.events import MAX_COUNT, Body, Lang, Ms, Unit
+from schemas.health import HEALTH, HEALTH_IF_FLAGGED
 from schemas.topics import Kind
 
 
@@ -43,11 +44,12 @@ class ShowText(Body):
     """Show plain text on the heads-up display (one screen; page longer text)."""
 
     type: Literal["display.text"] = "display.text"
-    text: ScreenText
+    text: ScreenText = Field(json_schema_extra=HEALTH_IF_FLAGGED)
     page: int = Field(default=1, ge=1, le=999)
     max_page: int = Field(default=1, ge=1, le=999)
     mode: Literal["auto", "manual"] = "auto"
     priority: Literal["low", "normal", "high"] = "normal"
+    health: bool = Field(default=False, description="the text quotes a health value (redacted where people read)")
 
 
 class CardButton(Body):
@@ -61,11 +63,12 @@ class ShowCard(Body):
     """A card: a title line, up to three lines of body and up to two buttons (one screen)."""
 
     type: Literal["display.card"] = "display.card"
-    title: LineText
-    body: str = Field(default="", max_length=300)
+    title: LineText = Field(json_schema_extra=HEALTH_IF_FLAGGED)
+    body: str = Field(default="", max_length=300, json_schema_extra=HEALTH_IF_FLAGGED)
     icon: Literal["food", "car", "nav", "heart", "battery", "calendar", "info", "warning", "music", "check"] = "info"
     buttons: list[CardButton] = Field(default_factory=list, max_length=2)
     ttl_s: int = Field(default=30, ge=1, le=3600, description="how long the card stays up")
+    health: bool = Field(default=False, description="the text quotes a health value (redacted where people read)")
 
     @field_validator("body")
     @classmethod
@@ -130,11 +133,12 @@ class Speak(Body):
     """Say something (TTS). ``barge_in`` interrupts what is being said; otherwise it is queued."""
 
     type: Literal["audio.speak"] = "audio.speak"
-    text: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1, max_length=500, json_schema_extra=HEALTH_IF_FLAGGED)
     lang: Lang = "en"
     voice: str = Field(default="default", max_length=32)
     priority: Literal["low", "normal", "high"] = "normal"
     barge_in: bool = False
+    health: bool = Field(default=False, description="the text quotes a health value (redacted where people read)")
 
 
 class Earcon(Body):
@@ -229,8 +233,9 @@ class Notify(Body):
     """Post a notification on the phone."""
 
     type: Literal["phone.notify"] = "phone.notify"
-    title: str = Field(max_length=100)
-    body: str = Field(default="", max_length=500)
+    title: str = Field(max_length=100, json_schema_extra=HEALTH_IF_FLAGGED)
+    body: str = Field(default="", max_length=500, json_schema_extra=HEALTH_IF_FLAGGED)
+    health: bool = Field(default=False, description="the text quotes a health value (redacted where people read)")
 
 
 ACTIONS: dict[str, type[Body]] = {
@@ -341,7 +346,11 @@ class ContextSnapshot(Body):
     asleep: bool = False
     moving: bool = False
     devices: dict[str, DeviceSummary] = Field(default_factory=dict)
-    health: dict[str, float | None] = Field(default_factory=dict)
+    health: dict[str, float | None] = Field(
+        default_factory=dict,
+        json_schema_extra=HEALTH,
+        description="kept for old readers; empty on the wire: health values go to wb/v1/{user}/agent/health",
+    )
     tasks: list[dict[str, Any]] = Field(default_factory=list)
     pending: str | None = None
     settings: dict[str, dict[str, str]] = Field(
@@ -350,6 +359,37 @@ class ContextSnapshot(Body):
     )
     display: str | None = None
     speaking: str | None = None
+
+
+class HealthSnapshot(Body):
+    """The health part of a user's fused context (retained on ``wb/v1/{user}/agent/health``; the ACL lets only the
+    agent and that user's own app read it)."""
+
+    type: Literal["agent.health"] = "agent.health"
+    user: str
+    values: dict[str, float | None] = Field(default_factory=dict, json_schema_extra=HEALTH)
+
+
+#: What a user consents to, one purpose at a time. ``proactive-health``: the agent runs its health rules on the
+#: user's vitals and keeps their raw health samples (for the retention time).
+Purpose = Literal["proactive-health"]
+PURPOSES: tuple[str, ...] = ("proactive-health",)
+
+
+class ConsentRequest(Body):
+    """Change a consent (``wb/v1/{user}/agent/consent/set``, from the user's app or ``wearbus consent``)."""
+
+    type: Literal["consent.set"] = "consent.set"
+    purpose: Purpose
+    granted: bool
+
+
+class ConsentState(Body):
+    """The consents the agent holds for a user (retained on ``wb/v1/{user}/agent/consent``)."""
+
+    type: Literal["agent.consent"] = "agent.consent"
+    user: str
+    purposes: dict[str, bool] = Field(default_factory=dict)
 
 
 class DeadLetter(Body):

@@ -20,13 +20,17 @@ from schemas.actions import (
     ACTIONS,
     Ack,
     AgentState,
+    ConsentRequest,
+    ConsentState,
     ContextSnapshot,
     DeadLetter,
     DeviceState,
+    HealthSnapshot,
 )
 from schemas.envelope import Envelope, Message, dump, envelope_of
 from schemas.errors import ContractError, DecodeError, TopicError, ValidationFailed
 from schemas.events import EVENTS, Body, RingGesture
+from schemas.health import REDACTED, carries_health, health_names, redact_by_name, redact_data, register_flagged
 from schemas.shadow import ShadowDesired, ShadowReported
 from schemas.topics import Channel, Kind, Topic, parse
 
@@ -53,6 +57,9 @@ _FIXED: dict[Channel, type[Body]] = {
     Channel.ACK: Ack,
     Channel.STATE: DeviceState,
     Channel.CONTEXT: ContextSnapshot,
+    Channel.HEALTH: HealthSnapshot,
+    Channel.CONSENT: ConsentState,
+    Channel.CONSENT_SET: ConsentRequest,
     Channel.AGENT_STATE: AgentState,
     Channel.DLQ: DeadLetter,
     Channel.DESIRED: ShadowDesired,
@@ -223,9 +230,62 @@ def validation_failed(exc: ValidationError, topic: str) -> ValidationFailed:
     return ValidationFailed(f"{first['msg']}{more}", topic=topic, field=field)
 
 
+#: Every name of a health-marked field in the contract, for maps whose model is unknown (an unknown topic, a log).
+HEALTH_NAMES = health_names([*EVENTS.values(), *ACTIONS.values(), *_FIXED.values()])
+register_flagged(ACTIONS.values())
+
+
+def topic_model(topic: str) -> type[Body] | None:
+    """The body model of a topic, or ``None`` when the topic names nothing known."""
+    try:
+        return body_model(parse(topic), topic)
+    except TopicError:
+        return None
+
+
+def redact_payload(topic: str, obj: Any) -> Any:
+    """A decoded envelope (or body) of ``topic`` with its health values redacted, keeping its shape.
+
+    The topic's model decides what is health data; on an unknown topic every key that is a health field's name
+    anywhere in the contract is redacted.
+    """
+    if not isinstance(obj, dict):
+        return obj
+    model = topic_model(topic)
+    if model is None:
+        return redact_by_name(obj, HEALTH_NAMES)
+    if "data" in obj and isinstance(obj["data"], dict):
+        return {**obj, "data": redact_data(model, obj["data"], names=HEALTH_NAMES)}
+    return redact_data(model, obj, names=HEALTH_NAMES)
+
+
+def redact_wire(topic: str, payload: bytes) -> bytes | None:
+    """A payload of ``topic`` with its health values redacted (re-encoded as JSON), or ``None`` if it holds none.
+
+    A payload that does not decode is replaced by :data:`REDACTED` when its topic can carry health data (its bytes
+    may hold a value), and kept otherwise.
+    """
+    try:
+        obj = loads(topic, payload)
+    except DecodeError:
+        model = topic_model(topic)
+        return REDACTED.encode() if model is not None and carries_health(model) else None
+    redacted = redact_payload(topic, obj)
+    if redacted == obj:
+        return None
+    return json.dumps(redacted, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def redact_bytes(topic: str, payload: bytes) -> bytes:
+    """A payload of ``topic`` with its health values redacted (see :func:`redact_wire`)."""
+    redacted = redact_wire(topic, payload)
+    return payload if redacted is None else redacted
+
+
 def dead_letter(topic: str, payload: bytes, error: ContractError, *, seen_by: str = "") -> DeadLetter:
-    """The DLQ record of a rejected payload: the reason, where it came from, and its first bytes."""
-    head = payload[:1024]
+    """The DLQ record of a rejected payload: the reason, where it came from, and its first bytes with the health
+    values redacted (a DLQ is read by operators, who may not read health data)."""
+    head = redact_bytes(topic, payload[:MAX_PAYLOAD])[:1024]
     text = base64.b64encode(head).decode()
     encoding: Literal["utf-8", "base64"] = "base64"
     with contextlib.suppress(UnicodeDecodeError):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.health import HEALTH_IF_FLAGGED, health_field
 from schemas.topics import EventClass, Kind
 
 Ms = Annotated[int, Field(ge=0, le=10**14, description="ms since the Unix epoch")]
@@ -221,7 +222,7 @@ class HeartRate(Body):
     """Heart rate, bpm. Periodic every 5 min, ~1 Hz during a spot measurement."""
 
     type: Literal["ring.hr"] = "ring.hr"
-    bpm: float = Field(ge=30, le=220)
+    bpm: float = health_field(ge=30, le=220)
     source: Literal["periodic", "realtime", "sleep", "workout", "spot"] = "periodic"
     quality: Unit = 1.0
     src_ts: Ms | None = Field(default=None, description="sample time inside a batch")
@@ -231,7 +232,7 @@ class Hrv(Body):
     """Heart-rate variability, RMSSD in ms over a window."""
 
     type: Literal["ring.hrv"] = "ring.hrv"
-    rmssd_ms: float = Field(ge=5, le=200)
+    rmssd_ms: float = health_field(ge=5, le=200)
     window_s: int = Field(default=300, ge=10, le=3600)
     quality: Unit = 1.0
     src_ts: Ms | None = None
@@ -241,7 +242,7 @@ class SpO2(Body):
     """Blood oxygen saturation, percent."""
 
     type: Literal["ring.spo2"] = "ring.spo2"
-    pct: float = Field(ge=70, le=100)
+    pct: float = health_field(ge=70, le=100)
     source: Literal["spot", "night"] = "spot"
     quality: Unit = 1.0
     src_ts: Ms | None = None
@@ -251,8 +252,8 @@ class SkinTemp(Body):
     """Skin temperature (absolute, °C) and/or its deviation from the personal baseline."""
 
     type: Literal["ring.skin_temp"] = "ring.skin_temp"
-    celsius: float | None = Field(default=None, ge=25, le=38)
-    deviation_c: float | None = Field(default=None, ge=-3, le=3)
+    celsius: float | None = health_field(default=None, ge=25, le=38)
+    deviation_c: float | None = health_field(default=None, ge=-3, le=3)
     src_ts: Ms | None = None
 
     @model_validator(mode="after")
@@ -266,7 +267,7 @@ class RespRate(Body):
     """Respiration rate, breaths per minute (nightly average)."""
 
     type: Literal["ring.resp_rate"] = "ring.resp_rate"
-    brpm: float = Field(ge=8, le=30)
+    brpm: float = health_field(ge=8, le=30)
     src_ts: Ms | None = None
 
 
@@ -286,7 +287,7 @@ class SleepSegment(Body):
     """A stretch of one sleep stage."""
 
     type: Literal["ring.sleep_segment"] = "ring.sleep_segment"
-    stage: Literal["awake", "light", "deep", "rem"]
+    stage: Literal["awake", "light", "deep", "rem"] = health_field()
     start_ts: Ms
     end_ts: Ms
     src_ts: Ms | None = None
@@ -302,7 +303,7 @@ class Stress(Body):
     """Stress level, 0-100 (~90 s after a manual start)."""
 
     type: Literal["ring.stress"] = "ring.stress"
-    level: float = Field(ge=0, le=100)
+    level: float = health_field(ge=0, le=100)
     src_ts: Ms | None = None
 
 
@@ -386,8 +387,9 @@ class PlaybackState(Body):
 
     type: Literal["earphones.playback"] = "earphones.playback"
     state: Literal["speaking", "idle", "music"]
-    text: str | None = Field(default=None, max_length=2000)
+    text: str | None = Field(default=None, max_length=2000, json_schema_extra=HEALTH_IF_FLAGGED)
     queue: int = Field(default=0, ge=0, le=MAX_COUNT)
+    health: bool = Field(default=False, description="the text quotes a health value (a flagged audio.speak)")
 
 
 # --------------------------------------------------------------------------- phone

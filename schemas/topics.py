@@ -8,7 +8,10 @@
     wb/v1/{user}/{kind}/{device}/state                device -> all, retained birth / Will
     wb/v1/{user}/{kind}/{device}/shadow/desired       agent / apps -> device, retained desired settings
     wb/v1/{user}/{kind}/{device}/shadow/reported      device -> all, retained applied settings
-    wb/v1/{user}/agent/context                        agent -> apps, retained fused context
+    wb/v1/{user}/agent/context                        agent -> apps, retained fused context (no health values)
+    wb/v1/{user}/agent/health                         agent -> the user's own app, retained health part
+    wb/v1/{user}/agent/consent                        agent -> the user's app, retained consent per purpose
+    wb/v1/{user}/agent/consent/set                    the user's app / operator -> agent, a consent change
     wb/v1/_agent/{instance}/state                     agent -> all, retained online / Will
     wb/v1/_dlq/{reason}                               bus -> operators, rejected messages
 """
@@ -56,6 +59,9 @@ class Channel(StrEnum):
     DESIRED = "shadow/desired"
     REPORTED = "shadow/reported"
     CONTEXT = "context"
+    HEALTH = "health"
+    CONSENT = "consent"
+    CONSENT_SET = "consent_set"
     AGENT_STATE = "agent_state"
     DLQ = "dlq"
 
@@ -126,6 +132,12 @@ class Topic:
                 return f"{ROOT}/{self.user}/{self.kind}/{self.device}/{self.channel.value}"
             case Channel.CONTEXT:
                 return f"{ROOT}/{self.user}/agent/context"
+            case Channel.HEALTH:
+                return f"{ROOT}/{self.user}/agent/health"
+            case Channel.CONSENT:
+                return f"{ROOT}/{self.user}/agent/consent"
+            case Channel.CONSENT_SET:
+                return f"{ROOT}/{self.user}/agent/consent/set"
             case Channel.AGENT_STATE:
                 return f"{ROOT}/_agent/{self.name}/state"
             case Channel.DLQ:
@@ -184,6 +196,21 @@ def context_topic(user: str) -> str:
     return f"{ROOT}/{check_name(user, 'user')}/agent/context"
 
 
+def health_topic(user: str) -> str:
+    """``wb/v1/{user}/agent/health`` (retained health part of the fused context; agent and the user's app only)."""
+    return f"{ROOT}/{check_name(user, 'user')}/agent/health"
+
+
+def consent_topic(user: str) -> str:
+    """``wb/v1/{user}/agent/consent`` (retained: the consent the agent holds, per purpose)."""
+    return f"{ROOT}/{check_name(user, 'user')}/agent/consent"
+
+
+def consent_set_topic(user: str) -> str:
+    """``wb/v1/{user}/agent/consent/set`` (a request to change a consent; the agent stores it)."""
+    return f"{ROOT}/{check_name(user, 'user')}/agent/consent/set"
+
+
 def agent_state_topic(instance: str) -> str:
     """``wb/v1/_agent/{instance}/state`` (retained; the agent's Will sets it offline)."""
     return f"{ROOT}/_agent/{check_name(instance, 'agent instance')}/state"
@@ -223,6 +250,9 @@ def parse(topic: str) -> Topic:
     return _parse(topic, parts)
 
 
+_AGENT_LEAVES = {"context": Channel.CONTEXT, "health": Channel.HEALTH, "consent": Channel.CONSENT}
+
+
 def _parse(topic: str, parts: list[str]) -> Topic:
     """Every topic of the layout, step by step (``parts``: the topic split on ``/``)."""
     if len(parts) < 4 or parts[0] != "wb" or parts[1] != "v1":
@@ -239,8 +269,10 @@ def _parse(topic: str, parts: list[str]) -> Topic:
     if not _NAME.match(first):
         raise TopicError(f"user {first!r} must match [a-z0-9-]{{1,64}}", topic=topic)
     user = _intern(first)
-    if len(parts) == 5 and parts[3] == "agent" and parts[4] == "context":
-        return Topic(Channel.CONTEXT, user=user)
+    if len(parts) == 5 and parts[3] == "agent" and parts[4] in _AGENT_LEAVES:
+        return Topic(_AGENT_LEAVES[parts[4]], user=user)
+    if len(parts) == 6 and parts[3] == "agent" and parts[4] == "consent" and parts[5] == "set":
+        return Topic(Channel.CONSENT_SET, user=user)
     if len(parts) < 6:
         raise TopicError("expected wb/v1/{user}/{kind}/{device}/...", topic=topic)
     kind = _KINDS.get(parts[3])

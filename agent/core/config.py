@@ -61,6 +61,8 @@ class UserProfile:
         baselines: known personal baselines (``rhr_bpm``, ``hrv_ms``, ``skin_temp_c``, ``resp_brpm``); a given
             baseline counts as learned, so the rules that compare with it are active from the first night.
         muted_rules: proactive rules the user switched off ("don't show again").
+        consent: the purposes the user consented to when provisioned (``proactive-health``); the user changes
+            them with ``wearbus consent`` or their app, and what the agent then stores wins.
     """
 
     lang: str = "en"
@@ -74,6 +76,7 @@ class UserProfile:
     scripts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     baselines: Mapping[str, float] = field(default_factory=lambda: _NO_BASELINES)
     muted_rules: frozenset[str] = frozenset()
+    consent: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

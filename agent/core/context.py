@@ -10,6 +10,7 @@ from typing import Any
 
 from agent.core.config import CoreConfig, Place, UserProfile
 from agent.core.shadow_state import SettingsState
+from schemas.actions import ContextSnapshot, HealthSnapshot
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -24,6 +25,15 @@ MAX_ACT = 4
 MAX_STEP_BUCKETS = 4
 MAX_SPO2 = 3
 SlotValue = str | int | float | bool
+
+
+# --- the published context, split
+
+
+def split_health(snapshot: ContextSnapshot) -> tuple[ContextSnapshot, HealthSnapshot]:
+    """The context every app may read (``wb/v1/{user}/agent/context``, no health values) and its health part
+    (``wb/v1/{user}/agent/health``, which the broker's ACL lets only the agent and the user's own app read)."""
+    return snapshot.model_copy(update={"health": {}}), HealthSnapshot(user=snapshot.user, values=dict(snapshot.health))
 
 
 # --- time
@@ -630,6 +640,8 @@ class Output:
         haptic: a ring pattern to draw attention discreetly.
         ttl_s: how long a card stays.
         reason: the reason tag of the commands.
+        health: the text quotes a health value (the actions carry the contract's ``health`` flag, so every tool
+            redacts it where people read).
     """
 
     title: str
@@ -644,6 +656,7 @@ class Output:
     haptic: str | None = None
     ttl_s: int = 30
     reason: str = ""
+    health: bool = False
 
 
 @dataclass(slots=True)
@@ -699,6 +712,7 @@ class UserContext:
         speaking: what is being said or played.
         flags: the last published quiet/asleep/moving flags (to notice a change on tick).
         settings: each device's settings shadow, desired vs applied (:mod:`agent.core.settings`).
+        consent: the consents the user gave or withdrew, by purpose (the profile's ``consent`` until then).
     """
 
     user: str
@@ -717,6 +731,25 @@ class UserContext:
     speaking: str | None = None
     flags: str = ""
     settings: SettingsState = field(default_factory=SettingsState)
+    consent: dict[str, bool] = field(default_factory=dict)
+
+
+PROACTIVE_HEALTH = "proactive-health"
+
+
+def consented(ctx: UserContext, profile: UserProfile, purpose: str) -> bool:
+    """Whether the user consents to ``purpose``: what they last said, else what their profile records (a new user
+    without a profile has not consented: health rules are opt-in)."""
+    given = ctx.consent.get(purpose)
+    return purpose in profile.consent if given is None else given
+
+
+def drop_vitals(h: Health) -> None:
+    """Forget every vital sample and window (consent withdrawn); steps and sleep totals stay (they route output)."""
+    h.hr = h.hrv = h.spo2 = h.skin_temp = h.skin_dev = h.resp = h.stress = None
+    h.hr_window = HrWindow()
+    h.spo2_recent = []
+    h.night = Night()
 
 
 def new_context(user: str, cfg: CoreConfig) -> UserContext:

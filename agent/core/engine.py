@@ -14,7 +14,16 @@ from agent.core.intents import Intent, Reply, ReplyKind, detect_lang, normalize_
 from agent.core.routing import Turn
 from agent.core.state import dump, load
 from agent.core.wording import lang_of, say
-from schemas.actions import Ack, ClearDisplay, ContextSnapshot, DeviceState, DeviceSummary
+from schemas.actions import (
+    PURPOSES,
+    Ack,
+    ClearDisplay,
+    ConsentRequest,
+    ConsentState,
+    ContextSnapshot,
+    DeviceState,
+    DeviceSummary,
+)
 from schemas.envelope import Envelope, Message
 from schemas.errors import AgentError
 from schemas.events import (
@@ -58,6 +67,15 @@ STATE_VERSION = 2  # 2: each user counts their own action ids
 _UNDO_WORDS = frozenset({"undo", "undo that", "undo it", "撤销", "撤回", "撤销吧", "撤回吧"})
 _YES_RING = frozenset({"press", "pinch", "double_pinch"})
 _CONTEXT_ITEMS = (Steps, SleepSegment)
+#: Vital samples: fused and judged by the health rules only with the user's proactive-health consent.
+_VITALS = (HeartRate, SpO2, Hrv, SkinTemp, RespRate, Stress)
+#: For a measurement the user asked for: the metric, the Health attribute that answers it, the body field.
+_VITAL_READING: dict[type, tuple[str, str, str]] = {
+    HeartRate: ("hr", "hr", "bpm"),
+    SpO2: ("spo2", "spo2", "pct"),
+    Hrv: ("hrv", "hrv", "rmssd_ms"),
+    Stress: ("stress", "stress", "level"),
+}
 
 Handler = Callable[[Turn, DeviceInfo, Envelope[Any], Any], None]
 
@@ -121,6 +139,9 @@ class AgentCore:
         """Fuse one decoded message (event, ack or device state) into the context and decide what to do."""
         out = Outcome()
         where = message.where
+        if where.channel is Channel.CONSENT_SET and where.user is not None:
+            self._consent(where.user, message.envelope.data, now_ms, out)
+            return out
         if where.user is None or where.kind is None or where.device is None:
             return out
         ctx = self._context(where.user)
@@ -486,8 +507,41 @@ class AgentCore:
         for item in items:
             self._sample(turn, item, item.src_ts if item.src_ts is not None else env.sample_ts)
 
+    def _consent(self, user: str, body: Any, now_ms: int, out: Outcome) -> None:
+        if not isinstance(body, ConsentRequest):
+            return
+        ctx = self._context(user)
+        self._dirty.add(user)
+        ctx.now = max(ctx.now, now_ms)
+        ctx.consent[body.purpose] = body.granted
+        if body.purpose == cx.PROACTIVE_HEALTH and not body.granted:
+            cx.drop_vitals(ctx.health)
+        out.context_changed.add(user)
+
+    def consents(self, user: str, purpose: str) -> bool:
+        """Whether ``user`` consents to ``purpose`` now (the profile's consent for a user not seen yet)."""
+        ctx = self._users.get(user)
+        profile = self.config.profile(user)
+        return cx.consented(ctx, profile, purpose) if ctx is not None else purpose in profile.consent
+
+    def consent(self, user: str) -> ConsentState:
+        """The consents of one user, as published on ``wb/v1/{user}/agent/consent``."""
+        ctx = self._users.get(user)
+        profile = self.config.profile(user)
+        purposes = {p: cx.consented(ctx, profile, p) if ctx else p in profile.consent for p in PURPOSES}
+        return ConsentState(user=user, purposes=purposes)
+
     def _sample(self, turn: Turn, item: Any, t: int) -> None:
         ctx, cfg, profile, corr = turn.ctx, turn.cfg, turn.profile, turn.corr
+        if isinstance(item, _VITALS) and not cx.consented(ctx, profile, cx.PROACTIVE_HEALTH):
+            # No consent: no health rule runs and no sample is kept; a reading the user asked for is answered
+            # from this sample alone, then forgotten.
+            metric, attr, value = _VITAL_READING.get(type(item), ("", "", None))
+            if metric and ctx.talk.measure and ctx.talk.measure[0] == metric and value is not None:
+                setattr(ctx.health, attr, getattr(item, value))
+                skills.on_reading(turn, metric, getattr(item, value), t)
+                setattr(ctx.health, attr, None)
+            return
         if isinstance(item, HeartRate):
             rules.night_due(turn, t)
             cx.add_hr(

@@ -314,7 +314,7 @@ def build(channel: str, out: Output, *, short: bool = False) -> Body:
     text = clip(out.speech or out.body, 500)
     if channel == "prompt" and out.prompt_id:
         return Prompt(prompt_id=out.prompt_id[:64], title=title, body=text)
-    return Notify(title=title, body=text)
+    return Notify(title=title, body=text, health=out.health)
 
 
 def card(out: Output, *, short: bool = False) -> ShowCard:
@@ -327,17 +327,19 @@ def card(out: Output, *, short: bool = False) -> ShowCard:
     ]
     icon = out.icon if out.icon in _ICONS else "info"
     try:
-        return ShowCard(title=title, body=body, icon=icon, buttons=buttons, ttl_s=max(1, min(3600, out.ttl_s)))
+        return ShowCard(
+            title=title, body=body, icon=icon, buttons=buttons, ttl_s=max(1, min(3600, out.ttl_s)), health=out.health
+        )
     except ValidationError:
         # Defensive: the fitting above should always be enough, but a card must never fail to be built.
-        return ShowCard(title=clip(title, 20), body="", icon="info", buttons=buttons)
+        return ShowCard(title=clip(title, 20), body="", icon="info", buttons=buttons, health=out.health)
 
 
 def speech(out: Output) -> Speak:
     """What to say for ``out``."""
     text = out.speech or ". ".join(p for p in (out.title, out.body.replace("\n", ", ")) if p)
     priority = "high" if out.urgency == "high" else "normal"
-    return Speak(text=clip(text, 500) or "…", lang=lang_of(out.lang), priority=priority)
+    return Speak(text=clip(text, 500) or "…", lang=lang_of(out.lang), priority=priority, health=out.health)
 
 
 _ICONS = frozenset({"food", "car", "nav", "heart", "battery", "calendar", "info", "warning", "music", "check"})

@@ -36,6 +36,7 @@ def fire(
     text: str,
     icon: str = "heart",
     haptic: str | None = "heartbeat",
+    health: bool = True,
 ) -> bool:
     """Nudge the user once: unless muted, stale (sample older than ``ttl_s``) or rate limited for ``metric``.
 
@@ -62,6 +63,7 @@ def fire(
             buttons=[(say("dismiss_button", lang), f"dismiss:{rule}")],
             ttl_s=60,
             reason=f"rule:{rule}",
+            health=health,
         )
     )
     return True
@@ -210,6 +212,7 @@ def on_glasses_battery(turn: Turn, dev: DeviceInfo) -> None:
                 text=text,
                 icon="battery",
                 haptic=None,
+                health=False,
             )
         elif pct >= cfg.glasses_cell_low_pct + 5:
             h.fired.pop(metric, None)  # swapped or charged: a later low cell is news again

@@ -398,7 +398,7 @@ def _run(turn: Turn, task: Task) -> None:
         tasks.finish(turn, task, "completed")
 
 
-def _tell(turn: Turn, task: Task, text: str, *, icon: str = "info", body: str = "") -> None:
+def _tell(turn: Turn, task: Task, text: str, *, icon: str = "info", body: str = "", health: bool = False) -> None:
     turn.say(
         Output(
             title=text,
@@ -408,6 +408,7 @@ def _tell(turn: Turn, task: Task, text: str, *, icon: str = "info", body: str = 
             icon=icon,
             ttl_s=15,
             reason=f"skill:{task.skill}",
+            health=health,
         )
     )
 
@@ -743,7 +744,7 @@ def _health(turn: Turn, task: Task) -> None:
         if value is None:
             tasks.finish(turn, task, "failed", "health.ring_offline")
             return
-    _tell(turn, task, health_text(turn, metric, task.lang), icon="heart")
+    _tell(turn, task, health_text(turn, metric, task.lang), icon="heart", health=True)
     tasks.finish(turn, task, "completed")
 
 
@@ -795,7 +796,11 @@ def on_reading(turn: Turn, metric: str, value: float, t: int) -> None:
     _, _, _, lang, task_id, corr = m
     t2 = turn.because(str(corr))
     text = health_text(t2, metric, str(lang))
-    t2.say(Output(title=text, speech=text, lang=str(lang), icon="heart", ttl_s=15, reason="skill:health_query"))
+    t2.say(
+        Output(
+            title=text, speech=text, lang=str(lang), icon="heart", ttl_s=15, reason="skill:health_query", health=True
+        )
+    )
     task = turn.ctx.tasks.get(str(task_id))
     if task is not None:
         tasks.finish(t2, task, "completed")

@@ -38,6 +38,7 @@ def profile(lang: str = "en", **changes: Any) -> UserProfile:
         "places": (STATION, SUBWAY),
         "usual_order": UsualOrder("beef noodles", "Lanzhou Noodle House"),
         "scripts": {"keynote": SCRIPT, "发布会": "各位好，" + "欢迎来到发布会。" * 30},
+        "consent": frozenset({"proactive-health"}),  # the test user consented to health rules
     }
     base.update(changes)
     return UserProfile(**base)

@@ -37,6 +37,10 @@ def console(
         bool, typer.Option("--allow-inject", help="Let the page inject an utterance or a gesture for a device.")
     ] = False,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    show_health: Annotated[
+        bool,
+        typer.Option("--show-health", help="Show health values (vitals, health alerts); redacted by default."),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
     protocol: ProtocolOpt = None,
     transport: TransportOpt = None,
@@ -46,7 +50,7 @@ def console(
     url = broker or Settings().broker
     try:
         mqtt = mqtt_choice(protocol, transport)
-        asyncio.run(_console(url, host, port, allow_inject, open_page, mqtt))
+        asyncio.run(_console(url, host, port, allow_inject, open_page, mqtt, show_health))
     except WearbusError as exc:
         _err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -55,10 +59,18 @@ def console(
 
 
 async def _console(
-    broker_url: str, host: str, port: int, allow_inject: bool, open_page: bool, mqtt: tuple[MqttProtocol, TransportName]
+    broker_url: str,
+    host: str,
+    port: int,
+    allow_inject: bool,
+    open_page: bool,
+    mqtt: tuple[MqttProtocol, TransportName],
+    show_health: bool = False,
 ) -> None:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    serving = serve_console(broker_url, host, port, allow_inject, ready, protocol=mqtt[0], transport=mqtt[1])
+    serving = serve_console(
+        broker_url, host, port, allow_inject, ready, protocol=mqtt[0], transport=mqtt[1], show_health=show_health
+    )
     task = asyncio.create_task(serving, name="console")
     with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
         # SIGTERM (from `wearbus up` or a service manager) ends it as cleanly as Ctrl-C.

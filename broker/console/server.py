@@ -152,6 +152,7 @@ class ConsoleServer:
         bus_options: BusOptions | None = None,
         clock: Callable[[], int] = now_ms,
         max_backlog: int = 25,
+        show_health: bool = False,
     ) -> None:
         if allow_inject and not _is_loopback(host):
             raise ConfigError(f"--allow-inject needs a loopback address to listen on, not {host!r}")
@@ -162,7 +163,7 @@ class ConsoleServer:
         self.allow_inject = allow_inject
         self.tick_s = tick_s
         self.max_backlog = max_backlog
-        self.state = ConsoleState(limits, allow_inject=allow_inject)
+        self.state = ConsoleState(limits, allow_inject=allow_inject, show_health=show_health)
         self._clock = clock
         base = bus_options or BusOptions(max_inbox=_MAX_INBOX)
         options = dataclasses.replace(
@@ -497,6 +498,7 @@ async def serve_console(
     *,
     protocol: MqttProtocol = "auto",
     transport: TransportName = "auto",
+    show_health: bool = False,
 ) -> None:
     """Serve the console until cancelled (``wearbus console``, ``wearbus up --console``).
 
@@ -508,13 +510,16 @@ async def serve_console(
         ready: set to the page's URL once it is served (or to the error if the console cannot start).
         protocol: the MQTT version its bus asks for.
         transport: the MQTT client under its bus.
+        show_health: show health values (vitals, the health part of the context, alert texts); redacted otherwise.
 
     Raises:
         ConfigError: the port is taken, or injection is asked for on a non-loopback address.
     """
     try:
         options = BusOptions(max_inbox=_MAX_INBOX, protocol=protocol, transport=transport)
-        console = ConsoleServer(broker_url, host=host, port=port, allow_inject=allow_inject, bus_options=options)
+        console = ConsoleServer(
+            broker_url, host=host, port=port, allow_inject=allow_inject, bus_options=options, show_health=show_health
+        )
         async with console:
             if ready is not None and not ready.done():
                 ready.set_result(console.url)

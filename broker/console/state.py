@@ -18,6 +18,7 @@ In a delta, only the sections that changed are present, and ``timeline`` holds o
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 from collections import OrderedDict, deque
@@ -30,6 +31,7 @@ from schemas import events as ev
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, char_units, text_units, wrap
 from schemas.envelope import Message
 from schemas.errors import ContractError, TopicError, ValidationFailed
+from schemas.health import holds_health, redact_body
 from schemas.shadow import ShadowBook
 from schemas.topics import Channel, EventClass, Kind
 
@@ -195,6 +197,17 @@ def mirror(body: ev.Body, now: int) -> dict[str, Any] | None:
 
 
 def summarize(body: ev.Body) -> str:
+    """One line for the timeline (a redacted body is shown as its fields, health values hidden)."""
+    try:
+        return _summarize(body)
+    except (TypeError, ValueError):  # a redacted value where a number is formatted
+        fields = {k: getattr(body, k, None) for k in type(body).model_fields if k != "type"}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        text = json.dumps(fields, ensure_ascii=False, separators=(", ", "="), default=str)
+        return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
+
+
+def _summarize(body: ev.Body) -> str:
     """A short human line for the timeline."""
     text: str
     match body:
@@ -490,9 +503,10 @@ class ConsoleState:
         allow_inject: whether the page offers to inject events (the snapshot tells the page).
     """
 
-    def __init__(self, limits: Limits | None = None, *, allow_inject: bool = False) -> None:
+    def __init__(self, limits: Limits | None = None, *, allow_inject: bool = False, show_health: bool = False) -> None:
         self.limits = limits or Limits()
         self.allow_inject = allow_inject
+        self.show_health = show_health  # health values (by the contract's mark) are redacted unless asked for
         self._users: OrderedDict[str, _User] = OrderedDict()
         self._agents: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._rejected: deque[dict[str, Any]] = deque(maxlen=self.limits.rejected)
@@ -513,6 +527,10 @@ class ConsoleState:
     def feed(self, message: Message, now: int) -> None:
         """Take one decoded message into the state (never raises for a message that decoded)."""
         self._received += 1
+        if not self.show_health and holds_health(message.data):
+            message = dataclasses.replace(
+                message, envelope=message.envelope.model_copy(update={"data": redact_body(message.data)})
+            )
         where = message.where
         body = message.data
         match where.channel:
@@ -532,6 +550,13 @@ class ConsoleState:
         if where.channel is Channel.CONTEXT:
             if isinstance(body, act.ContextSnapshot):
                 self._context(user, body, now)
+            return
+        if where.channel is Channel.HEALTH:
+            if isinstance(body, act.HealthSnapshot) and self.show_health:
+                user.health = {
+                    _short(k, 40) or "": _finite(v) for k, v in list(body.values.items())[: self.limits.health_keys]
+                }
+                user.dirty.update(("context", "baselines"))
             return
         if where.kind is None or where.device is None:
             return
@@ -790,15 +815,15 @@ class ConsoleState:
                 buds = dict(dev["buds"] or {})
                 buds.update(left=body.left_pct, right=body.right_pct, case=body.case_pct)
                 dev["buds"] = buds
-            case ev.HeartRate():
+            case ev.HeartRate() if self.show_health:
                 user.add_point("hr", body.src_ts or t, body.bpm)
-            case ev.Hrv():
+            case ev.Hrv() if self.show_health:
                 user.add_point("hrv", body.src_ts or t, body.rmssd_ms)
-            case ev.SpO2():
+            case ev.SpO2() if self.show_health:
                 user.add_point("spo2", body.src_ts or t, body.pct)
-            case ev.SkinTemp():
+            case ev.SkinTemp() if self.show_health:
                 self._skin(user, body, body.src_ts or t)
-            case ev.SyncBatch():
+            case ev.SyncBatch() if self.show_health:
                 self._batch(user, body)
             case ev.PlaybackState():
                 user.audio[dev["key"]] = {
@@ -953,6 +978,9 @@ class ConsoleState:
             user.dirty.add("displays")
         self._log(user, message, "ack", "ack", now, action_id=body.action_id, status=body.status)
 
+    def _health_values(self, values: dict[str, Any]) -> dict[str, float | None]:
+        return {_short(k, 40) or "": _finite(v) for k, v in list(values.items())[: self.limits.health_keys]}
+
     def _context(self, user: _User, body: act.ContextSnapshot, now: int) -> None:
         user.context = {
             "activity": _short(body.activity),
@@ -965,7 +993,10 @@ class ConsoleState:
             "speaking": _short(body.speaking, 200),
             "t": now,
         }
-        user.health = {_short(k, 40) or "": _finite(v) for k, v in list(body.health.items())[: self.limits.health_keys]}
+        if body.health:  # an agent from before the split; today's publishes its health part on agent/health
+            user.health = {
+                _short(k, 40) or "": _finite(v) for k, v in list(body.health.items())[: self.limits.health_keys]
+            }
         user.dirty.update(("context", "baselines"))
         for name, summary in list(body.devices.items())[: self.limits.devices]:
             if not name or len(name) > 64:

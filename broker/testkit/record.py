@@ -36,6 +36,7 @@ from typing import IO, Annotated, Any, Protocol
 import typer
 
 from broker.client import Bus, BusOptions, Outgoing
+from broker.files import open_private
 from broker.logs import configure_logging
 from broker.settings import Settings
 from broker.testkit.raw import RawBus, RawMessage
@@ -212,7 +213,7 @@ class RecordingWriter:
         self.path = Path(path)
         self.count = 0
         try:
-            self._file: IO[str] = self.path.open("w", encoding="utf-8")
+            self._file: IO[str] = open_private(self.path, "w", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot write recording {self.path}: {exc}") from exc
         self._file.write(header_line(header) + "\n")
@@ -254,8 +255,12 @@ async def record(
     clock: Callable[[], float] = time.monotonic,
     wall_ms: Callable[[], int] = now_ms,
     started: asyncio.Event | None = None,
+    include_health: bool = False,
 ) -> int:
     """Record what arrives on ``topic_filter`` into ``path`` until ``seconds`` pass or ``count`` came.
+
+    A message that holds health values (by the contract's mark) is recorded with them redacted, re-encoded as JSON
+    (``ct`` ``application/json``), unless ``include_health``; every other message byte for byte.
 
     With neither, it records until cancelled (the file stays valid: each line is flushed).
 
@@ -269,6 +274,7 @@ async def record(
         clock: monotonic seconds, for ``t``.
         wall_ms: wall-clock ms, for the header's ``started_ms``.
         started: set once the subscriptions are in place (so a caller knows when to start publishing).
+        include_health: keep health values (the file is 0600 either way).
 
     Returns:
         the number of messages written.
@@ -293,7 +299,11 @@ async def record(
     def on_raw(raw: RawMessage) -> None:
         if any(matches(f, raw.topic) for f in filters):
             t = round(clock() - t0, 6)
-            inbox.append(Recorded(t, raw.topic, raw.payload, raw.qos, raw.retain, raw.content_type))
+            payload, ct = raw.payload, raw.content_type
+            redacted = None if include_health else codec.redact_wire(raw.topic, payload)
+            if redacted is not None:
+                payload, ct = redacted, codec.JSON
+            inbox.append(Recorded(t, raw.topic, payload, raw.qos, raw.retain, ct))
             arrived.set()
 
     bus.listeners.append(on_raw)
@@ -437,15 +447,24 @@ def record_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The recording file to write (JSON lines).")],
     seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    include_health: Annotated[
+        bool, typer.Option("--include-health", help="Keep health values (redacted by default).")
+    ] = False,
     broker: BrokerOpt = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Record messages byte for byte, with QoS, retained flag and receive time, for `wearbus replay`."""
+    """Record messages byte for byte, with QoS, retained flag and receive time, for `wearbus replay`.
+
+    Messages holding health values are recorded with them redacted (as JSON) unless --include-health; the file
+    is created 0600.
+    """
     configure_logging(log_level)
-    _run(_record(broker or Settings().broker, topic_filter, out, seconds, count))
+    _run(_record(broker or Settings().broker, topic_filter, out, seconds, count, include_health))
 
 
-async def _record(url: str, filters: list[str], out: Path, seconds: float | None, count: int | None) -> None:
+async def _record(
+    url: str, filters: list[str], out: Path, seconds: float | None, count: int | None, include_health: bool = False
+) -> None:
     started = asyncio.Event()
 
     async def announce() -> None:
@@ -455,7 +474,9 @@ async def _record(url: str, filters: list[str], out: Path, seconds: float | None
     try:
         async with RawBus(BusOptions(url=url, name="record")) as bus, asyncio.TaskGroup() as tasks:
             tasks.create_task(announce())
-            await record(bus, filters, out, seconds=seconds, count=count, started=started)
+            await record(
+                bus, filters, out, seconds=seconds, count=count, started=started, include_health=include_health
+            )
             started.set()  # record() set it unless it failed first; either way announce() ends
     finally:
         _say_recorded(out)  # also after Ctrl-C: every line written so far is complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -123,3 +124,40 @@ async def test_resolver_intents_travel_with_the_bucket(redis: Any) -> None:
     b = store(redis, "c-a2")
     await b.claim(set())
     assert await b.resolutions() == {"e1": '{"skill": "time"}'}
+
+
+async def test_forget_erases_one_user_from_the_bucket_store(redis: Any) -> None:
+    from agent.cluster import RedisBucketStore, bucket_of  # noqa: PLC0415
+    from agent.privacy import forget_in_redis  # noqa: PLC0415
+
+    buckets = 4
+    alice, bob = (
+        "alice",
+        next(u for u in (f"bob-{i}" for i in range(100)) if bucket_of(u, buckets) == bucket_of("alice", 4)),
+    )
+    s = RedisBucketStore(redis, "fg", bucket_of(alice, buckets), "fg-a1")
+    assert await s.claim({"fg-a1"}) is None
+    rows = [event("a1", 1), event("b1", 2)._replace(user=bob, topic=f"wb/v1/{bob}/ring/r1/evt/sensor/hr")]
+    bob_card = f"wb/v1/{bob}/glasses/g1/cmd/display.card"
+    acts = [action("x1", "a1"), dataclasses.replace(action("x2", "b1"), user=bob, topic=bob_card)]
+    tasks = [TaskRow("t-a", alice, "order_food", "done", {}, 2, (), (), None, 1, 2),
+             TaskRow("t-b", bob, "order_food", "done", {}, 2, (), (), None, 1, 2)]  # fmt: skip
+    alerts = [("hr_high", alice, "Your heart rate", 5), ("hr_high", bob, "Your heart rate", 6)]
+    await s.commit_batch(rows, acts, tasks, alerts, [], [("a1", "{}"), ("b1", "{}")])
+    await s.save_contexts([(alice, "{}", 1), (bob, "{}", 1)])
+    await s.save_core({"version": 2, "users": {alice: {"user": alice}, bob: {"user": bob}}}, 0, 0)
+
+    removed = await forget_in_redis(redis, "fg", buckets, alice)
+    assert removed["log"] == 1
+    assert removed["alerts"] == 1
+    assert removed["actions"] == 1
+    keys = [k for k in await redis.keys("wb:{fg-*") if not k.endswith(b"meta") and not k.endswith(b"seen")]
+    for key in keys:
+        kind = (await redis.type(key)).decode()
+        dump = (
+            await redis.xrange(key) if kind == "stream" else await redis.hgetall(key) if kind == "hash"
+            else await redis.zrange(key, 0, -1)
+        )  # fmt: skip
+        assert b"alice" not in repr(dump).encode(), (key, dump)
+    assert bob.encode() in repr(await redis.hgetall(s.k_ctx)).encode()
+    assert len(await redis.xrange(s.k_log)) == 1

@@ -46,7 +46,11 @@ BOB_RING = DeviceCredential("bob", "ring", "ring-2", "bob-ring-secret")
 AGENT = AgentCredential("agent", "agent-secret-1")
 # A password with spaces and non-ASCII letters: our PBKDF2 hash must agree with mosquitto's on UTF-8.
 TAP = OperatorCredential("tap", "tåp sécret ∑ 42")
-CREDENTIALS = Credentials(devices=(ALICE_RING, ALICE_GLASSES, BOB_RING), agents=(AGENT,), operators=(TAP,))
+ALICE_PHONE = DeviceCredential("alice", "phone", "p1", "alice-phone-secret")
+HEALTH_TAP = OperatorCredential("clinic", "clinic-secret-1", health=True)
+CREDENTIALS = Credentials(
+    devices=(ALICE_RING, ALICE_GLASSES, BOB_RING, ALICE_PHONE), agents=(AGENT,), operators=(TAP, HEALTH_TAP)
+)
 
 
 class Peer:
@@ -298,15 +302,66 @@ async def test_tap_reads_the_whole_bus_and_writes_nothing(mosq: MosquittoProcess
     ):
         await tap.subscribe("wb/#")
         assert (await tap.publish(f"{BOB_RING.prefix}/cmd/haptic", b"x")).value == NOT_AUTHORIZED
-        await bob.publish(f"{BOB_RING.prefix}/evt/sensor/hr", b"hr")
+        await bob.publish(f"{BOB_RING.prefix}/evt/sensor/steps", b"steps")
         await agent.publish(f"{BOB_RING.prefix}/cmd/haptic", b"buzz")
         await agent.publish("wb/v1/_dlq/decode", b"bad")
         topics = [(await tap.next_message()).topic for _ in range(3)]
         assert topics == [
-            f"{BOB_RING.prefix}/evt/sensor/hr",
+            f"{BOB_RING.prefix}/evt/sensor/steps",
             f"{BOB_RING.prefix}/cmd/haptic",
             "wb/v1/_dlq/decode",
         ]
+
+
+@needs_mosquitto
+async def test_health_topics_reach_only_the_agent_the_users_app_and_a_configured_tap(mosq: MosquittoProcess) -> None:
+    glasses = ALICE_GLASSES.prefix
+    health_bearing = [  # what the contract's mark makes health data, on the wire
+        f"{ALICE_RING.prefix}/evt/sensor/hr",
+        f"{ALICE_RING.prefix}/evt/sensor/spo2",
+        f"{ALICE_RING.prefix}/evt/sensor/batch",
+        f"{glasses}/cmd/display.card",
+        "wb/v1/alice/agent/health",
+    ]
+    plain = [f"{ALICE_RING.prefix}/evt/sensor/steps", f"{glasses}/cmd/display.clear", "wb/v1/alice/agent/context"]
+    async with (
+        connected(mosq.port, TAP.username, login(TAP)) as tap,
+        connected(mosq.port, HEALTH_TAP.username, login(HEALTH_TAP)) as clinic,
+        connected(mosq.port, ALICE_PHONE.client_id, login(ALICE_PHONE)) as phone,
+        connected(mosq.port, BOB_RING.client_id, login(BOB_RING)) as bob,
+        connected(mosq.port, AGENT.username, login(AGENT)) as agent,
+        connected(mosq.port, ALICE_RING.client_id, login(ALICE_RING)) as ring,
+    ):
+        for peer in (tap, clinic, phone, bob, agent, ring):
+            await peer.subscribe("wb/#")
+        for topic in [*health_bearing, *plain]:
+            sender = ring if topic.startswith(ALICE_RING.prefix) else agent
+            assert not (await sender.publish(topic, topic.encode())).is_failure
+        end = "wb/v1/_agent/x/state"  # every login reads it: once it arrives, all before it was delivered or not
+        assert not (await agent.publish(end, b"end")).is_failure
+        everything = [*health_bearing, *plain, end]
+        assert await _topics_until(clinic, end) == everything
+        assert await _topics_until(agent, end) == [t for t in everything if "/cmd/" not in t]
+        assert await _topics_until(tap, end) == [*plain, end]  # nothing health-bearing
+        # Alice's phone reads Alice's context, health part included; Bob's ring reads neither.
+        assert await _topics_until(phone, end) == ["wb/v1/alice/agent/health", "wb/v1/alice/agent/context", end]
+        assert await _topics_until(bob, end) == [end]
+        assert await _topics_until(ring, end) == [end]
+        # Every device reads its own user's consent state; a device still reads its own commands.
+        await agent.publish("wb/v1/alice/agent/consent", b"alice", retain=False)
+        await agent.publish("wb/v1/bob/agent/consent", b"bob", retain=False)
+        await agent.publish(f"{BOB_RING.prefix}/cmd/ring.haptic", b"buzz", retain=False)
+        await agent.publish(end, b"end")
+        assert await _topics_until(ring, end) == ["wb/v1/alice/agent/consent", end]
+        assert await _topics_until(bob, end) == ["wb/v1/bob/agent/consent", f"{BOB_RING.prefix}/cmd/ring.haptic", end]
+
+
+async def _topics_until(peer: Peer, last: str) -> list[str]:
+    """The topics ``peer`` receives up to and including ``last``."""
+    topics: list[str] = []
+    while not topics or topics[-1] != last:
+        topics.append((await peer.next_message()).topic)
+    return topics
 
 
 @needs_mosquitto

@@ -206,7 +206,12 @@ class TestOnBothBrokers:
             async with _raw_bus(wb_url, wb_expect) as rec_bus:
                 stored = await _recording(rec_bus, state, tmp_path / "state.jsonl", 1, [])
                 recorded = await _recording(
-                    rec_bus, events, tmp_path / "events.jsonl", 10, [wb_bus.publish_raw(m) for m in sent]
+                    rec_bus,
+                    events,
+                    tmp_path / "events.jsonl",
+                    10,
+                    [wb_bus.publish_raw(m) for m in sent],
+                    include_health=True,  # byte for byte: health values kept
                 )
             assert [(r.topic, r.retain) for r in stored] == [(state, True)]
             assert sorted((r.topic, r.payload) for r in recorded) == sorted((m.topic, m.payload) for m in sent)
@@ -218,12 +223,36 @@ class TestOnBothBrokers:
             async with _raw_bus(wb_url, wb_expect) as rec_bus:
                 restored = await _recording(rec_bus, state, tmp_path / "restored.jsonl", 1, [])
                 replayed = await _recording(
-                    rec_bus, events, tmp_path / "replayed.jsonl", 10, [replay(wb_bus, tmp_path / "events.jsonl", 0)]
+                    rec_bus,
+                    events,
+                    tmp_path / "replayed.jsonl",
+                    10,
+                    [replay(wb_bus, tmp_path / "events.jsonl", 0)],
+                    include_health=True,
                 )
             assert [(r.payload, r.retain) for r in restored] == [(stored[0].payload, True)]
             assert _key(replayed) == _key(recorded)
         finally:
             await wb_bus.publish_raw(Outgoing(state, b"", 1, True), wait=True)
+
+    async def test_a_default_recording_holds_no_health_value(
+        self, tmp_path: Path, wb_url: str, wb_bus: Bus, wb_expect: Expect, wb_topics: UserTopics
+    ) -> None:
+        hr = wb_topics.event("ring", "r1", "sensor", "hr")
+        steps = wb_topics.event("ring", "r1", "sensor", "steps")
+        events = wb_topics.device("ring", "r1").prefix + "/evt/#"
+        steps_raw = codec.encode(make(_steps(4321)))
+        sent = [Outgoing(hr, hr_json(187.25, "hr-x"), 1, False), Outgoing(steps, steps_raw, 0, False)]
+        path = tmp_path / "default.jsonl"
+        async with _raw_bus(wb_url, wb_expect) as rec_bus:
+            recorded = await _recording(rec_bus, events, path, 2, [wb_bus.publish_raw(m) for m in sent])
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert "187.25" not in path.read_text()
+        by_topic = {r.topic: r for r in recorded}
+        assert by_topic[steps].payload == steps_raw  # nothing to redact: byte for byte
+        redacted = json.loads(by_topic[hr].payload)
+        assert redacted["data"] == {"type": "ring.hr", "bpm": "‹redacted›"}  # the shape stays
+        assert by_topic[hr].content_type == codec.JSON
 
 
 def _key(records: list[Recorded]) -> list[tuple[str, bytes, int]]:
@@ -235,11 +264,19 @@ def _raw_bus(url: str, expect: Expect) -> RawBus:
 
 
 async def _recording(
-    bus: RawBus, topic_filter: str, path: Path, count: int, actions: list[Awaitable[object]]
+    bus: RawBus,
+    topic_filter: str,
+    path: Path,
+    count: int,
+    actions: list[Awaitable[object]],
+    *,
+    include_health: bool = False,
 ) -> list[Recorded]:
     """Record ``count`` messages while running ``actions`` (coroutines) once the recorder is subscribed."""
     started = asyncio.Event()
-    task = asyncio.create_task(record(bus, topic_filter, path, count=count, seconds=20, started=started))
+    task = asyncio.create_task(
+        record(bus, topic_filter, path, count=count, seconds=20, started=started, include_health=include_health)
+    )
     await asyncio.wait_for(started.wait(), 10)
     for action in actions:
         await action
@@ -292,7 +329,9 @@ async def test_record_and_replay_commands(tmp_path: Path, wb_broker_url: str) ->
     hr = topics.event("ring", "ring-1", "sensor", "hr")
     path = tmp_path / "rec.jsonl"
     try:
-        recorder = await cli("record", topics.all, "-o", str(path), "--count", "2", "--seconds", "30")
+        recorder = await cli(
+            "record", topics.all, "-o", str(path), "--count", "2", "--seconds", "30", "--include-health"
+        )
         await recorder.wait_output("recording wb/v1/", within=20)
         async with Bus(BusOptions(url=wb_broker_url, protocol="3.1.1", name="cli-test")) as bus:
             for i in range(2):
@@ -311,7 +350,9 @@ async def test_record_and_replay_commands(tmp_path: Path, wb_broker_url: str) ->
                 assert "replayed 4 message(s)" in ok.output()
 
             async with RawBus(BusOptions(url=wb_broker_url, protocol="3.1.1", name="rec")) as rec_bus:
-                again = await _recording(rec_bus, topics.all, tmp_path / "again.jsonl", 4, [replay_twice()])
+                again = await _recording(
+                    rec_bus, topics.all, tmp_path / "again.jsonl", 4, [replay_twice()], include_health=True
+                )
             assert sorted(r.payload for r in again) == sorted([hr_json(70, "cli-0"), hr_json(71, "cli-1")] * 2)
     finally:
         await cli.stop_all()

@@ -263,7 +263,7 @@ class FakeUser:
 async def stack() -> AsyncIterator[tuple[EmbeddedBroker, ConsoleServer, Bus]]:
     async with (
         EmbeddedBroker(port=free_port()) as broker,
-        ConsoleServer(broker.url, port=0, allow_inject=True) as console,
+        ConsoleServer(broker.url, port=0, allow_inject=True, show_health=True) as console,
         Bus(BusOptions(url=broker.url, name="fake-devices", protocol="3.1.1")) as bus,
     ):
         await console.bus.wait_connected(WAIT_S)

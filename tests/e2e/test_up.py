@@ -90,6 +90,7 @@ async def test_day_in_the_life_on_mosquitto_recorded_replayed_and_diffed(tmp_pat
     async with MosquittoProcess() as broker:
         recorder = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "broker.cli", "record", "wb/#", "-o", str(recording), "--broker", broker.url,
+            "--include-health",  # the agent replays it: the rules need the values
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         try:

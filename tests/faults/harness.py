@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KINDS = (Kind.GLASSES, Kind.RING, Kind.EARPHONES, Kind.PHONE)
 DEVICE_NAMES = {Kind.GLASSES: "g1", Kind.RING: "r1", Kind.EARPHONES: "e1", Kind.PHONE: "p1"}
 AGENT = AgentCredential("agent", "agent-fault-secret")
-TAP = OperatorCredential("tap", "tap-fault-secret")
+TAP = OperatorCredential("tap", "tap-fault-secret", health=True)  # the observer counts every action, alerts too
 HOME = (30.2745, 120.1390)
 
 
@@ -195,7 +195,8 @@ class AgentProcess:
         argv = [
             sys.executable, "-m", "broker.cli", "agent", "--broker", self.url, "--db", str(self.db),
             "--instance", self.instance, "--username", AGENT.username, "--password", AGENT.password,
-            "--log-level", "info", *self.extra,
+            "--log-level", "info", "--default-consent", "proactive-health",  # the health rules are under test too
+            *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self._proc = await asyncio.create_subprocess_exec(

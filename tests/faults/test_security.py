@@ -30,7 +30,16 @@ from schemas.actions import Ack, AgentState, ClearDisplay, DeviceState
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, PublishError
 from schemas.events import Body, GlassesWear, HeartRate, InEar, RingBattery, RingWear, Utterance
-from schemas.topics import Channel, Kind, ack_topic, agent_state_topic, context_topic, dlq_topic, state_topic
+from schemas.topics import (
+    Channel,
+    Kind,
+    ack_topic,
+    agent_state_topic,
+    consent_topic,
+    context_topic,
+    dlq_topic,
+    state_topic,
+)
 from tests.contract.test_broker_infra import make_certs
 from tests.faults.harness import (
     TAP,
@@ -175,8 +184,11 @@ async def test_nobody_speaks_for_someone_else(
             lambda: any(m.topic.startswith(own_cmd) for m in spy.received), "the agent's command to bob's ring", 20
         )
         alice_cmds = [aid for aid, t in observer.command_topics.items() if t.startswith("wb/v1/alice/")]
+        own_consent = consent_topic("bob")  # every device reads its own user's consent state (issue 22)
         leaked = [
-            m.topic for m in spy.received if not (m.topic.startswith(own_cmd) or m.where.channel is Channel.AGENT_STATE)
+            m.topic
+            for m in spy.received
+            if not (m.topic.startswith(own_cmd) or m.where.channel is Channel.AGENT_STATE or m.topic == own_consent)
         ]
         counts["sent"] = len(spoofs)
         counts["acknowledged"] = len(accepted)

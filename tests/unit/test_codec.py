@@ -168,9 +168,9 @@ def test_batch_items_need_sample_time() -> None:
 
 def test_dead_letter_keeps_text_or_base64() -> None:
     try:
-        codec.decode("wb/v1/a/ring/r/evt/sensor/hr", b"\xc1\xff")
+        codec.decode("wb/v1/a/ring/r/evt/system/battery", b"\xc1\xff")
     except DecodeError as exc:
-        letter = codec.dead_letter("wb/v1/a/ring/r/evt/sensor/hr", b"\xc1\xff", exc)
+        letter = codec.dead_letter("wb/v1/a/ring/r/evt/system/battery", b"\xc1\xff", exc)
     assert letter.payload_encoding == "base64"
     assert letter.reason == "decode"
     text_letter = codec.dead_letter("t", b'{"x":1}', DecodeError("bad"))

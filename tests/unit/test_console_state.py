@@ -25,7 +25,16 @@ from schemas import events as ev
 from schemas.display import LINE_UNITS, LINES_PER_SCREEN, text_units
 from schemas.envelope import Message, make
 from schemas.errors import TopicError, ValidationFailed
-from schemas.topics import DeviceId, Kind, ack_topic, agent_state_topic, command_topic, context_topic, event_topic
+from schemas.topics import (
+    DeviceId,
+    Kind,
+    ack_topic,
+    agent_state_topic,
+    command_topic,
+    context_topic,
+    event_topic,
+    health_topic,
+)
 from schemas.topics import state_topic as device_state_topic
 
 NOW = 1_700_000_000_000
@@ -209,7 +218,7 @@ def test_speech_from_actions_and_playback() -> None:
 
 
 def test_vitals_sorted_by_sample_time_with_late_batches_and_baselines() -> None:
-    state = ConsoleState(Limits(points=5))
+    state = ConsoleState(Limits(points=5), show_health=True)
     for i in range(4):
         state.feed(msg(event_topic(RING, "sensor", "hr"), ev.HeartRate(bpm=70 + i), src_ts=NOW + i * 1000), NOW)
     late = ev.SyncBatch(
@@ -235,6 +244,26 @@ def test_vitals_sorted_by_sample_time_with_late_batches_and_baselines() -> None:
     assert v["baselines"]["hr"] == 58.0
     assert v["baselines"]["temp_dev"] == 0.0
     assert v["context"]["health"]["nan"] is None  # JSON has no NaN
+
+
+def test_health_values_are_redacted_unless_asked_for() -> None:
+    state = ConsoleState()
+    state.feed(msg(event_topic(RING, "sensor", "hr"), ev.HeartRate(bpm=131.5), src_ts=NOW), NOW)
+    state.feed(msg(event_topic(RING, "sensor", "spo2"), ev.SpO2(pct=87.5), src_ts=NOW), NOW)
+    card = act.ShowCard(title="Heart rate high", body="It has stayed above 131 bpm.", health=True)
+    state.feed(action(GLASSES, card), NOW)
+    state.feed(msg(health_topic("alice"), act.HealthSnapshot(user="alice", values={"hr": 131.5})), NOW)
+    v = view(state)
+    text = json.dumps(v, ensure_ascii=False)
+    assert "131" not in text
+    assert "87.5" not in text
+    assert v["vitals"]["hr"] == []
+    assert "‹redacted›" in text  # the shape stays: the events are in the timeline, their values hidden
+    shown = ConsoleState(show_health=True)
+    shown.feed(msg(event_topic(RING, "sensor", "hr"), ev.HeartRate(bpm=131.5), src_ts=NOW), NOW)
+    shown.feed(msg(health_topic("alice"), act.HealthSnapshot(user="alice", values={"hr": 131.5})), NOW)
+    assert view(shown)["vitals"]["hr"] == [[NOW, 131.5]]
+    assert view(shown)["context"]["health"]["hr"] == 131.5
 
 
 # ------------------------------------------------------------------------------------------------ tasks, alerts
@@ -300,7 +329,7 @@ def test_timeline_links_events_actions_and_acks() -> None:
 
 def test_sensor_floods_cannot_push_actions_out_of_the_timeline() -> None:
     limits = Limits(timeline=10, sensor_timeline=5, points=20)
-    state = ConsoleState(limits)
+    state = ConsoleState(limits, show_health=True)
     state.feed(action(GLASSES, act.ShowCard(title="Keep me")), NOW)
     for i in range(1000):
         state.feed(msg(event_topic(RING, "sensor", "hr"), ev.HeartRate(bpm=60 + i % 50), src_ts=NOW + i), NOW + i)

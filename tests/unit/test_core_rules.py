@@ -308,3 +308,51 @@ def test_no_leave_now_when_already_there() -> None:
     r.send(Kind.PHONE, Location(lat=STATION.lat, lon=STATION.lon))
     r.send(Kind.PHONE, CalendarNext(title="Train", start_ts=r.now + 10 * MIN, lat=STATION.lat, lon=STATION.lon))
     assert r.tick(60).alerts == []
+
+
+# --- consent (issue 22): no proactive-health consent, no health rule and no vital kept
+
+
+def _sustained_high_hr(consent: bool | None, *, profile_consent: bool = True) -> tuple[int, Any]:
+    from agent.core.config import CoreConfig, UserProfile  # noqa: PLC0415
+    from agent.core.engine import AgentCore  # noqa: PLC0415
+    from schemas import codec  # noqa: PLC0415
+    from schemas.actions import ConsentRequest  # noqa: PLC0415
+    from schemas.envelope import make  # noqa: PLC0415
+    from schemas.events import HeartRate  # noqa: PLC0415
+    from schemas.topics import consent_set_topic  # noqa: PLC0415
+
+    profile = UserProfile(consent=frozenset({"proactive-health"}) if profile_consent else frozenset())
+    core = AgentCore(CoreConfig(profiles={"u1": profile}))
+    t0 = 1_764_018_000_000
+    if consent is not None:
+        req = make(ConsentRequest(purpose="proactive-health", granted=consent), ts=t0)
+        core.handle(codec.decode(consent_set_topic("u1"), codec.encode(req)), t0)
+    alerts = 0
+    for i in range(0, 40 * 60, 60):  # 40 min at 131 bpm, sitting still
+        env = make(HeartRate(bpm=131, source="periodic"), ts=t0 + i * 1000)
+        out = core.handle(codec.decode("wb/v1/u1/ring/r1/evt/sensor/hr", codec.encode(env)), t0 + i * 1000)
+        alerts += sum(1 for rule, _, _ in out.alerts if rule == "hr_high")
+    return alerts, core
+
+
+def test_without_consent_sustained_high_hr_raises_no_alert_and_keeps_no_sample() -> None:
+    alerts, core = _sustained_high_hr(False)
+    assert alerts == 0
+    ctx = core.context("u1")
+    assert ctx is not None
+    assert ctx.health.hr is None
+    assert len(ctx.health.hr_window) == 0
+    assert core.snapshot("u1").health["hr"] is None
+    assert core.consent("u1").purposes == {"proactive-health": False}
+
+
+def test_with_consent_sustained_high_hr_raises_exactly_one_alert() -> None:
+    alerts, core = _sustained_high_hr(True, profile_consent=False)
+    assert alerts == 1
+    assert core.consent("u1").purposes == {"proactive-health": True}
+
+
+def test_a_new_user_without_a_profile_consent_gets_no_health_rules() -> None:
+    assert _sustained_high_hr(None, profile_consent=False)[0] == 0
+    assert _sustained_high_hr(None, profile_consent=True)[0] == 1

@@ -27,6 +27,7 @@ from broker.mosquitto import (
     device_assignments,
     generate_password,
     hash_password,
+    health_filters,
     new_credentials,
     parse_device_spec,
     password_variable,
@@ -40,6 +41,8 @@ from broker.mosquitto import (
     write_config,
 )
 from schemas.errors import ConfigError
+from schemas.events import EVENTS
+from schemas.health import carries_health
 from schemas.topics import DeviceId, Kind, matches
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -389,7 +392,7 @@ def test_write_config_writes_private_files(tmp_path: Path) -> None:
     stored = dict(line.split(":", 1) for line in written.password_file.read_text(encoding="utf-8").splitlines())
     for username, password in creds.logins():
         assert verify_password(password, stored[username])
-    assert written.acl_file.read_text(encoding="utf-8") == render_acl()
+    assert written.acl_file.read_text(encoding="utf-8") == render_acl(devices=[("alice/ring/ring-1", "alice")])
     assert "chown mosquitto:" in written.notes[0]
 
 
@@ -494,3 +497,22 @@ def test_devices_of_several_users_need_the_user_in_the_spec() -> None:
     for users, spec in [(["alice", "bob"], "ring:r1"), (["alice"], "carol:ring:r1"), (["Alice"], "ring:r1")]:
         with pytest.raises(ConfigError):
             device_assignments(users, [spec])
+
+
+def test_the_acl_denies_health_topics_to_taps_unless_configured() -> None:
+    filters = health_filters()
+    assert "wb/v1/+/ring/+/evt/sensor/hr" in filters
+    assert "wb/v1/+/agent/health" in filters
+    assert not any(matches(f, "wb/v1/alice/ring/r1/evt/sensor/steps") for f in filters)
+    for (kind, cls, name), model in EVENTS.items():
+        topic = f"wb/v1/alice/{kind}/d1/evt/{cls}/{name}"
+        assert any(matches(f, topic) for f in filters) == carries_health(model), topic
+    acl = render_acl(operators=["tap", "clinic"], health_operators=["clinic"], apps=[("alice/phone/p1", "alice")])
+    tap_lines = conf_lines(acl.split("user tap")[1].split("user clinic")[0])
+    assert [line.removeprefix("topic deny ") for line in tap_lines if line.startswith("topic deny")] == filters
+    clinic_block = acl.split("user clinic")[1].split("\nuser ")[0]
+    assert "topic deny" not in clinic_block
+    assert "user alice/phone/p1\ntopic read wb/v1/alice/agent/context\ntopic read wb/v1/alice/agent/health" in acl
+    assert allowed(acl, "agent", "write", "wb/v1/alice/agent/health")
+    with pytest.raises(ConfigError):
+        render_acl(apps=[("bob/phone/p1", "alice")])

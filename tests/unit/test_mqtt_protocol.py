@@ -28,7 +28,7 @@ def test_varint_round_trip(n: int) -> None:
         optional={
             # a UTF-8 string of the protocol: no U+0000 and no surrogates [MQTT-1.5.4-1, -2]
             mqtt.CONTENT_TYPE: st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+                st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
             ),
             mqtt.SESSION_EXPIRY: st.integers(0, 2**32 - 1),
             mqtt.RECEIVE_MAXIMUM: st.integers(1, 65535),

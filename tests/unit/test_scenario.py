@@ -216,7 +216,9 @@ def test_the_profile_is_plain_data_shaped_like_the_agents_user_profile() -> None
         "scripts",
         "baselines",
         "muted_rules",
+        "consent",
     }
+    assert profile["consent"] == ["proactive-health"]
     assert profile["home"] == {"name": "home", "lat": 30.2745, "lon": 120.139, "address": "黄龙 家"}
     assert profile["usual_order"]["dish"] == "牛肉面"
     assert set(profile["baselines"]) == {"rhr_bpm", "hrv_ms", "skin_temp_c", "resp_brpm"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from agent.core.engine import AgentCore
 from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
 from broker.bench import mix
 from schemas import codec
-from schemas.errors import StoreError
+from schemas.errors import ConfigError, StoreError
 
 
 def event(i: int) -> EventRow:
@@ -171,3 +172,94 @@ async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Pat
     restored = AgentCore()
     restored.restore(snap.state)
     assert restored.export_state() == live.export_state()
+
+
+async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path) -> None:
+    from agent.store import HEALTH_EVENT_TYPES  # noqa: PLC0415
+    from schemas.envelope import make  # noqa: PLC0415
+    from schemas.events import HeartRate, Steps  # noqa: PLC0415
+    from schemas.health import REDACTED  # noqa: PLC0415
+
+    assert {"ring.hr", "ring.spo2", "ring.batch"} <= HEALTH_EVENT_TYPES
+    assert "ring.steps" not in HEALTH_EVENT_TYPES
+    hr, steps = make(HeartRate(bpm=141.25), ts=1000), make(Steps(steps=12, bucket_start=0), ts=1000)
+    topic = "wb/v1/alice/ring/r1/evt/sensor/"
+
+    def row(i: int, name: str, body: Any, received: int) -> EventRow:
+        return EventRow(f"e{i}", topic + name, "alice", "ring", "r1", "evt", body.data.type, 1000 + i, 1000, i, None,
+                        1000, received, 1, False, codec.encode(body))  # fmt: skip
+
+    path = tmp_path / "s.db"
+    async with Store(path) as store:
+        await store.commit_batch([row(1, "hr", hr, 10), row(2, "steps", steps, 10), row(3, "hr", hr, 99)], [], [], [])
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert store.prune_health(50) == 1
+        assert store.prune_health(50) == 0  # done once
+        assert store.health_hourly("alice") == [
+            ("ring.hr.bpm", 0, {"n": 1, "sum": 141.25, "min": 141.25, "max": 141.25})
+        ]
+        store.prune_health(50, hourly_before_ms=1)  # aggregates of hours before 1 ms: dropped
+        assert store.health_hourly("alice") == []
+        stored = dict(store.writer.execute("SELECT id, payload FROM events"))
+    assert b"141.25" not in stored["e1"]
+    assert REDACTED.encode() in stored["e1"]
+    assert stored["e2"] == codec.encode(steps)
+    assert codec.decode(topic + "hr", stored["e3"]).data == hr.data  # younger than the retention
+
+
+async def test_health_values_sealed_at_rest_open_with_the_key_only(tmp_path: Path) -> None:
+    from agent.report import summarize  # noqa: PLC0415
+    from agent.sealing import HealthCipher, is_sealed, new_key_file  # noqa: PLC0415
+    from schemas.envelope import make  # noqa: PLC0415
+    from schemas.events import HeartRate, Steps  # noqa: PLC0415
+
+    key = new_key_file(tmp_path / "health.key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    cipher = HealthCipher.from_file(key)
+    hr, steps = make(HeartRate(bpm=141.25), ts=1000), make(Steps(steps=12, bucket_start=0), ts=1000)
+    topic = "wb/v1/alice/ring/r1/evt/sensor/"
+    bodies: list[tuple[str, Any]] = [("hr", hr), ("steps", steps)]
+    rows = [
+        EventRow(
+            f"e{i}",
+            topic + name,
+            "alice",
+            "ring",
+            "r1",
+            "evt",
+            body.data.type,
+            1000 + i,
+            1000,
+            i,
+            None,
+            1000,
+            10,
+            1,
+            False,
+            codec.encode(body),
+        )
+        for i, (name, body) in enumerate(bodies)
+    ]
+    path = tmp_path / "s.db"
+    async with Store(path, cipher=cipher) as store:
+        await store.commit_batch(rows, [], [], [])
+        await store.save_contexts([("alice", '{"health": {"hr": 141.25}}', 1000)])
+        stored = dict(store.writer.execute("SELECT id, payload FROM events"))
+        assert is_sealed(bytes(stored["e0"]))
+        assert b"141.25" not in stored["e0"]
+        assert stored["e1"] == codec.encode(steps)  # not health data: as it came
+        (snapshot,) = store.writer.execute("SELECT snapshot FROM context").fetchone()
+        assert "141.25" not in snapshot
+        replayed = [item for kind, item, _ in await store.since(0) if kind == "event"]
+        assert codec.decode(topic + "hr", replayed[0].payload).data == hr.data
+    async with Store(path) as keyless:
+        with pytest.raises(StoreError, match="--health-key"):
+            await keyless.since(0)
+    assert (await summarize(path, cipher)).health == {"ring.hr": [1, 1]}
+    assert (await summarize(path)).health == {"ring.hr": [1, 0]}  # held, but not readable without the key
+    other = tmp_path / "other.key"
+    new_key_file(other)
+    assert (await summarize(path, HealthCipher.from_file(other))).health == {"ring.hr": [1, 0]}
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        HealthCipher.from_file(key)
