@@ -9,7 +9,8 @@ from typing import Any, get_args
 import msgpack
 import pytest
 
-from agent.core.testing import Rig
+from agent.core.engine import AgentCore
+from agent.core.testing import Rig, config
 from schemas import codec
 from schemas.envelope import MAX_SRC_AHEAD_MS, MAX_SRC_BEHIND_MS, envelope_of, make
 from schemas.errors import DecodeError, ValidationFailed
@@ -99,7 +100,7 @@ def test_batch_item_in_the_future_is_refused() -> None:
 
 def test_a_future_sample_no_longer_freezes_the_heart_rate() -> None:
     """src_ts = 10^14 once made every later "what's my heart rate" answer 199 bpm: now it never gets in."""
-    rig = Rig()
+    rig = Rig(AgentCore(config()))  # a user who consents to health (vitals are fused only then)
     rig.ready()
     evil = envelope_of(HeartRate).model_construct(  # what a device can put on the wire; decode validates it
         id="evil", ts=rig.now, seq=0, src_ts=10**14, corr=None, data=HeartRate(bpm=199)
