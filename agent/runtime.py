@@ -41,6 +41,7 @@ from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
+from agent.ordering import OrderGate
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
@@ -117,6 +118,9 @@ class AgentSettings:
         linger_s: when a few messages are waiting and none is :data:`INTERACTIVE`, wait up to this long for more
             before a turn (each turn costs a transaction and a dedup query whatever its size: fewer, fuller turns
             leave the loop free more often for the next sentence or gesture, which never lingers); 0: never.
+        order_wait_s: how long a device's event waits for a missing predecessor (by ``seq``) before the agent gives
+            up on it, handles the device's events in order from there and records the gap (``order_gap``); a QoS 0
+            event may be lost for good, so this bounds how long one loss holds that device back (agent/ordering.py).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -137,6 +141,7 @@ class AgentSettings:
     presence: bool = True
     slow_turn_ms: float = 100.0
     linger_s: float = 0.005
+    order_wait_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -152,6 +157,7 @@ class AgentStats:
     alerts: int = 0
     batches: int = 0
     silent: int = 0
+    order_gaps: int = 0
 
 
 class AgentRuntime:
@@ -199,6 +205,8 @@ class AgentRuntime:
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
         self._gc_clock = _GcClock()
+        # Each device's events in seq order: (user, kind, device) -> held messages (agent/ordering.py).
+        self._order: OrderGate[tuple[str, str, str], Message] = OrderGate(round(settings.order_wait_s * 1000))
 
     @property
     def store(self) -> Store:
@@ -299,6 +307,8 @@ class AgentRuntime:
                     self.core.tick(tick.at_ms, due)
                 else:
                     row: EventRow = item
+                    if row.channel == Channel.EVENT and row.dev_seq and row.user and row.kind and row.device:
+                        self._order.note((row.user, row.kind, row.device), row.dev_seq)  # later ones follow it
                     mark = marks.get(row.user or "")
                     if mark is not None and mark.covers(kind, position):
                         continue  # the user's state was written after this event: it is in there already
@@ -363,6 +373,7 @@ class AgentRuntime:
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     batch += self._silent_devices()
+            batch = self._in_order(batch, mono)
             if batch or self._tick_pos < len(self._tick_users):
                 try:
                     await self._process(batch, turn)
@@ -510,6 +521,37 @@ class AgentRuntime:
                     "action_published", action=cmd.body.type, device=cmd.device.client_id,  # type: ignore[attr-defined]
                     corr=cmd.corr, reason=cmd.reason,
                 )  # fmt: skip
+
+    # ------------------------------------------------------------------ per-device order
+
+    def _in_order(self, batch: list[Message], mono: float) -> list[Message]:
+        """The messages to handle now: each device's events in ``seq`` order (one whose predecessor is missing waits
+        for it at most ``order_wait_s``, unacknowledged, then the gap is logged); anything else as it came."""
+        gate = self._order
+        gaps = gate.stats.gaps
+        now = round(mono * 1000)
+        out: list[Message] = []
+        for message in batch:
+            where = message.where
+            if where.user is None or where.kind is None or where.device is None:
+                out.append(message)
+                continue
+            key = (where.user, where.kind._value_, where.device)
+            seq = message.envelope.seq
+            if where.channel is Channel.EVENT and seq > 0:
+                out += gate.offer(key, seq, message, now)
+                continue
+            body = message.data
+            if where.channel is Channel.STATE and isinstance(body, DeviceState):
+                out += gate.epoch(key, body.epoch)  # a restarted device: what it held goes first, seq restarts
+            out.append(message)
+        out += gate.due(now)
+        if gate.stats.gaps != gaps:
+            for gap in list(gate.recent_gaps)[gaps - gate.stats.gaps :]:
+                self.log.warning("order_gap", device="/".join(gap.key), after=gap.after, resumed=gap.resumed,
+                                 missing=gap.missing, waited_ms=gap.waited_ms)  # fmt: skip
+            self.stats.order_gaps = gate.stats.gaps
+        return out
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 
