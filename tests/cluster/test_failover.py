@@ -53,7 +53,7 @@ async def test_kill_busiest_agent_and_a_broker_node(tmp_path: Path, capsys: pyte
         print("\n[nats cluster failover] " + "\n[nats cluster failover] ".join(counts.report))
     assert counts.lost == 0
     assert counts.processed_twice == 0
-    assert counts.out_of_order == 0  # a late NATS redelivery (over 6 s after its publish) is reported, not failed
+    assert counts.out_of_order == 0  # late redeliveries included: the agents put each device's events in seq order
     assert counts.repeated == 0
     assert counts.unpublished == 0
     assert counts.undelivered == 0
