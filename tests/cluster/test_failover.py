@@ -23,7 +23,9 @@ from tests.cluster.harness import (
     require_redis_server,
 )
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# The two failovers (three agents, 50-100 devices, a broker cluster each) run one after the other on one xdist
+# worker: side by side on a 2-core machine they would starve each other's members of their heartbeats.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 
 async def test_kill_busiest_agent_and_a_broker_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

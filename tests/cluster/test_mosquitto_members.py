@@ -15,7 +15,9 @@ from tests.cluster import scenario
 from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
 from tests.conftest import require_mosquitto
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# The two failovers (three agents, 50-100 devices, a broker cluster each) run one after the other on one xdist
+# worker: side by side on a 2-core machine they would starve each other's members of their heartbeats.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 
 async def test_kill_busiest_agent_on_mosquitto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
