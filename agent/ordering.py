@@ -9,6 +9,11 @@ what it held in order and records the :class:`Gap`, so a device is never stalled
 
 An event at or below the last released ``seq`` of its device is a duplicate (the agent's dedup drops it) or came
 after its place was given up on: it is released at once and counted as ``behind``.
+
+The contract says ``seq`` increases; the device SDK counts 1, 2, 3. A device that numbers with holes of its own (a
+timestamp, a counter shared by several devices) would wait out every event: once ``sparse_after`` of its gaps were
+given up and none of its events ever followed its predecessor, it is taken as sparse and no longer held (counted in
+``sparse``; a new epoch gives it another chance).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class GateStats:
         missing: ``seq`` numbers skipped in those gaps.
         behind: events at or below their device's last released ``seq`` (duplicates, or late after a gap).
         epochs: new epochs seen (a device restarted: its ``seq`` starts again).
+        sparse: devices found to number with holes of their own (no longer held).
     """
 
     held: int = 0
@@ -61,6 +67,7 @@ class GateStats:
     missing: int = 0
     behind: int = 0
     epochs: int = 0
+    sparse: int = 0
 
 
 #: ``_Lane.last`` of a device whose first event has not come yet.
@@ -75,6 +82,9 @@ class _Lane(Generic[T]):
     last: int
     epoch: int = 0
     held: dict[int, tuple[int, list[T]]] = field(default_factory=dict)
+    in_step: int = 0  # events that came right after their predecessor
+    given_up: int = 0  # gaps given up after the wait
+    sparse: bool = False
 
 
 class OrderGate(Generic[K, T]):
@@ -84,17 +94,19 @@ class OrderGate(Generic[K, T]):
         wait_ms: how long an event may wait for a missing predecessor (from its arrival) before the gap is given up.
         max_held: events held for one device at most; one more gives up the gap at once.
         gaps_kept: how many of the latest gaps :attr:`recent_gaps` keeps.
+        sparse_after: gaps given up, with no event ever in step, after which a device is no longer held.
 
     ``offer`` an event when it arrives, call ``due`` regularly (each turn of the consumer) to release what waited
     long enough, and ``epoch`` when a device announces its session epoch. Each returns the events to handle now, in
     order. The first event of a device not seen before (unless :meth:`note` said where it is) sets where it starts.
     """
 
-    def __init__(self, wait_ms: int, *, max_held: int = 1000, gaps_kept: int = 100) -> None:
-        if wait_ms < 0 or max_held < 1:
-            raise ValueError("wait_ms must be >= 0 and max_held >= 1")
+    def __init__(self, wait_ms: int, *, max_held: int = 1000, gaps_kept: int = 100, sparse_after: int = 2) -> None:
+        if wait_ms < 0 or max_held < 1 or sparse_after < 1:
+            raise ValueError("wait_ms must be >= 0, max_held and sparse_after >= 1")
         self.wait_ms = wait_ms
         self.max_held = max_held
+        self.sparse_after = sparse_after
         self.stats = GateStats()
         self.recent_gaps: deque[Gap[K]] = deque(maxlen=gaps_kept)
         self._lanes: dict[K, _Lane[T]] = {}
@@ -124,12 +136,16 @@ class OrderGate(Generic[K, T]):
     def offer(self, key: K, seq: int, item: T, now_ms: int) -> list[T]:
         """An event arrived: the events of ``key`` that can be handled now, in order (possibly none)."""
         lane = self._lanes.get(key)
+        first = lane is None or lane.last < 0  # its first event says where it is
         if lane is None:
             lane = self._lanes[key] = _Lane(last=seq - 1)
-        elif lane.last < 0:  # known by its epoch only: its first event says where it is
+        elif lane.last < 0:  # known by its epoch only
             lane.last = seq - 1
         if seq <= lane.last:
             self.stats.behind += 1
+            return [item]
+        if lane.sparse:
+            lane.last = seq
             return [item]
         slot = lane.held.get(seq)
         if slot is None:
@@ -137,6 +153,7 @@ class OrderGate(Generic[K, T]):
         else:
             slot[1].append(item)  # the same seq twice (a redelivery): both go together, the dedup keeps one
         if seq == lane.last + 1:
+            lane.in_step += not first
             return self._drain(key, lane)
         self.stats.held += 1
         self._waiting.add(key)
@@ -151,6 +168,15 @@ class OrderGate(Generic[K, T]):
             lane = self._lanes[key]
             while lane.held and now_ms - min(at for at, _ in lane.held.values()) >= self.wait_ms:
                 out += self._skip(key, lane, now_ms)
+                lane.given_up += 1
+                if not lane.in_step and lane.given_up >= self.sparse_after:
+                    lane.sparse = True  # it numbers with holes of its own: waiting would only delay it
+                    self.stats.sparse += 1
+                    rest = sorted(lane.held)
+                    out += [item for seq in rest for item in lane.held[seq][1]]
+                    lane.last = max(lane.last, *rest) if rest else lane.last
+                    lane.held.clear()
+                    self._waiting.discard(key)
         return out
 
     def epoch(self, key: K, epoch: int) -> list[T]:

@@ -54,7 +54,7 @@ def test_any_delivery_order_within_the_wait_comes_out_in_seq_order(
 @given(deliveries(lost=True), st.integers(0, 3 * WAIT))
 def test_lost_events_cost_a_bounded_wait_then_the_rest_comes_in_order(case: Case, spacing: int) -> None:
     counts, order, dropped = case
-    gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT)
+    gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT, sparse_after=10**6)  # every gap waited for
     for key in counts:
         gate.note(key, 0)
     out: list[tuple[str, int]] = []
@@ -75,6 +75,23 @@ def test_lost_events_cost_a_bounded_wait_then_the_rest_comes_in_order(case: Case
         below_last = {(k, s) for k, s in dropped if any(k == k2 and s < s2 for k2, s2 in order)}
         assert gate.stats.missing == len(below_last)
         assert sum(g.missing for g in gate.recent_gaps) == len(below_last)
+
+
+@given(deliveries(lost=True), st.integers(0, 3 * WAIT), st.integers(1, 3))
+def test_whatever_comes_each_event_goes_out_once_and_nothing_waits_longer_than_the_wait(
+    case: Case, spacing: int, sparse_after: int
+) -> None:
+    _, order, _ = case
+    gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT, sparse_after=sparse_after)
+    out: list[tuple[str, int]] = []
+    now = 0
+    for key, seq in order:
+        now += spacing // max(1, len(order))
+        out += gate.due(now)
+        out += gate.offer(key, seq, (key, seq), now_ms=now)
+    out += gate.due(now + WAIT)
+    assert gate.holding == 0
+    assert sorted(out) == sorted(order)
 
 
 def test_a_missing_event_is_waited_for_and_then_skipped_with_a_gap() -> None:
@@ -134,6 +151,25 @@ def test_a_device_holding_too_many_gives_up_its_gap_at_once() -> None:
     assert gate.offer("d", 4, 4, 0) == []
     assert gate.offer("d", 5, 5, 0) == [2, 3, 4, 5]
     assert gate.stats.gaps == 1
+
+
+def test_a_device_numbering_with_holes_of_its_own_is_not_held_for_ever() -> None:
+    gate: OrderGate[str, int] = OrderGate(WAIT, sparse_after=2)
+    assert gate.offer("d", 1, 1, 0) == [1]  # numbers 1, 11, 21 ... (a counter shared by ten devices)
+    assert gate.offer("d", 11, 11, 10) == []
+    assert gate.due(10 + WAIT) == [11]
+    assert gate.offer("d", 21, 21, 2000) == []
+    assert gate.due(2000 + WAIT) == [21]
+    assert gate.stats.sparse == 1
+    assert gate.offer("d", 31, 31, 4000) == [31]  # no longer held
+    assert gate.holding == 0
+    # a device that counts 1, 2, 3 and loses a few is held every time
+    assert gate.offer("e", 1, 1, 0) == [1]
+    assert gate.offer("e", 2, 2, 0) == [2]
+    for n, seq in enumerate((4, 6, 8)):
+        assert gate.offer("e", seq, seq, 5000 * n) == []
+        assert gate.due(5000 * n + WAIT) == [seq]
+    assert gate.stats.sparse == 1
 
 
 def test_a_nonsense_setting_is_refused() -> None:
