@@ -595,6 +595,19 @@ class RedisBucketStore(Store):
                 return out
             start = f"({_s(entries[-1][0])}"
 
+    async def last_seqs(self, recent: int = 20_000) -> dict[tuple[str, str, str], int]:
+        """The ``seq`` of each device's last handled event among the ``recent`` last log entries (see
+        :meth:`Store.last_seqs`)."""
+        out: dict[tuple[str, str, str], int] = {}
+        entries = await self.redis.xrevrange(self.k_log, max="+", min="-", count=recent)
+        for _, f in entries:
+            if f.get(b"k") != b"e" or f.get(b"channel") != b"evt" or int(f.get(b"dev_seq", 0)) <= 0:
+                continue
+            key = (_s(f[b"user"]), _s(f[b"kind"]), _s(f[b"device"]))
+            if all(key):
+                out.setdefault(key, int(f[b"dev_seq"]))  # newest first: the first one seen wins
+        return out
+
     async def resolutions(self) -> dict[str, str]:
         """Resolved intents (JSON) by utterance event id."""
         return {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.k_resolutions)).items()}

@@ -307,8 +307,6 @@ class AgentRuntime:
                     self.core.tick(tick.at_ms, due)
                 else:
                     row: EventRow = item
-                    if row.channel == Channel.EVENT and row.dev_seq and row.user and row.kind and row.device:
-                        self._order.note((row.user, row.kind, row.device), row.dev_seq)  # later ones follow it
                     mark = marks.get(row.user or "")
                     if mark is not None and mark.covers(kind, position):
                         continue  # the user's state was written after this event: it is in there already
@@ -322,6 +320,8 @@ class AgentRuntime:
                 self.stats.replayed += 1
         finally:
             self._replaying = False
+        for device, seq in (await store.last_seqs()).items():  # each device's events go on from its last one
+            self._order.note(device, seq)
         if snap is not None or self.stats.replayed:
             self.log.info("agent_restored", snapshot=snap is not None, replayed=self.stats.replayed)
 

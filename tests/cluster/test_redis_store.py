@@ -123,3 +123,13 @@ async def test_resolver_intents_travel_with_the_bucket(redis: Any) -> None:
     b = store(redis, "c-a2")
     await b.claim(set())
     assert await b.resolutions() == {"e1": '{"skill": "time"}'}
+
+
+async def test_the_next_holder_learns_where_each_device_was(redis: Any) -> None:
+    """The last ``seq`` handled per device, newest in the log first: where the next owner's order gate takes up."""
+    a = store(redis, "c-a1")
+    assert await a.claim({"c-a1"}) is None
+    await a.commit_batch([event("e1", 1), event("e2", 2)], [], [], [])
+    await a.commit_batch([event("e4", 4), event("e3", 3)], [], [], [])  # handled last: 3
+    assert await a.last_seqs() == {("alice", "ring", "r1"): 3}
+    assert await store(redis, "c-a2", bucket=4).last_seqs() == {}

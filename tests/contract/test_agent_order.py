@@ -87,3 +87,22 @@ async def test_a_lost_event_holds_its_device_back_for_the_wait_only(
         await send(dev, user, "r1", 2)  # after its place was given up: handled, not held
         order = await stored(db, user, 4)
     assert order == [("r1", 1), ("r1", 3), ("r1", 4), ("r1", 2)]
+
+
+async def test_a_restarted_agent_knows_where_each_device_was(any_broker: BrokerUnderTest, tmp_path: Path) -> None:
+    """A redelivery after a restart can bring a device's newer event before an older one: the agent remembers the
+    last seq it handled, so it waits for the older one instead of taking the newer one as where the device is."""
+    user = f"t-{uuid.uuid4().hex[:8]}"
+    db = tmp_path / "a.db"
+    settings = AgentSettings(url=any_broker.url, db=db, instance=f"agent-{user}", username=AGENT_USER,
+                             password=AGENT_PASSWORD, order_wait_s=60)  # fmt: skip
+    async with Bus(BusOptions(url=any_broker.url)) as dev:
+        async with AgentRuntime(settings) as runtime:
+            await runtime.wait_connected(15)
+            await send(dev, user, "r1", 1, 2)
+            await stored(db, user, 2)
+        async with AgentRuntime(settings) as runtime:
+            await runtime.wait_connected(15)
+            await send(dev, user, "r1", 4, 3)
+            order = await stored(db, user, 4)
+    assert order == [("r1", 1), ("r1", 2), ("r1", 3), ("r1", 4)]
