@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.wearbus-installed
 ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist: one worker per core; tests of one xdist_group (the heavy cluster and fault runs) share a
+# pytest-xdist: one worker per core; the tests of one xdist_group (the two cluster failovers) share a
 # worker. WB_PYTEST_WORKERS=0 runs everything in one process (easier to debug).
 WB_PYTEST_WORKERS ?= auto
 XDIST := $(if $(filter 0,$(WB_PYTEST_WORKERS)),-p no:xdist,-n $(WB_PYTEST_WORKERS) --dist loadgroup)
