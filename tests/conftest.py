@@ -89,3 +89,9 @@ async def any_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         require_mosquitto()
         async with MosquittoProcess() as process:
             yield MosquittoUnderTest(process)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` first (otherwise in their usual order): pytest-xdist hands tests out in this order,
+    so the long ones start at once on every worker instead of ending the run on one of them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
