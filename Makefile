@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.wearbus-installed
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist: one worker per core; the tests of one xdist_group (the two cluster failovers) share a
+# worker. WB_PYTEST_WORKERS=0 runs everything in one process (easier to debug).
+WB_PYTEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(WB_PYTEST_WORKERS)),-p no:xdist,-n $(WB_PYTEST_WORKERS) --dist loadgroup)
 
 .PHONY: help setup up test lint typecheck pytest bench system-deps clean
 
@@ -18,7 +22,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "wearbus needs Python 3.11 or newer (python3.11 -m venv must work)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install wearbus with its test tools
@@ -44,7 +48,7 @@ typecheck: setup ## mypy --strict
 	$(BIN)/mypy
 
 pytest: setup system-deps ## the test suite (unit, contract against both brokers, end to end)
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest ## everything CI runs: lint, types, tests

@@ -48,6 +48,10 @@ from schemas.topics import Channel, agent_state_topic
 
 PARTITION_ROOT = "wbp"
 DEFAULT_BUCKETS = 64
+#: On NATS, how long a bucket's runtime waits for a device's event missing from its ``seq`` order: NATS 2.9 redelivers
+#: what a lost connection had not acknowledged after newer messages, and after a leader loss under load that was seen
+#: 10-28 s after the publish (docs/scale-out.md). A QoS 0 event lost for good holds its device back this long.
+NATS_ORDER_WAIT_S = 45.0
 Partitions = Literal["nats", "filters"]
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]{1,16}$")
 _MEMBER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -582,6 +586,19 @@ class RedisBucketStore(Store):
                 return out
             start = f"({_s(entries[-1][0])}"
 
+    async def last_seqs(self, recent: int = 20_000) -> dict[tuple[str, str, str], int]:
+        """The ``seq`` of each device's last handled event among the ``recent`` last log entries (see
+        :meth:`Store.last_seqs`)."""
+        out: dict[tuple[str, str, str], int] = {}
+        entries = await self.redis.xrevrange(self.k_log, max="+", min="-", count=recent)
+        for _, f in entries:
+            if f.get(b"k") != b"e" or f.get(b"channel") != b"evt" or int(f.get(b"dev_seq", 0)) <= 0:
+                continue
+            key = (_s(f[b"user"]), _s(f[b"kind"]), _s(f[b"device"]))
+            if all(key):
+                out.setdefault(key, int(f[b"dev_seq"]))  # newest first: the first one seen wins
+        return out
+
     async def resolutions(self) -> dict[str, str]:
         """Resolved intents (JSON) by utterance event id."""
         return {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.k_resolutions)).items()}
@@ -651,6 +668,9 @@ class ClusterSettings:
             subscriptions of the known ``users``, for mosquitto or any broker).
         users: the known users (``filters`` only).
         hold_s: reconnect hold for per-device order (None: ``ack_wait`` 5 s + 1 on NATS, 0 otherwise).
+        order_wait_s: how long a bucket's runtime holds a device's event whose predecessor (by ``seq``) has not come
+            (``AgentSettings.order_wait_s``; None: :data:`NATS_ORDER_WAIT_S` on NATS, whose redeliveries after a
+            leader loss were seen up to 28 s after their publish, the agent template's otherwise).
         protocol: MQTT protocol ("auto"; NATS speaks 3.1.1 only).
         escape_dots: for nats-server < 2.10 only; commands then reach no device (see :class:`PartitionBus`).
         heartbeat_s: how often the member repeats its retained online state.
@@ -674,6 +694,7 @@ class ClusterSettings:
     partitions: Partitions = "nats"
     users: frozenset[str] | None = None
     hold_s: float | None = None
+    order_wait_s: float | None = None
     protocol: Protocol = "auto"
     escape_dots: bool = False
     heartbeat_s: float = 2.0
@@ -710,6 +731,13 @@ class ClusterSettings:
         if self.hold_s is not None:
             return self.hold_s
         return 6.0 if self.partitions == "nats" else 0.0
+
+    @property
+    def order_wait(self) -> float:
+        """How long a bucket's runtime waits for a device's missing event, in seconds."""
+        if self.order_wait_s is not None:
+            return self.order_wait_s
+        return NATS_ORDER_WAIT_S if self.partitions == "nats" else self.agent.order_wait_s
 
 
 @dataclass(slots=True)
@@ -954,8 +982,9 @@ class ClusterMember:
             users = self._bucket_users.get(bucket, frozenset())
             filters = user_filters(users)
         settings = replace(
-            s.agent, instance=s.bucket_client_id(bucket), subscriptions=filters, presence=False, users=users
-        )
+            s.agent, instance=s.bucket_client_id(bucket), subscriptions=filters, presence=False, users=users,
+            order_wait_s=s.order_wait,
+        )  # fmt: skip
 
         async def still_ours() -> bool:
             try:

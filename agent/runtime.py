@@ -45,6 +45,7 @@ from agent.core.intents import parse as parse_text
 from agent.failfast import StoreFailed, blames_the_messages, unrecoverable
 from agent.fairness import FairQueue
 from agent.llm import ChatResolver
+from agent.ordering import OrderGate
 from agent.parking import Attempts, SeenFile
 from agent.sealing import HealthCipher
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
@@ -148,6 +149,9 @@ class AgentSettings:
             are kept, by their sample time.
         health_key: an AES-256-GCM key file: health event payloads, the per-user state and the context snapshots
             are sealed with it in the database (:mod:`agent.sealing`).
+        order_wait_s: how long a device's event waits for a missing predecessor (by ``seq``) before the agent gives
+            up on it, handles the device's events in order from there and records the gap (``order_gap``); a QoS 0
+            event may be lost for good, so this bounds how long one loss holds that device back (agent/ordering.py).
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -175,6 +179,7 @@ class AgentSettings:
     health_retention_s: float = 7 * 86_400.0
     health_key: Path | None = None
     health_hourly_retention_s: float = 365 * 86_400.0
+    order_wait_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -192,6 +197,7 @@ class AgentStats:
     silent: int = 0
     llm_late: int = 0  # utterances handled after the LLM resolver answered (off the pump)
     sampled_out: int = 0  # refused for rate and counted, without a dead letter of their own
+    order_gaps: int = 0
 
 
 class AgentRuntime:
@@ -261,6 +267,8 @@ class AgentRuntime:
             if own and settings.max_attempts > 0
             else None
         )
+        # Each device's events in seq order: (user, kind, device) -> held messages (agent/ordering.py).
+        self._order: OrderGate[tuple[str, str, str], Message] = OrderGate(round(settings.order_wait_s * 1000))
 
     @property
     def store(self) -> Store:
@@ -400,6 +408,8 @@ class AgentRuntime:
                 self.stats.replayed += 1
         finally:
             self._replaying = False
+        for device, seq in (await store.last_seqs()).items():  # each device's events go on from its last one
+            self._order.note(device, seq)
         if snap is not None or self.stats.replayed:
             self.log.info("agent_restored", snapshot=snap is not None, replayed=self.stats.replayed)
 
@@ -457,6 +467,7 @@ class AgentRuntime:
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     batch += self._silent_devices()
+            batch = self._in_order(batch, mono)
             if batch or self._late or self._tick_pos < len(self._tick_users):
                 try:
                     await self._process_guarded(batch, turn)
@@ -683,6 +694,37 @@ class AgentRuntime:
                     "action_published", action=cmd.body.type, device=cmd.device.client_id,  # type: ignore[attr-defined]
                     corr=cmd.corr, reason=cmd.reason,
                 )  # fmt: skip
+
+    # ------------------------------------------------------------------ per-device order
+
+    def _in_order(self, batch: list[Message], mono: float) -> list[Message]:
+        """The messages to handle now: each device's events in ``seq`` order (one whose predecessor is missing waits
+        for it at most ``order_wait_s``, unacknowledged, then the gap is logged); anything else as it came."""
+        gate = self._order
+        gaps = gate.stats.gaps
+        now = round(mono * 1000)
+        out: list[Message] = []
+        for message in batch:
+            where = message.where
+            if where.user is None or where.kind is None or where.device is None:
+                out.append(message)
+                continue
+            key = (where.user, where.kind._value_, where.device)
+            seq = message.envelope.seq
+            if where.channel is Channel.EVENT and seq > 0:
+                out += gate.offer(key, seq, message, now)
+                continue
+            body = message.data
+            if where.channel is Channel.STATE and isinstance(body, DeviceState):
+                out += gate.epoch(key, body.epoch)  # a restarted device: what it held goes first, seq restarts
+            out.append(message)
+        out += gate.due(now)
+        if gate.stats.gaps != gaps:
+            for gap in list(gate.recent_gaps)[gaps - gate.stats.gaps :]:
+                self.log.warning("order_gap", device="/".join(gap.key), after=gap.after, resumed=gap.resumed,
+                                 missing=gap.missing, waited_ms=gap.waited_ms)  # fmt: skip
+            self.stats.order_gaps = gate.stats.gaps
+        return out
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 

@@ -711,6 +711,20 @@ class Store:
         out.sort(key=lambda x: (x[0], x[1]))
         return [item for _, _, item in out]
 
+    async def last_seqs(self, recent: int = 100_000) -> dict[tuple[str, str, str], int]:
+        """The ``seq`` of each device's last handled event among the ``recent`` last events stored, by (user, kind,
+        device): where a restarted agent's per-device order gate takes up (agent/ordering.py)."""
+        out: dict[tuple[str, str, str], int] = {}
+        async with self.db.execute(
+            "SELECT user, kind, device, dev_seq FROM events WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ?"
+            " AND channel = 'evt' AND dev_seq > 0 ORDER BY seq",
+            (recent,),
+        ) as cur:
+            async for user, kind, device, dev_seq in cur:
+                if user and kind and device:
+                    out[(user, kind, device)] = int(dev_seq)  # the later one wins
+        return out
+
     async def resolutions(self) -> dict[str, str]:
         """Resolved intents (JSON) by utterance event id."""
         return {str(r[0]): str(r[1]) for r in await self.rows("SELECT event_id, intent FROM resolutions")}

@@ -377,7 +377,8 @@ def rtt(spec: dict[str, Any]) -> dict[str, Any]:
             _heartbeats(client, users, i)
         user = users[i % len(users)]
         eid = f"p{time.time_ns():x}-{i}"
-        payload = mix.pack(eid, time.time_ns() // 1_000_000, i + 1, mix.utterance(mix.QUESTIONS[0]))
+        seq = i // len(users) + 1  # each probe device counts its own events 1, 2, 3 (the agent orders by it)
+        payload = mix.pack(eid, time.time_ns() // 1_000_000, seq, mix.utterance(mix.QUESTIONS[0]))
         got["key"] = payload if mode == "echo" else eid
         got["t"] = 0
         prefix = mix.device_prefix(user, Kind.EARPHONES)

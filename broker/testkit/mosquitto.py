@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import psutil
+
 from broker.embedded import free_port
 from broker.mosquitto import (
     MOSQUITTO_SYSTEM_USER,
@@ -162,9 +164,16 @@ class MosquittoProcess:
             raise BusError("a MosquittoProcess cannot be entered twice")
         self._tmp = Path(tempfile.mkdtemp(prefix="wearbus-mosquitto-"))
         try:
-            self._port = free_port()
-            self._write_files()
-            await self._start()
+            for attempt in range(3):
+                self._port = free_port()
+                self._write_files()
+                try:
+                    await self._start()
+                    break
+                except BusError:
+                    # The free port was taken meanwhile (tests on other workers or checkouts pick ports too).
+                    if attempt == 2 or "Address already in use" not in self.log_text():
+                        raise
         except BaseException:
             await self.stop()
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -223,7 +232,7 @@ class MosquittoProcess:
             # A test broker logs everything to stderr, captured in mosquitto.log.
             write_config(tmp, self._credentials, settings, write_secrets=False, chown=owner is not None)
         else:
-            self.data_dir.mkdir(mode=0o700)
+            self.data_dir.mkdir(mode=0o700, exist_ok=True)  # exists when a taken port is retried
             lines = [
                 f"listener {self.port} 127.0.0.1",
                 "allow_anonymous true",
@@ -303,12 +312,24 @@ class MosquittoProcess:
                 continue
             writer.close()
             await writer.wait_closed()
-            return
+            if _listens(process.pid, self.port):
+                return
+            # Something else answered on the port (it was taken after we picked it): ours will exit, or listen.
+            await asyncio.sleep(0.02)
 
     def _close_log(self) -> None:
         if self._log_handle is not None:
             os.close(self._log_handle)
             self._log_handle = None
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` listens on TCP ``port`` (and not another process that took the port)."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
 
 
 def _owner() -> tuple[int, int] | None:

@@ -77,7 +77,6 @@ class Counts:
     lost: int
     processed_twice: int
     out_of_order: int
-    late_out_of_order: int
     repeated: int
     unpublished: int
     undelivered: int
@@ -274,7 +273,7 @@ async def run(plan: Plan) -> Counts:
             await asyncio.sleep(0.5)
         drained_s = time.monotonic() - stream_end
         try:
-            await wait_stable(redis, cluster, survivors, owners(survivors), 60)
+            await wait_stable(redis, cluster, survivors, owners(survivors), 180)  # a condition: a ceiling only
             settled = True
         except AssertionError:
             settled = False
@@ -299,13 +298,6 @@ def bucket_for(user: str, buckets: int) -> int:
     return bucket_of(user, buckets)
 
 
-#: An event received this long after its publish, out of its device's order, is counted apart. NATS 2.9's MQTT
-#: gateway redelivers after a leader loss later than the members' reconnect hold (``ack_wait`` 5 s + 1 s) now and
-#: then (docs/scale-out.md, "Open": per-device order after a NATS leader loss under heavy load; seen in CI 10-28 s
-#: after the publish). A fault in the members' own ordering shows up below that too.
-LATE_MS = 6_000
-
-
 def tally(
     traffic: Traffic,
     logs: dict[int, list[dict[str, str]]],
@@ -321,7 +313,6 @@ def tally(
     by_member: Counter[str] = Counter()
     seen: Counter[str] = Counter()
     out_of_order = 0
-    late_out_of_order = 0  # out of order, and received more than LATE_MS after its publish (see LATE_MS)
     examples: list[str] = []
     lag_ms: list[int] = []
     for log in logs.values():
@@ -334,9 +325,7 @@ def tally(
             by_member[e["by"]] += 1
             key, seq = ours[e["id"]]
             if seq <= last.get(key, 0):
-                late = int(e["received_wall_ms"]) - int(e["ts"]) > LATE_MS
-                late_out_of_order += late
-                out_of_order += not late
+                out_of_order += 1  # late or not: each device's events are handled in seq order (agent/ordering.py)
                 if len(examples) < 5:
                     prev = last_entry[key]
                     examples.append(f"{key} seq {seq} by {e['by']} received at {e['received_wall_ms']} (published "
@@ -365,8 +354,7 @@ def tally(
     report += [
         f"events sent {len(ours)}, acknowledged by the broker {len(traffic.acked)} (publish retries {traffic.retries})",
         f"processed {sum(seen.values())}, by member: {dict(sorted(by_member.items()))}",
-        f"lost {len(lost)}, processed twice {processed_twice}, out of order per device {out_of_order}, and"
-        f" {late_out_of_order} more received over {LATE_MS / 1000:g} s after their publish",
+        f"lost {len(lost)}, processed twice {processed_twice}, out of order per device {out_of_order}",
         f"actions stored {len(stored)}, repeated {repeated}, left unpublished {outbox}, "
         f"not delivered {len(undelivered)}, delivered twice (same id; devices ignore it) {twice}",
         f"event lag (device publish -> agent receive): p50 {p50} ms, p99 {p99} ms, max {lag_ms[-1] if lag_ms else 0}"
@@ -376,5 +364,5 @@ def tally(
     report += [f"detail: {x}" for x in examples]
     if join_moved_too_much:
         report.append("JOIN MOVED BUCKETS THE NEWCOMER DID NOT WIN")
-    return Counts(report, len(lost), processed_twice, out_of_order, late_out_of_order, repeated, outbox,
+    return Counts(report, len(lost), processed_twice, out_of_order, repeated, outbox,
                   len(undelivered), len(by_member), settled and not join_moved_too_much)  # fmt: skip

@@ -23,7 +23,9 @@ from tests.cluster.harness import (
     require_redis_server,
 )
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# The two failovers (three agents, 50-100 devices, a broker cluster each) run one after the other on one xdist
+# worker: side by side on a 2-core machine they would starve each other's members of their heartbeats.
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 
 async def test_kill_busiest_agent_and_a_broker_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,13 +51,15 @@ async def test_kill_busiest_agent_and_a_broker_node(tmp_path: Path, capsys: pyte
                 member_args=("--escape-dots",) if escape else (), escaped_commands=escape,
             )
         )  # fmt: skip
+    report = "\n[nats cluster failover] " + "\n[nats cluster failover] ".join(counts.report)
     with capsys.disabled():
-        print("\n[nats cluster failover] " + "\n[nats cluster failover] ".join(counts.report))
-    assert counts.lost == 0
-    assert counts.processed_twice == 0
-    assert counts.out_of_order == 0  # a late NATS redelivery (over 6 s after its publish) is reported, not failed
-    assert counts.repeated == 0
-    assert counts.unpublished == 0
-    assert counts.undelivered == 0
-    assert counts.members_processing == 3
-    assert counts.settled
+        print(report)
+    assert counts.lost == 0, report
+    assert counts.processed_twice == 0, report
+    # late redeliveries included: the agents put each device's events in seq order (agent/ordering.py)
+    assert counts.out_of_order == 0, report
+    assert counts.repeated == 0, report
+    assert counts.unpublished == 0, report
+    assert counts.undelivered == 0, report
+    assert counts.members_processing == 3, report
+    assert counts.settled, report

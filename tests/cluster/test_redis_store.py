@@ -161,3 +161,13 @@ async def test_forget_erases_one_user_from_the_bucket_store(redis: Any) -> None:
         assert b"alice" not in repr(dump).encode(), (key, dump)
     assert bob.encode() in repr(await redis.hgetall(s.k_ctx)).encode()
     assert len(await redis.xrange(s.k_log)) == 1
+
+
+async def test_the_next_holder_learns_where_each_device_was(redis: Any) -> None:
+    """The last ``seq`` handled per device, newest in the log first: where the next owner's order gate takes up."""
+    a = store(redis, "c-a1")
+    assert await a.claim({"c-a1"}) is None
+    await a.commit_batch([event("e1", 1), event("e2", 2)], [], [], [])
+    await a.commit_batch([event("e4", 4), event("e3", 3)], [], [], [])  # handled last: 3
+    assert await a.last_seqs() == {("alice", "ring", "r1"): 3}
+    assert await store(redis, "c-a2", bucket=4).last_seqs() == {}

@@ -95,7 +95,10 @@ def test_malformed_replies_give_none() -> None:
 
 
 @pytest.mark.broker
-async def test_the_agent_uses_it_for_what_the_parser_misses(fake: FakeOpenAI, tmp_path: Path) -> None:
+async def test_the_agent_uses_it_for_what_the_parser_misses(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WB_PROTOCOL", "3.1.1")  # amqtt: no 3 s MQTT 5 probe per connection
     user = f"t-{uuid.uuid4().hex[:8]}"
     async with EmbeddedBroker(port=free_port(), users={"agent": "pw"}) as broker:
         settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance=f"agent-{user}", username="agent",

@@ -260,7 +260,8 @@ class FakeUser:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[tuple[EmbeddedBroker, ConsoleServer, Bus]]:
+async def stack(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[EmbeddedBroker, ConsoleServer, Bus]]:
+    monkeypatch.setenv("WB_PROTOCOL", "3.1.1")  # amqtt: the console's bus skips the 3 s MQTT 5 probe
     async with (
         EmbeddedBroker(port=free_port()) as broker,
         ConsoleServer(broker.url, port=0, allow_inject=True, show_health=True) as console,

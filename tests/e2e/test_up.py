@@ -91,10 +91,13 @@ async def test_day_in_the_life_on_mosquitto_recorded_replayed_and_diffed(tmp_pat
         recorder = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "broker.cli", "record", "wb/#", "-o", str(recording), "--broker", broker.url,
             "--include-health",  # the agent replays it: the rules need the values
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
-            await asyncio.sleep(1.0)  # the recorder subscribes before the stack starts (it needs no handshake)
+            # the recorder has subscribed (it says "recording ..." then) before the stack starts
+            async with asyncio.timeout(60):
+                while not (line := await recorder.stderr.readline()).startswith(b"recording"):  # type: ignore[union-attr]
+                    assert line, "the recorder ended before it subscribed"
             code, data, output = await run_up(tmp_path, "--broker", broker.url)
         finally:
             recorder.terminate()
