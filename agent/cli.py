@@ -72,6 +72,13 @@ def agent_command(
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
+    wall_after: Annotated[
+        int | None,
+        typer.Option(
+            help="Simulated time (ms) after which the agent's clock is the wall clock (the scenario's end; "
+            "wearbus up --forever sets it), so real devices on the wall clock are accepted from then on."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     slow_turn_ms: Annotated[
         float, typer.Option(help="Log pump_turn_slow when one pass of the pump holds the loop longer (0: never).")
@@ -132,7 +139,7 @@ def agent_command(
         if llm_url
         else None,
     )
-    clock = SimClock(speed, sim_start, sim_anchor)
+    clock = SimClock(speed, sim_start, sim_anchor, wall_after)
     tune_gc()
     if cluster is not None:
         _run_cluster_member(

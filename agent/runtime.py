@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -46,7 +47,7 @@ from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
-from schemas.clock import Clock, WallClock
+from schemas.clock import Clock, SimClock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
 from schemas.events import Utterance
@@ -199,6 +200,9 @@ class AgentRuntime:
         self._liveness: dict[tuple[str, str, str], list[float]] = {}
         self._connects_seen = 0
         self._gc_clock = _GcClock()
+        # devices answered in JSON: they spoke JSON last, or their birth asked for it (device -> pinned by the birth)
+        self._json_devices: dict[tuple[str, str, str], bool] = {}
+        self._msgpack_pinned: set[tuple[str, str, str]] = set()  # births that asked for msgpack whatever they speak
 
     @property
     def store(self) -> Store:
@@ -303,9 +307,12 @@ class AgentRuntime:
                     if mark is not None and mark.covers(kind, position):
                         continue  # the user's state was written after this event: it is in there already
                     try:
-                        message = codec.decode(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                        message = codec.decode(
+                            row.topic, row.payload, qos=row.qos, retain=row.retain, arrived_ms=row.ts
+                        )
                     except ContractError:
                         continue
+                    self._note_language(message)
                     if row.id in resolved:
                         self.core.hints[row.id] = _intent(resolved[row.id])
                     self.core.handle(message, row.handled_ms)
@@ -429,17 +436,20 @@ class AgentRuntime:
         seen: set[tuple[str, int]] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
+        clock = self.clock
+        judge = clock.judge_ms if isinstance(clock, SimClock) and clock.wall_after_ms is not None else None
         mono = time.monotonic()
         for message, key in zip(batch, keys, strict=True):
             self._observe(message, mono)
+            self._note_language(message)
             if key in known or key in seen:
                 stats.duplicates += 1
                 continue
             if users is not None and message.where.user not in users:
                 continue
-            refusal = check(message, arrived)
+            refusal = check(message, arrived if judge is None else judge(message.envelope.ts))
             if refusal is not None:
-                self._refuse(message, *refusal)
+                self._refuse(message, refusal[0], refusal[1] + self._clock_hint(refusal[0]))
                 continue
             seen.add(key)
             fresh.append(message)
@@ -531,6 +541,33 @@ class AgentRuntime:
         elif key in self._liveness:
             self._liveness[key][1] = mono
 
+    def _note_language(self, message: Message) -> None:
+        """Answer a device in the language it speaks: JSON once its birth, an event or an ack came as JSON (or its
+        birth's ``encoding`` says so); msgpack again when it speaks msgpack, unless its birth asked for JSON."""
+        where = message.where
+        if where.user is None or where.kind is None or where.device is None:
+            return
+        key = (where.user, where.kind._value_, where.device)
+        body = message.data
+        if where.channel is Channel.STATE and isinstance(body, DeviceState):
+            if not body.online:
+                return  # a Will says nothing of the device's language (the broker sends what it was given)
+            self._msgpack_pinned.discard(key)
+            self._json_devices.pop(key, None)
+            if body.encoding == "msgpack":
+                self._msgpack_pinned.add(key)
+            elif body.encoding == "json":
+                self._json_devices[key] = True
+            elif message.json:
+                self._json_devices[key] = False
+            return
+        if key in self._msgpack_pinned or self._json_devices.get(key):
+            return
+        if message.json:
+            self._json_devices[key] = False
+        else:
+            self._json_devices.pop(key, None)
+
     def _silent_devices(self) -> list[Message]:
         """Offline states for devices that missed ``heartbeat_misses`` heartbeats, as if their Will had come.
 
@@ -610,8 +647,21 @@ class AgentRuntime:
             reason=cmd.reason,
             created_ms=now,
             created_wall_ms=created_wall,
-            payload=codec.encode(envelope),
-        )
+            payload=codec.encode(envelope, "json" if (dev.user, dev.kind._value_, dev.device) in self._json_devices
+                                 else "msgpack"),
+        )  # fmt: skip
+
+    def _clock_hint(self, reason: str) -> str:
+        """Why a timestamp may be off: the agent plays a scenario on simulated time (said in the refusal)."""
+        clock = self.clock
+        if reason not in {"future", "stale"} or not isinstance(clock, SimClock) or clock.speed == 1.0:
+            return ""
+        now = datetime.fromtimestamp(clock.now_ms() / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        hint = f"; the agent is on a scenario's simulated clock (now {now}, x{clock.speed:g})"
+        if clock.switch_wall_ms is not None:
+            switch = datetime.fromtimestamp(clock.switch_wall_ms / 1000, UTC).strftime("%H:%M:%S UTC")
+            return hint + f" until the scenario ends at {switch} wall time, then on the wall clock: send again then"
+        return hint + " (wearbus up --forever switches to the wall clock when the scenario ends)"
 
     def _refuse(self, message: Message, reason: str, why: str) -> None:
         self.stats.refused += 1

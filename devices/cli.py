@@ -8,6 +8,7 @@ clocks agree without talking to each other; each plays the steps of ``--scenario
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from broker.logs import configure_logging
 from broker.settings import Settings
@@ -118,7 +120,7 @@ def _command(kind: Kind) -> Callable[..., None]:
             devices = [spec.build()] if fleet == 1 else build_fleet(spec, fleet, by)
             asyncio.run(run(devices, forever=spec.forever))
         except WearbusError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -193,6 +195,30 @@ def add_commands(app: typer.Typer) -> None:
         app.command(kind.value)(_command(kind))
 
 
+def check_command(
+    scenario: Annotated[str, typer.Argument(help=f"A scenario YAML file, or a built-in one: {', '.join(BUILTIN)}.")],
+    sim_anchor: AnchorOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="On success print what a stack needs (user, start, duration, zone) as JSON.")
+    ] = False,
+) -> None:
+    """Validate a scenario: every problem on its own line and exit code 2, or 'ok' (``wearbus up`` runs this first)."""
+    try:
+        loaded = load(scenario)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[bold red]error:[/] {escape(line)}")
+        raise typer.Exit(2) from None
+    anchor = time.time_ns() // 1_000_000 if sim_anchor is None else sim_anchor
+    facts = {
+        "user": loaded.user,
+        "start_ms": loaded.start_ms(anchor),
+        "duration_ms": loaded.duration_ms,
+        "tz_offset_min": loaded.profile.tz_offset_min,
+    }
+    print(json.dumps(facts) if as_json else f"ok: {scenario}: {len(loaded.steps)} steps, user {loaded.user}")  # noqa: T201
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``device`` command group to the ``wearbus`` CLI (the ``wearbus.cli`` entry point)."""
     group = typer.Typer(
@@ -200,4 +226,5 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     add_commands(group)
+    group.command("check")(check_command)
     app.add_typer(group, name="device")

@@ -305,6 +305,11 @@ class DeviceState(Body):
     battery_pct: float | None = Field(default=None, ge=0, le=100)
     model: str = Field(default="", max_length=64)
     heartbeat_s: float | None = Field(default=None, gt=0, le=3600)
+    encoding: Literal["msgpack", "json"] | None = Field(
+        default=None,
+        description="the encoding the device wants its actions in; default: the one it speaks (its birth's, "
+        "else its last event's)",
+    )
 
 
 class AgentState(Body):
