@@ -27,6 +27,8 @@ import gc
 import heapq
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
 from schemas.clock import Clock, SimClock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
+from schemas.errors import BusConnectionError, ConfigError, ContractError, PublishError, ValidationFailed
 from schemas.events import Utterance
 from schemas.topics import (
     Channel,
@@ -224,10 +226,14 @@ class AgentRuntime:
         await self._restore()
         state = agent_state_topic(s.instance)
 
+        if s.presence:
+            await self._claim_instance()
+
         def presence(online: bool) -> bytes:
             body = AgentState(
-                online=online, instance=s.instance, version=VERSION, users=sorted(s.users) if s.users else None
-            )
+                online=online, instance=s.instance, version=VERSION, users=sorted(s.users) if s.users else None,
+                host=socket.gethostname(), pid=os.getpid(),
+            )  # fmt: skip
             return codec.encode(make(body, ts=self.clock.now_ms()))
 
         options = BusOptions(
@@ -252,6 +258,40 @@ class AgentRuntime:
         gc.callbacks.append(self._gc_clock)
         self._pump = asyncio.create_task(self._run_pump(), name=f"agent[{s.instance}].pump")
         return self
+
+    async def _claim_instance(self) -> None:
+        """Refuse to start when another running agent holds this instance id (its retained state says online).
+
+        Two agents with one id would take the session from each other in a loop. A holder that is a dead process on
+        this host (a crash) is no holder; one elsewhere gets ``1.5 x keep-alive`` for its Will to say offline.
+
+        Raises:
+            InstanceTaken: a live agent holds the id.
+        """
+        s = self.settings
+        topic = agent_state_topic(s.instance)
+        options = BusOptions(
+            url=s.url, username=s.username, password=s.password, name=f"{s.instance}.claim",
+            connect_timeout_s=CLAIM_CONNECT_S,
+        )  # fmt: skip
+        probe = self._bus_factory(options)
+        async with probe:
+            await probe.subscribe(topic, 1)
+            holder = _holder(await probe.next_batch(10, timeout=CLAIM_RETAINED_S), topic)
+            if holder is None or _dead_here(holder):
+                return
+            wait_s = 1.5 * probe.options.keepalive_s + 2
+            self.log.warning("instance_held", instance=s.instance, host=holder.host, pid=holder.pid, wait_s=wait_s)
+            deadline = time.monotonic() + wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                batch = await probe.next_batch(10, timeout=left)
+                if any(m.topic == topic for m in batch) and _holder(batch, topic) is None:
+                    return  # its Will (or a clean stop) came: free
+        where = f"pid {holder.pid} on host {holder.host}" if holder.host else "an agent of an older version"
+        raise InstanceTaken(
+            f"agent instance id {s.instance!r} is held by a running agent ({where}; its retained state on {topic} "
+            f"says online). Stop that agent, or start this one with another --instance."
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -746,6 +786,34 @@ class AgentRuntime:
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await self.store.save_contexts(saved)
         return len(saved)
+
+
+#: Seconds to reach the broker for the instance-id check, and to wait for the retained agent state after it.
+CLAIM_CONNECT_S = 10.0
+CLAIM_RETAINED_S = 1.0
+
+
+class InstanceTaken(ConfigError):
+    """Another running agent holds this instance id."""
+
+
+def _holder(batch: list[Message], topic: str) -> AgentState | None:
+    """The agent that holds the id, per the last state on ``topic`` in ``batch`` (None: nobody, or offline)."""
+    states = [m.data for m in batch if m.topic == topic and isinstance(m.data, AgentState)]
+    return states[-1] if states and states[-1].online else None
+
+
+def _dead_here(holder: AgentState) -> bool:
+    """Whether the holder is a process of this host that no longer runs (an agent that crashed)."""
+    if holder.host != socket.gethostname() or holder.pid is None:
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 #: What a user waits on an answer to (a sentence, a tap, a press, a nod, a ring gesture).

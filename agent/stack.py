@@ -289,7 +289,7 @@ def up_command(
         )  # fmt: skip
     except ConfigError as exc:  # a bad scenario or option: refused before anything ran
         for line in str(exc).splitlines():
-            err.print(f"[bold red]error:[/] {escape(line)}")
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)  # one problem, one line
         raise typer.Exit(2) from None
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")

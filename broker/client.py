@@ -63,6 +63,14 @@ _READS_PER_WAKE = 256
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
+def _login_refused(exc: Exception) -> bool:
+    """Whether the broker refused the CONNECT for the credentials (3.1.1 codes 4, 5; MQTT 5 0x86, 0x87, 0x8C)."""
+    if isinstance(exc, mqtt.Refused):
+        return exc.code in {4, 5, 0x86, 0x87, 0x8C}
+    text = str(exc).lower()
+    return "not authori" in text or "bad user name" in text
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message to publish as-is (a Will, a birth, a goodbye)."""
@@ -192,6 +200,7 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error: str = ""
+        self._login_refused = asyncio.Event()  # the first login was refused: no retry, wait_connected says why
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
@@ -238,7 +247,18 @@ class Bus:
             BusConnectionError: not connected within ``timeout`` seconds, with the last error and what to do.
         """
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                refused = asyncio.ensure_future(self._login_refused.wait())
+                try:
+                    await asyncio.wait([refused, asyncio.ensure_future(self._connected.wait())],
+                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                finally:
+                    refused.cancel()
+            if not self.connected:
+                raise BusConnectionError(
+                    f"{self.url.redacted()} refused the login: {self._last_error}. Check the username and "
+                    "password (mqtt://user:password@host:port, or --username/--password)."
+                )
         except TimeoutError:
             error = self._last_error.lower()
             hint = (
@@ -271,6 +291,10 @@ class Bus:
                     self._log.info("mqtt5_refused_trying_311", error=str(exc))
                     self.protocol = "3.1.1"
                     continue
+                if not self.stats.connects and _login_refused(exc):  # never logged in: retrying will not help
+                    self._log.error("bus_login_refused", error=str(exc))
+                    self._login_refused.set()
+                    return
                 attempt += 1
                 delay = random.uniform(0, min(self.options.backoff_max_s, self.options.backoff_min_s * 2**attempt))
                 self._log.warning("bus_disconnected", error=str(exc), retry_in_s=round(delay, 2))

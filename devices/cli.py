@@ -207,7 +207,7 @@ def check_command(
         loaded = load(scenario)
     except ConfigError as exc:
         for line in str(exc).splitlines():
-            err.print(f"[bold red]error:[/] {escape(line)}")
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)  # one problem, one line
         raise typer.Exit(2) from None
     anchor = time.time_ns() // 1_000_000 if sim_anchor is None else sim_anchor
     facts = {

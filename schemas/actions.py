@@ -320,6 +320,8 @@ class AgentState(Body):
     instance: str = Field(max_length=64)
     version: str = Field(default="", max_length=32)
     users: list[str] | None = Field(default=None, max_length=100_000)
+    host: str = Field(default="", max_length=255, description="the host the instance runs on")
+    pid: int | None = Field(default=None, ge=0, description="its process id on that host")
 
 
 class DeviceSummary(Body):

@@ -127,3 +127,32 @@ async def test_readme_mosquitto_pub_gets_a_json_action_with_and_without_ts(tmp_p
             sub.terminate()
             await sub.wait()
     assert any("my-glasses" in line and "display.card" in line for line in timeline), "".join(timeline[-20:])
+
+
+async def refused_up(tmp_path: Path, steps: list[dict[str, object]]) -> list[str]:
+    """`wearbus up` on the bundled profile with these steps: exit code 2 and the problems it printed."""
+    doc = yaml.safe_load(default_scenario().read_text(encoding="utf-8"))
+    doc["steps"] = steps
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "up", "--scenario", str(bad), "--port", "0", "--no-console",
+        "--workdir", str(tmp_path / "run"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**_env(), "COLUMNS": "300"},
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, stderr.decode()
+    assert not (tmp_path / "run").exists()  # nothing started: no run directory, no process logs
+    assert b"Summary" not in stdout
+    return [line for line in stderr.decode().splitlines() if line.startswith("error: ")]
+
+
+async def test_up_refuses_a_bad_scenario_before_starting_anything(tmp_path: Path) -> None:
+    problems = await refused_up(
+        tmp_path, [{"at": "00:01:00", "device": "phone", "respond": "click"}, {"at": "soon", "say": "hello"}]
+    )
+    assert len(problems) == 2, problems  # every problem on its own line
+    assert "step 1 (at +00:01:00): respond" in problems[0]
+    assert "'soon' is not a time" in problems[1]
+    problems = await refused_up(tmp_path, [{"at": "00:02:00", "go": {"to": "Atlantis"}}])
+    assert any("Atlantis" in p and "[lat, lon]" in p for p in problems), problems  # rich markup did not eat it
