@@ -123,7 +123,7 @@ def agent_command(
         if profiles is not None:
             config = replace(config, profiles=load_profiles(profiles))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     settings = AgentSettings(
         url=broker or Settings().broker,
@@ -149,7 +149,7 @@ def agent_command(
     try:
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -186,7 +186,7 @@ def _run_cluster_member(
         )
         asyncio.run(_until_signalled(run_member(member_settings, clock)))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -224,6 +224,14 @@ def report_command(
         print_summary(summary, out)
 
 
+#: The two event-to-action latencies a summary may show, each saying what it measures (they differ by design).
+LATENCY_STORED = (
+    "Event to action, agent's record (the agent received the event -> the broker acknowledged the action, as "
+    "stored at the agent's next store write)"
+)
+LATENCY_BUS = "Event to action on the bus (a subscriber saw the event -> saw the action it caused)"
+
+
 def print_summary(summary: Summary, console: Console) -> None:
     """The human-readable summary."""
     tasks = Table(title="Tasks")
@@ -242,7 +250,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     lat = summary.latency_ms
     if lat:
         console.print(
-            f"Latency from event to action (wall): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"{LATENCY_STORED}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
             f"max {lat['max']:.1f} ms over {summary.latency_samples} actions" + timed_note(summary.timed_actions)
         )
     traffic = Table(title="Messages")
@@ -279,7 +287,7 @@ def replay_agent_command(
         config = override(config, set_ or [])
         actions = replay_into_core(recording, config)
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     write_actions(output, actions)
     out.print(f"{describe(actions)} written to {output}")
@@ -295,7 +303,7 @@ def diff_command(
     try:
         lines = diff_actions(read_actions(a), read_actions(b), names=(str(a), str(b)))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if not lines:
         out.print("no difference in actions")

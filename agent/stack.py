@@ -426,7 +426,7 @@ async def _up(
         err.print(f"[red]the agent wrote no database at {db}; see {run_dir}/agent.log[/]")
         return 1
     summary = await summarize(db)
-    from agent.cli import print_summary  # noqa: PLC0415
+    from agent.cli import LATENCY_BUS, print_summary  # noqa: PLC0415
 
     out.rule("Summary")
     print_summary(summary, out)
@@ -434,7 +434,7 @@ async def _up(
     lat = sorted(ms for corr, ms in timeline.latencies.items() if corr in summary.answered)
     timed = sorted(ms for corr, ms in timeline.latencies.items() if corr not in summary.answered)
     if lat:
-        out.print(f"Event to action as seen on the bus: p50 {percentile(lat, 50):.1f} ms, "
+        out.print(f"{LATENCY_BUS}: p50 {percentile(lat, 50):.1f} ms, "
                   f"p99 {percentile(lat, 99):.1f} ms ({len(lat)} actions)" + timed_note(len(timed)))  # fmt: skip
     out.print("Bus traffic by class: " + ", ".join(f"{k} {v}" for k, v in sorted(timeline.counts.items())))
     out.print(f"Processes: {len(sup.procs)} started, all stopped; restarts: "

@@ -852,6 +852,7 @@ def config_from_cli(
     host: str = "127.0.0.1",
     port: int = 1883,
     tls_port: int | None = None,
+    tls_host: str | None = None,
     cafile: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
@@ -866,7 +867,8 @@ def config_from_cli(
     ``systemd`` (paths of ``deploy/systemd``: copy the files to ``/etc/wearbus/mosquitto``), ``compose``
     (paths of the eclipse-mosquitto image, ``deploy/compose.yaml``; the listener binds every interface of
     the container). ``host`` ``*`` binds every interface. The systemd layout has a TLS listener on 8883
-    with the certificates in ``/etc/wearbus/mosquitto/certs`` unless TLS files are given.
+    with the certificates in ``/etc/wearbus/mosquitto/certs`` unless TLS files are given. The TLS listener binds
+    ``tls_host`` (default: ``host``; ``*`` every interface), never more than it was told.
 
     Returns:
         The paths written (mosquitto.conf, passwd, acl, credentials.env, credentials.json, and the data
@@ -895,6 +897,9 @@ def config_from_cli(
         tls = dataclasses.replace(base.tls, port=tls_port)
     # In a container the listener must face the compose network, whatever --host says.
     bind = None if layout == "compose" or host in {"*", ""} else host
+    if tls is not None:
+        tls_bind = bind if tls_host is None else (None if layout == "compose" or tls_host in {"*", ""} else tls_host)
+        tls = dataclasses.replace(tls, host=tls_bind)
     settings = dataclasses.replace(base, host=bind, tls=tls)
     written = write_config(out_dir, creds, settings, prepare_data_dir=layout == "local")
     paths = [written.conf, written.password_file, written.acl_file]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta, timezone
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from agent.stack import Timeline
+from broker.mosquitto import config_from_cli
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.clock import SimClock
@@ -112,3 +117,46 @@ def test_timeline_times_are_in_the_users_zone_not_the_machines() -> None:
     text = buffer.getvalue()
     assert text.startswith("05:00:00"), text
     assert "[lat, lon]" in text
+
+
+def test_help_and_errors_keep_their_brackets_and_colons() -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "broker", "config", "--help"], capture_output=True, text=True, env=env,
+        check=True, timeout=60,
+    )  # fmt: skip
+    assert "alice:ring:ring-1" in shown.stdout, shown.stdout  # not "alice💍ring-1"
+    refused = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "device", "ring", "--id", "Ring_1"], capture_output=True, text=True,
+        env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "[a-z0-9-]" in refused.stderr, refused.stderr
+
+
+def test_the_tls_listener_binds_the_given_host(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    config_from_cli(out_dir=tmp_path / "t", users=["alice"], devices=[], host="192.0.2.7", cafile=ca, certfile=ca,
+                    keyfile=ca)  # fmt: skip
+    lines = (tmp_path / "t" / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    assert "listener 1883 192.0.2.7" in lines
+    assert "listener 8883 192.0.2.7" in lines  # not every interface
+    config_from_cli(out_dir=tmp_path / "u", users=["alice"], devices=[], cafile=ca, certfile=ca, keyfile=ca,
+                    tls_host="*")  # fmt: skip
+    lines = (tmp_path / "u" / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    assert "listener 1883 127.0.0.1" in lines
+    assert "listener 8883" in lines  # asked for: every interface
+
+
+def test_the_two_latencies_say_what_they_measure() -> None:
+    from agent.cli import LATENCY_BUS, LATENCY_STORED, print_summary  # noqa: PLC0415
+    from agent.report import Summary  # noqa: PLC0415
+
+    buffer = io.StringIO()
+    summary = Summary(db="x.db", latency_ms={"p50": 44.0, "p99": 90.0, "max": 91.0}, latency_samples=3)
+    print_summary(summary, Console(file=buffer, width=400, color_system=None))
+    assert LATENCY_STORED in buffer.getvalue()
+    assert "agent's record" in LATENCY_STORED
+    assert "on the bus" in LATENCY_BUS
+    assert LATENCY_BUS != LATENCY_STORED
