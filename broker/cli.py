@@ -116,10 +116,16 @@ def broker_config(
         typer.Option(help="USER:KIND:ID of a device (e.g. alice:ring:ring-1), or KIND:ID with one --user; repeatable."),
     ],
     port: Annotated[int, typer.Option(help="Plain MQTT listener port.")] = 1883,
-    host: Annotated[str, typer.Option(help="Listener address.")] = "127.0.0.1",
+    host: Annotated[
+        str | None, typer.Option(help="Listener address (default 127.0.0.1; '*' for every interface).")
+    ] = None,
     tls_port: Annotated[int | None, typer.Option(help="Add a TLS listener on this port.")] = None,
     tls_host: Annotated[
-        str | None, typer.Option(help="TLS listener address (default: --host; '*' for every interface).")
+        str | None,
+        typer.Option(
+            help="TLS listener address (default: --host if given, else 127.0.0.1; the systemd layout: every "
+            "interface, its device-facing listener; '*' for every interface)."
+        ),
     ] = None,
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for the TLS listener.")] = None,
     certfile: Annotated[Path | None, typer.Option(help="Server certificate for the TLS listener.")] = None,

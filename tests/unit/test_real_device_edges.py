@@ -147,6 +147,9 @@ def test_the_tls_listener_binds_the_given_host(tmp_path: Path) -> None:
     lines = (tmp_path / "u" / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
     assert "listener 1883 127.0.0.1" in lines
     assert "listener 8883" in lines  # asked for: every interface
+    config_from_cli(out_dir=tmp_path / "v", users=["alice"], devices=[], cafile=ca, certfile=ca, keyfile=ca)
+    lines = (tmp_path / "v" / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    assert "listener 8883 127.0.0.1" in lines  # nothing said: loopback like the plain listener, not everything
 
 
 def test_the_two_latencies_say_what_they_measure() -> None:
