@@ -25,7 +25,7 @@ from devices.scenario import BUILTIN, Scenario, load
 from devices.sdk import DeviceConfig
 from schemas.clock import SimClock
 from schemas.errors import ConfigError, TopicError, WearbusError
-from schemas.topics import Kind, check_name
+from schemas.topics import Kind, check_name, validate_filter
 
 err = Console(stderr=True)
 
@@ -219,6 +219,39 @@ def check_command(
     print(json.dumps(facts) if as_json else f"ok: {scenario}: {len(loaded.steps)} steps, user {loaded.user}")  # noqa: T201
 
 
+def owntracks_command(
+    topic: Annotated[
+        str, typer.Option("--topic", help="The OwnTracks app's topic, owntracks/{user}/{device} (its /event too).")
+    ],
+    user: UserOpt = "alice",
+    device: Annotated[str, typer.Option("--id", help="The wearbus phone id (a-z, 0-9 and -).")] = "phone-1",
+    broker: BrokerOpt = None,
+    owntracks_broker: Annotated[
+        str | None, typer.Option(help="The broker the OwnTracks app publishes to (default: --broker).")
+    ] = None,
+    password: PasswordOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Bridge an OwnTracks phone app (JSON over MQTT) to a wearbus phone: locations, regions, battery."""
+    configure_logging(log_level)
+    from devices.bridges.owntracks import serve  # noqa: PLC0415 (the bridge's imports only when it runs)
+
+    try:
+        check_name(user, "--user")
+        check_name(device, "--id")
+        validate_filter(topic)
+        if not topic.startswith("owntracks/") or topic.count("/") != 2 or "+" in topic or "#" in topic:
+            raise ConfigError(f"--topic {topic!r}: give the app's own topic, owntracks/{{user}}/{{device}}")
+        url = broker or Settings().broker
+        asyncio.run(serve(user, device, topic, wearbus_url=url, owntracks_url=owntracks_broker or url,
+                          password=password))  # fmt: skip
+    except (WearbusError, TopicError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``device`` command group to the ``wearbus`` CLI (the ``wearbus.cli`` entry point)."""
     group = typer.Typer(
@@ -228,3 +261,9 @@ def register(app: typer.Typer) -> None:
     add_commands(group)
     group.command("check")(check_command)
     app.add_typer(group, name="device")
+    bridges = typer.Typer(
+        help="Bridge real devices' own protocols to the bus, each as its own process (optional extras).",
+        no_args_is_help=True,
+    )
+    bridges.command("owntracks")(owntracks_command)
+    app.add_typer(bridges, name="bridge")
