@@ -252,6 +252,37 @@ def owntracks_command(
         raise typer.Exit(130) from None
 
 
+def colmi_command(
+    address: Annotated[
+        str | None, typer.Option("--address", help="The ring's Bluetooth address (MAC; a UUID on macOS).")
+    ] = None,
+    user: UserOpt = "alice",
+    device: Annotated[str, typer.Option("--id", help="The wearbus ring id (a-z, 0-9 and -).")] = "ring-1",
+    broker: BrokerOpt = None,
+    password: PasswordOpt = None,
+    emulate: Annotated[
+        bool, typer.Option(help="Talk to the built-in emulator of the ring instead of a radio (a demo, CI).")
+    ] = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Bridge a Colmi R02 ring (BLE, needs pip install 'wearbus[ble]') to a wearbus ring: logs, spot readings."""
+    configure_logging(log_level)
+    from devices.bridges.colmi import BleakLink, RingEmulator, RingLink, serve  # noqa: PLC0415
+
+    try:
+        check_name(user, "--user")
+        check_name(device, "--id")
+        if (address is None) == (not emulate):
+            raise ConfigError("give the ring's --address, or --emulate for the built-in emulator")
+        link: RingLink = RingEmulator() if emulate or address is None else BleakLink(address)
+        asyncio.run(serve(user, device, link, wearbus_url=broker or Settings().broker, password=password))
+    except (WearbusError, TopicError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``device`` command group to the ``wearbus`` CLI (the ``wearbus.cli`` entry point)."""
     group = typer.Typer(
@@ -266,4 +297,5 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     bridges.command("owntracks")(owntracks_command)
+    bridges.command("colmi-ring")(colmi_command)
     app.add_typer(bridges, name="bridge")
