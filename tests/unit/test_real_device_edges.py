@@ -163,3 +163,21 @@ def test_the_two_latencies_say_what_they_measure() -> None:
     assert "agent's record" in LATENCY_STORED
     assert "on the bus" in LATENCY_BUS
     assert LATENCY_BUS != LATENCY_STORED
+
+
+def test_a_ring_without_a_haptic_motor_is_not_asked_to_buzz() -> None:
+    from agent.core.engine import AgentCore  # noqa: PLC0415
+    from agent.core.testing import Rig, config, of, to  # noqa: PLC0415
+    from schemas.actions import Haptic, ShowCard  # noqa: PLC0415
+    from schemas.events import CalendarNext  # noqa: PLC0415
+    from schemas.topics import Kind  # noqa: PLC0415
+
+    for capabilities, buzzes in [(["ring.haptic", "ring.measure_now", "ring.sync"], True),
+                                 (["ring.measure_now", "ring.sync"], False)]:  # fmt: skip
+        rig = Rig(AgentCore(config()))
+        rig.ready()
+        rig.state(Kind.RING, capabilities=capabilities)  # a Colmi R02's birth has no ring.haptic
+        rig.send(Kind.PHONE, CalendarNext(title="Team meeting", start_ts=rig.now - 300_000))
+        out = rig.say("blah blah")
+        assert of(to(out, Kind.GLASSES), ShowCard)  # the card still comes
+        assert bool(of(to(out, Kind.RING), Haptic)) is buzzes
