@@ -45,7 +45,7 @@ from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
 from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
-from broker.client import Bus, BusOptions, Outgoing
+from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeviceState
@@ -226,8 +226,9 @@ class AgentRuntime:
         await self._restore()
         state = agent_state_topic(s.instance)
 
+        protocol: Protocol = "auto"
         if s.presence:
-            await self._claim_instance()
+            protocol = await self._claim_instance()  # the protocol the broker spoke: no second probe for it
 
         def presence(online: bool) -> bytes:
             body = AgentState(
@@ -241,6 +242,7 @@ class AgentRuntime:
             client_id=s.instance,
             username=s.username,
             password=s.password,
+            protocol=protocol,
             persistent=True,
             manual_ack=True,
             dlq=True,
@@ -259,7 +261,7 @@ class AgentRuntime:
         self._pump = asyncio.create_task(self._run_pump(), name=f"agent[{s.instance}].pump")
         return self
 
-    async def _claim_instance(self) -> None:
+    async def _claim_instance(self) -> Protocol:
         """Refuse to start when another running agent holds this instance id (its retained state says online).
 
         Two agents with one id would take the session from each other in a loop. A holder that is a dead process on
@@ -279,14 +281,14 @@ class AgentRuntime:
             await probe.subscribe(topic, 1)
             holder = _holder(await probe.next_batch(10, timeout=CLAIM_RETAINED_S), topic)
             if holder is None or _dead_here(holder):
-                return
+                return probe.protocol
             wait_s = 1.5 * probe.options.keepalive_s + 2
             self.log.warning("instance_held", instance=s.instance, host=holder.host, pid=holder.pid, wait_s=wait_s)
             deadline = time.monotonic() + wait_s
             while (left := deadline - time.monotonic()) > 0:
                 batch = await probe.next_batch(10, timeout=left)
                 if any(m.topic == topic for m in batch) and _holder(batch, topic) is None:
-                    return  # its Will (or a clean stop) came: free
+                    return probe.protocol  # its Will (or a clean stop) came: free
         where = f"pid {holder.pid} on host {holder.host}" if holder.host else "an agent of an older version"
         raise InstanceTaken(
             f"agent instance id {s.instance!r} is held by a running agent ({where}; its retained state on {topic} "
