@@ -264,31 +264,50 @@ class AgentRuntime:
     async def _claim_instance(self) -> Protocol:
         """Refuse to start when another running agent holds this instance id (its retained state says online).
 
-        Two agents with one id would take the session from each other in a loop. A holder that is a dead process on
-        this host (a crash) is no holder; one elsewhere gets ``1.5 x keep-alive`` for its Will to say offline.
+        Two agents with one id would take the session from each other in a loop. A holder on this host is judged by
+        its process id (a crashed one is no holder, a running one refuses us at once); one elsewhere gets
+        ``1.5 x keep-alive`` for its Will to say offline.
 
         Raises:
             InstanceTaken: a live agent holds the id.
         """
         s = self.settings
         topic = agent_state_topic(s.instance)
+        # A broker that makes the username the client id (Mosquitto's use_username_as_clientid, as generated) gives
+        # this probe the agent's own session: it must resume it, not wipe it (no clean start), and leave what is
+        # queued there unacknowledged (redelivered to the agent), and its subscription must go again.
         options = BusOptions(
-            url=s.url, username=s.username, password=s.password, name=f"{s.instance}.claim",
+            url=s.url, client_id=f"{s.instance}.claim", username=s.username, password=s.password,
+            persistent=True, session_expiry_s=CLAIM_SESSION_S, manual_ack=True, name=f"{s.instance}.claim",
             connect_timeout_s=CLAIM_CONNECT_S,
         )  # fmt: skip
         probe = self._bus_factory(options)
         async with probe:
             await probe.subscribe(topic, 1)
-            holder = _holder(await probe.next_batch(10, timeout=CLAIM_RETAINED_S), topic)
-            if holder is None or _dead_here(holder):
-                return probe.protocol
-            wait_s = 1.5 * probe.options.keepalive_s + 2
+            try:
+                return await self._judge_holder(probe, topic)
+            finally:
+                await probe.unsubscribe(topic)
+
+    async def _judge_holder(self, probe: Bus, topic: str) -> Protocol:
+        """The protocol the broker speaks, once nobody running holds the id (else raises InstanceTaken)."""
+        s = self.settings
+        seen: list[Message] = []
+        deadline = time.monotonic() + CLAIM_RETAINED_S
+        while not any(m.topic == topic for m in seen) and (left := deadline - time.monotonic()) > 0:
+            seen += await probe.next_batch(100, timeout=left)  # (the agent's queued events, too: left unacked)
+        holder = _holder(seen, topic)
+        here = _running_here(holder) if holder is not None else None
+        if holder is None or here is False:
+            return probe.protocol
+        wait_s = 1.5 * probe.options.keepalive_s + 2
+        if here is None:
             self.log.warning("instance_held", instance=s.instance, host=holder.host, pid=holder.pid, wait_s=wait_s)
-            deadline = time.monotonic() + wait_s
-            while (left := deadline - time.monotonic()) > 0:
-                batch = await probe.next_batch(10, timeout=left)
-                if any(m.topic == topic for m in batch) and _holder(batch, topic) is None:
-                    return probe.protocol  # its Will (or a clean stop) came: free
+        deadline = time.monotonic() + wait_s
+        while here is None and (left := deadline - time.monotonic()) > 0:  # elsewhere: its Will may come
+            batch = await probe.next_batch(100, timeout=left)
+            if any(m.topic == topic for m in batch) and _holder(batch, topic) is None:
+                return probe.protocol  # its Will (or a clean stop) came: free
         where = f"pid {holder.pid} on host {holder.host}" if holder.host else "an agent of an older version"
         raise InstanceTaken(
             f"agent instance id {s.instance!r} is held by a running agent ({where}; its retained state on {topic} "
@@ -793,6 +812,8 @@ class AgentRuntime:
 #: Seconds to reach the broker for the instance-id check, and to wait for the retained agent state after it.
 CLAIM_CONNECT_S = 10.0
 CLAIM_RETAINED_S = 1.0
+#: Seconds the broker keeps the probe's session (MQTT 5): a leftover one goes soon.
+CLAIM_SESSION_S = 60
 
 
 class InstanceTaken(ConfigError):
@@ -805,17 +826,17 @@ def _holder(batch: list[Message], topic: str) -> AgentState | None:
     return states[-1] if states and states[-1].online else None
 
 
-def _dead_here(holder: AgentState) -> bool:
-    """Whether the holder is a process of this host that no longer runs (an agent that crashed)."""
+def _running_here(holder: AgentState) -> bool | None:
+    """Whether the holder is a running process of this host (None: it runs elsewhere, or we cannot tell)."""
     if holder.host != socket.gethostname() or holder.pid is None:
-        return False
+        return None
     try:
         os.kill(holder.pid, 0)
     except ProcessLookupError:
-        return True
+        return False  # an agent that crashed: no holder
     except PermissionError:
-        return False
-    return False
+        return True  # another user's process
+    return True
 
 
 #: What a user waits on an answer to (a sentence, a tap, a press, a nod, a ring gesture).
