@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.core.engine import AgentCore
 from broker.bench import harness as hx
@@ -652,7 +653,7 @@ def bench_command(
     try:
         report = asyncio.run(run_bench(options))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     rows = summarize(report)
     if not out.is_terminal:

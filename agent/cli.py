@@ -80,6 +80,13 @@ def agent_command(
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
+    wall_after: Annotated[
+        int | None,
+        typer.Option(
+            help="Simulated time (ms) after which the agent's clock is the wall clock (the scenario's end; "
+            "wearbus up --forever sets it), so real devices on the wall clock are accepted from then on."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     slow_turn_ms: Annotated[
         float, typer.Option(help="Log pump_turn_slow when one pass of the pump holds the loop longer (0: never).")
@@ -162,7 +169,7 @@ def agent_command(
             given = profile_from({"consent": default_consent}, "--default-consent").consent
             config = replace(config, default_profile=replace(config.default_profile, consent=given))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     settings = AgentSettings(
         url=broker or Settings().broker,
@@ -185,7 +192,7 @@ def agent_command(
         if llm_url
         else None,
     )
-    clock = SimClock(speed, sim_start, sim_anchor)
+    clock = SimClock(speed, sim_start, sim_anchor, wall_after)
     tune_gc()
     if cluster is not None:
         _run_cluster_member(
@@ -195,7 +202,7 @@ def agent_command(
     try:
         asyncio.run(_run_agent(settings, clock))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         _exit_now(EXIT_STORE if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None else 1)
     except Exception:  # noqa: BLE001  (a bug: its traceback without frame locals, which hold payloads; then out)
         err.print_exception(show_locals=False)
@@ -235,7 +242,7 @@ def _run_cluster_member(
         )
         asyncio.run(_until_signalled(run_member(member_settings, clock)))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -290,6 +297,14 @@ def report_command(
         print_summary(summary, out)
 
 
+#: The two event-to-action latencies a summary may show, each saying what it measures (they differ by design).
+LATENCY_STORED = (
+    "Event to action, agent's record (the agent received the event -> the broker acknowledged the action, as "
+    "stored at the agent's next store write)"
+)
+LATENCY_BUS = "Event to action on the bus (a subscriber saw the event -> saw the action it caused)"
+
+
 def print_summary(summary: Summary, console: Console) -> None:
     """The human-readable summary."""
     tasks = Table(title="Tasks")
@@ -308,7 +323,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     lat = summary.latency_ms
     if lat:
         console.print(
-            f"Latency from event to action (wall): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"{LATENCY_STORED}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
             f"max {lat['max']:.1f} ms over {summary.latency_samples} actions" + timed_note(summary.timed_actions)
         )
     traffic = Table(title="Messages")
@@ -348,7 +363,7 @@ def replay_agent_command(
         config = override(config, set_ or [])
         actions = replay_into_core(recording, config)
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     write_actions(output, actions)
     out.print(f"{describe(actions)} written to {output}")
@@ -364,7 +379,7 @@ def diff_command(
     try:
         lines = diff_actions(read_actions(a), read_actions(b), names=(str(a), str(b)))
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if not lines:
         out.print("no difference in actions")

@@ -27,9 +27,12 @@ import gc
 import heapq
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -54,9 +57,9 @@ from broker.logs import get_logger
 from broker.ratelog import Sampler
 from schemas import codec
 from schemas.actions import Ack, AgentState, ContextSnapshot, DeadLetter, DeviceState
-from schemas.clock import Clock, WallClock
+from schemas.clock import Clock, SimClock, WallClock
 from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_ms
-from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError, ValidationFailed
+from schemas.errors import BusConnectionError, ConfigError, ContractError, PublishError, StoreError, ValidationFailed
 from schemas.events import Utterance
 from schemas.health import holds_health
 from schemas.topics import (
@@ -269,6 +272,9 @@ class AgentRuntime:
         )
         # Each device's events in seq order: (user, kind, device) -> held messages (agent/ordering.py).
         self._order: OrderGate[tuple[str, str, str], Message] = OrderGate(round(settings.order_wait_s * 1000))
+        # devices answered in JSON: they spoke JSON last, or their birth asked for it (device -> pinned by the birth)
+        self._json_devices: dict[tuple[str, str, str], bool] = {}
+        self._msgpack_pinned: set[tuple[str, str, str]] = set()  # births that asked for msgpack whatever they speak
 
     @property
     def store(self) -> Store:
@@ -296,15 +302,21 @@ class AgentRuntime:
         await self._restore()
         state = agent_state_topic(s.instance)
 
+        protocol: MqttProtocol = s.protocol
+        if s.presence:
+            spoke = await self._claim_instance()  # the protocol the broker spoke: no second probe for it
+            protocol = "5" if spoke == "5" else "3.1.1"
+
         def presence(online: bool) -> bytes:
             body = AgentState(
-                online=online, instance=s.instance, version=VERSION, users=sorted(s.users) if s.users else None
-            )
+                online=online, instance=s.instance, version=VERSION, users=sorted(s.users) if s.users else None,
+                host=socket.gethostname(), pid=os.getpid(),
+            )  # fmt: skip
             return codec.encode(make(body, ts=self.clock.now_ms()))
 
         options = BusOptions(
             url=s.url,
-            protocol=s.protocol,
+            protocol=protocol,
             transport=s.transport,
             client_id=s.instance,
             username=s.username,
@@ -327,6 +339,60 @@ class AgentRuntime:
         gc.callbacks.append(self._gc_clock)
         self._pump = asyncio.create_task(self._run_pump(), name=f"agent[{s.instance}].pump")
         return self
+
+    async def _claim_instance(self) -> str:
+        """Refuse to start when another running agent holds this instance id (its retained state says online).
+
+        Two agents with one id would take the session from each other in a loop. A holder on this host is judged by
+        its process id (a crashed one is no holder, a running one refuses us at once); one elsewhere gets
+        ``1.5 x keep-alive`` for its Will to say offline.
+
+        Raises:
+            InstanceTaken: a live agent holds the id.
+        """
+        s = self.settings
+        topic = agent_state_topic(s.instance)
+        # A broker that makes the username the client id (Mosquitto's use_username_as_clientid, as generated) gives
+        # this probe the agent's own session: it must resume it, not wipe it (no clean start), and leave what is
+        # queued there unacknowledged (redelivered to the agent), and its subscription must go again.
+        options = BusOptions(
+            url=s.url, client_id=f"{s.instance}.claim", username=s.username, password=s.password,
+            protocol=s.protocol, transport=s.transport, persistent=True, session_expiry_s=CLAIM_SESSION_S,
+            manual_ack=True, name=f"{s.instance}.claim",
+            connect_timeout_s=CLAIM_CONNECT_S,
+        )  # fmt: skip
+        probe = self._bus_factory(options)
+        async with probe:
+            await probe.subscribe(topic, 1)
+            try:
+                return await self._judge_holder(probe, topic)
+            finally:
+                await probe.unsubscribe(topic)
+
+    async def _judge_holder(self, probe: Bus, topic: str) -> str:
+        """The protocol the broker speaks, once nobody running holds the id (else raises InstanceTaken)."""
+        s = self.settings
+        seen: list[Message] = []
+        deadline = time.monotonic() + CLAIM_RETAINED_S
+        while not any(m.topic == topic for m in seen) and (left := deadline - time.monotonic()) > 0:
+            seen += await probe.next_batch(100, timeout=left)  # (the agent's queued events, too: left unacked)
+        holder = _holder(seen, topic)
+        here = _running_here(holder) if holder is not None else None
+        if holder is None or here is False:
+            return probe.protocol
+        wait_s = 1.5 * probe.options.keepalive_s + 2
+        if here is None:
+            self.log.warning("instance_held", instance=s.instance, host=holder.host, pid=holder.pid, wait_s=wait_s)
+        deadline = time.monotonic() + wait_s
+        while here is None and (left := deadline - time.monotonic()) > 0:  # elsewhere: its Will may come
+            batch = await probe.next_batch(100, timeout=left)
+            if any(m.topic == topic for m in batch) and _holder(batch, topic) is None:
+                return probe.protocol  # its Will (or a clean stop) came: free
+        where = f"pid {holder.pid} on host {holder.host}" if holder.host else "an agent of an older version"
+        raise InstanceTaken(
+            f"agent instance id {s.instance!r} is held by a running agent ({where}; its retained state on {topic} "
+            f"says online). Stop that agent, or start this one with another --instance."
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -399,9 +465,12 @@ class AgentRuntime:
                     if mark is not None and mark.covers(kind, position):
                         continue  # the user's state was written after this event: it is in there already
                     try:
-                        message = codec.decode(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                        message = codec.decode(
+                            row.topic, row.payload, qos=row.qos, retain=row.retain, arrived_ms=row.ts
+                        )
                     except ContractError:
                         continue
+                    self._note_language(message)
                     if row.id in resolved:
                         self.core.hints[row.id] = _intent(resolved[row.id])
                     self.core.handle(message, row.handled_ms)
@@ -584,9 +653,12 @@ class AgentRuntime:
         seen: set[str] = set()
         check = self.admission.check
         arrived = self.clock.now_ms()
+        clock = self.clock
+        judge = clock.judge_ms if isinstance(clock, SimClock) and clock.wall_after_ms is not None else None
         mono = time.monotonic()
         for message, key in zip(batch, keys, strict=True):
             self._observe(message, mono)
+            self._note_language(message)
             if key in known or key in seen:
                 stats.duplicates += 1
                 continue
@@ -602,9 +674,9 @@ class AgentRuntime:
                 self._refuse(message, "parked", f"the agent failed {n} times while handling it; parked, not retried")
                 attempts.settled([message.envelope.id])
                 continue
-            refusal = check(message, arrived)
+            refusal = check(message, arrived if judge is None else judge(message.envelope.ts))
             if refusal is not None:
-                self._refuse(message, *refusal)
+                self._refuse(message, refusal[0], refusal[1] + self._clock_hint(refusal[0]))
                 continue
             seen.add(key)
             fresh.append(message)
@@ -746,6 +818,33 @@ class AgentRuntime:
         elif key in self._liveness:
             self._liveness[key][1] = mono
 
+    def _note_language(self, message: Message) -> None:
+        """Answer a device in the language it speaks: JSON once its birth, an event or an ack came as JSON (or its
+        birth's ``encoding`` says so); msgpack again when it speaks msgpack, unless its birth asked for JSON."""
+        where = message.where
+        if where.user is None or where.kind is None or where.device is None:
+            return
+        key = (where.user, where.kind._value_, where.device)
+        body = message.data
+        if where.channel is Channel.STATE and isinstance(body, DeviceState):
+            if not body.online:
+                return  # a Will says nothing of the device's language (the broker sends what it was given)
+            self._msgpack_pinned.discard(key)
+            self._json_devices.pop(key, None)
+            if body.encoding == "msgpack":
+                self._msgpack_pinned.add(key)
+            elif body.encoding == "json":
+                self._json_devices[key] = True
+            elif message.json:
+                self._json_devices[key] = False
+            return
+        if key in self._msgpack_pinned or self._json_devices.get(key):
+            return
+        if message.json:
+            self._json_devices[key] = False
+        else:
+            self._json_devices.pop(key, None)
+
     def _silent_devices(self) -> list[Message]:
         """Offline states for devices that missed ``heartbeat_misses`` heartbeats, as if their Will had come.
 
@@ -859,8 +958,21 @@ class AgentRuntime:
             reason=cmd.reason,
             created_ms=now,
             created_wall_ms=created_wall,
-            payload=codec.encode(envelope),
-        )
+            payload=codec.encode(envelope, "json" if (dev.user, dev.kind._value_, dev.device) in self._json_devices
+                                 else "msgpack"),
+        )  # fmt: skip
+
+    def _clock_hint(self, reason: str) -> str:
+        """Why a timestamp may be off: the agent plays a scenario on simulated time (said in the refusal)."""
+        clock = self.clock
+        if reason not in {"future", "stale"} or not isinstance(clock, SimClock) or clock.speed == 1.0:
+            return ""
+        now = datetime.fromtimestamp(clock.now_ms() / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        hint = f"; the agent is on a scenario's simulated clock (now {now}, x{clock.speed:g})"
+        if clock.switch_wall_ms is not None:
+            switch = datetime.fromtimestamp(clock.switch_wall_ms / 1000, UTC).strftime("%H:%M:%S UTC")
+            return hint + f" until the scenario ends at {switch} wall time, then on the wall clock: send again then"
+        return hint + " (wearbus up --forever switches to the wall clock when the scenario ends)"
 
     def _retained_event(self, message: Message) -> None:
         """A retained event (Mosquitto's ACL cannot refuse the retain flag): dead-lettered the first time only;
@@ -980,6 +1092,36 @@ class AgentRuntime:
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await self.store.save_contexts(saved)
         return len(saved)
+
+
+#: Seconds to reach the broker for the instance-id check, and to wait for the retained agent state after it.
+CLAIM_CONNECT_S = 10.0
+CLAIM_RETAINED_S = 1.0
+#: Seconds the broker keeps the probe's session (MQTT 5): a leftover one goes soon.
+CLAIM_SESSION_S = 60
+
+
+class InstanceTaken(ConfigError):
+    """Another running agent holds this instance id."""
+
+
+def _holder(batch: list[Message], topic: str) -> AgentState | None:
+    """The agent that holds the id, per the last state on ``topic`` in ``batch`` (None: nobody, or offline)."""
+    states = [m.data for m in batch if m.topic == topic and isinstance(m.data, AgentState)]
+    return states[-1] if states and states[-1].online else None
+
+
+def _running_here(holder: AgentState) -> bool | None:
+    """Whether the holder is a running process of this host (None: it runs elsewhere, or we cannot tell)."""
+    if holder.host != socket.gethostname() or holder.pid is None:
+        return None
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False  # an agent that crashed: no holder
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 #: What a user waits on an answer to (a sentence, a tap, a press, a nod, a ring gesture).

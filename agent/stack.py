@@ -18,14 +18,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from agent.failfast import EXIT_STORE
 from agent.report import percentile, summarize, timed_note
@@ -153,49 +153,60 @@ def default_scenario() -> Path:
     return Path(str(resources.files("devices") / "scenarios" / "day_in_the_life.yaml"))
 
 
-def scenario_info(path: Path) -> tuple[str, int | None, float]:
-    """The scenario's user, start time (ms) and duration (s), as far as ``up`` needs them."""
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read scenario {path}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a scenario is a mapping")
-    start = doc.get("start")
-    start_ms = None
-    if isinstance(start, datetime):
-        start_ms = int(start.timestamp() * 1000)
-    elif isinstance(start, str):
-        try:
-            start_ms = int(datetime.fromisoformat(start).timestamp() * 1000)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: start {start!r} is not an ISO date-time") from exc
-    duration = doc.get("duration", 0)
-    return str(doc.get("user", "alice")), start_ms, float(_seconds(duration))
+@dataclass(frozen=True)
+class ScenarioFacts:
+    """What ``up`` needs of a scenario (its emulators load it themselves)."""
+
+    user: str
+    start_ms: int
+    duration_ms: int
+    tz_offset_min: int
 
 
-def _seconds(value: Any) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip().lstrip("+")
-    parts = [float(p) for p in text.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+async def check_scenario(path: Path, anchor_ms: int) -> ScenarioFacts:
+    """Validate the scenario before anything starts, with ``wearbus device check`` (``up`` is a tool above the
+    product; the scenario format belongs to the devices, whose own loader judges it).
+
+    Raises:
+        ScenarioRefused: every problem of the file, one a line.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "device", "check", str(path), "--json", "--sim-anchor", str(anchor_ms),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "1000"},
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        problems = [line.removeprefix("error: ") for line in stderr.decode(errors="replace").splitlines() if line]
+        raise ScenarioRefused(problems or [f"{path}: the scenario check failed with exit code {proc.returncode}"])
+    facts = json.loads(stdout)
+    return ScenarioFacts(str(facts["user"]), int(facts["start_ms"]), int(facts["duration_ms"]),
+                         int(facts["tz_offset_min"]))  # fmt: skip
+
+
+class ScenarioRefused(ConfigError):
+    """A scenario that does not validate; ``problems`` one a line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class Timeline:
     """Prints the bus as it happens: events in, context changes, actions out and their acks."""
 
-    def __init__(self, console: Console, *, show: bool, show_health: bool = False) -> None:
+    def __init__(self, console: Console, *, show: bool, show_health: bool = False, tz: tzinfo = UTC) -> None:
         self.console = console
         self.show = show
         self.show_health = show_health  # health values are redacted (by the contract's mark) unless asked for
+        self.tz = tz  # the user's time zone (the scenario profile's), not the machine's
         self.counts: Counter[str] = Counter()
         self.first_action: dict[str, float] = {}
         self.event_seen: dict[str, float] = {}
         self.latencies: dict[str, float] = {}  # ms from an event to the first action it caused, by event id
         self.last_context: dict[str, str] = {}
+        self.online_at: dict[str, int] = {}  # "user/kind/device" -> publish time of its last online birth
+        self.births = asyncio.Event()  # set at every online birth
 
     def feed(self, message: Message) -> None:
         where = message.where
@@ -207,7 +218,7 @@ class Timeline:
         ch = where.channel
         key = ch.value if ch is not Channel.EVENT else f"evt/{where.event_class}"
         self.counts[key] += 1
-        stamp = datetime.fromtimestamp(env.ts / 1000).strftime("%H:%M:%S")
+        stamp = datetime.fromtimestamp(env.ts / 1000, self.tz).strftime("%H:%M:%S")
         who = f"{where.kind}/{where.device}" if where.device else "agent"
         colour = COLOURS.get(str(where.kind) if where.kind else "agent", "white")
         if ch is Channel.EVENT:
@@ -227,8 +238,11 @@ class Timeline:
             status = data.get("status", "")
             style = "green" if status == "done" else "red"
             self._line(stamp, colour, who, "✓" if status == "done" else "✗", f"[{style}]ack {status}[/]",
-                       f"{data.get('action', '')} {data.get('detail', '')}".strip())  # fmt: skip
+                       escape(f"{data.get('action', '')} {data.get('detail', '')}".strip()))  # fmt: skip
         elif ch is Channel.STATE:
+            if data.get("online"):
+                self.online_at[f"{where.user}/{where.kind}/{where.device}"] = env.ts
+                self.births.set()
             self._line(stamp, colour, who, "●", "online" if data.get("online") else "[red]offline[/]",
                        f"battery {data.get('battery_pct')}" if data.get("battery_pct") is not None else "")  # fmt: skip
         elif ch is Channel.CONTEXT:
@@ -240,11 +254,18 @@ class Timeline:
         elif ch is Channel.HEALTH and self.show_health:
             self._line(stamp, "blue", f"health/{where.user}", "♥", "health", _brief(data.get("values") or {}))
         elif ch is Channel.DLQ:
-            self._line(stamp, "red", "dlq", "!", f"[red]{where.name}[/]", f"{data.get('topic')}: {data.get('error')}")
+            # what a device sent and the bus or the agent refused: the reason, where the user looks
+            field_note = f" ({data['field']})" if data.get("field") else ""
+            self._line(stamp, "red", "dlq", "!", f"[red]refused {escape(str(where.name))}[/]",
+                       escape(f"{data.get('topic')}: {data.get('error')}{field_note}"), detail_style="red")  # fmt: skip
 
-    def _line(self, stamp: str, colour: str, who: str, arrow: str, what: str, detail: str) -> None:
+    def _line(
+        self, stamp: str, colour: str, who: str, arrow: str, what: str, detail: str, detail_style: str = "dim"
+    ) -> None:
+        """One timeline line; ``detail`` is markup-escaped text (``[lat, lon]`` and ``[a-z0-9-]`` stay visible)."""
         if self.show:
-            self.console.print(f"[dim]{stamp}[/] [{colour}]{who:<18}[/] {arrow} {what} [dim]{detail}[/]")
+            self.console.print(f"[dim]{stamp}[/] [{colour}]{escape(who):<18}[/] {arrow} {what} "
+                               f"[{detail_style}]{detail}[/]")  # fmt: skip
 
 
 def _brief(data: dict[str, Any]) -> str:
@@ -252,7 +273,7 @@ def _brief(data: dict[str, Any]) -> str:
     if "items" in shown:
         shown = {"items": len(shown["items"]), "from_ts": shown.get("from_ts"), "to_ts": shown.get("to_ts")}
     text = json.dumps(shown, ensure_ascii=False, default=str, separators=(", ", "="))
-    return text if len(text) < 140 else text[:137] + "..."
+    return escape(text if len(text) < 140 else text[:137] + "...")
 
 
 def up_command(
@@ -284,8 +305,12 @@ def up_command(
             _up(broker, scenario or default_scenario(), speed, users, forever, console, console_port, workdir, seed,
                 quiet, json_summary, port, show_health)
         )  # fmt: skip
+    except ConfigError as exc:  # a bad scenario or option: refused before anything ran
+        for line in str(exc).splitlines():
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)  # one problem, one line
+        raise typer.Exit(2) from None
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -309,7 +334,10 @@ async def _up(
         raise ConfigError("--speed must be positive")
     if n_users < 1:
         raise ConfigError("--users must be at least 1")
-    user, start_ms, duration_s = scenario_info(scenario)
+    anchor = int(time.time() * 1000) + 3000
+    loaded = await check_scenario(scenario, anchor)  # every problem of the file, before anything starts
+    user, duration_s = loaded.user, loaded.duration_ms / 1000
+    tz = timezone(timedelta(minutes=loaded.tz_offset_min))
     run_dir = workdir / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     private_dir(workdir)
     private_dir(run_dir)
@@ -329,7 +357,7 @@ async def _up(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    timeline = Timeline(out, show=not quiet, show_health=show_health)
+    timeline = Timeline(out, show=not quiet, show_health=show_health, tz=tz)
     tap_task: asyncio.Task[None] | None = None
     given_protocol: str | None = None  # else WB_PROTOCOL's, read here at the edge
     try:
@@ -352,10 +380,11 @@ async def _up(
             broker_url = f"mqtt://127.0.0.1:{port}"
             given_protocol = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
         users = [user] + [f"{user}-{i}" for i in range(2, n_users + 1)]
-        anchor = int(time.time() * 1000) + 1500
-        sim = ["--speed", str(speed), "--sim-anchor", str(anchor)]
-        if start_ms is not None:
-            sim += ["--sim-start", str(start_ms)]
+        anchor = max(anchor, int(time.time() * 1000) + 1500)
+        start_ms = loaded.start_ms
+        sim = ["--speed", str(speed), "--sim-anchor", str(anchor), "--sim-start", str(start_ms)]
+        # --forever: the agent on the scenario's simulated time, then on the wall clock from the scenario's end
+        wall_after = ["--wall-after", str(start_ms + loaded.duration_ms)] if forever else []
         protocol, transport = mqtt_choice(given_protocol, None)
         mqtt = ["--protocol", protocol, "--transport", transport]  # every child process gets them as options
         bus = Bus(BusOptions(url=broker_url, name="up-timeline", connect_timeout_s=20, protocol=protocol,
@@ -369,7 +398,8 @@ async def _up(
 
         tap_task = asyncio.create_task(tap(), name="up.timeline")
         await sup.start(Proc("agent", [*wearbus, "agent", "--broker", broker_url, "--db", str(db), "--username",
-                                       "agent", "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt],
+                                       "agent", "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt,
+                                       *wall_after],
                              run_dir / "agent.log"))  # fmt: skip
         if with_console:
             cport = console_port if port_free(console_port) else free_port()
@@ -381,16 +411,31 @@ async def _up(
             for kind in KINDS:
                 argv = [*wearbus, "device", kind, "--user", u, "--id", DEVICE_IDS[kind], "--broker", broker_url,
                         "--scenario", str(scenario), "--seed", str(seed + i), *sim, *mqtt]  # fmt: skip
-                if forever:
-                    argv.append("--forever")
-                await sup.start(Proc(f"{kind}[{u}]", argv, run_dir / f"{kind}-{u}.log", finite=not forever))
+                await sup.start(Proc(f"{kind}[{u}]", argv, run_dir / f"{kind}-{u}.log", finite=True))
         wall = duration_s / speed
         err.print(f"[green]wearbus up[/]: broker {broker_url}, {len(users)} user(s) x 4 devices, scenario "
                   f"{scenario.name} ({duration_s / 3600:.1f} h simulated in ~{wall:.0f} s at x{speed:g}); "
                   f"logs in {run_dir}")  # fmt: skip
-        if forever:
-            await asyncio.Event().wait()
         await sup.wait_finite()
+        if forever:
+            # The scenario is over: the agent's clock is the wall clock from its end (--wall-after), and the same
+            # devices carry on as idle emulators on the wall clock (a fresh birth each), beside any real device.
+            await asyncio.sleep(max(0.0, anchor / 1000 + wall - time.time()))
+            for u in users:
+                for kind in KINDS:
+                    argv = [*wearbus, "device", kind, "--user", u, "--id", DEVICE_IDS[kind], "--broker", broker_url,
+                            *mqtt]  # fmt: skip
+                    await sup.start(Proc(f"{kind}[{u}]+", argv, run_dir / f"{kind}-{u}-wall.log"))
+            switched = int(time.time() * 1000) - 1000
+            idle = [f"{u}/{kind}/{DEVICE_IDS[kind]}" for u in users for kind in KINDS]
+            with contextlib.suppress(TimeoutError):  # said once they are up (a slow machine: after 60 s anyway)
+                async with asyncio.timeout(60):
+                    while any(timeline.online_at.get(who, 0) < switched for who in idle):
+                        timeline.births.clear()
+                        await timeline.births.wait()
+            err.print("[green]scenario over: the stack is on the wall clock now, the emulators idle on; attach real "
+                      "devices (README: Attach a real device). Ctrl-C stops the stack.[/]")  # fmt: skip
+            await asyncio.Event().wait()
         await asyncio.sleep(min(3.0, max(1.0, 60 / speed)))  # let the last actions and acks land
     except asyncio.CancelledError:
         if not interrupted:
@@ -408,7 +453,7 @@ async def _up(
         err.print(f"[red]the agent wrote no database at {db}; see {run_dir}/agent.log[/]")
         return 1
     summary = await summarize(db)
-    from agent.cli import print_summary  # noqa: PLC0415
+    from agent.cli import LATENCY_BUS, print_summary  # noqa: PLC0415
 
     out.rule("Summary")
     print_summary(summary, out)
@@ -416,7 +461,7 @@ async def _up(
     lat = sorted(ms for corr, ms in timeline.latencies.items() if corr in summary.answered)
     timed = sorted(ms for corr, ms in timeline.latencies.items() if corr not in summary.answered)
     if lat:
-        out.print(f"Event to action as seen on the bus: p50 {percentile(lat, 50):.1f} ms, "
+        out.print(f"{LATENCY_BUS}: p50 {percentile(lat, 50):.1f} ms, "
                   f"p99 {percentile(lat, 99):.1f} ms ({len(lat)} actions)" + timed_note(len(timed)))  # fmt: skip
     out.print("Bus traffic by class: " + ", ".join(f"{k} {v}" for k, v in sorted(timeline.counts.items())))
     out.print(f"Processes: {len(sup.procs)} started, all stopped; restarts: "

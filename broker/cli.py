@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from broker.client import Bus, BusOptions, Outgoing, Rejected
@@ -34,6 +35,8 @@ app = typer.Typer(
     help="wearbus: a cross-device MQTT event bus for AI wearables (glasses, ring, earphones, phone) and its agent.",
     no_args_is_help=True,
     add_completion=False,
+    # help is plain text: Rich markup and emoji codes would eat "alice:ring:ring-1" (":ring:") and "[a-z0-9-]"
+    rich_markup_mode=None,
 )
 broker_app = typer.Typer(
     help="Run the embedded broker (no sub-command), or write a Mosquitto config (`config`).",
@@ -65,7 +68,7 @@ def run(coro: Any) -> None:
     try:
         asyncio.run(coro)
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -119,8 +122,17 @@ def broker_config(
         typer.Option(help="USER:KIND:ID of a device (e.g. alice:ring:ring-1), or KIND:ID with one --user; repeatable."),
     ],
     port: Annotated[int, typer.Option(help="Plain MQTT listener port.")] = 1883,
-    host: Annotated[str, typer.Option(help="Listener address.")] = "127.0.0.1",
+    host: Annotated[
+        str | None, typer.Option(help="Listener address (default 127.0.0.1; '*' for every interface).")
+    ] = None,
     tls_port: Annotated[int | None, typer.Option(help="Add a TLS listener on this port.")] = None,
+    tls_host: Annotated[
+        str | None,
+        typer.Option(
+            help="TLS listener address (default: --host if given, else 127.0.0.1; the systemd layout: every "
+            "interface, its device-facing listener; '*' for every interface)."
+        ),
+    ] = None,
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for the TLS listener.")] = None,
     certfile: Annotated[Path | None, typer.Option(help="Server certificate for the TLS listener.")] = None,
     keyfile: Annotated[Path | None, typer.Option(help="Server key for the TLS listener.")] = None,
@@ -149,6 +161,7 @@ def broker_config(
             host=host,
             port=port,
             tls_port=tls_port,
+            tls_host=tls_host,
             cafile=cafile,
             certfile=certfile,
             keyfile=keyfile,
@@ -157,7 +170,7 @@ def broker_config(
             operator_health=tap_health,
         )
     except WearbusError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     for p in paths:
         out.print(f"wrote {p}")

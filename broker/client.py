@@ -83,6 +83,19 @@ MAX_REFUSALS = 3
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
+def _login_refused(exc: Exception) -> bool:
+    """Whether the broker refused the CONNECT for the credentials (3.1.1 codes 4, 5; MQTT 5 0x86, 0x87, 0x8C), by
+    the CONNACK's code (the native transport's :class:`~broker.mqtt.Refused`, or paho's through aiomqtt's ``rc``)."""
+    if isinstance(exc, mqtt.Refused):
+        return exc.code in _LOGIN_REFUSED
+    rc = getattr(exc, "rc", None)
+    code = rc if isinstance(rc, int) else getattr(rc, "value", None)
+    return code in _LOGIN_REFUSED
+
+
+_LOGIN_REFUSED = frozenset({4, 5, 0x86, 0x87, 0x8C})
+
+
 class Bus(BusCore):
     """An MQTT connection that survives the broker going away. Use ``async with Bus(options) as bus:``.
 
@@ -105,6 +118,7 @@ class Bus(BusCore):
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error: str = ""
+        self._login_refused = asyncio.Event()  # the first login was refused: no retry, wait_connected says why
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
@@ -166,7 +180,18 @@ class Bus(BusCore):
             BusConnectionError: not connected within ``timeout`` seconds, with the last error and what to do.
         """
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                refused = asyncio.ensure_future(self._login_refused.wait())
+                try:
+                    await asyncio.wait([refused, asyncio.ensure_future(self._connected.wait())],
+                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                finally:
+                    refused.cancel()
+            if not self.connected:
+                raise BusConnectionError(
+                    f"{self.url.redacted()} refused the login: {self._last_error}. Check the username and "
+                    "password (mqtt://user:password@host:port, or --username/--password)."
+                )
         except TimeoutError:
             error = self._last_error.lower()
             hint = (
@@ -199,6 +224,10 @@ class Bus(BusCore):
                     self._log.info("mqtt5_refused_trying_311", error=str(exc))
                     self.protocol = "3.1.1"
                     continue
+                if not self.stats.connects and _login_refused(exc):  # never logged in: retrying will not help
+                    self._log.error("bus_login_refused", error=str(exc))
+                    self._login_refused.set()
+                    return
                 attempt += 1
                 delay = random.uniform(0, min(self.options.backoff_max_s, self.options.backoff_min_s * 2**attempt))
                 self._log.warning("bus_disconnected", error=str(exc), retry_in_s=round(delay, 2))

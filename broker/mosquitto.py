@@ -923,9 +923,10 @@ def config_from_cli(
     out_dir: Path,
     users: Sequence[str],
     devices: Sequence[str],
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int = 1883,
     tls_port: int | None = None,
+    tls_host: str | None = None,
     cafile: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
@@ -941,7 +942,9 @@ def config_from_cli(
     ``systemd`` (paths of ``deploy/systemd``: copy the files to ``/etc/wearbus/mosquitto``), ``compose``
     (paths of the eclipse-mosquitto image, ``deploy/compose.yaml``; the listener binds every interface of
     the container). ``host`` ``*`` binds every interface. The systemd layout has a TLS listener on 8883
-    with the certificates in ``/etc/wearbus/mosquitto/certs`` unless TLS files are given.
+    with the certificates in ``/etc/wearbus/mosquitto/certs`` unless TLS files are given. The plain listener
+    binds ``host`` (default 127.0.0.1); the TLS listener binds ``tls_host``, else ``host`` when given, else
+    127.0.0.1 in the local layout and every interface in the systemd one (its device-facing listener).
 
     Returns:
         The paths written (mosquitto.conf, passwd, acl, credentials.env, credentials.json, and the data
@@ -968,8 +971,16 @@ def config_from_cli(
         if base.tls is None:
             raise ConfigError("a TLS listener needs --cafile, --certfile and --keyfile")
         tls = dataclasses.replace(base.tls, port=tls_port)
+
     # In a container the listener must face the compose network, whatever --host says.
-    bind = None if layout == "compose" or host in {"*", ""} else host
+    def address(given: str) -> str | None:
+        return None if layout == "compose" or given in {"*", ""} else given
+
+    bind = address(host or "127.0.0.1")
+    if tls is not None:
+        asked = tls_host if tls_host is not None else host
+        tls = dataclasses.replace(tls, host=address(asked) if asked is not None else tls.host if layout == "systemd"
+                                  else bind)  # fmt: skip
     settings = dataclasses.replace(base, host=bind, tls=tls)
     written = write_config(out_dir, creds, settings, prepare_data_dir=layout == "local")
     paths = [written.conf, written.password_file, written.acl_file]

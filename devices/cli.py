@@ -8,6 +8,7 @@ clocks agree without talking to each other; each plays the steps of ``--scenario
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from broker.bus import MqttProtocol, TransportName
 from broker.logs import configure_logging
@@ -24,7 +26,7 @@ from devices.scenario import BUILTIN, Scenario, load
 from devices.sdk import DeviceConfig
 from schemas.clock import SimClock
 from schemas.errors import ConfigError, TopicError, WearbusError
-from schemas.topics import Kind, check_name
+from schemas.topics import Kind, check_name, validate_filter
 
 err = Console(stderr=True)
 
@@ -134,7 +136,7 @@ def _command(kind: Kind) -> Callable[..., None]:
             devices = [spec.build()] if fleet == 1 else build_fleet(spec, fleet, by)
             asyncio.run(run(devices, forever=spec.forever))
         except WearbusError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -219,6 +221,94 @@ def add_commands(app: typer.Typer) -> None:
         app.command(kind.value)(_command(kind))
 
 
+def check_command(
+    scenario: Annotated[str, typer.Argument(help=f"A scenario YAML file, or a built-in one: {', '.join(BUILTIN)}.")],
+    sim_anchor: AnchorOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="On success print what a stack needs (user, start, duration, zone) as JSON.")
+    ] = False,
+) -> None:
+    """Validate a scenario: every problem on its own line and exit code 2, or 'ok' (``wearbus up`` runs this first)."""
+    try:
+        loaded = load(scenario)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)  # one problem, one line
+        raise typer.Exit(2) from None
+    anchor = time.time_ns() // 1_000_000 if sim_anchor is None else sim_anchor
+    facts = {
+        "user": loaded.user,
+        "start_ms": loaded.start_ms(anchor),
+        "duration_ms": loaded.duration_ms,
+        "tz_offset_min": loaded.profile.tz_offset_min,
+    }
+    print(json.dumps(facts) if as_json else f"ok: {scenario}: {len(loaded.steps)} steps, user {loaded.user}")  # noqa: T201
+
+
+def owntracks_command(
+    topic: Annotated[
+        str, typer.Option("--topic", help="The OwnTracks app's topic, owntracks/{user}/{device} (its /event too).")
+    ],
+    user: UserOpt = "alice",
+    device: Annotated[str, typer.Option("--id", help="The wearbus phone id (a-z, 0-9 and -).")] = "phone-1",
+    broker: BrokerOpt = None,
+    owntracks_broker: Annotated[
+        str | None, typer.Option(help="The broker the OwnTracks app publishes to (default: --broker).")
+    ] = None,
+    password: PasswordOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Bridge an OwnTracks phone app (JSON over MQTT) to a wearbus phone: locations, regions, battery."""
+    configure_logging(log_level)
+    from devices.bridges.owntracks import serve  # noqa: PLC0415 (the bridge's imports only when it runs)
+
+    try:
+        check_name(user, "--user")
+        check_name(device, "--id")
+        validate_filter(topic)
+        if not topic.startswith("owntracks/") or topic.count("/") != 2 or "+" in topic or "#" in topic:
+            raise ConfigError(f"--topic {topic!r}: give the app's own topic, owntracks/{{user}}/{{device}}")
+        url = broker or Settings().broker
+        asyncio.run(serve(user, device, topic, wearbus_url=url, owntracks_url=owntracks_broker or url,
+                          password=password))  # fmt: skip
+    except (WearbusError, TopicError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def colmi_command(
+    address: Annotated[
+        str | None, typer.Option("--address", help="The ring's Bluetooth address (MAC; a UUID on macOS).")
+    ] = None,
+    user: UserOpt = "alice",
+    device: Annotated[str, typer.Option("--id", help="The wearbus ring id (a-z, 0-9 and -).")] = "ring-1",
+    broker: BrokerOpt = None,
+    password: PasswordOpt = None,
+    emulate: Annotated[
+        bool, typer.Option(help="Talk to the built-in emulator of the ring instead of a radio (a demo, CI).")
+    ] = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Bridge a Colmi R02 ring (BLE, needs pip install 'wearbus[ble]') to a wearbus ring: logs, spot readings."""
+    configure_logging(log_level)
+    from devices.bridges.colmi import BleakLink, RingEmulator, RingLink, serve  # noqa: PLC0415
+
+    try:
+        check_name(user, "--user")
+        check_name(device, "--id")
+        if (address is None) == (not emulate):
+            raise ConfigError("give the ring's --address, or --emulate for the built-in emulator")
+        link: RingLink = RingEmulator() if emulate or address is None else BleakLink(address)
+        asyncio.run(serve(user, device, link, wearbus_url=broker or Settings().broker, password=password))
+    except (WearbusError, TopicError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``device`` command group to the ``wearbus`` CLI (the ``wearbus.cli`` entry point)."""
     group = typer.Typer(
@@ -226,4 +316,12 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     add_commands(group)
+    group.command("check")(check_command)
     app.add_typer(group, name="device")
+    bridges = typer.Typer(
+        help="Bridge real devices' own protocols to the bus, each as its own process (optional extras).",
+        no_args_is_help=True,
+    )
+    bridges.command("owntracks")(owntracks_command)
+    bridges.command("colmi-ring")(colmi_command)
+    app.add_typer(bridges, name="bridge")

@@ -313,6 +313,11 @@ class DeviceState(Body):
     settings: list[str] | None = Field(
         default=None, max_length=64, description="the setting keys (shadow) it can apply; absent: unknown"
     )
+    encoding: Literal["msgpack", "json"] | None = Field(
+        default=None,
+        description="the encoding the device wants its actions in; default: the one it speaks (its birth's, "
+        "else its last event's)",
+    )
 
 
 class AgentState(Body):
@@ -323,6 +328,8 @@ class AgentState(Body):
     instance: str = Field(max_length=64)
     version: str = Field(default="", max_length=32)
     users: list[str] | None = Field(default=None, max_length=100_000)
+    host: str = Field(default="", max_length=255, description="the host the instance runs on")
+    pid: int | None = Field(default=None, ge=0, description="its process id on that host")
 
 
 class DeviceSummary(Body):

@@ -27,7 +27,7 @@ from schemas.actions import (
     DeviceState,
     HealthSnapshot,
 )
-from schemas.envelope import Envelope, Message, dump, envelope_of
+from schemas.envelope import Envelope, Message, dump, envelope_of, now_ms
 from schemas.errors import ContractError, DecodeError, TopicError, ValidationFailed
 from schemas.events import EVENTS, Body, RingGesture
 from schemas.health import REDACTED, carries_health, health_names, redact_by_name, redact_data, register_flagged
@@ -120,8 +120,12 @@ def decode(
     mid: int = 0,
     link: int = 0,
     max_size: int = MAX_PAYLOAD,
+    arrived_ms: int | None = None,
 ) -> Message:
     """Decode and validate one payload received on ``topic``.
+
+    A JSON envelope without ``ts`` (a shell's ``mosquitto_pub``) gets its arrival time: ``arrived_ms``, else the
+    wall clock now (decoding happens on arrival). msgpack senders are devices with a clock and must give it.
 
     Raises:
         TopicError: the topic is not part of the v1 layout or names nothing known.
@@ -131,6 +135,9 @@ def decode(
     where = parse(topic)
     model = body_model(where, topic)
     obj = loads(topic, payload, content_type=content_type, max_size=max_size)
+    is_json = speaks_json(payload, content_type)
+    if is_json and "ts" not in obj:
+        obj["ts"] = now_ms() if arrived_ms is None else arrived_ms
     data = obj.get("data")
     if isinstance(data, dict) and model is RingGesture and where.name is not None:
         data.setdefault("gesture", where.name)
@@ -155,7 +162,14 @@ def decode(
     except ValidationError as exc:
         raise validation_failed(exc, topic) from exc
     raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
-    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw)
+    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
+
+
+def speaks_json(payload: bytes, content_type: str | None = None) -> bool:
+    """Whether a payload is JSON: by its MQTT 5 content type where given, else by its first byte."""
+    if content_type in {JSON, MSGPACK}:
+        return content_type == JSON
+    return bool(payload) and payload[0] in _JSON_START
 
 
 def loads(
@@ -171,7 +185,7 @@ def loads(
         raise DecodeError("empty payload", topic=topic)
     if size > max_size:
         raise DecodeError(f"payload of {size} bytes is larger than the limit of {max_size}", topic=topic)
-    is_json = content_type == JSON if content_type in {JSON, MSGPACK} else payload[0] in _JSON_START
+    is_json = speaks_json(payload, content_type)
     fmt = "JSON" if is_json else "msgpack"
     try:
         if is_json:

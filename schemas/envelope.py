@@ -127,6 +127,7 @@ class Message:
         link: which connection of the receiving client delivered it (an ack is valid only on that one).
         raw: the payload bytes as received (:func:`schemas.codec.decode` fills it; empty for a message made in
             process), so a consumer that keeps the envelope can store them instead of encoding it again.
+        json: the payload was JSON (the sender speaks JSON and is answered in JSON).
     """
 
     topic: str
@@ -138,6 +139,7 @@ class Message:
     size: int = 0
     link: int = 0
     raw: bytes = field(default=b"", repr=False, compare=False)
+    json: bool = False
 
     @property
     def data(self) -> Body:

@@ -214,7 +214,11 @@ def asyncapi() -> dict[str, Any]:
             "description": (
                 "The wearbus v1 wire contract: AI glasses, ring, earphones and phone publish events over MQTT; "
                 "a central agent fuses context and sends actions back. Payloads are msgpack by default; JSON is "
-                "accepted on every topic. Written from the agent's point of view."
+                "accepted on every topic (told apart by the MQTT 5 content type, else by the first byte; a JSON "
+                "envelope without `ts` gets its arrival time). A device is answered in the language it speaks: "
+                "its actions are JSON (content type application/json) once its birth or its last event or ack came "
+                "as JSON, msgpack otherwise; `encoding` in its birth (`json` or `msgpack`) overrides that. Written "
+                "from the agent's point of view."
             ),
         },
         "defaultContentType": "application/msgpack",

@@ -86,6 +86,8 @@ class DeviceInfo:
         last_seen: when it last sent anything (agent time).
         cells: glasses only, the present swappable cells: slot -> percent.
         ears: earphones only, the buds in the ear.
+        haptic: whether it can buzz: a ring whose birth lists its capabilities without ``ring.haptic`` (a Colmi
+            R02) cannot, and the agent routes around it.
     """
 
     kind: str
@@ -98,6 +100,7 @@ class DeviceInfo:
     last_seen: int = 0
     cells: dict[str, float] | None = None
     ears: tuple[str, ...] = ()
+    haptic: bool = True
 
     @property
     def usable(self) -> bool:

@@ -319,6 +319,8 @@ class AgentCore:
     def _state(self, turn: Turn, dev: DeviceInfo, body: DeviceState) -> None:
         was = dev.online
         dev.online = body.online
+        if body.online and body.capabilities and dev.kind == "ring":
+            dev.haptic = "ring.haptic" in body.capabilities
         if body.battery_pct is not None:
             dev.battery = body.battery_pct
         if was != body.online:

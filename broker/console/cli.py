@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from broker.bus import MqttProtocol, TransportName
 from broker.console.server import serve_console
@@ -52,7 +53,7 @@ def console(
         mqtt = mqtt_choice(protocol, transport)
         asyncio.run(_console(url, host, port, allow_inject, open_page, mqtt, show_health))
     except WearbusError as exc:
-        _err.print(f"[bold red]error:[/] {exc}")
+        _err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
