@@ -85,27 +85,30 @@ class BleakLink:
         self.address = address
         self.timeout_s = timeout_s
         self._client: Any = None
+        self._bleak: Any = None
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def __aenter__(self) -> Self:
         try:
-            bleak = importlib.import_module("bleak")
+            self._bleak = importlib.import_module("bleak")
         except ImportError as exc:
             raise ConfigError(
                 "the colmi-ring bridge needs bleak for Bluetooth: pip install 'wearbus[ble]' (or use --emulate)"
             ) from exc
-        client = bleak.BleakClient(self.address, timeout=self.timeout_s)
+        self._client = self._bleak.BleakClient(self.address, timeout=self.timeout_s)
+        await self._connect()
+        return self
+
+    async def _connect(self) -> None:
         try:
-            await client.connect()
-            await client.start_notify(UART_TX_CHAR_UUID, self._on_notify)
-        except (bleak.exc.BleakError, TimeoutError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+            await self._client.connect()
+            await self._client.start_notify(UART_TX_CHAR_UUID, self._on_notify)
+        except (self._bleak.exc.BleakError, TimeoutError, OSError) as exc:
+            with contextlib.suppress(Exception):  # a half-open connection; nothing more to learn from it
+                await self._client.disconnect()
             raise ColmiError(
                 f"cannot connect to the ring {self.address}: {exc} (is it charged, near, and not paired to its app?)"
             ) from exc
-        self._client = client
-        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -122,7 +125,12 @@ class BleakLink:
         """Write without response, as the ring's app does."""
         if self._client is None:
             raise ColmiError(f"the ring {self.address} is not connected")
-        await self._client.write_gatt_char(UART_RX_CHAR_UUID, packet, response=False)
+        if not self._client.is_connected:  # out of range for a while: connect again before the next command
+            await self._connect()
+        try:
+            await self._client.write_gatt_char(UART_RX_CHAR_UUID, packet, response=False)
+        except (self._bleak.exc.BleakError, OSError) as exc:
+            raise ColmiError(f"cannot write to the ring {self.address}: {exc}") from exc
 
     async def receive(self) -> bytes:
         """The next notification."""
@@ -277,7 +285,6 @@ class ColmiRing(Device):
         if battery != self.battery:
             self.battery = battery
             await self.publish_state()
-        self.emit(RingBatteryEvent(level_pct=battery.level_pct, charging=battery.charging))
         now_ms = self.clock.now_ms()
         items: list[BatchItem] = []
         today = day_start_s(now_ms / 1000)
@@ -303,6 +310,7 @@ class ColmiRing(Device):
             items.sort(key=lambda it: it.src_ts or 0)
             first = min(it.src_ts or now_ms for it in items)
             self.emit(SyncBatch(from_ts=first, to_ts=max(now_ms, first), items=items), src_ts=first)
+        self.emit(RingBatteryEvent(level_pct=battery.level_pct, charging=battery.charging))  # after, as the ring's app
         self.last_hr_s = max([self.last_hr_s] + [(it.src_ts or 0) // 1000 for it in items if isinstance(it, HeartRate)])
         self.last_quarter_s = max(
             [self.last_quarter_s] + [(it.src_ts or 0) // 1000 for it in items if isinstance(it, Steps)]

@@ -33,7 +33,7 @@ from devices.bridges.colmi_emulator import ColmiRingEmulator, Physiology
 from devices.bridges.colmi_protocol import CMD_BATTERY, CMD_HR_LOG, CMD_RT_START, CMD_STEPS
 from devices.bridges.owntracks import OwnTracksBridge, PhoneMap
 from devices.sdk import DeviceConfig
-from schemas.actions import Ack, DeviceState, Haptic, MeasureNow
+from schemas.actions import Ack, DeviceState, Haptic, MeasureNow, RingSync
 from schemas.envelope import Message, make, now_ms
 from schemas.events import Body, HeartRate, Location, PhoneBattery, RingBattery, SpO2, Steps, SyncBatch
 from schemas.topics import DeviceId, Kind, command_topic
@@ -308,6 +308,15 @@ async def test_colmi_bridge_publishes_what_the_third_party_parser_decodes(any_br
         ack = await send_action(watch, ident, MeasureNow(kind="stress"))
         assert ack.status == "rejected"
         assert "hr and spo2" in ack.detail
+
+        # ring.sync: a second sync sends only what is new, never a sample twice.
+        ack = await send_action(watch, ident, RingSync())
+        assert ack.status == "done", ack.detail
+        assert ring.syncs == 2
+        await watch.wait("the second sync's battery (it follows the batch)", lambda: len(watch.data(RingBattery)) >= 2)
+        all_items = [it for m in watch.envelopes(SyncBatch) for it in m.envelope.data.items]
+        keys = [(type(it).__name__, it.src_ts) for it in all_items]
+        assert len(keys) == len(set(keys))
 
 
 # --------------------------------------------------------------------------- the commands, as processes

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import sys
+import types
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devices.bridges.colmi import BleakLink
 from devices.bridges.colmi_emulator import ColmiRingEmulator, Physiology
 from devices.bridges.colmi_protocol import (
+    CMD_BATTERY,
     CMD_HR_LOG,
     CMD_RT_START,
     CMD_STEPS,
     DAY_S,
     RT_HR,
+    UART_RX_CHAR_UUID,
+    UART_TX_CHAR_UUID,
+    Battery,
     ColmiError,
     HrLogAssembler,
     StepsAssembler,
@@ -35,6 +44,7 @@ from devices.bridges.colmi_protocol import (
     to_bcd,
 )
 from schemas.clock import ManualClock
+from schemas.errors import ConfigError
 
 NOON = int(datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp())
 
@@ -152,3 +162,75 @@ async def test_emulator_sets_its_clock_and_ignores_a_bad_checksum() -> None:
         assert reading.kind == 7
         assert reading.error != 0
         assert err[0] == CMD_RT_START
+
+
+class FakeBleakError(Exception):
+    pass
+
+
+class FakeBleakClient:
+    """Stands in for bleak.BleakClient: records what the link does, as a ring would see it."""
+
+    instances: ClassVar[list[FakeBleakClient]] = []
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.is_connected = False
+        self.fail_connect = address == "00:00:00:00:00:00"
+        self.callback: Callable[[object, bytearray], None] | None = None
+        self.writes: list[tuple[str, bytes, bool]] = []
+        self.connects = 0
+        FakeBleakClient.instances.append(self)
+
+    async def connect(self) -> None:
+        if self.fail_connect:
+            raise FakeBleakError("Device with address 00:00:00:00:00:00 was not found")
+        self.connects += 1
+        self.is_connected = True
+
+    async def start_notify(self, uuid: str, callback: Callable[[object, bytearray], None]) -> None:
+        assert uuid == UART_TX_CHAR_UUID
+        self.callback = callback
+
+    async def write_gatt_char(self, uuid: str, data: bytes, response: bool) -> None:
+        self.writes.append((uuid, data, response))
+        assert self.callback is not None
+        self.callback(object(), bytearray(make_packet(CMD_BATTERY, bytes([55, 1]))))
+
+    async def disconnect(self) -> None:
+        self.is_connected = False
+
+
+@pytest.fixture
+def fake_bleak(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("bleak")
+    module.BleakClient = FakeBleakClient  # type: ignore[attr-defined]
+    module.exc = types.SimpleNamespace(BleakError=FakeBleakError)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bleak", module)
+
+
+@pytest.mark.usefixtures("fake_bleak")
+async def test_bleak_link_writes_rx_listens_tx_and_reconnects() -> None:
+    async with BleakLink("AA:BB:CC:DD:EE:FF") as link:
+        client = FakeBleakClient.instances[-1]
+        await link.write(battery_packet())
+        assert client.writes == [(UART_RX_CHAR_UUID, battery_packet(), False)]
+        assert parse_battery(check_packet(await link.receive())) == Battery(level_pct=55, charging=True)
+        client.is_connected = False  # the ring went out of range
+        await link.write(battery_packet())
+        assert client.connects == 2
+    assert not client.is_connected
+
+
+@pytest.mark.usefixtures("fake_bleak")
+async def test_bleak_link_says_why_it_cannot_connect() -> None:
+    with pytest.raises(ColmiError, match="cannot connect to the ring 00:00:00:00:00:00: Device with address"):
+        async with BleakLink("00:00:00:00:00:00"):
+            pass
+
+
+async def test_without_bleak_the_error_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bleak", None)  # import bleak raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'wearbus\[ble\]'"):
+        async with BleakLink("AA:BB:CC:DD:EE:FF"):
+            pass
