@@ -294,6 +294,8 @@ class AgentCore:
         dev.online = body.online
         if body.battery_pct is not None:
             dev.battery = body.battery_pct
+        if body.online:  # a birth that lists its actions is taken at its word; an empty list means "not said"
+            dev.actions = tuple(body.capabilities) or None
         if was != body.online:
             turn.changed()
         if not body.online:
