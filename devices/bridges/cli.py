@@ -55,6 +55,14 @@ def owntracks(
         typer.Option("--source", help="The broker the OwnTracks app publishes to, if not --broker (mqtt://...)."),
     ] = None,
     password: PasswordOpt = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id",
+            help="The MQTT client id the bridge listens with; its session is kept, so the broker holds the app's "
+            "messages while the bridge is down (default: derived from the maps).",
+        ),
+    ] = None,
     heartbeat: HeartbeatOpt = 10.0,
     log_level: LogOpt = "info",
 ) -> None:
@@ -73,15 +81,15 @@ def owntracks(
             model="owntracks",
             heartbeat_s=heartbeat,
         )
-        asyncio.run(_run_owntracks(parsed, config, source))
+        asyncio.run(_run_owntracks(parsed, config, source, client_id))
     except WearbusError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
-async def _run_owntracks(maps: list[PhoneMap], config: DeviceConfig, source: str | None) -> None:
-    async with OwnTracksBridge(maps, config, source_url=source) as bridge:
+async def _run_owntracks(maps: list[PhoneMap], config: DeviceConfig, source: str | None, cid: str | None) -> None:
+    async with OwnTracksBridge(maps, config, source_url=source, client_id=cid) as bridge:
         for m in maps:
             log.info("owntracks_bridge", owntracks=f"{m.ot_user}/{m.ot_device}", phone=f"{m.user}/phone/{m.device}")
         await bridge.run_forever()

@@ -14,13 +14,16 @@ wearbus events through one :class:`~devices.sdk.Device` per mapped phone (birth,
 
 Every event keeps the app's ``tst`` (seconds) as its sample time ``src_ts`` (ms), so locations the app queued while
 offline and sends late (or in a JSON array) keep the time they were taken. Anything that is not OwnTracks JSON is
-refused with a log line saying what and where; the bridge keeps running.
+refused with a log line saying what and where; the bridge keeps running. The bridge keeps its MQTT session on the
+broker (a stable client id per set of maps), so what the app publishes while the bridge is down arrives when it is
+back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import ssl
@@ -260,6 +263,7 @@ class OwnTracksBridge:
         config: DeviceConfig,
         *,
         source_url: str | None = None,
+        client_id: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not maps:
@@ -267,6 +271,9 @@ class OwnTracksBridge:
         self.maps = maps
         self.config = config
         self.source = BrokerUrl.parse(source_url or config.url)
+        # A stable id and a kept session: the broker holds what the app publishes (QoS 1) while the bridge is down.
+        digest = hashlib.sha256("\n".join(sorted(f"{m.ot_user}/{m.ot_device}" for m in maps)).encode()).hexdigest()
+        self.client_id = client_id or f"wearbus-owntracks-{digest[:12]}"
         self.stats = BridgeStats()
         self.phones: dict[PhoneMap, OwnTracksPhone] = {}
         for m in maps:
@@ -322,6 +329,9 @@ class OwnTracksBridge:
         """Translate and emit one OwnTracks message; refuses garbage with a log line. Returns events emitted."""
         self.stats.received += 1
         phone, who = self.phone_for(topic)
+        if phone is None and not topic.startswith(f"{PREFIX}/"):
+            log.debug("owntracks_not_subscribed", topic=topic)  # a broker that delivers what we did not ask for
+            return 0
         if phone is None:
             self.stats.unmapped += 1
             if who not in self._warned:
@@ -371,6 +381,8 @@ class OwnTracksBridge:
                     websocket_path=url.path if url.websocket else None,
                     tls_context=self._tls(),
                     keepalive=30,
+                    identifier=self.client_id,
+                    clean_session=False,
                 ) as client:
                     for f in filters:
                         await client.subscribe(f, qos=1)

@@ -189,6 +189,28 @@ async def test_owntracks_phone_events_on_the_bus(any_broker: BrokerUnderTest) ->
         assert len(watch.envelopes(Location)) == 3
 
 
+async def test_owntracks_sent_while_the_bridge_was_down_arrives_when_it_is_back(any_broker: BrokerUnderTest) -> None:
+    if any_broker.name == "embedded":
+        pytest.skip("amqtt does not keep an anonymous client's session (broker/embedded.py); Mosquitto does")
+    url = any_broker.url
+    maps = [PhoneMap.parse("kim/+=carol")]
+    config = DeviceConfig(url=url, heartbeat_s=0)
+    now_s = now_ms() // 1000
+    async with watching(url, "wb/v1/carol/#") as watch:
+        async with OwnTracksBridge(maps, config) as bridge:
+            await bridge.wait_ready()
+        # the bridge is down; the app goes on publishing (QoS 1), then the bridge comes back with its session
+        queued = [{**LOCATION, "tst": now_s - 600 + 60 * i, "t": "t"} for i in range(3)]
+        await publish_as_the_app(url, "owntracks/kim/phone", [json.dumps(p).encode() for p in queued])
+        async with OwnTracksBridge(maps, config) as bridge:
+            await bridge.wait_ready()
+            got = await watch.wait(
+                "the queued locations",
+                lambda: watch.envelopes(Location) if len(watch.envelopes(Location)) >= 3 else None,
+            )
+            assert [m.envelope.src_ts for m in got] == [p["tst"] * 1000 for p in queued]  # type: ignore[operator]
+
+
 # --------------------------------------------------------------------------- Colmi R02
 
 
