@@ -60,6 +60,7 @@ from schemas.topics import Kind
 
 ANSWER_S = 5.0  # a ring answers a command within a few hundred ms
 MAX_STEPS = 10_000  # Steps.steps limit
+RETRY_S = 60.0  # after a failed sync
 
 
 class RingLink(Protocol):
@@ -151,10 +152,12 @@ class ColmiRing(Device):
         clock: Clock | None = None,
         *,
         sync_s: float = 1800.0,
+        answer_s: float = ANSWER_S,
     ) -> None:
         super().__init__(user, device, config, clock)
         self.link = link
         self.sync_s = sync_s
+        self.answer_s = answer_s
         self.battery: Battery | None = None
         self.last_hr_s = 0
         self.last_quarter_s = 0
@@ -190,7 +193,8 @@ class ColmiRing(Device):
                 continue
             queue.put_nowait(packet)
 
-    async def _next(self, command: int, timeout: float = ANSWER_S) -> bytes:
+    async def _next(self, command: int, timeout: float | None = None) -> bytes:
+        timeout = self.answer_s if timeout is None else timeout
         try:
             async with asyncio.timeout(timeout):
                 return await self._queues[command].get()
@@ -266,13 +270,15 @@ class ColmiRing(Device):
         async with asyncio.TaskGroup() as group:
             group.create_task(self._read(), name=f"colmi[{self.ident}].read")
             while True:
+                wait = self.sync_s
                 try:
                     if self.syncs == 0:
                         await self.set_time()
                     await self.sync()
                 except ColmiError as exc:
-                    self.log.warning("ring_sync_failed", error=str(exc))
-                await asyncio.sleep(self.sync_s)
+                    wait = min(self.sync_s, RETRY_S)  # out of range or busy: try again soon, not in half an hour
+                    self.log.warning("ring_sync_failed", error=str(exc), retry_s=wait)
+                await asyncio.sleep(wait)
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
         """Wait until the first sync is published."""

@@ -341,6 +341,36 @@ async def test_colmi_bridge_publishes_what_the_third_party_parser_decodes(any_br
         assert len(keys) == len(set(keys))
 
 
+class SilentRing(ColmiRingEmulator):
+    """A ring that hears but never answers (out of range, or busy with its app), after one corrupt packet."""
+
+    def answer(self, packet: bytes) -> None:
+        if not self.sent:
+            self.sent.append(b"\x03" * 16)  # a corrupt notification (bad checksum): refused, not parsed
+            self._inbox.put_nowait(self.sent[-1])
+
+
+async def test_a_ring_that_does_not_answer_is_reported_not_fatal(any_broker: BrokerUnderTest) -> None:
+    url = any_broker.url
+    ring_link = SilentRing(interval_s=0.02)
+    config = DeviceConfig(url=url, heartbeat_s=0)
+    async with (
+        watching(url, "wb/v1/dan/#") as watch,
+        ring_link,
+        ColmiRing("dan", "r1", ring_link, config, answer_s=1.0) as ring,
+    ):
+        await ring.wait_connected()
+        ident = DeviceId("dan", Kind.RING, "r1")
+        ack = await send_action(watch, ident, MeasureNow(kind="hr", timeout_s=5))
+        assert ack.status == "rejected"
+        assert "no hr reading within 5 s" in ack.detail
+        ack = await send_action(watch, ident, RingSync())
+        assert ack.status == "rejected"
+        assert "did not answer command 0x03" in ack.detail
+        assert watch.data(SyncBatch) == []
+        assert ring.outbox_depth == 0
+
+
 # --------------------------------------------------------------------------- the commands, as processes
 
 
