@@ -17,7 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -263,6 +264,18 @@ async def send_action(watch: Watch, ring: DeviceId, body: Body) -> Ack:
     )
 
 
+@pytest.fixture
+def utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """colmi-r02-client compares the ring's UTC day with naive local times; give it a UTC machine, as the ring's
+    clock is set in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("utc_local_time")
 async def test_colmi_bridge_publishes_what_the_third_party_parser_decodes(any_broker: BrokerUnderTest) -> None:
     c_battery, c_rt = third_party("battery"), third_party("real_time_hr")
     url = any_broker.url
