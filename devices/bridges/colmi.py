@@ -18,6 +18,8 @@ import time
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from pydantic import ValidationError
+
 from devices.bridges.colmi_protocol import (
     CMD_BATTERY,
     CMD_HR_LOG,
@@ -275,7 +277,7 @@ class ColmiRing(Device):
                     if self.syncs == 0:
                         await self.set_time()
                     await self.sync()
-                except ColmiError as exc:
+                except (ColmiError, ValidationError) as exc:  # a ring that answered nonsense is retried too
                     wait = min(self.sync_s, RETRY_S)  # out of range or busy: try again soon, not in half an hour
                     self.log.warning("ring_sync_failed", error=str(exc), retry_s=wait)
                 await asyncio.sleep(wait)
@@ -297,7 +299,7 @@ class ColmiRing(Device):
         days = [today - DAY_S, today] if self.syncs == 0 else [today]  # the first sync also takes yesterday
         for day in days:
             for ts_s, bpm in (await self.read_hr_log(day)).samples():
-                if ts_s > self.last_hr_s and 30 <= bpm <= 220:
+                if ts_s > max(self.last_hr_s, 0) and 30 <= bpm <= 220:
                     items.append(HeartRate(bpm=bpm, source="periodic", src_ts=ts_s * 1000))
         for offset in (1, 0) if self.syncs == 0 else (0,):
             for q in await self.read_steps(offset):

@@ -116,9 +116,15 @@ def _number(obj: dict[str, Any], key: str, *, required: bool = False) -> float |
         if required:
             raise OwnTracksError(f"{obj.get('_type', '?')} has no {key!r}")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise OwnTracksError(f"{key!r} is {value!r}, not a number")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OwnTracksError(f"{key!r} is {str(value)[:40]!r}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise OwnTracksError(f"{key!r} is {str(value)[:40]}, not a finite number")
+    return number
 
 
 def _tst_ms(obj: dict[str, Any]) -> int:
@@ -197,6 +203,8 @@ def translate(payload: bytes) -> list[Translated]:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OwnTracksError(f"not JSON: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # nested too deep; an integer too long to read
+        raise OwnTracksError(f"not usable JSON: {type(exc).__name__}") from exc
     if isinstance(data, list):
         if len(data) > MAX_BATCH:
             raise OwnTracksError(f"a batch of {len(data)} messages (at most {MAX_BATCH})")
@@ -392,7 +400,10 @@ class OwnTracksBridge:
                     async for message in client.messages:
                         payload = message.payload
                         raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                        self.handle(message.topic.value, raw)
+                        try:
+                            self.handle(message.topic.value, raw)
+                        except Exception:  # a bug on one message must not stop the phone's bridge
+                            log.exception("owntracks_message_failed", topic=message.topic.value)
             except aiomqtt.MqttError as exc:
                 self._subscribed.clear()
                 log.warning("owntracks_source_lost", broker=url.redacted(), error=str(exc), retry_s=delay)

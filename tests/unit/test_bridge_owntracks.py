@@ -123,6 +123,9 @@ def test_other_types_are_ignored_not_refused(payload: dict[str, object]) -> None
         (b'{"_type": "location", "lat": NaN, "lon": 2, "tst": 3}', "'lat'"),
         (b'{"_type": "transition", "lat": 1, "lon": 2, "tst": 3, "event": "dance"}', "'enter' or 'leave'"),
         (b'{"_type": "teleport"}', "unknown _type"),
+        (b"[" * 100_000 + b"]" * 100_000, "not usable JSON"),
+        (b'{"_type": "location", "lat": 1' + b"0" * 400 + b', "lon": 2, "tst": 3}', "'lat'"),
+        (b'{"_type": "location", "lat": 1, "lon": 2, "tst": 3, "acc": 1e999}', "'acc'"),
     ],
 )
 def test_garbage_is_refused_with_the_reason(raw: bytes, words: str) -> None:
