@@ -234,3 +234,20 @@ async def test_without_bleak_the_error_says_which_extra(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match=r"pip install 'wearbus\[ble\]'"):
         async with BleakLink("AA:BB:CC:DD:EE:FF"):
             pass
+
+
+@given(st.lists(st.binary(min_size=15, max_size=15), min_size=1, max_size=30), st.sampled_from([0x15, 0x43, 0x03]))
+def test_any_well_formed_packets_decode_or_raise_colmi_error(bodies: list[bytes], command: int) -> None:
+    """What a broken or hostile ring sends is a ColmiError at worst, never another exception."""
+    hr, steps = HrLogAssembler(), StepsAssembler()
+    for body in bodies:
+        packet = make_packet(command, body[1:])
+        try:
+            if command == 0x15:
+                hr.feed(packet)
+            elif command == 0x43:
+                steps.feed(packet)
+            else:
+                parse_battery(packet)
+        except ColmiError:
+            pass
