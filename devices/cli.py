@@ -26,7 +26,7 @@ from devices.scenario import BUILTIN, Scenario, load
 from devices.sdk import DeviceConfig
 from schemas.clock import SimClock
 from schemas.errors import ConfigError, TopicError, WearbusError
-from schemas.topics import Kind, check_name, validate_filter
+from schemas.topics import Kind, check_name
 
 err = Console(stderr=True)
 
@@ -245,70 +245,6 @@ def check_command(
     print(json.dumps(facts) if as_json else f"ok: {scenario}: {len(loaded.steps)} steps, user {loaded.user}")  # noqa: T201
 
 
-def owntracks_command(
-    topic: Annotated[
-        str, typer.Option("--topic", help="The OwnTracks app's topic, owntracks/{user}/{device} (its /event too).")
-    ],
-    user: UserOpt = "alice",
-    device: Annotated[str, typer.Option("--id", help="The wearbus phone id (a-z, 0-9 and -).")] = "phone-1",
-    broker: BrokerOpt = None,
-    owntracks_broker: Annotated[
-        str | None, typer.Option(help="The broker the OwnTracks app publishes to (default: --broker).")
-    ] = None,
-    password: PasswordOpt = None,
-    log_level: LogOpt = "info",
-) -> None:
-    """Bridge an OwnTracks phone app (JSON over MQTT) to a wearbus phone: locations, regions, battery."""
-    configure_logging(log_level)
-    from devices.bridges.owntracks import serve  # noqa: PLC0415 (the bridge's imports only when it runs)
-
-    try:
-        check_name(user, "--user")
-        check_name(device, "--id")
-        validate_filter(topic)
-        if not topic.startswith("owntracks/") or topic.count("/") != 2 or "+" in topic or "#" in topic:
-            raise ConfigError(f"--topic {topic!r}: give the app's own topic, owntracks/{{user}}/{{device}}")
-        url = broker or Settings().broker
-        asyncio.run(serve(user, device, topic, wearbus_url=url, owntracks_url=owntracks_broker or url,
-                          password=password))  # fmt: skip
-    except (WearbusError, TopicError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-def colmi_command(
-    address: Annotated[
-        str | None, typer.Option("--address", help="The ring's Bluetooth address (MAC; a UUID on macOS).")
-    ] = None,
-    user: UserOpt = "alice",
-    device: Annotated[str, typer.Option("--id", help="The wearbus ring id (a-z, 0-9 and -).")] = "ring-1",
-    broker: BrokerOpt = None,
-    password: PasswordOpt = None,
-    emulate: Annotated[
-        bool, typer.Option(help="Talk to the built-in emulator of the ring instead of a radio (a demo, CI).")
-    ] = False,
-    log_level: LogOpt = "info",
-) -> None:
-    """Bridge a Colmi R02 ring (BLE, needs pip install 'wearbus[ble]') to a wearbus ring: logs, spot readings."""
-    configure_logging(log_level)
-    from devices.bridges.colmi import BleakLink, RingEmulator, RingLink, serve  # noqa: PLC0415
-
-    try:
-        check_name(user, "--user")
-        check_name(device, "--id")
-        if (address is None) == (not emulate):
-            raise ConfigError("give the ring's --address, or --emulate for the built-in emulator")
-        link: RingLink = RingEmulator() if emulate or address is None else BleakLink(address)
-        asyncio.run(serve(user, device, link, wearbus_url=broker or Settings().broker, password=password))
-    except (WearbusError, TopicError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``device`` command group to the ``wearbus`` CLI (the ``wearbus.cli`` entry point)."""
     group = typer.Typer(
@@ -318,10 +254,3 @@ def register(app: typer.Typer) -> None:
     add_commands(group)
     group.command("check")(check_command)
     app.add_typer(group, name="device")
-    bridges = typer.Typer(
-        help="Bridge real devices' own protocols to the bus, each as its own process (optional extras).",
-        no_args_is_help=True,
-    )
-    bridges.command("owntracks")(owntracks_command)
-    bridges.command("colmi-ring")(colmi_command)
-    app.add_typer(bridges, name="bridge")

@@ -86,8 +86,7 @@ class DeviceInfo:
         last_seen: when it last sent anything (agent time).
         cells: glasses only, the present swappable cells: slot -> percent.
         ears: earphones only, the buds in the ear.
-        haptic: whether it can buzz: a ring whose birth lists its capabilities without ``ring.haptic`` (a Colmi
-            R02) cannot, and the agent routes around it.
+        actions: the actions its birth listed (``None``: it listed none, so all of its kind's are assumed).
     """
 
     kind: str
@@ -100,7 +99,11 @@ class DeviceInfo:
     last_seen: int = 0
     cells: dict[str, float] | None = None
     ears: tuple[str, ...] = ()
-    haptic: bool = True
+    actions: tuple[str, ...] | None = None
+
+    def accepts(self, action: str) -> bool:
+        """Whether the device can carry out ``action`` (a Colmi ring has no haptic motor)."""
+        return self.actions is None or action in self.actions
 
     @property
     def usable(self) -> bool:

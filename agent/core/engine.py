@@ -319,10 +319,10 @@ class AgentCore:
     def _state(self, turn: Turn, dev: DeviceInfo, body: DeviceState) -> None:
         was = dev.online
         dev.online = body.online
-        if body.online and body.capabilities and dev.kind == "ring":
-            dev.haptic = "ring.haptic" in body.capabilities
         if body.battery_pct is not None:
             dev.battery = body.battery_pct
+        if body.online:  # a birth that lists its actions is taken at its word; an empty list means "not said"
+            dev.actions = tuple(body.capabilities) or None
         if was != body.online:
             turn.changed()
         if not body.online:

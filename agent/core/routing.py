@@ -206,7 +206,7 @@ def deliver(turn: Turn, out: Output) -> None:
             kind = "earphones" if ear is not None else "glasses"
             turn.send(kind, speech(out), out.reason)
     ring = usable(ctx, "ring")
-    if ring is not None and ring.haptic and (hush or out.haptic or not channels):
+    if ring is not None and ring.accepts("ring.haptic") and (hush or out.haptic or not channels):
         turn.send("ring", Haptic(pattern=out.haptic or "tap"), out.reason, dev=ring)
 
 
