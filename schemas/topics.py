@@ -176,7 +176,7 @@ def dlq_topic(reason: str) -> str:
 #: Topics whose parse is cached. A user's devices publish on ~23 topics, but at real rates ~98 % of messages are on
 #: five of them (91 % on the glasses' 5 Hz head pose, the rest on the four heartbeats): an LRU of this size keeps
 #: the hot topics of ~800 users and the head pose of ~3,700 (91 % hits at 2,500 users) for ~1.2 MB in all,
-#: instead of every topic of every user (~9 KB a user). ``python -m agent.memory_probe`` measures both.
+#: instead of every topic of every user (~9 KB a user). ``python -m bench.memory`` measures both.
 TOPIC_CACHE = 4096
 _KINDS: dict[str, Kind] = {k.value: k for k in Kind}
 _CLASSES: dict[str, EventClass] = {c.value: c for c in EventClass}

@@ -10,7 +10,7 @@ from typing import Protocol
 import pytest
 
 from broker.embedded import EmbeddedBroker, free_port
-from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
+from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
 

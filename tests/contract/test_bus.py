@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from broker.client import Bus, BusOptions, Outgoing
-from broker.testkit.mosquitto import MosquittoProcess
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.envelope import Message, make
 from schemas.events import HeartRate, Utterance
+from testkit.mosquitto import MosquittoProcess
 from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
 
 pytestmark = [pytest.mark.broker]

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
 
-BENCH = (sys.executable, "-c", "import typer; from agent.bench import bench_command; typer.run(bench_command)")
+BENCH = (sys.executable, "-c", "import typer; from bench.agent import bench_command; typer.run(bench_command)")
 TOP_KEYS = {"schema", "mode", "started", "machine", "mix", "workdir", "broker", "throughput", "latency", "scale",
             "dlq", "core_memory", "duration_s", "rows", "ratios", "targets"}  # fmt: skip
 RECEIVERS = {"paho_q1", "bus_q1", "agent_q1"}

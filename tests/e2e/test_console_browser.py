@@ -31,9 +31,9 @@ import typer
 from typer.testing import CliRunner
 
 from broker.client import Bus, BusOptions
-from broker.console.cli import register
-from broker.console.server import ConsoleServer
 from broker.embedded import EmbeddedBroker, free_port
+from console.cli import register
+from console.server import ConsoleServer
 from schemas import actions as act
 from schemas import events as ev
 from schemas.envelope import Message, make, now_ms

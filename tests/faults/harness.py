@@ -26,7 +26,6 @@ import pytest
 
 from broker.client import Bus, BusOptions, Outgoing, Rejected
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential, Limits, OperatorCredential, TlsListener
-from broker.testkit.mosquitto import MosquittoProcess
 from devices.sdk import Device, DeviceConfig, on_action
 from schemas import codec
 from schemas.actions import ACCEPTS, ACTIONS, AgentState, ContextSnapshot, DeadLetter, DeviceState
@@ -55,6 +54,7 @@ from schemas.events import (
     event_key,
 )
 from schemas.topics import Channel, DeviceId, Kind, event_topic
+from testkit.mosquitto import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = (Kind.GLASSES, Kind.RING, Kind.EARPHONES, Kind.PHONE)
@@ -146,7 +146,7 @@ def broker_db(broker: MosquittoProcess) -> Path:
 
 
 class AgentProcess:
-    """``wearbus agent`` as a real process (``python -m broker.cli agent``), stopped by its PID.
+    """``wearbus agent`` as a real process (``python -m cli.main agent``), stopped by its PID.
 
     Args:
         url: the broker URL.
@@ -191,7 +191,7 @@ class AgentProcess:
         if self.running:
             raise AssertionError("the agent is already running")
         argv = [
-            sys.executable, "-m", "broker.cli", "agent", "--broker", self.url, "--db", str(self.db),
+            sys.executable, "-m", "cli.main", "agent", "--broker", self.url, "--db", str(self.db),
             "--instance", self.instance, "--username", AGENT.username, "--password", AGENT.password,
             "--log-level", "info",
         ]  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.bench import wire
+from bench import wire
 
 
 def decode_length(data: bytes) -> int:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.console.state import (
+from console.state import (
     ConsoleState,
     Limits,
     build_injection,

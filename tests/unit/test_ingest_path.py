@@ -19,7 +19,7 @@ import agent.runtime as runtime_module
 import agent.store as store_module
 from agent.runtime import AgentRuntime, AgentSettings, _event_row
 from agent.store import ActionRow, EventRow, Store, TaskRow
-from broker.bench import mix
+from bench import mix
 from broker.client import BusStats, Outgoing
 from schemas import codec
 from schemas.actions import DeviceState

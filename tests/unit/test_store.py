@@ -10,7 +10,7 @@ import pytest
 
 from agent.core.engine import AgentCore
 from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
-from broker.bench import mix
+from bench import mix
 from schemas import codec
 from schemas.errors import StoreError
 

@@ -3,7 +3,7 @@ time: it does not depend on the machine's load)."""
 
 from __future__ import annotations
 
-from agent import store_bench
+from bench import store as store_bench
 
 
 async def test_the_dedup_index_appends_instead_of_dirtying_a_page_per_device() -> None:

@@ -13,7 +13,7 @@ sent with ``Connection: close``. Routes:
   ``wearbus pub`` and published, or answered with ``400`` and the validation error.
 
 Hundreds of messages a second do not reach the page one by one: the consumer folds them into the
-:class:`~broker.console.state.ConsoleState`, and the broadcaster sends one delta per tick. A page that cannot keep
+:class:`~console.state.ConsoleState`, and the broadcaster sends one delta per tick. A page that cannot keep
 up (its queue holds more than ``max_backlog`` frames) is sent a fresh snapshot instead of the backlog.
 """
 
@@ -33,8 +33,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from broker.client import Bus, BusOptions, Rejected
-from broker.console.state import ConsoleState, Limits, build_injection
 from broker.logs import get_logger
+from console.state import ConsoleState, Limits, build_injection
 from schemas.envelope import new_id, now_ms
 from schemas.errors import BusConnectionError, ConfigError, ContractError, PublishError
 

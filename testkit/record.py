@@ -38,11 +38,11 @@ import typer
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import configure_logging
 from broker.settings import Settings
-from broker.testkit.raw import RawBus, RawMessage
 from schemas import codec
 from schemas.envelope import now_ms
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import matches, validate_filter
+from testkit.raw import RawBus, RawMessage
 
 FORMAT = "wearbus-recording"
 VERSION = 1
@@ -260,7 +260,7 @@ async def record(
     With neither, it records until cancelled (the file stays valid: each line is flushed).
 
     Args:
-        bus: an entered :class:`~broker.testkit.raw.RawBus` (a plain ``Bus`` keeps no payload bytes).
+        bus: an entered :class:`~testkit.raw.RawBus` (a plain ``Bus`` keeps no payload bytes).
         topic_filter: one filter or several.
         path: the file to write (replaced).
         seconds: stop after this long.

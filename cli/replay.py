@@ -23,12 +23,12 @@ from typing import Any
 from agent.core.api import Command, Outcome
 from agent.core.config import CoreConfig
 from agent.core.engine import AgentCore
-from broker.testkit.record import load_recording
 from schemas import codec
 from schemas.actions import Ack
 from schemas.envelope import Message, make
 from schemas.errors import ConfigError, ContractError
 from schemas.topics import Channel, ack_topic, parse
+from testkit.record import load_recording
 
 AGENT_CHANNELS = frozenset({Channel.EVENT, Channel.ACK, Channel.STATE})
 

@@ -3,7 +3,7 @@
 Everything measured runs in its own process (broker, receivers, echo, fleets, the agent), started here by argv,
 and is stopped here by its PID (each child leads its own process group). Every wait is bounded in time, every
 loop in count. The broker-side sections (raw receive rates, raw round trips) live here; the agent-side sections
-are in ``agent/bench.py``, which imports this module (never the other way round).
+are in ``bench/agent.py``, which imports this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from broker.bench import mix
-from broker.bench.fleet import raise_nofile
-from broker.bench.wire import WireClient
+from bench import mix
+from bench.fleet import raise_nofile
+from bench.wire import WireClient
 from broker.embedded import free_port
-from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
 from broker.url import BrokerUrl
 from schemas.errors import BusConnectionError, BusError, ConfigError
+from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 PY = sys.executable
 
@@ -56,7 +56,7 @@ BENCH_MOSQUITTO_LINES = (
 AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
 
 #: ``wearbus broker`` itself (its typer group), started without the CLI's other extensions.
-EMBEDDED_COMMAND = (PY, "-c", "from broker.cli import broker_app; broker_app(prog_name='wearbus broker')")
+EMBEDDED_COMMAND = (PY, "-c", "from cli.main import broker_app; broker_app(prog_name='wearbus broker')")
 
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-secret"
 AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
@@ -448,7 +448,7 @@ async def raw_receiver(
     spec = {"host": broker.host, "port": broker.port, "client_id": recv.client_id, "qos": recv.qos,
             "filters": list(AGENT_FILTERS), "action": action, "expected": expected, "idle_s": idle_s,
             "max_s": max_s, "protocol": recv.protocol, "transport": recv.transport, **broker.creds()}  # fmt: skip
-    argv = [PY, "-m", "broker.bench.raw", recv.client, "--spec", json.dumps(spec)]
+    argv = [PY, "-m", "bench.raw", recv.client, "--spec", json.dumps(spec)]
     return await run_json(argv, workdir / f"raw-{recv.name}.log", max_s + 30)
 
 
@@ -477,7 +477,7 @@ def receivers(broker: BrokerHandle, tag: str) -> list[Receiver]:
 async def echo_agent(broker: BrokerHandle, workdir: Path, max_s: float) -> AsyncIterator[int]:
     """A raw echo "agent" process for the duration of the block (yields its pid)."""
     spec = {"host": broker.host, "port": broker.port, "qos": 1, "max_s": max_s, **broker.creds()}
-    proc = await spawn([PY, "-m", "broker.bench.raw", "echo", "--spec", json.dumps(spec)], workdir / "echo.log",
+    proc = await spawn([PY, "-m", "bench.raw", "echo", "--spec", json.dumps(spec)], workdir / "echo.log",
                        stdout_pipe=True)  # fmt: skip
     try:
         assert proc.stdout is not None  # noqa: S101
@@ -497,7 +497,7 @@ async def round_trips(
     spec = {"host": broker.host, "port": broker.port, "mode": mode, "samples": samples, "warmup": warmup,
             "users": users, "prefix": prefix, "timeout_s": 5, "max_s": max_s,
             **broker.creds()}  # fmt: skip
-    argv = [PY, "-m", "broker.bench.raw", "rtt", "--spec", json.dumps(spec)]
+    argv = [PY, "-m", "bench.raw", "rtt", "--spec", json.dumps(spec)]
     return await run_json(argv, workdir / f"rtt-{name}.log", max_s + 30)
 
 
@@ -560,7 +560,7 @@ class FleetGroup:
         first = 0
         while first < self.users:
             n = min(self.per_process, self.users - first)
-            argv = [PY, "-m", "broker.bench.fleet", "--host", self.broker.host, "--port", str(self.broker.port),
+            argv = [PY, "-m", "bench.fleet", "--host", self.broker.host, "--port", str(self.broker.port),
                     "--users", str(n), "--first", str(first), "--prefix", self.prefix,
                     "--head-pose-hz", str(self.head_pose_hz), "--duration", str(self.duration_s),
                     "--seed", str(first + 1), "--connect-rate", "1500"]  # fmt: skip

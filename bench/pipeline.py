@@ -1,7 +1,7 @@
 """In-process micro-benchmark of the agent's ingest path, without the MQTT receive path.
 
-``python -m agent.pipeline_bench`` builds messages exactly as the bus does (``codec.decode`` of the payloads of
-``wearbus bench``'s device mix, :mod:`broker.bench.mix`, with the QoS they are delivered with), then feeds them in
+``python -m bench.pipeline`` builds messages exactly as the bus does (``codec.decode`` of the payloads of
+``wearbus bench``'s device mix, :mod:`bench.mix`, with the QoS they are delivered with), then feeds them in
 batches of 1, 50 and 500 through a real :class:`~agent.runtime.AgentRuntime` (a real SQLite file in a temporary
 directory, a real :class:`~broker.client.Bus` connected to a private Mosquitto of the test kit, or the embedded
 broker where the binary is missing). The pump task is stopped; the benchmark runs one pump step per batch itself:
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime import AgentRuntime, AgentSettings
-from broker.bench import mix
+from bench import mix
 from broker.client import Outgoing
 from broker.logs import configure_logging
 from schemas import codec
@@ -42,7 +42,7 @@ MAX_SPAN_MS = 500_000  # the run's publish times stay within AdmissionConfig.bac
 @asynccontextmanager
 async def broker_url() -> AsyncIterator[str]:
     """A private broker for the run: the test kit's Mosquitto, else the embedded broker (both stopped after)."""
-    from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available  # noqa: PLC0415
+    from testkit.mosquitto import MosquittoProcess, mosquitto_available  # noqa: PLC0415
 
     if mosquitto_available():
         async with MosquittoProcess(extra_lines=("persistence false", "max_queued_messages 0")) as broker:
@@ -210,12 +210,12 @@ async def run_sections(agent: AgentRuntime, users: int, events: int, rounds: int
 
 def show(line: str) -> None:
     """One line of the report."""
-    print(line)  # noqa: T201
+    print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m agent.pipeline_bench [--users N] [--events N] [--rounds N] [--sizes 1,50,500] [--keep DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m agent.pipeline_bench", description=__doc__.splitlines()[0])
+    """``python -m bench.pipeline [--users N] [--events N] [--rounds N] [--sizes 1,50,500] [--keep DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100, help="simulated users (four devices each)")
     parser.add_argument("--events", type=int, default=10_000, help="events per batch size (a fifth for size 1)")
     parser.add_argument("--rounds", type=int, default=300, help="single-utterance batches for the latency")

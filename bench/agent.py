@@ -33,11 +33,11 @@ import typer
 from rich.console import Console
 
 from agent.core.engine import AgentCore
-from broker.bench import harness as hx
-from broker.bench import mix
-from broker.bench.fleet import raise_nofile
-from broker.bench.harness import BrokerHandle, FleetGroup, Row
-from broker.bench.wire import WireClient
+from bench import harness as hx
+from bench import mix
+from bench.fleet import raise_nofile
+from bench.harness import BrokerHandle, FleetGroup, Row
+from bench.wire import WireClient
 from schemas import codec
 from schemas.errors import BusError, WearbusError
 from schemas.topics import Kind, parse
@@ -46,7 +46,7 @@ SCHEMA_VERSION = 1
 #: The sections ``--only`` can choose.
 SECTIONS = frozenset({"ingest", "latency", "scale", "core"})
 #: ``wearbus agent`` itself (its typer command), started without the CLI's other extensions.
-AGENT_COMMAND = (hx.PY, "-c", "import typer; from agent.cli import agent_command; typer.run(agent_command)")
+AGENT_COMMAND = (hx.PY, "-c", "import typer; from cli.agent import agent_command; typer.run(agent_command)")
 #: Extra ``wearbus agent`` options for every agent the bench starts (to look into it: ``--slow-turn-ms 0.001``).
 AGENT_ARGS_ENV = "WEARBUS_BENCH_AGENT_ARGS"
 out = Console()

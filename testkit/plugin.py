@@ -6,13 +6,13 @@ Fixtures:
   session.
 - ``wb_url``: the broker URL a test's other fixtures use; ``wb_broker_url`` unless a test module overrides it
   (e.g. with a parametrized fixture that starts a Mosquitto).
-- ``wb_topics``: a :class:`~broker.testkit.expect.UserTopics` with a user id of its own (``t-<hex>``).
+- ``wb_topics``: a :class:`~testkit.expect.UserTopics` with a user id of its own (``t-<hex>``).
 - ``wb_bus``: a connected :class:`~broker.client.Bus` with a unique client id.
-- ``wb_expect``: an :class:`~broker.testkit.expect.Expect` recording ``wb/#`` from the start of the test.
-- ``wb_contract``: a :class:`~broker.testkit.contract.Contract` over ``wb_expect``; violations fail the test
+- ``wb_expect``: an :class:`~testkit.expect.Expect` recording ``wb/#`` from the start of the test.
+- ``wb_contract``: a :class:`~testkit.contract.Contract` over ``wb_expect``; violations fail the test
   at teardown. Used automatically by tests marked ``@pytest.mark.wb_contract``, and with ``--wb-contract`` by
   every test that uses a ``wb_`` fixture.
-- ``wb_process``: a :class:`~broker.testkit.process.ProcessFactory`, e.g.
+- ``wb_process``: a :class:`~testkit.process.ProcessFactory`, e.g.
   ``await wb_process("tap", "--broker", url)``.
 
 On failure, the output of every process a test started and the last messages seen on the bus are attached to
@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from broker.client import Bus, BusOptions, Protocol
-from broker.testkit.contract import Contract
-from broker.testkit.expect import Expect, UserTopics, context_lines, fresh_id
-from broker.testkit.process import ProcessFactory
 from schemas.errors import BrokerPortInUse, BusError
+from testkit.contract import Contract
+from testkit.expect import Expect, UserTopics, context_lines, fresh_id
+from testkit.process import ProcessFactory
 
 _asyncio_fixture: Any
 try:

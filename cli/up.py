@@ -27,10 +27,10 @@ import typer
 import yaml
 from rich.console import Console
 
-from agent.report import percentile, summarize, timed_note
 from broker.client import Bus, BusOptions
 from broker.logs import configure_logging
 from broker.net import free_port, port_free, wait_port
+from cli.report import percentile, print_summary, summarize, timed_note
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
 from schemas.topics import Channel
@@ -294,7 +294,7 @@ async def _up(
     run_dir = workdir / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     db = run_dir / "agent.db"
-    wearbus = [sys.executable, "-m", "broker.cli"]
+    wearbus = [sys.executable, "-m", "cli.main"]
     sup = Supervisor()
     agent_pw = secrets.token_urlsafe(12)
     task = asyncio.current_task()
@@ -383,7 +383,6 @@ async def _up(
         err.print(f"[red]the agent wrote no database at {db}; see {run_dir}/agent.log[/]")
         return 1
     summary = await summarize(db)
-    from agent.cli import print_summary  # noqa: PLC0415
 
     out.rule("Summary")
     print_summary(summary, out)

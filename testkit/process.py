@@ -18,7 +18,7 @@ from pathlib import Path
 from schemas.errors import ConfigError
 
 #: How ``wearbus`` is started: with this interpreter, so the test's virtualenv and editable install are used.
-WEARBUS = (sys.executable, "-m", "broker.cli")
+WEARBUS = (sys.executable, "-m", "cli.main")
 
 
 class WearbusProcess:
@@ -128,7 +128,7 @@ class ProcessFactory:
     Args:
         directory: where the output files go.
         env: extra environment for every process (e.g. ``WB_BROKER``).
-        command: how ``wearbus`` is started (this interpreter running ``broker.cli`` by default).
+        command: how ``wearbus`` is started (this interpreter running ``cli.main`` by default).
         grace: seconds between SIGTERM and SIGKILL when stopping.
     """
 

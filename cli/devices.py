@@ -1,4 +1,4 @@
-"""The ``wearbus device`` commands (and ``python -m devices``): run one emulator, or a fleet of them.
+"""The ``wearbus device`` commands (and ``python -m cli.devices``): run one emulator, or a fleet of them.
 
 Every process of a run is given the same ``--speed``, ``--sim-start`` and ``--sim-anchor``, so their simulated
 clocks agree without talking to each other; each plays the steps of ``--scenario`` addressed to its kind and exits
@@ -201,3 +201,16 @@ def register(app: typer.Typer) -> None:
     )
     add_commands(group)
     app.add_typer(group, name="device")
+
+
+#: ``python -m cli.devices ring|glasses|earphones|phone ...``: the same commands as ``wearbus device ...``.
+app = typer.Typer(
+    name="devices",
+    help="Run a wearbus device emulator (the same as `wearbus device ...`).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+add_commands(app)
+
+if __name__ == "__main__":
+    app(prog_name="python -m cli.devices")

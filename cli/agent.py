@@ -17,15 +17,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from agent.core.config import CoreConfig
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
-from agent.report import Summary, summarize, timed_note
 from agent.runtime import AgentRuntime, AgentSettings
 from broker.logs import configure_logging
 from broker.settings import Settings
+from cli.report import print_summary, summarize
 from schemas.clock import SimClock
 from schemas.errors import WearbusError
 
@@ -37,12 +36,12 @@ def register(app: typer.Typer) -> None:
     """Add the agent's commands to the ``wearbus`` CLI."""
     app.command("agent")(agent_command)
     app.command("report")(report_command)
-    from agent.stack import up_command  # noqa: PLC0415 (keeps start-up of the other commands light)
+    from cli.up import up_command  # noqa: PLC0415 (keeps start-up of the other commands light)
 
     app.command("up")(up_command)
     app.command("replay-agent")(replay_agent_command)
     app.command("diff")(diff_command)
-    from agent.bench import register as register_bench  # noqa: PLC0415
+    from bench.agent import register as register_bench  # noqa: PLC0415
 
     register_bench(app)
 
@@ -217,41 +216,6 @@ def report_command(
         print_summary(summary, out)
 
 
-def print_summary(summary: Summary, console: Console) -> None:
-    """The human-readable summary."""
-    tasks = Table(title="Tasks")
-    for col in ("task", "skill", "state", "rounds", "confirmed by", "filled from context", "asked"):
-        tasks.add_column(col)
-    for t in summary.tasks:
-        tasks.add_row(t.task_id, t.skill, t.state, str(t.rounds), t.confirm_modality or "-",
-                      ", ".join(t.slots_autofilled) or "-", ", ".join(t.slots_asked) or "-")  # fmt: skip
-    console.print(tasks)
-    alerts = Table(title="Proactive rules that fired")
-    alerts.add_column("rule")
-    alerts.add_column("times", justify="right")
-    for rule, n in summary.alerts.items():
-        alerts.add_row(rule, str(n))
-    console.print(alerts)
-    lat = summary.latency_ms
-    if lat:
-        console.print(
-            f"Latency from event to action (wall): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
-            f"max {lat['max']:.1f} ms over {summary.latency_samples} actions" + timed_note(summary.timed_actions)
-        )
-    traffic = Table(title="Messages")
-    traffic.add_column("topic class")
-    traffic.add_column("count", justify="right")
-    for name, n in summary.messages.items():
-        traffic.add_row(name, str(n))
-    console.print(traffic)
-    acks = ", ".join(f"{k} {v}" for k, v in sorted(summary.acks.items()))
-    console.print(f"Action results: {acks or 'none'}")
-    stored = ", ".join(f"{k} {v}" for k, v in summary.stored.items())
-    console.print(f"Stored in {summary.db}: {stored}")
-    if summary.paid_rounds:
-        console.print(f"Interaction rounds of paid tasks: {summary.paid_rounds} (goal: 2 each)")
-
-
 def replay_agent_command(
     recording: Annotated[Path, typer.Argument(help="A recording made with `wearbus record`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the action log (JSON lines).")] = Path(
@@ -263,7 +227,7 @@ def replay_agent_command(
     ] = None,
 ) -> None:
     """Replay a recording into the agent's core on the simulation clock (deterministic) and log its actions."""
-    from agent.replay import describe, override, replay_into_core, write_actions  # noqa: PLC0415
+    from cli.replay import describe, override, replay_into_core, write_actions  # noqa: PLC0415
 
     try:
         config = CoreConfig()
@@ -283,7 +247,7 @@ def diff_command(
     b: Annotated[Path, typer.Argument(help="Action log of the second agent version.")],
 ) -> None:
     """Show how the actions of two agent versions differ on the same recording (exit 1 when they differ)."""
-    from agent.replay import diff_actions, read_actions  # noqa: PLC0415
+    from cli.replay import diff_actions, read_actions  # noqa: PLC0415
 
     try:
         lines = diff_actions(read_actions(a), read_actions(b), names=(str(a), str(b)))

@@ -3,10 +3,10 @@
 Each device is one MQTT connection (client id ``{user}/{kind}/{device}``, a Will that sets it offline, a retained
 birth), subscribes to its own ``cmd/#`` and answers every action with a ``done`` ack, as a device does. After its
 births and one-shot events (glasses donned, ring on, an earbud in), each periodic stream of
-:func:`broker.bench.mix.default_streams` starts at a random phase and repeats at its period; one scheduler (a
+:func:`bench.mix.default_streams` starts at a random phase and repeats at its period; one scheduler (a
 heap) drives every connection, so ten thousand connections cost no task or timer each.
 
-Run as ``python -m broker.bench.fleet --port P --users N [...]``. It prints one JSON object per line: ``connected``
+Run as ``python -m bench.fleet --port P --users N [...]``. It prints one JSON object per line: ``connected``
 once every connection is up, ``progress`` every ``--progress`` seconds and ``done`` at the end (after
 ``--duration`` seconds or on SIGTERM). It is bounded in time and in connections, and talks to the given loopback
 broker only.
@@ -32,8 +32,8 @@ from typing import Any
 
 import msgpack
 
-from broker.bench import mix
-from broker.bench.wire import Will, WireClient
+from bench import mix
+from bench.wire import Will, WireClient
 from schemas.errors import BusConnectionError
 from schemas.topics import Kind
 
@@ -322,8 +322,8 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m broker.bench.fleet``."""
-    p = argparse.ArgumentParser(prog="python -m broker.bench.fleet", description=__doc__)
+    """``python -m bench.fleet``."""
+    p = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--users", type=int, required=True)

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from agent.store import Store
 
 PAID = frozenset({"order_food", "hail_ride"})
@@ -115,3 +118,38 @@ async def summarize(db: Path) -> Summary:
         for table in ("events", "actions", "tasks", "alerts", "context"):
             summary.stored[table] = int(await store.scalar(f"SELECT COUNT(*) FROM {table}") or 0)  # noqa: S608
     return summary
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    """The human-readable summary."""
+    tasks = Table(title="Tasks")
+    for col in ("task", "skill", "state", "rounds", "confirmed by", "filled from context", "asked"):
+        tasks.add_column(col)
+    for t in summary.tasks:
+        tasks.add_row(t.task_id, t.skill, t.state, str(t.rounds), t.confirm_modality or "-",
+                      ", ".join(t.slots_autofilled) or "-", ", ".join(t.slots_asked) or "-")  # fmt: skip
+    console.print(tasks)
+    alerts = Table(title="Proactive rules that fired")
+    alerts.add_column("rule")
+    alerts.add_column("times", justify="right")
+    for rule, n in summary.alerts.items():
+        alerts.add_row(rule, str(n))
+    console.print(alerts)
+    lat = summary.latency_ms
+    if lat:
+        console.print(
+            f"Latency from event to action (wall): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"max {lat['max']:.1f} ms over {summary.latency_samples} actions" + timed_note(summary.timed_actions)
+        )
+    traffic = Table(title="Messages")
+    traffic.add_column("topic class")
+    traffic.add_column("count", justify="right")
+    for name, n in summary.messages.items():
+        traffic.add_row(name, str(n))
+    console.print(traffic)
+    acks = ", ".join(f"{k} {v}" for k, v in sorted(summary.acks.items()))
+    console.print(f"Action results: {acks or 'none'}")
+    stored = ", ".join(f"{k} {v}" for k, v in summary.stored.items())
+    console.print(f"Stored in {summary.db}: {stored}")
+    if summary.paid_rounds:
+        console.print(f"Interaction rounds of paid tasks: {summary.paid_rounds} (goal: 2 each)")

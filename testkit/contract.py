@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.client import BusOptions, Outgoing
-from broker.testkit.expect import Expect, Seen, fresh_id
-from broker.testkit.raw import RawBus, RawMessage
 from schemas import codec
 from schemas.actions import DeadLetter
 from schemas.errors import BusError, ContractError
 from schemas.export import asyncapi
 from schemas.topics import matches, validate_filter
+from testkit.expect import Expect, Seen, fresh_id
+from testkit.raw import RawBus, RawMessage
 
 #: The QoS the recorder subscribes with; every binding's QoS is at most this.
 SUBSCRIPTION_QOS = 1
@@ -208,7 +208,7 @@ class _Allowance:
 
 
 class Contract:
-    """Checks each message an :class:`~broker.testkit.expect.Expect` records; :meth:`finish` raises on any.
+    """Checks each message an :class:`~testkit.expect.Expect` records; :meth:`finish` raises on any.
 
     Args:
         expect: the recorder (entered).

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from broker.client import BusOptions, Outgoing, Protocol
-from broker.testkit.raw import RawBus, RawMessage
 from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ContractError
@@ -38,6 +37,7 @@ from schemas.topics import (
     state_topic,
     validate_filter,
 )
+from testkit.raw import RawBus, RawMessage
 
 Predicate = Callable[[Message], bool]
 Step = str | tuple[str, Predicate | None]

@@ -6,7 +6,7 @@ agent process's CPU time. Run it once with ``--mode single`` (``wearbus agent``,
 ``--mode member`` (``wearbus agent --cluster``, Redis, ``--partitions filters``). The broker and Redis must be
 running; the agent is started and stopped here.
 
-    python deploy/cluster/measure_member.py --broker mqtt://127.0.0.1:1883 --redis redis://127.0.0.1:6379/15 \
+    python bench/cluster_member.py --broker mqtt://127.0.0.1:1883 --redis redis://127.0.0.1:6379/15 \
         --mode member --users 200 --per-device 50
 """
 
@@ -76,7 +76,7 @@ async def main() -> None:
     users = [f"m{i}" for i in range(args.users)]
     tag = secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix="wearbus-measure-"))
-    base = [sys.executable, "-m", "broker.cli", "agent", "--broker", args.broker, "--log-level", "warning"]
+    base = [sys.executable, "-m", "cli.main", "agent", "--broker", args.broker, "--log-level", "warning"]
     if args.mode == "single":
         db = work / "agent.db"
         cmd = [*base, "--db", str(db), "--instance", f"measure-{tag}"]
@@ -101,7 +101,7 @@ async def main() -> None:
     cpu = ps.cpu_times()
     proc.send_signal(signal.SIGTERM)
     await proc.wait()
-    print(  # noqa: T201
+    print(
         f"{args.mode}: {done}/{total} events in {elapsed:.1f} s = {done / elapsed:.0f}/s, agent CPU "
         f"{cpu.user + cpu.system:.1f} s ({(cpu.user + cpu.system) / max(done, 1) * 1e6:.0f} us/event); "
         f"{args.users} devices, pid {os.getpid()}"

@@ -8,7 +8,7 @@
 
 Usage (servers must be running; nothing is started or stopped here)::
 
-    python deploy/cluster/measure_state.py --redis redis://127.0.0.1:6379/15 --mqtt mqtt://127.0.0.1:1883 \
+    python bench/cluster_state.py --redis redis://127.0.0.1:6379/15 --mqtt mqtt://127.0.0.1:1883 \
         --users-per-bucket 1 16 156 --n 300
 """
 
@@ -140,9 +140,9 @@ async def main() -> None:
     args = parser.parse_args()
     for users in args.users_per_bucket:
         for url in args.redis:
-            print("\n".join(await measure_redis(url, users, args.n)))  # noqa: T201
+            print("\n".join(await measure_redis(url, users, args.n)))
         for url in args.mqtt:
-            print("\n".join(await measure_broker(url, users, max(20, args.n // 10))))  # noqa: T201
+            print("\n".join(await measure_broker(url, users, max(20, args.n // 10))))
 
 
 if __name__ == "__main__":

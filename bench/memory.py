@@ -1,6 +1,6 @@
-"""``python -m agent.memory_probe``: the agent's memory per active user, measured in one process.
+"""``python -m bench.memory``: the agent's memory per active user, measured in one process.
 
-N users' devices (the benchmark's mix, ``broker/bench/mix.py``) are fed through the real codec
+N users' devices (the benchmark's mix, ``bench/mix.py``) are fed through the real codec
 (``codec.decode``), ``Admission.check`` and ``AgentCore.handle`` (every action answered with a ``done`` ack, as
 the bench fleet does; ``tick`` after every step), interleaved across users in time order as the agent receives
 them. Each periodic stream sends the last ``--per-stream`` events of a ``--span-min`` minute stretch at its real
@@ -18,7 +18,7 @@ Every measurement runs in a child process of its own (a fresh heap, no tracemall
   of one core snapshot;
 - ``timing``: the parse cost on a hit and on a miss, and its hit ratio and mean cost at real rates for each N.
 
-Run: ``python -m agent.memory_probe --users 250 2500 [--json FILE]``.
+Run: ``python -m bench.memory --users 250 2500 [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import psutil
 
 from agent.admission import Admission
 from agent.core.engine import AgentCore
-from broker.bench import mix
+from bench import mix
 from schemas import codec
 from schemas.envelope import Message
 from schemas.topics import Kind, ack_topic, parse
@@ -302,10 +302,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def spawn(stage: str, users: int | Sequence[int], args: argparse.Namespace) -> dict[str, Any]:
     """Run one measurement in a fresh child process and return its JSON result."""
     counts = [users] if isinstance(users, int) else list(users)
-    cmd = [sys.executable, "-m", "agent.memory_probe", "--stage", stage, "--users", *map(str, counts)]
+    cmd = [sys.executable, "-m", "bench.memory", "--stage", stage, "--users", *map(str, counts)]
     cmd += ["--span-min", str(args.span_min), "--per-stream", str(args.per_stream)]
     cmd += ["--head-pose-hz", str(args.head_pose_hz), "--top", str(args.top)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)  # noqa: S603 (our own module)
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -365,8 +365,8 @@ def report(results: list[dict[str, Any]], timing: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m agent.memory_probe --users 250 2500``."""
-    p = argparse.ArgumentParser(prog="python -m agent.memory_probe", description=__doc__.splitlines()[0])
+    """Entry point: ``python -m bench.memory --users 250 2500``."""
+    p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, nargs="+", default=[250, 2500], help="users to measure (each N apart)")
     p.add_argument("--span-min", type=float, default=150.0, help="simulated minutes the streams cover")
     p.add_argument("--per-stream", type=int, default=8, help="events each periodic stream sends at most")

@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from broker.console.server import serve_console
 from broker.logs import configure_logging
 from broker.settings import Settings
+from console.server import serve_console
 from schemas.errors import WearbusError
 
 _err = Console(stderr=True)

@@ -348,7 +348,7 @@ def schema_export(out_dir: Annotated[Path, typer.Argument(help="Directory to wri
 # ---------------------------------------------------------------------------------------------- entry
 
 
-_BUILT_IN = ("broker.testkit.record:register", "broker.console.cli:register")
+_BUILT_IN = ("testkit.record:register", "console.cli:register")
 
 
 def _register_extensions() -> None:

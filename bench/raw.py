@@ -1,7 +1,7 @@
 """Raw baselines, each run as its own process: receivers (paho, ``mosquitto_sub``, our ``Bus``) and round trips.
 
-Run as ``python -m broker.bench.raw COMMAND --spec JSON``; the result is one JSON object on the last line of
-stdout. The harness (:mod:`broker.bench.harness`) starts these processes, so the client under test never shares
+Run as ``python -m bench.raw COMMAND --spec JSON``; the result is one JSON object on the last line of
+stdout. The harness (:mod:`bench.harness`) starts these processes, so the client under test never shares
 an interpreter (or a GIL) with the orchestrator.
 
 - ``paho``: a plain paho-mqtt 2.x client with its own network thread (``loop_start``), counting in ``on_message``
@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from broker.bench import mix
+from bench import mix
 from broker.client import Bus, BusOptions
 from schemas.topics import Kind
 
@@ -227,7 +227,7 @@ def echo(spec: dict[str, Any]) -> dict[str, Any]:
     client.on_message = on_message
     _connect(client, spec)
     client.subscribe("wb/v1/+/earphones/e1/cmd/probe", qos)
-    print(json.dumps({"ready": True}), flush=True)  # noqa: T201  (the harness waits for this line)
+    print(json.dumps({"ready": True}), flush=True)
     deadline = time.monotonic() + float(spec.get("max_s", 120))
     while not stop["flag"] and time.monotonic() < deadline:
         client.loop(timeout=0.05)
@@ -349,8 +349,8 @@ def _bring_online(client: paho.Client, users: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m broker.bench.raw {paho,bus,echo,rtt} --spec JSON``."""
-    parser = argparse.ArgumentParser(prog="python -m broker.bench.raw")
+    """``python -m bench.raw {paho,bus,echo,rtt} --spec JSON``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.raw")
     parser.add_argument("command", choices=("paho", "bus", "echo", "rtt"))
     parser.add_argument("--spec", required=True, help="the case as a JSON object")
     args = parser.parse_args(argv)

@@ -86,7 +86,7 @@ class MosquittoProcess:
         if binary is None:
             raise BusError(
                 "the mosquitto broker binary was not found (install it: apt-get install mosquitto); "
-                "skip such tests with broker.testkit.mosquitto.mosquitto_available()"
+                "skip such tests with testkit.mosquitto.mosquitto_available()"
             )
         self._binary = binary
         self._credentials = credentials

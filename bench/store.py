@@ -1,6 +1,6 @@
 """Micro-benchmark of the store's ingest writes: the dedup query and the commit, and the WAL they write.
 
-``python -m agent.store_bench`` stores ``--events`` events of ``--devices`` devices (ids as devices make them: a
+``python -m bench.store`` stores ``--events`` events of ``--devices`` devices (ids as devices make them: a
 prefix and a counter; publish times nearly in order) in batches of ``--batch``, through a real :class:`Store` in a
 temporary directory, a dedup query before each commit as the pump does, and prints the CPU per event and the bytes
 of WAL per event. The WAL figure does not depend on the machine's load; the CPU figure does (compare versions in
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per commit")
     args = parser.parse_args()
     cpu, wal = asyncio.run(run(args.events, args.devices, args.batch))
-    print(f"{args.events} events of {args.devices} devices in batches of {args.batch}: "  # noqa: T201
+    print(f"{args.events} events of {args.devices} devices in batches of {args.batch}: "
           f"{cpu:.1f} µs of CPU an event (dedup query and commit), {wal:,.0f} B of WAL an event")  # fmt: skip
 
 
