@@ -1,7 +1,7 @@
-"""The console's web server: static page, a Server-Sent Events stream of state deltas, and the opt-in inject endpoint.
+"""The console's web server (aiohttp): static page, a Server-Sent Events stream of state deltas, the inject endpoint.
 
-A tiny HTTP/1.1 server on :func:`asyncio.start_server` (no web framework): every response but the event stream is
-sent with ``Connection: close``. Routes:
+Served with aiohttp's web server (Home Assistant's choice too: one maintained HTTP/1.1 implementation with streaming
+responses, body limits and a graceful shutdown, instead of a hand-written parser). Routes:
 
 - ``GET /`` the page; ``GET /static/app.js`` and ``/static/style.css`` its script and style (nothing from the
   internet: the Content-Security-Policy allows only this origin);
@@ -11,6 +11,9 @@ sent with ``Connection: close``. Routes:
 - ``GET /healthz`` ``ok``;
 - ``POST /api/inject`` (only with ``allow_inject``) ``{"topic": ..., "data": {...}}``: validated like
   ``wearbus pub`` and published, or answered with ``400`` and the validation error.
+
+Every error is JSON (``{"ok": false, "error": ...}``) with its status. On a loopback address only a ``Host`` naming
+loopback is served (421 otherwise), so a page elsewhere cannot rebind its DNS name to the console.
 
 Hundreds of messages a second do not reach the page one by one: the consumer folds them into the
 :class:`~console.state.ConsoleState`, and the broadcaster sends one delta per tick. A page that cannot keep
@@ -26,11 +29,13 @@ import errno
 import ipaddress
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from aiohttp import web
 
 from broker.client import Bus, BusOptions, Rejected
 from broker.logs import get_logger
@@ -49,42 +54,23 @@ _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_REASONS = {
-    200: "OK",
-    204: "No Content",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    421: "Misdirected Request",
-    503: "Service Unavailable",
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": _CSP,
 }
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 64
 _MAX_BODY = 64 * 1024
-_REQUEST_TIMEOUT_S = 10.0
 _PING_S = 15.0
 _WRITE_TIMEOUT_S = 30.0
+_SHUTDOWN_S = 5.0
 _SUBSCRIPTION = "wb/#"
 _BUS_CLOSE_S = 3.0
 _MAX_INBOX = 20_000  # QoS 0 messages waiting for the consumer before the oldest are dropped (and counted)
 
-
-@dataclass(slots=True)
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes = b""
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True, eq=False)
@@ -119,6 +105,25 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header without its port (``[::1]:80`` -> ``[::1]``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0]
+
+
+def _json(status: int, data: Any, *, allow: str | None = None) -> web.Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    response = web.Response(status=status, text=body, content_type="application/json", charset="utf-8")
+    if allow:
+        response.headers["Allow"] = allow
+    return response
+
+
+def _error(status: int, message: str, *, allow: str | None = None) -> web.Response:
+    return _json(status, {"ok": False, "error": message}, allow=allow)
 
 
 class ConsoleServer:
@@ -174,10 +179,10 @@ class ConsoleServer:
         )
         self.bus = Bus(options)
         self._static: dict[str, tuple[bytes, str]] = {}
-        self._server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
-        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self._closing = False
+        self._closing = asyncio.Event()
         self._pages: set[_Page] = set()
         self._log = get_logger("console")
 
@@ -200,62 +205,72 @@ class ConsoleServer:
                 self._static[path] = ((STATIC_DIR / name).read_bytes(), ctype)
             except OSError as exc:
                 raise ConfigError(f"the console's page is missing from the installation ({exc})") from exc
+        await self._start_http()
         try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=_MAX_LINE)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"port {self.port} on {self.host} is already in use: choose another with --port "
-                    f"(e.g. --port {self.port + 1})"
-                ) from exc
-            raise ConfigError(f"the console cannot listen on {self.host}:{self.port}: {exc}") from exc
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        try:
-            await self.bus.__aenter__()
+            await self._stack.enter_async_context(self.bus)
             await self.bus.subscribe(_SUBSCRIPTION, 0)
+            group = await self._stack.enter_async_context(asyncio.TaskGroup())
+            self._tasks = [
+                group.create_task(self._consume(), name="console.consume"),
+                group.create_task(self._broadcast(), name="console.broadcast"),
+            ]
         except BaseException:
-            await self._close_server()
+            await self._stop_http()
+            await self._stack.aclose()
             raise
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="console.consume"),
-            asyncio.create_task(self._broadcast(), name="console.broadcast"),
-        ]
         self._log.info("console_serving", url=self.url, broker=self.bus.url.redacted(), inject=self.allow_inject)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self._stop_http()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._tasks = []
-        await self._close_server()
         try:
-            # Bounded: on Python 3.11, asyncio.wait_for (inside aiomqtt) can swallow a cancellation that arrives
-            # together with the broker's reply (bpo-42130), leaving the bus task waiting; the timeout cancels again.
-            await asyncio.wait_for(self.bus.__aexit__(exc_type, exc, tb), _BUS_CLOSE_S)
+            # The task group waits for its (cancelled) tasks, then the bus closes. Bounded: on Python 3.11,
+            # asyncio.wait_for (inside aiomqtt) can swallow a cancellation that arrives together with the broker's
+            # reply (bpo-42130), leaving the bus task waiting; the timeout cancels again.
+            async with asyncio.timeout(_BUS_CLOSE_S):
+                await self._stack.aclose()
         except TimeoutError:
             self._log.warning("console_bus_close_slow", timeout_s=_BUS_CLOSE_S)
 
-    async def _close_server(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        # Let every handler end by itself (a cancelled one would be logged by asyncio's streams as an error):
-        # closing its socket ends a pending read, and a woken event stream sees that the server is closing.
-        self._closing = True
+    async def _start_http(self) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=_MAX_BODY, handler_args=self._limits())
+        app.on_response_prepare.append(_add_security_headers)
+        app.router.add_route("*", "/api/inject", self._inject)
+        app.router.add_route("*", "/{tail:.*}", self._get)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_SHUTDOWN_S)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._stop_http()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {self.port} on {self.host} is already in use: choose another with --port "
+                    f"(e.g. --port {self.port + 1})"
+                ) from exc
+            raise ConfigError(f"the console cannot listen on {self.host}:{self.port}: {exc}") from exc
+        addresses = self._runner.addresses  # (host, port, ...) of each socket listened on
+        if addresses:
+            self.port = int(addresses[0][1])
+
+    @staticmethod
+    def _limits() -> dict[str, Any]:
+        return {"max_line_size": _MAX_LINE, "max_field_size": _MAX_LINE, "max_headers": _MAX_HEADERS}
+
+    async def _stop_http(self) -> None:
+        runner, self._runner = self._runner, None
+        # Event streams end by themselves once they see that the console is closing; then the server stops.
+        self._closing.set()
         for page in self._pages:
             page.wake.set()
-        for writer in list(self._handlers.values()):
-            writer.close()
-        handlers = list(self._handlers)
-        if handlers:
-            await asyncio.wait(handlers, timeout=5.0)
-        await server.wait_closed()
+        if runner is not None:
+            await runner.cleanup()
 
     # ------------------------------------------------------------------ the bus side
 
@@ -296,144 +311,49 @@ class ConsoleServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers[task] = writer
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Loopback Host only (on a loopback address), and every error as JSON."""
+        if _is_loopback(self.host) and not _is_loopback(_host_name(request.host)):
+            return _error(421, "this console answers only to a loopback Host")
         try:
-            try:
-                request = await asyncio.wait_for(self._read(reader), _REQUEST_TIMEOUT_S)
-            except _BadRequest as exc:
-                await self._json(writer, exc.status, {"ok": False, "error": str(exc)})
-                return
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                return
-            await self._route(request, reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the page went away
-        finally:
-            if task is not None:
-                self._handlers.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = exc.headers.get("Allow")
+            return _error(exc.status, exc.reason if exc.text is None else exc.text.strip(), allow=allow)
 
-    async def _read(self, reader: asyncio.StreamReader) -> _Request:
-        try:
-            line = await reader.readuntil(b"\r\n")
-            parts = line.decode("latin-1").strip().split(" ")
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                raise _BadRequest(400, "malformed request line")
-            method, target = parts[0], parts[1]
-            headers: dict[str, str] = {}
-            for _ in range(_MAX_HEADERS + 1):
-                raw = await reader.readuntil(b"\r\n")
-                if raw == b"\r\n":
-                    break
-                name, sep, value = raw.decode("latin-1").partition(":")
-                if not sep:
-                    raise _BadRequest(400, "malformed header")
-                headers[name.strip().lower()] = value.strip()
-            else:
-                raise _BadRequest(400, "too many headers")
-        except (asyncio.LimitOverrunError, ValueError) as exc:
-            raise _BadRequest(400, "request line or header too long") from exc
-        body = b""
-        length = headers.get("content-length", "0")
-        if not length.isdigit():
-            raise _BadRequest(400, "bad Content-Length")
-        if int(length) > _MAX_BODY:
-            raise _BadRequest(413, f"the body is larger than {_MAX_BODY} bytes")
-        if int(length):
-            body = await reader.readexactly(int(length))
-        path = target.split("?", 1)[0]
-        return _Request(method, path, headers, body)
-
-    def _host_ok(self, request: _Request) -> bool:
-        """On loopback, only a Host naming loopback is served (a page from elsewhere cannot rebind its DNS to us)."""
-        if not _is_loopback(self.host):
-            return True
-        host = request.headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return _is_loopback(name)
-
-    async def _route(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._host_ok(request):
-            await self._json(writer, 421, {"ok": False, "error": "this console answers only to a loopback Host"})
-            return
+    async def _get(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
-        if path == "/api/inject":
-            if method != "POST":
-                await self._json(writer, 405, {"ok": False, "error": "POST a JSON object here"}, allow="POST")
-                return
-            status, answer = await self._inject(request)
-            await self._json(writer, status, answer)
-            return
         if method not in {"GET", "HEAD"}:
-            await self._json(writer, 405, {"ok": False, "error": f"{method} is not allowed here"}, allow="GET")
-            return
+            return _error(405, f"{method} is not allowed here", allow="GET")
         if path in self._static:
             content, ctype = self._static[path]
-            await self._send(writer, 200, content if method == "GET" else b"", ctype, length=len(content))
-        elif path == "/events":
-            await self._events(reader, writer)
-        elif path == "/api/snapshot":
-            await self._json(writer, 200, self.snapshot())
-        elif path == "/healthz":
-            await self._send(writer, 200, b"ok\n", "text/plain; charset=utf-8")
-        elif path == "/favicon.ico":
-            await self._send(writer, 204, b"", "image/x-icon")
-        else:
-            await self._json(writer, 404, {"ok": False, "error": f"nothing at {path}"})
+            return web.Response(body=content, headers={"Content-Type": ctype})
+        if path == "/events":
+            return await self._events(request)
+        if path == "/api/snapshot":
+            return _json(200, self.snapshot())
+        if path == "/healthz":
+            return web.Response(text="ok\n", content_type="text/plain", charset="utf-8")
+        if path == "/favicon.ico":
+            return web.Response(status=204, headers={"Content-Type": "image/x-icon"})
+        return _error(404, f"nothing at {path}")
 
-    async def _send(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        body: bytes,
-        ctype: str,
-        *,
-        length: int | None = None,
-        allow: str | None = None,
-    ) -> None:
-        head = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(body) if length is None else length}",
-            "Cache-Control: no-store",
-            "X-Content-Type-Options: nosniff",
-            "Referrer-Policy: no-referrer",
-            f"Content-Security-Policy: {_CSP}",
-            "Connection: close",
-        ]
-        if allow:
-            head.append(f"Allow: {allow}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
-
-    async def _json(self, writer: asyncio.StreamWriter, status: int, data: Any, *, allow: str | None = None) -> None:
-        body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        await self._send(writer, status, body, "application/json; charset=utf-8", allow=allow)
-
-    async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _events(self, request: web.Request) -> web.StreamResponse:
         page = _Page(self.max_backlog)
-        head = (
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n"
-            "X-Accel-Buffering: no\r\nConnection: keep-alive\r\n\r\n"
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
         )
-        writer.write(head.encode() + b"retry: 1000\n\n" + sse_frame("snapshot", self.snapshot()))
-        await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
-        self._pages.add(page)
-        # A page that goes away closes its socket: the read returns, and we stop writing to it.
-        gone = asyncio.ensure_future(reader.read(1024))
+        await response.prepare(request)
         try:
-            while not gone.done() and not self._closing:
-                woken = asyncio.ensure_future(page.wake.wait())
-                try:
-                    await asyncio.wait({woken, gone}, timeout=_PING_S, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    woken.cancel()
-                if gone.done() or self._closing:
+            await self._write(response, b"retry: 1000\n\n" + sse_frame("snapshot", self.snapshot()))
+            self._pages.add(page)
+            while not self._closing.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(page.wake.wait(), _PING_S)
+                if self._closing.is_set():
                     break
                 page.wake.clear()
                 if page.resync:
@@ -443,48 +363,55 @@ class ConsoleServer:
                 else:
                     chunk = b"".join(page.frames) or b": ping\n\n"
                     page.frames.clear()
-                writer.write(chunk)
-                await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
+                await self._write(response, chunk)
+        except (ConnectionError, TimeoutError):
+            pass  # the page went away (or stopped reading)
         finally:
             self._pages.discard(page)
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await gone
+        return response
 
-    async def _inject(self, request: _Request) -> tuple[int, dict[str, Any]]:
+    @staticmethod
+    async def _write(response: web.StreamResponse, chunk: bytes) -> None:
+        await asyncio.wait_for(response.write(chunk), _WRITE_TIMEOUT_S)
+
+    async def _inject(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return _error(405, "POST a JSON object here", allow="POST")
         if not self.allow_inject:
-            return 403, {"ok": False, "error": "injection is off: start the console with --allow-inject"}
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("application/json"):
+            return _error(403, "injection is off: start the console with --allow-inject")
+        if not request.content_type.startswith("application/json"):
             # A form from another site cannot send application/json without a CORS preflight we never allow.
-            return 415, {"ok": False, "error": "send Content-Type: application/json"}
-        origin = request.headers.get("origin")
-        if origin is not None and not _is_loopback(origin.split("://", 1)[-1].rsplit(":", 1)[0]):
-            return 403, {"ok": False, "error": f"requests from {origin} are not accepted"}
+            return _error(415, "send Content-Type: application/json")
+        origin = request.headers.get("Origin")
+        if origin is not None and not _is_loopback(_host_name(origin.split("://", 1)[-1])):
+            return _error(403, f"requests from {origin} are not accepted")
         try:
-            obj = json.loads(request.body)
+            obj = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError) as exc:
-            return 400, {"ok": False, "error": f"the request is not valid JSON: {exc}"}
+            return _error(400, f"the request is not valid JSON: {exc}")
         if not isinstance(obj, dict):
-            return 400, {"ok": False, "error": 'send {"topic": "...", "data": {...}}'}
+            return _error(400, 'send {"topic": "...", "data": {...}}')
         topic = obj.get("topic")
         try:
             message, qos = build_injection(
                 topic if isinstance(topic, str) else "", obj.get("data"), ts=self._clock(), msg_id=new_id()
             )
         except ContractError as exc:
-            return 400, {"ok": False, "error": f"invalid: {exc}", "field": exc.field, "reason": exc.reason}
+            return _json(400, {"ok": False, "error": f"invalid: {exc}", "field": exc.field, "reason": exc.reason})
         try:
             await self.bus.publish(message.topic, message.envelope, qos=qos, wait=qos > 0)
         except (BusConnectionError, PublishError) as exc:
-            return 503, {"ok": False, "error": f"not published: {exc}"}
+            return _error(503, f"not published: {exc}")
         self._log.info("console_injected", topic=message.topic, id=message.envelope.id)
-        return 200, {
-            "ok": True,
-            "topic": message.topic,
-            "id": message.envelope.id,
-            "type": getattr(message.data, "type", ""),
-        }
+        return _json(
+            200,
+            {"ok": True, "topic": message.topic, "id": message.envelope.id, "type": getattr(message.data, "type", "")},
+        )
+
+
+async def _add_security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 async def serve_console(
