@@ -6,7 +6,7 @@ agent process's CPU time. Run it once with ``--mode single`` (``wearbus agent``,
 ``--mode member`` (``wearbus agent --cluster``, Redis, ``--partitions filters``). The broker and Redis must be
 running; the agent is started and stopped here.
 
-    python bench/cluster_member.py --broker mqtt://127.0.0.1:1883 --redis redis://127.0.0.1:6379/15 \
+    python -m bench.cluster_member --broker mqtt://127.0.0.1:1883 --redis redis://127.0.0.1:6379/15 \
         --mode member --users 200 --per-device 50
 """
 

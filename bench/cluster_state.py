@@ -8,7 +8,7 @@
 
 Usage (servers must be running; nothing is started or stopped here)::
 
-    python bench/cluster_state.py --redis redis://127.0.0.1:6379/15 --mqtt mqtt://127.0.0.1:1883 \
+    python -m bench.cluster_state --redis redis://127.0.0.1:6379/15 --mqtt mqtt://127.0.0.1:1883 \
         --users-per-bucket 1 16 156 --n 300
 """
 
