@@ -19,7 +19,8 @@ from rich.console import Console
 from broker.logs import configure_logging
 from broker.settings import Settings
 from devices.fleet import Spec, build_fleet, run
-from devices.scenario import BUILTIN, Scenario, load
+from devices.scenario import load
+from devices.scenario_spec import BUILTIN, Scenario
 from devices.sdk import DeviceConfig
 from schemas.clock import SimClock
 from schemas.errors import ConfigError, TopicError, WearbusError

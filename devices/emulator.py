@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Literal, TypeVar
 
-from devices.scenario import PERSON, Change, Plan, ProfileSpec, Respond, Scenario, Step, format_offset
+from devices.scenario_plan import Change, Plan
+from devices.scenario_spec import PERSON, ProfileSpec, Respond, Scenario, Step, format_offset
 from devices.sdk import Device, DeviceConfig
 from schemas.clock import Clock
 from schemas.envelope import Envelope
@@ -104,7 +105,7 @@ class Emulator(Device):
         self.seed = seed
         self.forever = forever
         self.rng = seeded(seed, "emulator", self.ident.client_id)
-        self.plan = scenario.plan() if scenario is not None else Plan.idle()
+        self.plan = Plan.of(scenario) if scenario is not None else Plan.idle()
         self.end_ms = self.t0 + scenario.duration_ms if scenario is not None else None
         self.finished = asyncio.Event()
         #: The latest bodies emitted, oldest first (for tests and the status line).

@@ -23,7 +23,7 @@ from devices.models import (
     TaskSim,
     WebhookChaos,
 )
-from devices.scenario import CalendarSpec, PhoneSpec, PlaceSpec, Step
+from devices.scenario_spec import CalendarSpec, PhoneSpec, PlaceSpec, Step
 from devices.sdk import ActionRejected, on_action
 from schemas.actions import MediaControl, Notify, Prompt, TaskCancel, TaskConfirm, TaskStart
 from schemas.envelope import Envelope

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from devices.models import Skill, is_valid_sequence
 from devices.phone import PhoneEmulator, sim_slots
-from devices.scenario import PlaceSpec, parse
+from devices.scenario import parse
+from devices.scenario_spec import PlaceSpec
 from devices.sdk import ActionRejected
 from schemas.actions import Notify, Prompt, TaskCancel, TaskConfirm, TaskStart
 from schemas.clock import ManualClock
