@@ -39,12 +39,12 @@ from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, Tic
 from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from broker.url import BrokerUrl
-from schemas import codec
+from schemas import codec, topics
 from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
-from schemas.topics import Channel, agent_state_topic
+from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 PARTITION_ROOT = "wbp"
 DEFAULT_BUCKETS = 64
@@ -105,7 +105,7 @@ def user_filters(users: Iterable[str]) -> tuple[str, ...]:
     """Per-user filters (events, acks, device states) for a broker without partition mapping."""
     out: list[str] = []
     for user in sorted(users):
-        out += [f"wb/v1/{user}/+/+/evt/#", f"wb/v1/{user}/+/+/ack", f"wb/v1/{user}/+/+/state"]
+        out += topics.user_filters(user)
     return tuple(out)
 
 
@@ -791,7 +791,7 @@ class ClusterMember:
         )
         self._bus = PartitionBus(options, urls=s.nodes)
         await self._bus.__aenter__()
-        await self._bus.subscribe("wb/v1/_agent/+/state", 1)
+        await self._bus.subscribe(AGENT_STATES, 1)
         self._loops = [
             asyncio.create_task(self._control(), name=f"cluster[{s.instance}].control"),
             asyncio.create_task(self._heartbeat(), name=f"cluster[{s.instance}].heartbeat"),

@@ -51,6 +51,7 @@ from schemas.envelope import Envelope, Message, envelope_of, make, new_id, now_m
 from schemas.errors import BusConnectionError, ContractError, PublishError, ValidationFailed
 from schemas.events import Utterance
 from schemas.topics import (
+    AGENT_FILTERS,
     Channel,
     DeviceId,
     Kind,
@@ -63,7 +64,6 @@ from schemas.topics import (
 )
 
 VERSION = "0.1.0"
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
 
 
 def wall_ms() -> int:

@@ -40,7 +40,7 @@ from bench.harness import BrokerHandle, FleetGroup, Row
 from bench.wire import WireClient
 from schemas import codec
 from schemas.errors import BusError, WearbusError
-from schemas.topics import Kind, parse
+from schemas.topics import DLQ_FILTER, Kind, agent_state_topic, parse
 
 SCHEMA_VERSION = 1
 #: The sections ``--only`` can choose.
@@ -139,7 +139,7 @@ class AgentProcess:
             argv += ["--username", self.broker.agent_username, "--password", self.broker.agent_password or ""]
         self.proc = await hx.spawn(argv, self.log)
         if wait_online:
-            topic = f"wb/v1/_agent/{self.instance}/state"
+            topic = agent_state_topic(self.instance)
             ok = await hx.wait_retained(self.broker, topic, {"online": True}, timeout)
             if not ok or self.proc.returncode is not None:
                 raise BusError(f"the agent did not come online within {timeout:g} s; see {self.log}")
@@ -187,7 +187,7 @@ class DlqWatch:
         self._client = await WireClient.open(broker.host, broker.port, f"bench-dlq-{os.getpid()}",
                                              on_message=on_message, username=broker.username,
                                              password=broker.password)  # fmt: skip
-        await self._client.subscribe([("wb/v1/_dlq/#", 1)])
+        await self._client.subscribe([(DLQ_FILTER, 1)])
 
     def close(self) -> None:
         """Disconnect."""

@@ -30,6 +30,7 @@ from broker.client import Bus, BusOptions, Outgoing
 from schemas import codec
 from schemas.envelope import make, now_ms
 from schemas.events import HeartRate
+from schemas.topics import DeviceId, Kind, dlq_topic, event_topic
 
 
 async def backlog(broker: str, users: list[str], per_device: int) -> int:
@@ -39,9 +40,11 @@ async def backlog(broker: str, users: list[str], per_device: int) -> int:
         for seq in range(1, per_device + 1):
             for user in users:
                 env = make(HeartRate(bpm=60 + seq % 30), ts=now_ms(), seq=seq)
-                await bus.publish_raw(Outgoing(f"wb/v1/{user}/ring/r1/evt/sensor/hr", codec.encode(env), 1))
+                await bus.publish_raw(
+                    Outgoing(event_topic(DeviceId(user, Kind.RING, "r1"), "sensor", "hr"), codec.encode(env), 1)
+                )
                 n += 1
-        await bus.publish_raw(Outgoing("wb/v1/_dlq/measure-flush", b"{}", 1), wait=True)
+        await bus.publish_raw(Outgoing(dlq_topic("measure-flush"), b"{}", 1), wait=True)
     return n
 
 

@@ -33,7 +33,7 @@ from schemas import codec
 from schemas.actions import DeviceState
 from schemas.envelope import make
 from schemas.events import HeartRate, Utterance
-from schemas.topics import Kind
+from schemas.topics import DeviceId, Kind, agent_state_topic, event_topic, state_topic
 
 
 def user_state(n_users: int) -> dict[str, Any]:
@@ -44,14 +44,21 @@ def user_state(n_users: int) -> dict[str, Any]:
         user = f"user-{u}"
         for kind, dev in (("glasses", "g1"), ("ring", "r1"), ("earphones", "e1")):
             env = make(DeviceState(online=True, kind=Kind(kind)), ts=t)
-            topic = f"wb/v1/{user}/{kind}/{dev}/state"
+            topic = state_topic(DeviceId(user, Kind(kind), dev))
             core.handle(codec.decode(topic, codec.encode(env), qos=1), t)
         for i in range(20):
             t += 500
             hr = make(HeartRate(bpm=60 + i), ts=t)
-            core.handle(codec.decode(f"wb/v1/{user}/ring/r1/evt/sensor/hr", codec.encode(hr), qos=1), t)
+            core.handle(
+                codec.decode(event_topic(DeviceId(user, Kind.RING, "r1"), "sensor", "hr"), codec.encode(hr), qos=1), t
+            )
         said = make(Utterance(text="what time is it"), ts=t)
-        core.handle(codec.decode(f"wb/v1/{user}/earphones/e1/evt/voice/utterance", codec.encode(said), qos=1), t)
+        core.handle(
+            codec.decode(
+                event_topic(DeviceId(user, Kind.EARPHONES, "e1"), "voice", "utterance"), codec.encode(said), qos=1
+            ),
+            t,
+        )
     return core.export_state()
 
 
@@ -108,7 +115,7 @@ async def measure_redis(url: str, users: int, n: int) -> list[str]:
 async def measure_broker(url: str, users: int, n: int) -> list[str]:
     """The whole bucket state as one retained QoS 1 message per batch, and reading it back."""
     state = json.dumps(user_state(users)).encode()
-    topic = f"wb/v1/_agent/m{secrets.token_hex(3)}/state"  # a dot-free topic every broker accepts
+    topic = agent_state_topic(f"m{secrets.token_hex(3)}")  # a dot-free topic every broker accepts
     writes: list[float] = []
     async with Bus(BusOptions(url=url, protocol="3.1.1", name="measure")) as bus:
         for _ in range(n):

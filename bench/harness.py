@@ -35,6 +35,7 @@ from bench.wire import WireClient
 from broker.embedded import free_port
 from broker.url import BrokerUrl
 from schemas.errors import BusConnectionError, BusError, ConfigError
+from schemas.topics import AGENT_FILTERS
 from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 PY = sys.executable
@@ -53,7 +54,6 @@ BENCH_MOSQUITTO_LINES = (
 )
 
 #: Filters every receiver subscribes to: what the agent subscribes to.
-AGENT_FILTERS = ("wb/v1/+/+/+/evt/#", "wb/v1/+/+/+/ack", "wb/v1/+/+/+/state")
 
 #: ``wearbus broker`` itself (its typer group), started without the CLI's other extensions.
 EMBEDDED_COMMAND = (PY, "-c", "from cli.main import broker_app; broker_app(prog_name='wearbus broker')")

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from schemas.events import EVENT_QOS
-from schemas.topics import EventClass, Kind
+from schemas.topics import DeviceId, EventClass, Kind
 
 DEVICE_IDS: dict[Kind, str] = {Kind.GLASSES: "g1", Kind.RING: "r1", Kind.EARPHONES: "e1", Kind.PHONE: "p1"}
 
@@ -197,7 +197,7 @@ def user_name(index: int, prefix: str = "u") -> str:
 
 def device_prefix(user: str, kind: Kind) -> str:
     """``wb/v1/{user}/{kind}/{device}`` of a user's device."""
-    return f"wb/v1/{user}/{kind.value}/{DEVICE_IDS[kind]}"
+    return DeviceId(user, kind, DEVICE_IDS[kind]).prefix
 
 
 def topic_of(user: str, stream: Stream) -> str:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from agent.store import EventRow, Store
+from schemas.topics import DeviceId, Kind, event_topic
 
 PAYLOAD = b"\x80" * 120  # about a sensor event's msgpack envelope
 
@@ -33,7 +34,7 @@ def events(n: int, devices: int, seed: int = 1) -> list[EventRow]:
         counters[d] += 1
         ts = start + 2 * i + rng.randrange(-3000, 3000)
         user = f"u{d // 4}"
-        topic = f"wb/v1/{user}/ring/r1/evt/sensor/hr"
+        topic = event_topic(DeviceId(user, Kind.RING, "r1"), "sensor", "hr")
         eid = f"{prefixes[d]}-{counters[d]:x}"
         rows.append(EventRow(eid, topic, user, "ring", "r1", "evt", "ring.hr", ts, None, counters[d], None, ts, ts, 1,
                              False, PAYLOAD))  # fmt: skip

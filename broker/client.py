@@ -49,7 +49,7 @@ from broker.url import BrokerUrl
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, PublishError
-from schemas.topics import dlq_topic, validate_filter
+from schemas.topics import DLQ_PREFIX, dlq_topic, validate_filter
 
 Protocol = Literal["auto", "5", "3.1.1"]
 Transport = Literal["auto", "native", "paho"]
@@ -532,7 +532,7 @@ class Bus:
         rejected = Rejected(topic, payload, exc)
         for handler in self.options.on_reject:
             handler(rejected)
-        if self.options.dlq and not topic.startswith("wb/v1/_dlq/"):
+        if self.options.dlq and not topic.startswith(DLQ_PREFIX):
             letter = codec.dead_letter(topic, payload, exc, seen_by=self.options.name)
             raw = codec.encode(make(letter, ts=now_ms()))
             self._publish_nowait(dlq_topic(exc.reason), raw, 1, False)

@@ -36,7 +36,7 @@ from schemas.clock import Clock, WallClock
 from schemas.envelope import Envelope, Message, make
 from schemas.errors import BusConnectionError, DeviceError, PublishError
 from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
-from schemas.topics import Channel, DeviceId, Kind, ack_topic, event_topic, state_topic
+from schemas.topics import AGENT_STATES, Channel, DeviceId, Kind, ack_topic, event_topic, state_topic
 
 A = TypeVar("A", bound=Body)
 Handler = Callable[[Any, Any, Envelope[Any]], Awaitable[str | None]]
@@ -188,7 +188,7 @@ class Device:
         self._bus = Bus(options)
         await self._bus.__aenter__()
         await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
-        await self._bus.subscribe("wb/v1/_agent/+/state", 1)
+        await self._bus.subscribe(AGENT_STATES, 1)
         self._tasks = [
             asyncio.create_task(self._receive(), name=f"device[{cid}].receive"),
             asyncio.create_task(self._flush(), name=f"device[{cid}].outbox"),

@@ -170,7 +170,22 @@ def agent_state_topic(instance: str) -> str:
 
 def dlq_topic(reason: str) -> str:
     """``wb/v1/_dlq/{reason}``."""
-    return f"{ROOT}/_dlq/{reason}"
+    return f"{DLQ_PREFIX}{reason}"
+
+
+def user_filters(user: str = "+") -> tuple[str, str, str]:
+    """What the agent reads of a user (``+``: of every user): their devices' events, acks and states."""
+    base = f"{ROOT}/{user if user == '+' else check_name(user, 'user')}/+/+"
+    return (f"{base}/evt/#", f"{base}/ack", f"{base}/state")
+
+
+#: What one agent instance reads: every user's events, acks and device states.
+AGENT_FILTERS = user_filters()
+#: Every agent instance's retained state (devices hold their events while no agent is online).
+AGENT_STATES = f"{ROOT}/_agent/+/state"
+#: The dead-letter topics: the prefix of each, and the filter that reads them all.
+DLQ_PREFIX = f"{ROOT}/_dlq/"
+DLQ_FILTER = f"{DLQ_PREFIX}#"
 
 
 #: Topics whose parse is cached. A user's devices publish on ~23 topics, but at real rates ~98 % of messages are on

@@ -34,7 +34,7 @@ from schemas import codec
 from schemas.actions import DeadLetter
 from schemas.errors import BusError, ContractError
 from schemas.export import asyncapi
-from schemas.topics import matches, validate_filter
+from schemas.topics import DLQ_PREFIX, matches, validate_filter
 from testkit.expect import Expect, Seen, fresh_id
 from testkit.raw import RawBus, RawMessage
 
@@ -307,7 +307,7 @@ class Contract:
             reason = v.rule.removeprefix("codec/")
             return any(
                 isinstance(m.data, DeadLetter) and m.data.topic == v.topic and m.data.reason == reason
-                for m in self.expect.seen("wb/v1/_dlq/+")
+                for m in self.expect.seen(DLQ_PREFIX + "+")
             )
 
         def all_routed() -> bool | None:
