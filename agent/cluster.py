@@ -34,8 +34,9 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from agent.core.api import TaskRecord
 from agent.runtime import AgentRuntime, AgentSettings, AgentStats
-from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
+from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TickRow
 from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from broker.url import BrokerUrl
@@ -451,7 +452,7 @@ class RedisBucketStore(Store):
         self,
         events: Sequence[EventRow],
         actions: Sequence[ActionRow],
-        tasks: Sequence[TaskRow],
+        tasks: Sequence[TaskRecord],
         alerts: Sequence[tuple[str, str, str, int]],
         ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
@@ -602,12 +603,12 @@ class RedisBucketStore(Store):
             with contextlib.suppress(RedisError):
                 await self.redis.hset(self.k_ctx, mapping=mapping)
 
-    async def tasks(self) -> list[TaskRow]:
+    async def tasks(self) -> list[TaskRecord]:
         """The bucket's tasks, oldest first."""
         out = []
         for task_id, raw in (await self.redis.hgetall(self.k_tasks)).items():
             r = json.loads(raw)
-            out.append(TaskRow(_s(task_id), r[0], r[1], r[2], r[3], int(r[4]), tuple(r[5]), tuple(r[6]), r[7],
+            out.append(TaskRecord(_s(task_id), r[0], r[1], r[2], r[3], int(r[4]), tuple(r[5]), tuple(r[6]), r[7],
                                int(r[8]), int(r[9])))  # fmt: skip
         return sorted(out, key=lambda t: (t.created_ms, t.task_id))
 

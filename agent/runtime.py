@@ -41,7 +41,7 @@ from agent.core.engine import AgentCore
 from agent.core.intents import Intent, Skill, Unknown
 from agent.core.intents import parse as parse_text
 from agent.llm import ChatResolver
-from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
+from agent.store import ActionRow, EventRow, Mark, Store, TickRow
 from broker.client import Bus, BusOptions, Outgoing
 from broker.logs import get_logger
 from schemas import codec
@@ -472,9 +472,7 @@ class AgentRuntime:
                     acks.append((ack.action_id, ack.status, ack.detail, now))
         created = wall_ms()
         actions = [self._action_row(cmd, now, created) for cmd in outcome.commands]
-        tasks = [TaskRow(t.task_id, t.user, t.skill, t.state, dict(t.slots), t.rounds, tuple(t.slots_autofilled),
-                         tuple(t.slots_asked), t.confirm_modality, t.created_ms, t.updated_ms)
-                 for t in outcome.tasks]  # fmt: skip
+        tasks = outcome.tasks  # the core's records, copied when they were made
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
         await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
         try:

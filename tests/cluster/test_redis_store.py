@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.store import ActionRow, EventRow, TaskRow, TickRow
+from agent.core.api import TaskRecord
+from agent.store import ActionRow, EventRow, TickRow
 from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
 
 
@@ -110,7 +111,7 @@ async def test_outbox_keeps_creation_order_and_tasks_round_trip(redis: Any) -> N
     a = store(redis, "c-a1", cluster="o" + secrets.token_hex(2))
     await a.claim(set())
     ids = [f"x{i}" for i in range(12)]
-    task = TaskRow("t1", "alice", "order_food", "asking", {"dish": "noodles"}, 1, ("place",), ("dish",), None, 5, 6)
+    task = TaskRecord("t1", "alice", "order_food", "asking", {"dish": "noodles"}, 1, ("place",), ("dish",), None, 5, 6)
     await a.commit_batch([], [action(i, "e1") for i in ids], [task], [])
     assert [row[0] for row in await a.unpublished()] == ids
     assert await a.tasks() == [task]

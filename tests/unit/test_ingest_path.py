@@ -17,8 +17,9 @@ import pytest
 
 import agent.runtime as runtime_module
 import agent.store as store_module
+from agent.core.api import TaskRecord
 from agent.runtime import AgentRuntime, AgentSettings, _event_row
-from agent.store import ActionRow, EventRow, Store, TaskRow
+from agent.store import ActionRow, EventRow, Store
 from bench import mix
 from broker.client import BusStats, Outgoing
 from schemas import codec
@@ -300,7 +301,7 @@ async def test_writes_have_their_own_connection_and_a_failed_batch_leaves_nothin
         assert not store.writer.in_transaction
         action = ActionRow("a1", "wb/v1/a/glasses/g/cmd/display.card", "a", "glasses", "g", "display.card", "e2",
                            "skill", 1, 2, b"\x80")  # fmt: skip
-        broken = TaskRow("t1", None, "order_food", "asking", {}, 1, (), (), None, 1, 2)  # type: ignore[arg-type]
+        broken = TaskRecord("t1", None, "order_food", "asking", {}, 1, (), (), None, 1, 2)  # type: ignore[arg-type]
         with pytest.raises(StoreError, match="a batch of 1 events"):
             await store.commit_batch([event(2)], [action], [broken], [])
         assert not store.writer.in_transaction

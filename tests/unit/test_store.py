@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.api import TaskRecord
 from agent.core.engine import AgentCore
-from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
+from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TickRow
 from bench import mix
 from schemas import codec
 from schemas.errors import StoreError
@@ -91,7 +92,7 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
     async with Store(tmp_path / "a.db") as store:
-        task = TaskRow("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
+        task = TaskRecord("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
                        None, 1, 2)  # fmt: skip
         await store.commit_batch([event(1), event(2)], [action(1)], [task], [("low_spo2", "a", "re-measure", 5)])
         await store.commit_batch([event(2), event(3)], [], [], [])  # e2 again: ignored
@@ -102,7 +103,7 @@ async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
         assert await store.unpublished() == []
         await store.mark_acks([("a1", "done", "shown", 5000)])
         assert await store.rows("SELECT status, detail FROM actions") == [("done", "shown")]
-        done = TaskRow("t1", "a", "order_food", "committed", {"dish": "noodles"}, 2, ("address",), (), "ring", 1, 9)
+        done = TaskRecord("t1", "a", "order_food", "committed", {"dish": "noodles"}, 2, ("address",), (), "ring", 1, 9)
         await store.commit_batch([], [], [done], [])
         [t] = await store.tasks()
         assert (t.state, t.rounds, t.confirm_modality) == ("committed", 2, "ring")
