@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from devices.models import PLACES, Activity, Route, TravelMode, haversine_m
-from devices.scenario_spec import PLACE_RADIUS_M, PlaceSpec, Scenario
+from devices.scenario_spec import PLACE_RADIUS_M, Scenario
+from schemas.geo import Place
 
 # --------------------------------------------------------------------------- the plan: activity and position over time
 
@@ -86,9 +87,7 @@ class Fix:
 class Plan:
     """The person over time, derived from the scenario's ``activity`` and ``go`` steps (pure, offsets in ms)."""
 
-    def __init__(
-        self, start: PlaceSpec, changes: Sequence[Change], legs: Sequence[Leg], known: Sequence[PlaceSpec]
-    ) -> None:
+    def __init__(self, start: Place, changes: Sequence[Change], legs: Sequence[Leg], known: Sequence[Place]) -> None:
         self.start = start
         self.changes = tuple(changes)
         self.legs = tuple(legs)
@@ -97,10 +96,10 @@ class Plan:
         self._leg_times = [leg.route.start_ms for leg in self.legs]
 
     @classmethod
-    def idle(cls, activity: Activity = Activity.RESTING, place: PlaceSpec | None = None) -> Plan:
+    def idle(cls, activity: Activity = Activity.RESTING, place: Place | None = None) -> Plan:
         """A person who stays put doing ``activity`` (for a device run without a scenario)."""
         home = PLACES["home"]
-        start = place or PlaceSpec(name="home", lat=home.lat, lon=home.lon)
+        start = place or Place(name="home", lat=home.lat, lon=home.lon)
         return cls(start, [Change(0, activity, MOTION[activity])], [], [start])
 
     @classmethod

@@ -24,6 +24,8 @@ from devices.models.physiology import (
     SPO2_RANGE,
 )
 from schemas.errors import ConfigError, TopicError
+from schemas.geo import Place
+from schemas.profile import UserProfile
 from schemas.topics import Kind, check_name
 
 #: Scenarios shipped with the package, by name (``--scenario day_in_the_life``).
@@ -78,43 +80,6 @@ def guess_lang(text: str) -> str:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class PlaceSpec(_Model):
-    """A named place (WGS-84)."""
-
-    name: str = Field(min_length=1, max_length=64)
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    address: str = ""
-
-
-class UsualOrderSpec(_Model):
-    """What the user usually orders."""
-
-    dish: str = Field(min_length=1, max_length=64)
-    restaurant: str = ""
-    qty: int = Field(default=1, ge=1, le=20)
-    notes: str = ""
-
-
-BaselineName = Literal["rhr_bpm", "hrv_ms", "skin_temp_c", "resp_brpm"]
-
-
-class ProfileSpec(_Model):
-    """What the agent knows about the user before it learns anything (mirrors ``agent.core.config.UserProfile``)."""
-
-    lang: Literal["en", "zh"] = "en"
-    tz_offset_min: int = Field(default=0, ge=-720, le=840)
-    home: PlaceSpec | None = None
-    office: PlaceSpec | None = None
-    places: list[PlaceSpec] = Field(default_factory=list, max_length=50)
-    usual_order: UsualOrderSpec | None = None
-    ride_product: str = "standard"
-    music_app: str = ""
-    scripts: dict[str, str] = Field(default_factory=dict)
-    baselines: dict[BaselineName, float] = Field(default_factory=dict)
-    muted_rules: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the person and the devices
@@ -513,7 +478,7 @@ class Scenario(_Model):
     start: str | None = None
     duration: Offset = Field(gt=0)
     seed: int = 0
-    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    profile: UserProfile = Field(default_factory=UserProfile)
     person: PersonSpec = Field(default_factory=PersonSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     calendar: list[CalendarSpec] = Field(default_factory=list, max_length=50)
@@ -554,11 +519,11 @@ class Scenario(_Model):
         """The profile as plain data, shaped like ``agent.core.config.UserProfile`` (for the agent to read)."""
         return self.profile.model_dump(mode="json")
 
-    def places(self) -> dict[str, PlaceSpec]:
+    def places(self) -> dict[str, Place]:
         """Every place a step may name, by lower-case name: profile places, home, office, then the built-in ones."""
-        out: dict[str, PlaceSpec] = {}
+        out: dict[str, Place] = {}
         for key, builtin in PLACES.items():
-            out[key] = PlaceSpec(name=key, lat=builtin.lat, lon=builtin.lon, address=builtin.label)
+            out[key] = Place(name=key, lat=builtin.lat, lon=builtin.lon, address=builtin.label)
             if builtin.label:
                 out[builtin.label.lower()] = out[key]
         if self.profile.home is not None:
@@ -569,7 +534,7 @@ class Scenario(_Model):
             out[p.name.lower()] = p
         return out
 
-    def resolve(self, ref: PlaceRef) -> PlaceSpec:
+    def resolve(self, ref: PlaceRef) -> Place:
         """A place reference (a name or ``[lat, lon]``) as a place.
 
         Raises:
@@ -578,7 +543,7 @@ class Scenario(_Model):
         if isinstance(ref, tuple):
             lat, lon = ref
             try:
-                return PlaceSpec(name=f"{lat:.5f},{lon:.5f}", lat=lat, lon=lon)
+                return Place(name=f"{lat:.5f},{lon:.5f}", lat=lat, lon=lon)
             except ValidationError as exc:
                 raise ConfigError(f"not a WGS-84 point: {list(ref)}") from exc
         found = self.places().get(ref.strip().lower())

@@ -211,7 +211,7 @@ def test_the_profile_is_plain_data_shaped_like_the_agents_user_profile() -> None
         "baselines",
         "muted_rules",
     }
-    assert profile["home"] == {"name": "home", "lat": 30.2745, "lon": 120.139, "address": "黄龙 家"}
+    assert profile["home"] == {"name": "home", "lat": 30.2745, "lon": 120.139, "address": "黄龙 家", "label": ""}
     assert profile["usual_order"]["dish"] == "牛肉面"
     assert set(profile["baselines"]) == {"rhr_bpm", "hrv_ms", "skin_temp_c", "resp_brpm"}
 
