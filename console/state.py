@@ -27,7 +27,7 @@ from typing import Any
 from schemas import actions as act
 from schemas import codec
 from schemas import events as ev
-from schemas.display import LINE_UNITS, LINES_PER_SCREEN, char_units, text_units, wrap
+from schemas.display import LINE_UNITS, LINES_PER_SCREEN, clip_line, wrap
 from schemas.envelope import Message
 from schemas.errors import ContractError, TopicError, ValidationFailed
 from schemas.topics import Channel, EventClass, Kind
@@ -106,21 +106,6 @@ class Limits:
 
 
 # --------------------------------------------------------------------------------------------- display mirror
-
-
-def clip_line(text: str, units: int = LINE_UNITS) -> str:
-    """Cut one line to ``units`` display units, ending in an ellipsis when cut."""
-    text = text.replace("\n", " ")
-    if text_units(text) <= units:
-        return text
-    budget = units - char_units("…")
-    out, used = [], 0
-    for ch in text:
-        used += char_units(ch)
-        if used > budget:
-            break
-        out.append(ch)
-    return "".join(out) + "…"
 
 
 def screen_lines(text: str, max_lines: int = LINES_PER_SCREEN) -> tuple[list[str], bool]:
