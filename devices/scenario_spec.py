@@ -15,14 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from devices.models import PLACES, Activity, OverrideKind, PersonalBaseline
-from devices.models.physiology import (
-    HR_OFFSET_RANGE,
-    HR_RANGE,
-    HRV_RANGE,
-    RESP_RANGE,
-    SKIN_TEMP_OFFSET_RANGE,
-    SPO2_RANGE,
-)
+from devices.models.physiology import OVERRIDE_RANGES
 from schemas.errors import ConfigError, TopicError
 from schemas.geo import Place
 from schemas.profile import UserProfile
@@ -202,14 +195,6 @@ TOUCHES = {
     ),
     Kind.EARPHONES: frozenset({"tap", "double_tap", "triple_tap", "press", "long_press", "swipe_up", "swipe_down"}),
 }
-_FORCE_RANGES: Mapping[OverrideKind, tuple[float, float]] = {
-    OverrideKind.HR: HR_RANGE,
-    OverrideKind.HR_OFFSET: HR_OFFSET_RANGE,
-    OverrideKind.HRV: HRV_RANGE,
-    OverrideKind.SPO2: SPO2_RANGE,
-    OverrideKind.RESP: RESP_RANGE,
-    OverrideKind.SKIN_TEMP_OFFSET: SKIN_TEMP_OFFSET_RANGE,
-}
 
 
 class Go(_Model):
@@ -239,7 +224,7 @@ class Force(_Model):
         if len(given) != 1:
             raise ValueError(f"force exactly one of {', '.join(k.value for k in OverrideKind)} (got {len(given)})")
         kind, value = given[0], getattr(self, given[0].value)
-        lo, hi = _FORCE_RANGES[kind]
+        lo, hi = OVERRIDE_RANGES[kind]
         if not lo <= value <= hi:
             raise ValueError(f"{kind.value} must be within {lo}..{hi}, got {value}")
         return self

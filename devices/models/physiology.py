@@ -72,7 +72,8 @@ class OverrideKind(StrEnum):
     SKIN_TEMP_OFFSET = "skin_temp_offset"
 
 
-_OVERRIDE_RANGES: Mapping[OverrideKind, tuple[float, float]] = MappingProxyType(
+#: What a scenario may force each kind to (or add to it, for the offsets): the model's documented ranges.
+OVERRIDE_RANGES: Mapping[OverrideKind, tuple[float, float]] = MappingProxyType(
     {
         OverrideKind.HR: HR_RANGE,
         OverrideKind.HR_OFFSET: HR_OFFSET_RANGE,
@@ -441,7 +442,7 @@ class Physiology:
         Raises:
             ConfigError: the value is outside the documented range for ``kind``, or the window is empty.
         """
-        lo, hi = _OVERRIDE_RANGES[kind]
+        lo, hi = OVERRIDE_RANGES[kind]
         if not lo <= value <= hi:
             raise ConfigError(f"override {kind} must be within {lo}..{hi}, got {value}")
         start = self._t if from_ms is None else from_ms
