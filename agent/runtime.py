@@ -395,7 +395,7 @@ class AgentRuntime:
         return [TickRow(at, tuple(sorted(changed)))] if changed else []
 
     async def _process(self, batch: list[Message], turn: _Turn | None = None) -> None:
-        """One pump turn's work: the batch and the next slice of timers, each stored, then published, then acked.
+        """One pump turn's work: the batch and the next slice of timers, each published, then stored, then acked.
 
         Somebody waiting for an answer goes first: their messages are checked, stored and answered in a transaction
         of their own, before the timers' slice and the rest of the batch (which follow in a second one, the ticks
@@ -446,9 +446,8 @@ class AgentRuntime:
         return fresh
 
     async def _settle(self, fresh: list[Message], outcome: Outcome, ticks: list[TickRow]) -> None:
-        """Handle new messages, store them with what they caused in one transaction, then publish the actions."""
+        """Handle new messages, publish the actions they caused, then store both in one transaction."""
         store = self.store
-        bus = self.bus
         stats = self.stats
         now = self.clock.now_ms()
         received = wall_ms()
@@ -474,27 +473,25 @@ class AgentRuntime:
         actions = [self._action_row(cmd, now, created) for cmd in outcome.commands]
         tasks = outcome.tasks  # the core's records, copied when they were made
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
-        await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
+        # Published before they are stored: the answer does not wait for the commit. Action ids are deterministic
+        # (the causing event's id and the action's place in the outcome) and devices ignore an id they carried out,
+        # and the events that caused them are acknowledged only after the commit (in _process): a crash between the
+        # publish and the commit redelivers the events, the core makes the same actions with the same ids, and a
+        # device absorbs the repeat. Nothing acknowledged is lost; nothing is carried out twice.
+        unsent: BusConnectionError | PublishError | None = None
         try:
-            # Published as soon as they are stored, and without waiting: behind a deep backlog the PUBACK queues
-            # behind everything the broker has already sent us, and a pump waiting for it would stall. Actions are
-            # stored, so one that never got its PUBACK is published again after a reconnect or a restart (devices
-            # ignore a repeated action id).
-            for action in actions:
-                out = Outgoing(action.topic, action.payload, 1)
-                try:
-                    fut = bus.publish_future(out)
-                except PublishError:
-                    await bus.publish_raw(out, wait=True)  # paho's queue is full: wait for room
-                    self._acked.append(action.id)
-                    continue
-                fut.add_done_callback(functools.partial(self._on_puback, action.id))
-            if actions:
-                bus.flush()  # on the wire now, not after the rest of this pump turn
+            await self._publish_actions(actions)
+        except (BusConnectionError, PublishError) as exc:
+            unsent = exc  # stored below all the same: unpublished rows go out after the reconnect
+        try:
+            await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions)
         finally:
             # The devices' acks of earlier actions: recorded after the publishes (they do not delay the actions),
             # even when publishing failed (the ack messages are stored, so a redelivery would be a duplicate).
             await store.mark_acks(acks)
+        if unsent is not None:
+            self._republish = True
+            raise unsent
         stats.processed += len(fresh)
         stats.batches += 1
         stats.alerts += len(alerts)
@@ -508,6 +505,26 @@ class AgentRuntime:
                     "action_published", action=cmd.body.type, device=cmd.device.client_id,  # type: ignore[attr-defined]
                     corr=cmd.corr, reason=cmd.reason,
                 )  # fmt: skip
+
+    async def _publish_actions(self, actions: list[ActionRow]) -> None:
+        """Hand the actions to the bus without waiting for their PUBACKs (a PUBACK marks its row published).
+
+        Behind a deep backlog the PUBACK queues behind everything the broker has already sent us, and a pump waiting
+        for it would stall; one that never comes is published again from its stored row after a reconnect or a
+        restart.
+        """
+        bus = self.bus
+        for action in actions:
+            out = Outgoing(action.topic, action.payload, 1)
+            try:
+                fut = bus.publish_future(out)
+            except PublishError:
+                await bus.publish_raw(out, wait=True)  # the transport's queue is full: wait for room
+                self._acked.append(action.id)
+                continue
+            fut.add_done_callback(functools.partial(self._on_puback, action.id))
+        if actions:
+            bus.flush()  # on the wire now, not after the rest of this pump turn
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 

@@ -394,6 +394,7 @@ class Observer:
     Attributes:
         commands: times each action id was delivered on a ``cmd/`` topic.
         command_topics: the topic of each action id.
+        corrs: the correlation ids (the causing events) of the commands seen.
         dlq: dead letters, in arrival order.
         agent_states: ``(monotonic time, online)`` of every agent presence message.
         device_states: ``(monotonic time, online, retained)`` of every device state, by topic.
@@ -410,6 +411,7 @@ class Observer:
         )  # fmt: skip
         self.commands: Counter[str] = Counter()
         self.command_topics: dict[str, str] = {}
+        self.corrs: set[str] = set()
         self.dlq: list[DeadLetter] = []
         self.agent_states: list[tuple[float, bool]] = []
         self.device_states: dict[str, list[tuple[float, bool, bool]]] = {}
@@ -451,6 +453,8 @@ class Observer:
             case Channel.COMMAND:
                 self.commands[message.envelope.id] += 1
                 self.command_topics[message.envelope.id] = message.topic
+                if message.envelope.corr is not None:
+                    self.corrs.add(message.envelope.corr)
             case Channel.DLQ if isinstance(data, DeadLetter):
                 self.dlq.append(data)
             case Channel.AGENT_STATE if isinstance(data, AgentState):
