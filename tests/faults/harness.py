@@ -395,6 +395,7 @@ class Observer:
         commands: times each action id was delivered on a ``cmd/`` topic.
         command_topics: the topic of each action id.
         corrs: the correlation ids (the causing events) of the commands seen.
+        command_corr: the correlation id of each action id seen.
         dlq: dead letters, in arrival order.
         agent_states: ``(monotonic time, online)`` of every agent presence message.
         device_states: ``(monotonic time, online, retained)`` of every device state, by topic.
@@ -412,6 +413,7 @@ class Observer:
         self.commands: Counter[str] = Counter()
         self.command_topics: dict[str, str] = {}
         self.corrs: set[str] = set()
+        self.command_corr: dict[str, str] = {}
         self.dlq: list[DeadLetter] = []
         self.agent_states: list[tuple[float, bool]] = []
         self.device_states: dict[str, list[tuple[float, bool, bool]]] = {}
@@ -454,6 +456,7 @@ class Observer:
                 self.commands[message.envelope.id] += 1
                 self.command_topics[message.envelope.id] = message.topic
                 if message.envelope.corr is not None:
+                    self.command_corr[message.envelope.id] = message.envelope.corr
                     self.corrs.add(message.envelope.corr)
             case Channel.DLQ if isinstance(data, DeadLetter):
                 self.dlq.append(data)

@@ -298,7 +298,7 @@ async def test_a_kill_between_the_publish_and_the_commit_repeats_nothing(
                         answered = await _within(LOCK_WINDOW_S, lambda c=corr: c in observer.corrs)  # type: ignore[misc]
                         if answered:
                             await agent.kill9()
-                            first = dict(observer.commands)
+                            first = {a: n for a, n in observer.commands.items() if observer.command_corr.get(a) == corr}
                             stored_at_kill = int(
                                 lock.execute("SELECT COUNT(*) FROM events WHERE id = ?", (corr,)).fetchone()[0]
                             )
