@@ -40,9 +40,10 @@ system-deps: ## install mosquitto, nats-server, redis-server and the browser for
 up: setup ## run the local stack: embedded broker, agent, four emulators and the day-in-the-life scenario
 	$(BIN)/wearbus up $(ARGS)
 
-lint: setup ## ruff (lint and format check)
+lint: setup ## ruff (lint and format check) and the layer contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup ## mypy --strict
 	$(BIN)/mypy

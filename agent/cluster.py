@@ -34,17 +34,18 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from agent.core.api import TaskRecord
 from agent.runtime import AgentRuntime, AgentSettings, AgentStats
-from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
+from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TickRow
 from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from broker.url import BrokerUrl
-from schemas import codec
+from schemas import codec, topics
 from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
-from schemas.topics import Channel, agent_state_topic
+from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 PARTITION_ROOT = "wbp"
 DEFAULT_BUCKETS = 64
@@ -109,8 +110,7 @@ def user_filters(users: Iterable[str]) -> tuple[str, ...]:
     """Per-user filters (events, acks, device states) for a broker without partition mapping."""
     out: list[str] = []
     for user in sorted(users):
-        out += [f"wb/v1/{user}/+/+/evt/#", f"wb/v1/{user}/+/+/ack", f"wb/v1/{user}/+/+/state"]
-        out.append(f"wb/v1/{user}/+/+/shadow/+")
+        out += topics.user_filters(user)
     return tuple(out)
 
 
@@ -446,7 +446,7 @@ class RedisBucketStore(Store):
         self,
         events: Sequence[EventRow],
         actions: Sequence[ActionRow],
-        tasks: Sequence[TaskRow],
+        tasks: Sequence[TaskRecord],
         alerts: Sequence[tuple[str, str, str, int]],
         ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
@@ -610,12 +610,12 @@ class RedisBucketStore(Store):
             with contextlib.suppress(RedisError):
                 await self.redis.hset(self.k_ctx, mapping=mapping)
 
-    async def tasks(self) -> list[TaskRow]:
+    async def tasks(self) -> list[TaskRecord]:
         """The bucket's tasks, oldest first."""
         out = []
         for task_id, raw in (await self.redis.hgetall(self.k_tasks)).items():
             r = json.loads(raw)
-            out.append(TaskRow(_s(task_id), r[0], r[1], r[2], r[3], int(r[4]), tuple(r[5]), tuple(r[6]), r[7],
+            out.append(TaskRecord(_s(task_id), r[0], r[1], r[2], r[3], int(r[4]), tuple(r[5]), tuple(r[6]), r[7],
                                int(r[8]), int(r[9])))  # fmt: skip
         return sorted(out, key=lambda t: (t.created_ms, t.task_id))
 
@@ -810,7 +810,7 @@ class ClusterMember:
         )
         self._bus = PartitionBus(options, urls=s.nodes)
         await self._bus.__aenter__()
-        await self._bus.subscribe("wb/v1/_agent/+/state", 1)
+        await self._bus.subscribe(AGENT_STATES, 1)
         self._loops = [
             asyncio.create_task(self._control(), name=f"cluster[{s.instance}].control"),
             asyncio.create_task(self._heartbeat(), name=f"cluster[{s.instance}].heartbeat"),

@@ -51,8 +51,9 @@ from agent.llm import ChatResolver
 from agent.ordering import OrderGate
 from agent.parking import Attempts, SeenFile
 from agent.sealing import HealthCipher
-from agent.store import ActionRow, EventRow, Mark, Store, TaskRow, TickRow
-from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus, retained_digest
+from agent.store import ActionRow, EventRow, Mark, Store, TickRow
+from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, retained_digest
+from broker.connect import open_bus
 from broker.logs import get_logger
 from broker.ratelog import Sampler
 from schemas import codec
@@ -63,6 +64,7 @@ from schemas.errors import BusConnectionError, ConfigError, ContractError, Publi
 from schemas.events import Utterance
 from schemas.health import holds_health
 from schemas.topics import (
+    AGENT_FILTERS,
     Channel,
     DeviceId,
     Kind,
@@ -80,13 +82,6 @@ from schemas.topics import (
 VERSION = "0.1.0"
 #: How often the agent looks for health events past their retention time (wall seconds).
 PRUNE_EVERY_S = 60.0
-AGENT_FILTERS = (
-    "wb/v1/+/+/+/evt/#",
-    "wb/v1/+/+/+/ack",
-    "wb/v1/+/+/+/state",
-    "wb/v1/+/+/+/shadow/+",
-    "wb/v1/+/agent/consent/set",
-)
 
 
 def wall_ms() -> int:
@@ -581,7 +576,7 @@ class AgentRuntime:
         return [TickRow(at, tuple(sorted(changed)))] if changed else []
 
     async def _process(self, batch: list[Message], turn: _Turn | None = None) -> None:
-        """One pump turn's work: the batch and the next slice of timers, each stored, then published, then acked.
+        """One pump turn's work: the batch and the next slice of timers, each published, then stored, then acked.
 
         Somebody waiting for an answer goes first: their messages are checked, stored and answered in a transaction
         of their own, before the timers' slice and the rest of the batch (which follow in a second one, the ticks
@@ -691,9 +686,8 @@ class AgentRuntime:
         *,
         hold: bool = True,
     ) -> None:
-        """Handle new messages, store them with what they caused in one transaction, then publish the actions."""
+        """Handle new messages, publish the actions they caused, then store both in one transaction."""
         store = self.store
-        bus = self.bus
         stats = self.stats
         now = self.clock.now_ms()
         received = wall_ms()
@@ -724,35 +718,27 @@ class AgentRuntime:
                     acks.append((ack.action_id, ack.status, ack.detail, now))
         created = wall_ms()
         actions = [self._action_row(cmd, now, created) for cmd in outcome.commands]
-        tasks = [TaskRow(t.task_id, t.user, t.skill, t.state, dict(t.slots), t.rounds, tuple(t.slots_autofilled),
-                         tuple(t.slots_asked), t.confirm_modality, t.created_ms, t.updated_ms)
-                 for t in outcome.tasks]  # fmt: skip
+        tasks = outcome.tasks  # the core's records, copied when they were made
         alerts = [(rule, user, text, now) for rule, user, text in outcome.alerts]
-        await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions or [])
+        # Published before they are stored: the answer does not wait for the commit. Action ids are deterministic
+        # (the causing event's id and the action's place in the outcome) and devices ignore an id they carried out,
+        # and the events that caused them are acknowledged only after the commit (in _process): a crash between the
+        # publish and the commit redelivers the events, the core makes the same actions with the same ids, and a
+        # device absorbs the repeat. Nothing acknowledged is lost; nothing is carried out twice.
+        unsent: BusConnectionError | PublishError | None = None
         try:
-            # Published as soon as they are stored, and without waiting: behind a deep backlog the PUBACK queues
-            # behind everything the broker has already sent us, and a pump waiting for it would stall. Actions are
-            # stored, so one that never got its PUBACK is published again after a reconnect or a restart (devices
-            # ignore a repeated action id).
-            for action in actions:
-                out = Outgoing(action.topic, action.payload, 1)
-                try:
-                    fut = bus.publish_future(out)
-                except PublishError:
-                    await bus.publish_raw(out, wait=True)  # paho's queue is full: wait for room
-                    self._acked.append(action.id)
-                    continue
-                fut.add_done_callback(functools.partial(self._on_puback, action.id))
-            for dev, desired in outcome.desired:  # settings the user asked for: retained, the device applies them
-                raw = codec.encode(make(desired, ts=now))
-                bus.publish_future(Outgoing(desired_topic(dev), raw, 1, True))
-                self.log.info("settings_desired", device=dev.client_id, version=desired.version)
-            if actions or outcome.desired:
-                bus.flush()  # on the wire now, not after the rest of this pump turn
+            await self._publish_actions(actions, outcome, now)
+        except (BusConnectionError, PublishError) as exc:
+            unsent = exc  # stored below all the same: unpublished rows go out after the reconnect
+        try:
+            await store.commit_batch(rows, actions, tasks, alerts, ticks, resolutions or [])
         finally:
             # The devices' acks of earlier actions: recorded after the publishes (they do not delay the actions),
             # even when publishing failed (the ack messages are stored, so a redelivery would be a duplicate).
             await store.mark_acks(acks)
+        if unsent is not None:
+            self._republish = True
+            raise unsent
         stats.processed += len(fresh)
         stats.batches += 1
         stats.alerts += len(alerts)
@@ -797,6 +783,31 @@ class AgentRuntime:
                                  missing=gap.missing, waited_ms=gap.waited_ms)  # fmt: skip
             self.stats.order_gaps = gate.stats.gaps
         return out
+
+    async def _publish_actions(self, actions: list[ActionRow], outcome: Outcome, now: int) -> None:
+        """Hand the actions (and the settings the user asked for) to the bus without waiting for their PUBACKs (a
+        PUBACK marks its row published).
+
+        Behind a deep backlog the PUBACK queues behind everything the broker has already sent us, and a pump waiting
+        for it would stall; one that never comes is published again from its stored row after a reconnect or a
+        restart.
+        """
+        bus = self.bus
+        for action in actions:
+            out = Outgoing(action.topic, action.payload, 1)
+            try:
+                fut = bus.publish_future(out)
+            except PublishError:
+                await bus.publish_raw(out, wait=True)  # the transport's queue is full: wait for room
+                self._acked.append(action.id)
+                continue
+            fut.add_done_callback(functools.partial(self._on_puback, action.id))
+        for dev, desired in outcome.desired:  # settings the user asked for: retained, the device applies them
+            raw = codec.encode(make(desired, ts=now))
+            bus.publish_future(Outgoing(desired_topic(dev), raw, 1, True))
+            self.log.info("settings_desired", device=dev.client_id, version=desired.version)
+        if actions or outcome.desired:
+            bus.flush()  # on the wire now, not after the rest of this pump turn
 
     # ------------------------------------------------------------------ liveness (heartbeats)
 

@@ -47,6 +47,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import aiosqlite
 from pydantic import BaseModel
 
+from agent.core.api import TaskRecord
 from agent.sealing import HealthCipher, is_sealed
 from broker.files import private_dir, private_file
 from broker.logs import get_logger
@@ -312,23 +313,6 @@ class ActionRow:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRow:
-    """A task as stored."""
-
-    task_id: str
-    user: str
-    skill: str
-    state: str
-    slots: dict[str, Any]
-    rounds: int
-    slots_autofilled: tuple[str, ...]
-    slots_asked: tuple[str, ...]
-    confirm_modality: str | None
-    created_ms: int
-    updated_ms: int
-
-
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
     " handled_ms, received_wall_ms, qos, retain, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -542,7 +526,7 @@ class Store:
         self,
         events: Sequence[EventRow],
         actions: Sequence[ActionRow],
-        tasks: Sequence[TaskRow],
+        tasks: Sequence[TaskRecord],
         alerts: Sequence[tuple[str, str, str, int]],
         ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
@@ -785,7 +769,7 @@ class Store:
 
     # ------------------------------------------------------------------ reading (report, tests)
 
-    async def tasks(self) -> list[TaskRow]:
+    async def tasks(self) -> list[TaskRecord]:
         """Every task, oldest first."""
         async with self.db.execute(
             "SELECT task_id, user, skill, state, slots, rounds, slots_autofilled, slots_asked, confirm_modality,"
@@ -793,7 +777,7 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return [
-            TaskRow(r[0], r[1], r[2], r[3], json.loads(r[4]), int(r[5]), tuple(json.loads(r[6])),
+            TaskRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), int(r[5]), tuple(json.loads(r[6])),
                     tuple(json.loads(r[7])), r[8], int(r[9]), int(r[10]))
             for r in rows
         ]  # fmt: skip

@@ -6,7 +6,7 @@
 - :class:`broker.client.Bus`: MQTT to a real broker, on a :class:`Transport` (the native protocol of
   :mod:`broker.mqtt`, or paho through aiomqtt);
 - :class:`broker.memory.MemoryBus` on a :class:`broker.memory.MemoryBroker`: the same promises in one process, without
-  sockets, for tests of agent and device flows (``memory://NAME`` URLs, see :func:`open_bus`).
+  sockets, for tests of agent and device flows (``memory://NAME`` URLs, see :func:`broker.connect.open_bus`).
 
 The bus modules are this one, :mod:`broker.client`, :mod:`broker.memory` and :mod:`broker.mqtt`; nothing outside
 them touches an attribute of a bus or a transport that starts with ``_``. What a subclass or a wrapper may change
@@ -35,7 +35,7 @@ from broker.ratelog import Sampler
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
-from schemas.topics import Channel, dlq_topic, parse
+from schemas.topics import DLQ_PREFIX, Channel, dlq_topic, parse
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 TransportName = Literal["auto", "native", "paho"]
@@ -323,18 +323,6 @@ class Transport(Protocol):
         """DISCONNECT (no Will) and close."""
 
 
-def open_bus(options: BusOptions) -> Bus:
-    """The bus an URL names: a :class:`broker.memory.MemoryBus` for ``memory://NAME``, else an MQTT
-    :class:`broker.client.Bus`. Enter it with ``async with``."""
-    if options.url.startswith("memory://"):
-        from broker.memory import MemoryBus  # noqa: PLC0415  (the implementations import this module)
-
-        return MemoryBus(options)
-    from broker.client import Bus as MqttBus  # noqa: PLC0415
-
-    return MqttBus(options)
-
-
 # ---------------------------------------------------------------------------------------------- the shared receive side
 
 
@@ -581,7 +569,7 @@ class BusCore:
         for handler in opts.on_reject:
             handler(rejected)
         dlq, raw = "", b""
-        if opts.dlq and not topic.startswith("wb/v1/_dlq/"):
+        if opts.dlq and not topic.startswith(DLQ_PREFIX):
             letter = codec.dead_letter(topic, payload, exc, seen_by=opts.name)
             dlq, raw = dlq_topic(exc.reason), codec.encode(make(letter, ts=now_ms()))
         if not self.connected:

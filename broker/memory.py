@@ -12,7 +12,7 @@ as the MQTT :class:`broker.client.Bus`: ``+``/``#`` wildcards, retained messages
 Payloads travel as bytes through :mod:`schemas.codec`, exactly as on the wire, so what the in-memory bus accepts or
 dead-letters is what a real broker's subscriber would. Delivery happens on the event loop, in publish order.
 
-Use ``memory://NAME`` URLs with :func:`broker.bus.open_bus` (brokers are found by name, created on first use), or
+Use ``memory://NAME`` URLs with :func:`broker.connect.open_bus` (brokers are found by name, created on first use), or
 pass a broker: ``MemoryBus(options, broker=MemoryBroker())``.
 """
 

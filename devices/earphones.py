@@ -10,7 +10,8 @@ from typing import Any, ClassVar, Literal
 
 from devices.emulator import Armed, Emulator, WakeTrigger, speaking_ms
 from devices.models import EarphonesBattery, Slot
-from devices.scenario import Change, EarphonesSpec, Step
+from devices.scenario_plan import Change
+from devices.scenario_spec import EarphonesSpec, Step
 from devices.sdk import ActionRejected, SettingRejected, on_action
 from schemas.actions import Earcon, MediaControl, SetAnc, Speak
 from schemas.envelope import Envelope

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Literal, TypeVar
 
-from devices.scenario import PERSON, Change, Plan, ProfileSpec, Respond, Scenario, Step, format_offset
+from devices.scenario_plan import Change, Plan
+from devices.scenario_spec import PERSON, Respond, Scenario, Step, format_offset
 from devices.sdk import ActionRejected, Device, DeviceConfig
 from schemas.clock import Clock
 from schemas.envelope import Envelope
 from schemas.events import Body, Utterance, Vad, Wake
+from schemas.profile import UserProfile
 
 #: The shortest wall-clock pause of the loop: at speed 120 a tick is then >= 6 s of simulated time, so an
 #: accelerated run does not spin; jobs (reactions, steps) still run at their exact simulated time.
@@ -99,12 +101,12 @@ class Emulator(Device):
     ) -> None:
         super().__init__(user, device, config or DeviceConfig(model=self.model_name), clock)
         self.scenario = scenario
-        self.profile = scenario.profile if scenario is not None else ProfileSpec()
+        self.profile = scenario.profile if scenario is not None else UserProfile()
         self.t0 = self.clock.now_ms() if start_ms is None else start_ms
         self.seed = seed
         self.forever = forever
         self.rng = seeded(seed, "emulator", self.ident.client_id)
-        self.plan = scenario.plan() if scenario is not None else Plan.idle()
+        self.plan = Plan.of(scenario) if scenario is not None else Plan.idle()
         self.end_ms = self.t0 + scenario.duration_ms if scenario is not None else None
         self.finished = asyncio.Event()
         #: The latest bodies emitted, oldest first (for tests and the status line).

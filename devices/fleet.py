@@ -20,7 +20,7 @@ from devices.emulator import Emulator
 from devices.glasses import GlassesEmulator
 from devices.phone import PhoneEmulator
 from devices.ring import RingEmulator
-from devices.scenario import Scenario
+from devices.scenario_spec import Scenario
 from devices.sdk import DeviceConfig
 from schemas.clock import Clock
 from schemas.errors import BusConnectionError, ConfigError, DeviceError

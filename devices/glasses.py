@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Literal
 from devices.earphones import SpeechQueue
 from devices.emulator import Armed, Emulator, WakeStep, WakeTrigger
 from devices.models import GlassesCells, Slot
-from devices.scenario import Change, GlassesSpec, Step
+from devices.scenario_plan import Change
+from devices.scenario_spec import GlassesSpec, Step
 from devices.sdk import ActionRejected, on_action
 from schemas.actions import (
     Capture,

@@ -23,7 +23,7 @@ from devices.models import (
     TaskSim,
     WebhookChaos,
 )
-from devices.scenario import CalendarSpec, PhoneSpec, PlaceSpec, Step
+from devices.scenario_spec import CalendarSpec, PhoneSpec, Step
 from devices.sdk import ActionRejected, on_action
 from schemas.actions import MediaControl, Notify, Prompt, TaskCancel, TaskConfirm, TaskStart
 from schemas.envelope import Envelope
@@ -39,6 +39,7 @@ from schemas.events import (
     TaskStatus,
     Utterance,
 )
+from schemas.geo import Place
 from schemas.topics import Kind
 
 PLACE_SLOTS = ("pickup", "destination", "restaurant", "address")
@@ -64,9 +65,7 @@ class PhoneTask:
     confirm_corr: str | None = None
 
 
-def sim_slots(
-    slots: Mapping[str, object], places: Mapping[str, PlaceSpec], here: tuple[float, float]
-) -> dict[str, object]:
+def sim_slots(slots: Mapping[str, object], places: Mapping[str, Place], here: tuple[float, float]) -> dict[str, object]:
     """The agent's slots as :meth:`TaskSim.start` reads them: place slots become ``(lat, lon)`` when known.
 
     A place slot is known from its ``{slot}_lat``/``{slot}_lon`` companions, or by name from ``places``; a ride
@@ -129,7 +128,7 @@ class PhoneEmulator(Emulator):
         self._calendar_period = self.period_ms(900.0, 1.0)
         self._last_calendar = 0
         self._calendar_key: tuple[str, int] | None = None
-        self.calendar: list[tuple[int, CalendarSpec, PlaceSpec | None]] = []
+        self.calendar: list[tuple[int, CalendarSpec, Place | None]] = []
         if self.scenario is not None:
             for ev in self.scenario.calendar:
                 place = self.scenario.resolve(ev.place) if ev.place is not None else None
@@ -192,7 +191,7 @@ class PhoneEmulator(Emulator):
         self._last_battery, self._last_level = now, level
         self.emit(PhoneBattery(level_pct=round(level, 1)))
 
-    def next_event(self, now: int) -> tuple[int, CalendarSpec, PlaceSpec | None] | None:
+    def next_event(self, now: int) -> tuple[int, CalendarSpec, Place | None] | None:
         """The next calendar event that has not started."""
         return next((e for e in self.calendar if e[0] > now), None)
 

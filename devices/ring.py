@@ -32,7 +32,8 @@ from devices.models import (
     measure_latency_ms,
     next_sync_ms,
 )
-from devices.scenario import Change, RingSpec, Step
+from devices.scenario_plan import Change
+from devices.scenario_spec import RingSpec, Step
 from devices.sdk import ActionRejected, SettingRejected, on_action
 from schemas.actions import Haptic, MeasureNow, RingSync
 from schemas.envelope import Envelope

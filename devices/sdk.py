@@ -37,7 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, open_bus
+from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName
+from broker.connect import open_bus
 from broker.logs import get_logger
 from schemas import codec
 from schemas.actions import ACCEPTS, Ack, AgentState, DeviceState
@@ -47,6 +48,7 @@ from schemas.errors import BusConnectionError, DeviceError, MessageTooLarge, Pub
 from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
 from schemas.shadow import SETTINGS, Refusal, ShadowDesired, ShadowReported, check_desired, setting_keys, values
 from schemas.topics import (
+    AGENT_STATES,
     Channel,
     DeviceId,
     Kind,
@@ -286,7 +288,7 @@ class Device:
         await self._bus.__aenter__()
         await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
         await self._bus.subscribe(desired_topic(self.ident), 1)
-        await self._bus.subscribe("wb/v1/_agent/+/state", 1)
+        await self._bus.subscribe(AGENT_STATES, 1)
         self._tasks = [
             asyncio.create_task(self._receive(), name=f"device[{cid}].receive"),
             asyncio.create_task(self._flush(), name=f"device[{cid}].outbox"),

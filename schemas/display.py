@@ -105,3 +105,24 @@ def _fit(text: str, units: int) -> int:
         if total > units:
             return max(i, 1)
     return len(text)
+
+
+ELLIPSIS = "…"
+
+
+def clip_line(text: str, units: int = LINE_UNITS) -> str:
+    """One display line of at most ``units`` (runs of white space, newlines included, become one space), ending in
+    an ellipsis when cut. The glasses' cards, the agent's wording and the console's mirror all clip with this."""
+    text = " ".join(text.split())
+    if text_units(text) <= units:
+        return text
+    budget = units - char_units(ELLIPSIS)
+    out: list[str] = []
+    used = 0
+    for ch in text:
+        cost = char_units(ch)
+        if used + cost > budget:
+            break
+        out.append(ch)
+        used += cost
+    return "".join(out).rstrip() + ELLIPSIS

@@ -218,13 +218,30 @@ def agent_state_topic(instance: str) -> str:
 
 def dlq_topic(reason: str) -> str:
     """``wb/v1/_dlq/{reason}``."""
-    return f"{ROOT}/_dlq/{reason}"
+    return f"{DLQ_PREFIX}{reason}"
+
+
+def user_filters(user: str = "+") -> tuple[str, ...]:
+    """What the agent reads of a user (``+``: of every user): their devices' events, acks, states and settings
+    reports, and the consent changes asked for them."""
+    who = user if user == "+" else check_name(user, "user")
+    base = f"{ROOT}/{who}/+/+"
+    return (f"{base}/evt/#", f"{base}/ack", f"{base}/state", f"{base}/shadow/+", f"{ROOT}/{who}/agent/consent/set")
+
+
+#: What one agent instance reads: every user's events, acks and device states.
+AGENT_FILTERS = user_filters()
+#: Every agent instance's retained state (devices hold their events while no agent is online).
+AGENT_STATES = f"{ROOT}/_agent/+/state"
+#: The dead-letter topics: the prefix of each, and the filter that reads them all.
+DLQ_PREFIX = f"{ROOT}/_dlq/"
+DLQ_FILTER = f"{DLQ_PREFIX}#"
 
 
 #: Topics whose parse is cached. A user's devices publish on ~23 topics, but at real rates ~98 % of messages are on
 #: five of them (91 % on the glasses' 5 Hz head pose, the rest on the four heartbeats): an LRU of this size keeps
 #: the hot topics of ~800 users and the head pose of ~3,700 (91 % hits at 2,500 users) for ~1.2 MB in all,
-#: instead of every topic of every user (~9 KB a user). ``python -m agent.memory_probe`` measures both.
+#: instead of every topic of every user (~9 KB a user). ``python -m bench.memory`` measures both.
 TOPIC_CACHE = 4096
 _KINDS: dict[str, Kind] = {k.value: k for k in Kind}
 _CLASSES: dict[str, EventClass] = {c.value: c for c in EventClass}

@@ -13,7 +13,7 @@ import pytest
 
 from broker.embedded import EmbeddedBroker, free_port
 from broker.memory import MemoryBroker
-from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
+from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
 

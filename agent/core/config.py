@@ -6,77 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from schemas.geo import Place
+from schemas.profile import UserProfile, UsualOrder
+
+__all__ = ["CoreConfig", "Place", "UserProfile", "UsualOrder"]
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NO_BASELINES: Mapping[str, float] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """A place the user names.
-
-    Attributes:
-        name: how the user and the phone app name it (``home``, ``office``, ``Hangzhou East Station``).
-        lat: latitude (WGS-84).
-        lon: longitude (WGS-84).
-        address: a street address, when known.
-    """
-
-    name: str
-    lat: float
-    lon: float
-    address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class UsualOrder:
-    """What the user usually orders (the default when they say "my usual").
-
-    Attributes:
-        dish: the dish.
-        restaurant: where from.
-        qty: how many.
-        notes: notes for the kitchen ("less spicy").
-    """
-
-    dish: str
-    restaurant: str = ""
-    qty: int = 1
-    notes: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class UserProfile:
-    """What the agent knows about a user before it has learned anything.
-
-    Attributes:
-        lang: the user's language (``en`` or ``zh``): used for proactive messages until the user speaks.
-        tz_offset_min: the user's offset from UTC in minutes (China: 480), for night, quiet hours, weekdays.
-        home: home, if known (learned from where the user sleeps otherwise).
-        office: the office, if known (learned from where weekday daytime is spent otherwise).
-        places: other named places (for ``navigate`` and ``hail_ride`` destinations).
-        usual_order: the default food order.
-        ride_product: the default ride product.
-        music_app: the music app to name in ``media.control`` queries (empty: the phone's default).
-        scripts: teleprompter scripts by name.
-        baselines: known personal baselines (``rhr_bpm``, ``hrv_ms``, ``skin_temp_c``, ``resp_brpm``); a given
-            baseline counts as learned, so the rules that compare with it are active from the first night.
-        muted_rules: proactive rules the user switched off ("don't show again").
-        consent: the purposes the user consented to when provisioned (``proactive-health``); the user changes
-            them with ``wearbus consent`` or their app, and what the agent then stores wins.
-    """
-
-    lang: str = "en"
-    tz_offset_min: int = 0
-    home: Place | None = None
-    office: Place | None = None
-    places: tuple[Place, ...] = ()
-    usual_order: UsualOrder | None = None
-    ride_product: str = "standard"
-    music_app: str = ""
-    scripts: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    baselines: Mapping[str, float] = field(default_factory=lambda: _NO_BASELINES)
-    muted_rules: frozenset[str] = frozenset()
-    consent: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any
 from agent.core.config import CoreConfig, Place, UserProfile
 from agent.core.shadow_state import SettingsState
 from schemas.actions import ContextSnapshot, HealthSnapshot
+from schemas.geo import haversine_m
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -57,15 +57,6 @@ def weekday_of(t_local: int) -> int:
 def in_hours(hour: int, start: int, end: int) -> bool:
     """Whether ``hour`` falls in ``[start, end)``, a window that may wrap midnight."""
     return start <= hour < end if start <= end else (hour >= start or hour < end)
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    r = 6_371_000.0
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * r * math.asin(min(1.0, math.sqrt(a)))
 
 
 # --- devices
@@ -986,7 +977,7 @@ def known_place(ctx: UserContext, which: str, cfg: CoreConfig, profile: UserProf
     if pos is not None:
         if given is not None and haversine_m(pos[0], pos[1], given.lat, given.lon) <= cfg.place_radius_m:
             return given
-        return Place(which, pos[0], pos[1])
+        return Place(name=which, lat=pos[0], lon=pos[1])
     return given
 
 

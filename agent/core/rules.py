@@ -12,7 +12,6 @@ from agent.core.context import (
     HrWindow,
     Output,
     asleep,
-    haversine_m,
     in_sleep,
     moving_at,
     night_close_at,
@@ -22,6 +21,7 @@ from agent.core.context import (
 from agent.core.routing import Turn
 from agent.core.wording import minutes, say
 from schemas.actions import MeasureNow
+from schemas.geo import haversine_m
 
 MAX_LEAVE_DONE = 4
 

@@ -18,7 +18,6 @@ from agent.core.context import (
     Task,
     current_events,
     find_place,
-    haversine_m,
     known_place,
     local,
     name_place,
@@ -41,6 +40,7 @@ from schemas.actions import (
     TaskStart,
 )
 from schemas.display import paginate
+from schemas.geo import haversine_m
 
 # Confirmation tiers: T2 explicit confirmation (spends money), T1 act with an undo window, T0 (default) none.
 TIER: dict[str, int] = {"order_food": 2, "hail_ride": 2, "remind": 1, "music": 1}

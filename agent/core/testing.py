@@ -16,10 +16,10 @@ from schemas.topics import DeviceId, Kind, ack_topic, event_topic, state_topic
 
 B = TypeVar("B", bound=Body)
 T0 = 1_764_000_000_000  # 2025-11-24 16:00 UTC (Monday 16:00 at UTC+0)
-HOME = Place("home", 30.2745, 120.1390, "Huanglong")
-OFFICE = Place("office", 30.2790, 120.0265, "Xixi campus")
-STATION = Place("Hangzhou East Station", 30.2905, 120.2125)
-SUBWAY = Place("subway", 30.2575, 120.1655, "龙翔桥站")  # as the scenarios' built-in place
+HOME = Place(name="home", lat=30.2745, lon=120.1390, address="Huanglong")
+OFFICE = Place(name="office", lat=30.2790, lon=120.0265, address="Xixi campus")
+STATION = Place(name="Hangzhou East Station", lat=30.2905, lon=120.2125)
+SUBWAY = Place(name="subway", lat=30.2575, lon=120.1655, address="龙翔桥站")  # as the scenarios' built-in place
 SCRIPT = " ".join(f"Sentence {i} of the keynote about wearables and the bus." for i in range(1, 21))
 DEVICES: dict[Kind, str] = {
     Kind.GLASSES: "g1",
@@ -36,7 +36,7 @@ def profile(lang: str = "en", **changes: Any) -> UserProfile:
         "home": HOME,
         "office": OFFICE,
         "places": (STATION, SUBWAY),
-        "usual_order": UsualOrder("beef noodles", "Lanzhou Noodle House"),
+        "usual_order": UsualOrder(dish="beef noodles", restaurant="Lanzhou Noodle House"),
         "scripts": {"keynote": SCRIPT, "发布会": "各位好，" + "欢迎来到发布会。" * 30},
         "consent": frozenset({"proactive-health"}),  # the test user consented to health rules
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from schemas.display import LINE_UNITS, char_units, text_units, wrap
+from schemas.display import ELLIPSIS, LINE_UNITS, char_units, clip_line, text_units, wrap
 
 _T: dict[str, tuple[str, str]] = {
     # conversation
@@ -176,8 +176,6 @@ _T: dict[str, tuple[str, str]] = {
     ),
 }
 
-ELLIPSIS = "…"
-
 
 def lang_of(lang: str | None) -> str:
     """``zh`` for any Chinese tag, else ``en``."""
@@ -244,21 +242,8 @@ def clip(text: str, max_chars: int) -> str:
     return text[: max(0, max_chars - 1)].rstrip() + ELLIPSIS
 
 
-def clip_units(text: str, units: int = LINE_UNITS) -> str:
-    """One display line of at most ``units`` (newlines become spaces), with an ellipsis if cut."""
-    text = " ".join(text.split())
-    if text_units(text) <= units:
-        return text
-    budget = units - char_units(ELLIPSIS)
-    out = ""
-    used = 0
-    for ch in text:
-        cost = char_units(ch)
-        if used + cost > budget:
-            break
-        out += ch
-        used += cost
-    return out.rstrip() + ELLIPSIS
+#: One display line, clipped (the one definition is :func:`schemas.display.clip_line`).
+clip_units = clip_line
 
 
 def fit_lines(text: str, lines: int) -> str:

@@ -9,37 +9,31 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from schemas.errors import ConfigError
+from schemas.geo import Place, haversine_m
 
-EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius; haversine error at city scale is far below GPS noise
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """A named point, WGS-84 degrees.
-
-    Attributes:
-        name: short key, e.g. ``"home"``.
-        lat: latitude in degrees.
-        lon: longitude in degrees.
-        label: human-readable name (Chinese, as a map app would show it).
-    """
-
-    name: str
-    lat: float
-    lon: float
-    label: str = ""
+__all__ = [
+    "PLACES",
+    "SPEED_MPS",
+    "LocationGate",
+    "Place",
+    "Position",
+    "Route",
+    "TravelMode",
+    "bearing_deg",
+    "haversine_m",
+]
 
 
 # Approximate WGS-84 positions (not GCJ-02: a China map SDK would show these ~500 m off). Good enough for a
 # plausible day: home near Huanglong, office at Xixi, the East railway station, a restaurant by the lake.
 PLACES: Mapping[str, Place] = MappingProxyType(
     {
-        "home": Place("home", 30.2745, 120.1390, "黄龙 家"),
-        "office": Place("office", 30.2790, 120.0265, "西溪园区"),
-        "station": Place("station", 30.2905, 120.2125, "杭州东站"),
-        "restaurant": Place("restaurant", 30.2590, 120.1635, "湖滨 面馆"),
-        "subway": Place("subway", 30.2575, 120.1655, "龙翔桥站"),
-        "gym": Place("gym", 30.2800, 120.1460, "健身房"),
+        "home": Place(name="home", lat=30.2745, lon=120.1390, label="黄龙 家"),
+        "office": Place(name="office", lat=30.2790, lon=120.0265, label="西溪园区"),
+        "station": Place(name="station", lat=30.2905, lon=120.2125, label="杭州东站"),
+        "restaurant": Place(name="restaurant", lat=30.2590, lon=120.1635, label="湖滨 面馆"),
+        "subway": Place(name="subway", lat=30.2575, lon=120.1655, label="龙翔桥站"),
+        "gym": Place(name="gym", lat=30.2800, lon=120.1460, label="健身房"),
     }
 )
 
@@ -72,15 +66,6 @@ class Position:
     lon: float
     speed_mps: float
     bearing_deg: float
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance between two points, in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

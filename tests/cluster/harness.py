@@ -224,7 +224,7 @@ class Member:
         self.name = member
         self.instance = f"{cluster}-{member}"
         self.args = [
-            sys.executable, "-m", "broker.cli", "agent", "--cluster", cluster, "--member", member,
+            sys.executable, "-m", "cli.main", "agent", "--cluster", cluster, "--member", member,
             "--buckets", str(buckets), "--nodes", ",".join(nodes), "--state", state_url, "--log-level", "info", *extra,
         ]  # fmt: skip
         self.log = log

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.testkit.mosquitto import MosquittoProcess
+from testkit.mosquitto import MosquittoProcess
 from tests.cluster import scenario
 from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
 from tests.conftest import require_mosquitto

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from agent.cluster import PartitionBus
-from broker.bus import BusOptions, Rejected, open_bus
+from broker.bus import BusOptions, Rejected
+from broker.connect import open_bus
 from broker.embedded import free_port
 from schemas.envelope import make
 from schemas.errors import BusConnectionError

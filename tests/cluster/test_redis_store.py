@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.store import ActionRow, EventRow, TaskRow, TickRow
+from agent.core.api import TaskRecord
+from agent.store import ActionRow, EventRow, TickRow
 from tests.cluster.harness import RedisServer, require_redis_client, require_redis_server
 
 
@@ -111,7 +112,7 @@ async def test_outbox_keeps_creation_order_and_tasks_round_trip(redis: Any) -> N
     a = store(redis, "c-a1", cluster="o" + secrets.token_hex(2))
     await a.claim(set())
     ids = [f"x{i}" for i in range(12)]
-    task = TaskRow("t1", "alice", "order_food", "asking", {"dish": "noodles"}, 1, ("place",), ("dish",), None, 5, 6)
+    task = TaskRecord("t1", "alice", "order_food", "asking", {"dish": "noodles"}, 1, ("place",), ("dish",), None, 5, 6)
     await a.commit_batch([], [action(i, "e1") for i in ids], [task], [])
     assert [row[0] for row in await a.unpublished()] == ids
     assert await a.tasks() == [task]
@@ -140,8 +141,8 @@ async def test_forget_erases_one_user_from_the_bucket_store(redis: Any) -> None:
     rows = [event("a1", 1), event("b1", 2)._replace(user=bob, topic=f"wb/v1/{bob}/ring/r1/evt/sensor/hr")]
     bob_card = f"wb/v1/{bob}/glasses/g1/cmd/display.card"
     acts = [action("x1", "a1"), dataclasses.replace(action("x2", "b1"), user=bob, topic=bob_card)]
-    tasks = [TaskRow("t-a", alice, "order_food", "done", {}, 2, (), (), None, 1, 2),
-             TaskRow("t-b", bob, "order_food", "done", {}, 2, (), (), None, 1, 2)]  # fmt: skip
+    tasks = [TaskRecord("t-a", alice, "order_food", "done", {}, 2, (), (), None, 1, 2),
+             TaskRecord("t-b", bob, "order_food", "done", {}, 2, (), (), None, 1, 2)]  # fmt: skip
     alerts = [("hr_high", alice, "Your heart rate", 5), ("hr_high", bob, "Your heart rate", 6)]
     await s.commit_batch(rows, acts, tasks, alerts, [], [("a1", "{}"), ("b1", "{}")])
     await s.save_contexts([(alice, "{}", 1), (bob, "{}", 1)])

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from broker.client import Bus, BusOptions
-from broker.testkit.mosquitto import MosquittoProcess
 from schemas.envelope import make
 from schemas.events import HeartRate
+from testkit.mosquitto import MosquittoProcess
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

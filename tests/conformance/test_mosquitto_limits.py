@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 
 from broker.client import Bus, BusOptions, Outgoing
-from broker.testkit.mosquitto import MosquittoProcess
 from devices.sdk import Device, DeviceConfig
 from schemas.errors import MessageTooLarge
 from schemas.events import Utterance
 from schemas.topics import Kind
+from testkit.mosquitto import MosquittoProcess
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.broker]

@@ -15,11 +15,11 @@ import uuid
 import pytest
 
 from broker.client import Bus, BusOptions
-from broker.testkit.mosquitto import MosquittoProcess
-from broker.testkit.proxy import TcpProxy
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError
 from schemas.events import HeartRate
+from testkit.mosquitto import MosquittoProcess
+from testkit.proxy import TcpProxy
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.broker]

@@ -13,7 +13,8 @@ import pytest
 
 from agent.runtime import AgentRuntime, AgentSettings
 from agent.store import Store
-from broker.bus import Bus, BusOptions, open_bus
+from broker.bus import Bus, BusOptions
+from broker.connect import open_bus
 from schemas.actions import DeviceState
 from schemas.envelope import Message, make
 from schemas.events import GlassesWear, Money, RingGesture, TaskStatus, Utterance

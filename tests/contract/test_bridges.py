@@ -389,7 +389,7 @@ async def test_a_ring_that_does_not_answer_is_reported_not_fatal(any_broker: Bro
 
 def _wearbus(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "WB_LOG_JSON": "1"},
@@ -456,7 +456,7 @@ def test_bad_bridge_options_say_what_to_do() -> None:
         (["owntracks", "--map", "jane=bob"], ["--map", "OWNTRACKS-USER/DEVICE"]),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "broker.cli", "bridge", *args], capture_output=True, timeout=60, check=False
+            [sys.executable, "-m", "cli.main", "bridge", *args], capture_output=True, timeout=60, check=False
         )
         err = done.stderr.decode()
         assert done.returncode == 1, err

@@ -28,8 +28,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from broker.embedded import EmbeddedBroker, free_port, hash_amqtt_password, serve_embedded
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential, OperatorCredential, TlsListener
-from broker.testkit.mosquitto import MosquittoProcess, mosquitto_available
 from schemas.errors import BrokerPortInUse, ConfigError
+from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from broker.bus import Bus, BusOptions, Outgoing, open_bus
-from broker.testkit.mosquitto import MosquittoProcess
+from broker.bus import Bus, BusOptions, Outgoing
+from broker.connect import open_bus
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.envelope import Message, make
 from schemas.errors import QosNotSupported
 from schemas.events import HeartRate, Utterance
+from testkit.mosquitto import MosquittoProcess
 from tests.conftest import (
     AGENT_PASSWORD,
     AGENT_USER,

@@ -176,7 +176,7 @@ class Emulators:
         argv = [
             sys.executable,
             "-m",
-            "devices",
+            "cli.devices",
             kind.value,
             *("--user", self.user, "--id", f"{kind.value}-1", "--broker", self.url),
             *("--speed", str(self.speed), "--sim-start", str(self.anchor), "--sim-anchor", str(self.anchor)),

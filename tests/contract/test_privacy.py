@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.privacy import clear_retained, forget_user, set_consent
-from agent.report import summarize
+from agent.privacy import forget_user
 from broker.client import Bus, BusOptions
-from broker.testkit.raw import RawBus, RawMessage
+from cli.privacy import clear_retained, set_consent
+from cli.report import summarize
 from schemas.actions import HealthSnapshot
 from schemas.envelope import make
 from schemas.events import HeartRate, Utterance
 from schemas.topics import Channel, consent_topic, health_topic, matches
+from testkit.raw import RawBus, RawMessage
 from tests.conftest import BrokerUnderTest
 from tests.contract.test_agent_runtime import agent, born
 

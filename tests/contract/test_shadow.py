@@ -19,9 +19,6 @@ from agent.runtime import AgentRuntime, AgentSettings
 from broker.client import Bus, BusOptions
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential
 from broker.shadow import publish_desired, read, wait_applied, write
-from broker.testkit.expect import Expect
-from broker.testkit.mosquitto import MosquittoProcess
-from broker.testkit.process import ProcessFactory
 from devices.earphones import EarphonesEmulator
 from devices.glasses import GlassesEmulator
 from devices.ring import RingEmulator
@@ -32,6 +29,9 @@ from schemas.errors import PublishError, SettingNotSupported, StaleVersion
 from schemas.events import Utterance, Wake
 from schemas.shadow import QuietHours, RingSettings, ShadowDesired, ShadowReported
 from schemas.topics import DeviceId, Kind, desired_topic, reported_topic
+from testkit.expect import Expect
+from testkit.mosquitto import MosquittoProcess
+from testkit.process import ProcessFactory
 from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
 
 pytestmark = [pytest.mark.broker]
@@ -45,7 +45,7 @@ async def cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "broker.cli",
+        "cli.main",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -14,17 +14,17 @@ import pytest
 
 from broker.client import Bus, BusOptions, Outgoing
 from broker.embedded import free_port
-from broker.testkit.contract import Contract
-from broker.testkit.expect import Expect, UserTopics, has
-from broker.testkit.mosquitto import MosquittoProcess
-from broker.testkit.process import ProcessFactory
-from broker.testkit.raw import RawBus
-from broker.testkit.record import Recorded, load_recording, record, replay
 from schemas import codec
 from schemas.actions import Ack, DeviceState, Haptic
 from schemas.envelope import make
 from schemas.errors import ConfigError
 from schemas.events import HeartRate, Steps
+from testkit.contract import Contract
+from testkit.expect import Expect, UserTopics, has
+from testkit.mosquitto import MosquittoProcess
+from testkit.process import ProcessFactory
+from testkit.raw import RawBus
+from testkit.record import Recorded, load_recording, record, replay
 from tests.conftest import require_mosquitto
 
 pytestmark = pytest.mark.broker
@@ -323,7 +323,7 @@ async def test_wb_process_needs_a_command(wb_process: ProcessFactory) -> None:
 
 async def test_record_and_replay_commands(tmp_path: Path, wb_broker_url: str) -> None:
     # The commands as cli.py will register them, each in a process of its own.
-    script = "import typer; from broker.testkit.record import register; app = typer.Typer(); register(app); app()"
+    script = "import typer; from testkit.record import register; app = typer.Typer(); register(app); app()"
     cli = ProcessFactory(tmp_path / "cli", {"WB_BROKER": wb_broker_url}, command=[sys.executable, "-c", script])
     topics = UserTopics.fresh()
     hr = topics.event("ring", "ring-1", "sensor", "hr")

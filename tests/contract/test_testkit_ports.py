@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import broker.testkit.mosquitto as kit
+import testkit.mosquitto as kit
 from broker.embedded import free_port
 from tests.conftest import require_mosquitto
 

@@ -17,11 +17,11 @@ from tests.faults.conftest import soaking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
 
-BENCH = (sys.executable, "-c", "import typer; from agent.bench import bench_command; typer.run(bench_command)")
+BENCH = (sys.executable, "-c", "import typer; from bench.agent import bench_command; typer.run(bench_command)")
 #: The quick mode at a tenth of its sizes (every section, every figure; 30-40 s instead of 3-4 min on 2 busy cores):
 #: this test checks that every figure is there, not what it is. ``--soak`` (or WB_SOAK=1) runs the real quick mode.
 SMALL = (
-    "import dataclasses, typer, agent.bench as b; "
+    "import dataclasses, typer, bench.agent as b; "
     "b.QUICK = dataclasses.replace(b.QUICK, backlog_users=40, backlog_per_user=50, rtt_samples=100, rtt_warmup=20, "
     "probe_users=10, load_users=20, load_warmup_s=1.0, scale_users=40, scale_warmup_s=1.0, scale_window_s=3.0, "
     "core_users=40); typer.run(b.bench_command)"

@@ -1,8 +1,8 @@
-"""The live console in a real headless browser (Chromium driven through chromedriver's W3C WebDriver HTTP API).
+"""The live console in a real headless browser (Chromium driven by Selenium 4 through the system's chromedriver).
 
 The stack: an embedded broker on a free port, the console on a free port, and a test bus that publishes as fake
-devices and as the agent. The browser is driven with urllib from the standard library (no selenium): chromedriver
-speaks plain JSON over HTTP. Every wait is bounded. A screenshot is saved under ``test-artifacts/``; with
+devices and as the agent. The browser is the system's chromium with its chromedriver, named explicitly (nothing is
+downloaded). Every wait is bounded. A screenshot is saved under ``test-artifacts/``; with
 ``WB_UPDATE_DOCS=1`` it is also copied to ``docs/console.png`` for the README.
 
 The second half checks the server over plain HTTP (no browser): the event stream, batching, the inject endpoint.
@@ -11,29 +11,31 @@ The second half checks the server over plain HTTP (no browser): the event stream
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import math
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import typer
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.options import Options as ChromeOptions
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.chrome.webdriver import WebDriver
 from typer.testing import CliRunner
 
 from broker.client import Bus, BusOptions
-from broker.console.cli import register
-from broker.console.server import ConsoleServer
 from broker.embedded import EmbeddedBroker, free_port
+from console.cli import register
+from console.server import ConsoleServer
 from schemas import actions as act
 from schemas import events as ev
 from schemas.envelope import Message, make, now_ms
@@ -90,95 +92,26 @@ def require_browser() -> tuple[str, str]:
     pytest.skip(f"{why}; the browser test of the console is skipped")
 
 
-class WebDriver:
-    """The few W3C WebDriver commands the test needs, over HTTP with urllib (blocking: call it in a thread)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base.rstrip("/")
-        self.session: str | None = None
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310  # a loopback http:// URL we built
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                answer = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"WebDriver {method} {path}: {exc.code} {exc.read()[:500]!r}") from exc
-        return answer.get("value")
-
-    def ready(self) -> bool:
-        try:
-            return bool(self.call("GET", "/status", timeout=2.0).get("ready"))
-        except (OSError, AssertionError):
-            return False
-
-    def start(self, binary: str, user_data_dir: str) -> None:
-        caps = {
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "pageLoadStrategy": "eager",  # the event stream never "finishes loading"
-                    "goog:chromeOptions": {
-                        "binary": binary,
-                        "args": [*CHROME_ARGS, f"--user-data-dir={user_data_dir}"],
-                    },
-                }
-            }
-        }
-        self.session = self.call("POST", "/session", caps, timeout=60.0)["sessionId"]
-
-    def _s(self, path: str) -> str:
-        assert self.session is not None
-        return f"/session/{self.session}{path}"
-
-    def get(self, url: str) -> None:
-        self.call("POST", self._s("/url"), {"url": url}, timeout=60.0)
-
-    def run(self, script: str, *args: Any) -> Any:
-        return self.call("POST", self._s("/execute/sync"), {"script": script, "args": list(args)})
-
-    def screenshot(self) -> bytes:
-        return base64.b64decode(self.call("GET", self._s("/screenshot")))
-
-    def quit(self) -> None:
-        if self.session is not None:
-            with contextlib.suppress(OSError, AssertionError):
-                self.call("DELETE", self._s(""), timeout=10.0)
-            self.session = None
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[WebDriver]:
-    """A headless Chromium session, with a chromedriver process of its own (stopped by its pid)."""
+    """A headless Chromium session through Selenium 4, with the system's chromedriver (Selenium stops it on quit).
+
+    The binary and the driver are given explicitly, so Selenium Manager never looks for (or downloads) either.
+    """
     chromium, chromedriver = require_browser()
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="wb-chromium-") as profile:
-        log = Path(profile) / "chromedriver.log"
-        proc = subprocess.Popen(  # noqa: ASYNC220  # started once; waited on below with a bound
-            [chromedriver, f"--port={port}", f"--log-path={log}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        driver = WebDriver(f"http://127.0.0.1:{port}")
+        options = ChromeOptions()
+        options.binary_location = chromium
+        options.page_load_strategy = "eager"  # the event stream never "finishes loading"
+        for arg in [*CHROME_ARGS, f"--user-data-dir={Path(profile) / 'user-data'}"]:
+            options.add_argument(arg)
+        service = ChromeService(executable_path=chromedriver, log_output=str(Path(profile) / "chromedriver.log"))
+        driver = await asyncio.to_thread(webdriver.Chrome, options=options, service=service)
         try:
-            async with asyncio.timeout(WAIT_S):
-                while not await asyncio.to_thread(driver.ready):
-                    if proc.poll() is not None:
-                        pytest.fail(f"chromedriver exited with {proc.returncode}")
-                    await asyncio.sleep(0.1)
-            await asyncio.to_thread(driver.start, chromium, str(Path(profile) / "user-data"))
+            driver.set_page_load_timeout(60)
             yield driver
         finally:
             await asyncio.to_thread(driver.quit)
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 10)
 
 
 async def until(driver: WebDriver, script: str, ok: Callable[[Any], bool], what: str, timeout: float = WAIT_S) -> Any:
@@ -187,15 +120,15 @@ async def until(driver: WebDriver, script: str, ok: Callable[[Any], bool], what:
     try:
         async with asyncio.timeout(timeout):
             while True:
-                value = await asyncio.to_thread(driver.run, script)
+                value = await asyncio.to_thread(driver.execute_script, script)
                 if ok(value):
                     return value
                 await asyncio.sleep(0.1)
     except TimeoutError:
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "console-failure.png"
-        with contextlib.suppress(OSError, AssertionError):
-            shot.write_bytes(await asyncio.to_thread(driver.screenshot))
+        with contextlib.suppress(OSError, WebDriverException):
+            shot.write_bytes(await asyncio.to_thread(driver.get_screenshot_as_png))
         pytest.fail(f"the page did not show {what} within {timeout:g} s; last value {value!r}; see {shot}")
 
 
@@ -282,7 +215,7 @@ async def test_console_page_shows_the_live_stack(
     user = FakeUser(bus, "alice")  # the broker is the test's own
     await asyncio.to_thread(browser.get, console.url)
     await until(browser, LIVE_JS, bool, "the event stream connected")
-    assert await asyncio.to_thread(browser.run, BROKER_JS) == "true"
+    assert await asyncio.to_thread(browser.execute_script, BROKER_JS) == "true"
 
     # Births (retained device state) of the four devices, and the agent's presence.
     await user.births()
@@ -383,14 +316,14 @@ async def test_console_page_shows_the_live_stack(
 
     # A click on the utterance follows its correlation chain: the card and the speech it caused, the card's ack.
     linked = await asyncio.to_thread(
-        browser.run,
+        browser.execute_script,
         "[...document.querySelectorAll('#timeline li')].find(li => li.innerText.includes('voice.utterance')).click();"
         "return [...document.querySelectorAll('#timeline li.hl .type')].map(e => e.textContent);",
     )
     assert sorted(linked) == ["ack", "audio.speak", "display.card", "voice.utterance"]
 
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = await asyncio.to_thread(browser.screenshot)
+    shot = await asyncio.to_thread(browser.get_screenshot_as_png)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     (ARTIFACTS / "console.png").write_bytes(shot)
     if os.environ.get("WB_UPDATE_DOCS") == "1":
@@ -413,7 +346,7 @@ async def test_console_page_shows_the_live_stack(
     )
     # Sensor rows are filtered out by default; shown, the page holds as many as its bound, not the whole flood.
     sensor_rows = await asyncio.to_thread(
-        browser.run,
+        browser.execute_script,
         "document.querySelector('#f-classes input[value=sensor]').click();"
         "return document.querySelectorAll('#timeline li[data-cls=sensor]').length;",
     )
@@ -425,40 +358,38 @@ async def test_console_page_shows_the_live_stack(
     await until(browser, BROKER_JS, lambda v: v == "false", "the broker shown as disconnected")
     async with EmbeddedBroker(port=port):
         await until(browser, BROKER_JS, lambda v: v == "true", "the broker shown as connected again", timeout=60)
-        assert await asyncio.to_thread(browser.run, LIVE_JS) is True
+        assert await asyncio.to_thread(browser.execute_script, LIVE_JS) is True
 
 
 # ------------------------------------------------------------------------------------------------ the server over HTTP
 
 
 async def _http(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = {"Host": f"127.0.0.1:{port}", "Content-Length": str(len(body)), **(headers or {})}
-    lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    await writer.drain()
-    async with asyncio.timeout(WAIT_S):
-        raw = await reader.read()
-    writer.close()
-    status = int(raw.split(b" ", 2)[1])
-    payload = raw.split(b"\r\n\r\n", 1)[1]
-    return status, payload
+    """One request with aiohttp's client; ``(status, body bytes)``. The ``Host`` header may be overridden."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.request(method, f"http://127.0.0.1:{port}{path}", data=body, headers=headers) as response,
+    ):
+        return response.status, await response.read()
 
 
 async def _sse(port: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
-    await writer.drain()
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert b"text/event-stream" in head
-        while True:
-            block = (await reader.readuntil(b"\n\n")).decode()
-            fields = dict(line.split(": ", 1) for line in block.strip().split("\n") if ": " in line)
+    """The console's event stream, parsed into ``(event, data)`` pairs."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/events", headers={"Accept": "text/event-stream"}) as response,
+    ):
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        block: list[str] = []
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line:
+                block.append(line)
+                continue
+            fields = dict(item.split(": ", 1) for item in block if ": " in item)
+            block = []
             if "event" in fields:
                 yield fields["event"], json.loads(fields["data"])
-    finally:
-        writer.close()
 
 
 async def _next(stream: AsyncIterator[tuple[str, dict[str, Any]]], ok: Callable[[str, dict[str, Any]], bool]) -> Any:

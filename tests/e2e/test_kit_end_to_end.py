@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from broker.client import Bus
-from broker.testkit.expect import Expect, UserTopics, has
-from broker.testkit.mosquitto import MosquittoProcess
-from broker.testkit.process import ProcessFactory
 from schemas.envelope import Message, make
 from schemas.events import RingGesture, Utterance
+from testkit.expect import Expect, UserTopics, has
+from testkit.mosquitto import MosquittoProcess
+from testkit.process import ProcessFactory
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker, pytest.mark.slow]

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from broker.client import Bus, BusOptions, Outgoing
-from broker.testkit.mosquitto import MosquittoProcess
-from broker.testkit.record import load_recording
 from schemas import codec
 from schemas.errors import DecodeError
 from schemas.health import FLAG, REDACTED
+from testkit.mosquitto import MosquittoProcess
+from testkit.record import load_recording
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -34,7 +34,7 @@ NAMES = sorted(codec.HEALTH_NAMES - {FLAG})
 
 async def wearbus(*argv: str, timeout: float = 300) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable, "-m", "cli.main", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -97,7 +97,7 @@ async def test_after_up_nothing_people_read_holds_a_health_value(tmp_path: Path)
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "broker.cli",
+                    "cli.main",
                     *argv,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,

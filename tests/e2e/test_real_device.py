@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.stack import default_scenario
+from cli.up import default_scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def short_scenario(tmp_path: Path) -> Path:
 async def up_forever(tmp_path: Path) -> AsyncIterator[tuple[int, list[str]]]:
     """`wearbus up --forever` until its scenario is over; yields the broker's port and the timeline so far."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", "up", "--forever", "--speed", "60", "--port", "0", "--no-console",
+        sys.executable, "-m", "cli.main", "up", "--forever", "--speed", "60", "--port", "0", "--no-console",
         "--scenario", str(short_scenario(tmp_path)), "--workdir", str(tmp_path / "run"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"COLUMNS": "400", **_env()},
     )  # fmt: skip
@@ -136,7 +136,7 @@ async def refused_up(tmp_path: Path, steps: list[dict[str, object]]) -> list[str
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", "up", "--scenario", str(bad), "--port", "0", "--no-console",
+        sys.executable, "-m", "cli.main", "up", "--scenario", str(bad), "--port", "0", "--no-console",
         "--workdir", str(tmp_path / "run"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**_env(), "COLUMNS": "300"},
     )  # fmt: skip

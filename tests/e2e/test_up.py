@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from broker.testkit.mosquitto import MosquittoProcess
+from testkit.mosquitto import MosquittoProcess
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -21,7 +21,7 @@ PAID = {"order_food", "hail_ride"}
 async def run_up(tmp_path: Path, *extra: str, timeout: float = 240) -> tuple[int, dict[str, object], str]:
     summary = tmp_path / "summary.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", "up", "--speed", "240", "--quiet", "--no-console", "--workdir",
+        sys.executable, "-m", "cli.main", "up", "--speed", "240", "--quiet", "--no-console", "--workdir",
         str(tmp_path / "run"), "--json-summary", str(summary), *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -71,7 +71,7 @@ async def test_day_in_the_life_on_the_embedded_broker(tmp_path: Path) -> None:
 
 async def wearbus(*argv: str, timeout: float = 120) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable, "-m", "cli.main", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     try:
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -89,7 +89,7 @@ async def test_day_in_the_life_on_mosquitto_recorded_replayed_and_diffed(tmp_pat
     recording = tmp_path / "day.rec"
     async with MosquittoProcess() as broker:
         recorder = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker.cli", "record", "wb/#", "-o", str(recording), "--broker", broker.url,
+            sys.executable, "-m", "cli.main", "record", "wb/#", "-o", str(recording), "--broker", broker.url,
             "--include-health",  # the agent replays it: the rules need the values
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -26,7 +26,6 @@ import pytest
 
 from broker.client import Bus, BusOptions, Outgoing, Rejected
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential, Limits, OperatorCredential, TlsListener
-from broker.testkit.mosquitto import MosquittoProcess
 from devices.sdk import Device, DeviceConfig, on_action
 from schemas import codec
 from schemas.actions import ACCEPTS, ACTIONS, AgentState, ContextSnapshot, DeadLetter, DeviceState
@@ -55,6 +54,7 @@ from schemas.events import (
     event_key,
 )
 from schemas.topics import Channel, DeviceId, Kind, event_topic
+from testkit.mosquitto import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = (Kind.GLASSES, Kind.RING, Kind.EARPHONES, Kind.PHONE)
@@ -146,7 +146,7 @@ def broker_db(broker: MosquittoProcess) -> Path:
 
 
 class AgentProcess:
-    """``wearbus agent`` as a real process (``python -m broker.cli agent``), stopped by its PID.
+    """``wearbus agent`` as a real process (``python -m cli.main agent``), stopped by its PID.
 
     Args:
         url: the broker URL.
@@ -193,7 +193,7 @@ class AgentProcess:
         if self.running:
             raise AssertionError("the agent is already running")
         argv = [
-            sys.executable, "-m", "broker.cli", "agent", "--broker", self.url, "--db", str(self.db),
+            sys.executable, "-m", "cli.main", "agent", "--broker", self.url, "--db", str(self.db),
             "--instance", self.instance, "--username", AGENT.username, "--password", AGENT.password,
             "--log-level", "info", "--default-consent", "proactive-health",  # the health rules are under test too
             *self.extra,
@@ -397,6 +397,8 @@ class Observer:
     Attributes:
         commands: times each action id was delivered on a ``cmd/`` topic.
         command_topics: the topic of each action id.
+        corrs: the correlation ids (the causing events) of the commands seen.
+        command_corr: the correlation id of each action id seen.
         dlq: dead letters, in arrival order.
         agent_states: ``(monotonic time, online)`` of every agent presence message.
         device_states: ``(monotonic time, online, retained)`` of every device state, by topic.
@@ -413,6 +415,8 @@ class Observer:
         )  # fmt: skip
         self.commands: Counter[str] = Counter()
         self.command_topics: dict[str, str] = {}
+        self.corrs: set[str] = set()
+        self.command_corr: dict[str, str] = {}
         self.dlq: list[DeadLetter] = []
         self.agent_states: list[tuple[float, bool]] = []
         self.device_states: dict[str, list[tuple[float, bool, bool]]] = {}
@@ -454,6 +458,9 @@ class Observer:
             case Channel.COMMAND:
                 self.commands[message.envelope.id] += 1
                 self.command_topics[message.envelope.id] = message.topic
+                if message.envelope.corr is not None:
+                    self.command_corr[message.envelope.id] = message.envelope.corr
+                    self.corrs.add(message.envelope.corr)
             case Channel.DLQ if isinstance(data, DeadLetter):
                 self.dlq.append(data)
             case Channel.AGENT_STATE if isinstance(data, AgentState):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,8 @@ from tests.faults.harness import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(600)]
 
+ATTEMPTS = 5  # tries at catching the agent between its publish and its commit
+LOCK_WINDOW_S = 2.0  # how long a try holds the agent's write lock (under its 5 s busy timeout)
 MAX_RATE_PER_DEVICE = 12.0  # below the agent's sustained admission rate (20/s), so nothing is refused for rate
 DUPLICATE_SHARE = 0.05
 
@@ -87,15 +90,23 @@ class Stream:
 
 
 async def chaos(
-    agent: AgentProcess, db: AgentDb, stream: Stream, points: list[int], rng: random.Random, counts: Counts
+    agent: AgentProcess,
+    db: AgentDb,
+    observer: Observer,
+    stream: Stream,
+    points: list[int],
+    rng: random.Random,
+    counts: Counts,
 ) -> None:
     """Kill the agent with SIGKILL when the broker has acknowledged ``points[i]`` events; start it again."""
     unmarked = 0
     for point in points:
         await wait_for(lambda p=point: len(stream.acked) >= p, f"{point} acknowledged events", 120)  # type: ignore[misc]
         await agent.kill9()
-        # Only actions whose publication was not yet recorded can go out a second time.
+        # Only actions whose publication was not yet recorded can go out a second time: stored but not marked, or
+        # published before their commit (answers go out first) and not stored when it died.
         unmarked += int(await db.scalar("SELECT COUNT(*) FROM actions WHERE published_wall_ms IS NULL") or 0)
+        unmarked += len(set(observer.commands) - await db.ids("SELECT id FROM actions"))
         await asyncio.sleep(rng.uniform(0.1, 1.0))  # the downtime is part of the fault
         await agent.start()
     counts["kills"] = len(points)
@@ -131,7 +142,7 @@ async def test_agent_kill9_at_random_points_loses_nothing_and_acts_once(
                 total = share * len(devices)
                 points = sorted(rng.sample(range(total // 7, total * 6 // 7), scale.kills))
                 await asyncio.gather(
-                    chaos(agent, db, stream, points, rng, counts),
+                    chaos(agent, db, observer, stream, points, rng, counts),
                     *(stream.run(dev, share, pace_s, random.Random(f"{seed}/{dev.ident}")) for dev in devices),
                 )
                 await observer.agent_online(agent)
@@ -239,3 +250,108 @@ async def test_a_backlog_held_while_the_agent_was_away_is_not_refused_as_a_flood
     counts.report(record_property)
     assert counts["refused_for_rate"] == 0, "a backlog sent at an ordinary pace was refused as a flood"
     assert counts["lost"] == 0
+
+
+async def test_a_kill_between_the_publish_and_the_commit_repeats_nothing(
+    mosquitto_binary: None, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """The agent publishes an answer before it commits (answers in one round trip): killed in between, it answers
+    again with the same action id after a restart, and the device carries it out once.
+
+    The test holds the agent's database write lock, so the commit after the publish waits; the answer is seen on the
+    wire, the agent is killed, the lock released, and the agent started again.
+    """
+    user = "u0"
+    creds = fleet([user])
+    counts = Counts("kill-between-publish-and-commit")
+    async with secure_broker(creds) as broker, Observer(broker.url, TAP.username, TAP.password) as observer:
+        agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
+        db = AgentDb(agent.db)
+        glasses = make_device(creds, user, Kind.GLASSES, broker.url)
+        buds = make_device(creds, user, Kind.EARPHONES, broker.url)
+        try:
+            await agent.start()
+            await observer.agent_online(agent)
+            async with glasses, buds:
+                await glasses.wait_connected(15)
+                await buds.wait_connected(15)
+                sent = 0
+                for dev in (glasses, buds):
+                    for body in setup_events(dev.kind):
+                        sent += 1
+                        dev.sent_seq += 1
+                        topic, envelope = envelope_for(dev, body, seq=dev.sent_seq)
+                        assert await publish_acked(dev, topic, codec.encode(envelope))
+                await wait_for_async(lambda: _stored_at_least(db, sent), "the setup events stored", 30)
+                # The pump writes for other reasons too (contexts, ticks, snapshots, PUBACK marks): held behind the
+                # lock, such a write keeps the utterance from being handled at all. Then the lock is let go, that
+                # utterance is answered and stored as usual, and the next one tries again.
+                said, first, stored_at_kill = None, {}, -1
+                for attempt in range(1, ATTEMPTS + 1):
+                    lock = sqlite3.connect(agent.db, timeout=10, isolation_level=None)
+                    try:
+                        lock.execute("BEGIN IMMEDIATE")  # the agent's next commit waits for this write lock
+                        buds.sent_seq += 1
+                        topic, said = envelope_for(buds, Utterance(text="what time is it"), seq=buds.sent_seq)
+                        assert await publish_acked(buds, topic, codec.encode(said))
+                        corr = said.id
+                        answered = await _within(LOCK_WINDOW_S, lambda c=corr: c in observer.corrs)  # type: ignore[misc]
+                        if answered:
+                            await agent.kill9()
+                            first = {a: n for a, n in observer.commands.items() if observer.command_corr.get(a) == corr}
+                            stored_at_kill = int(
+                                lock.execute("SELECT COUNT(*) FROM events WHERE id = ?", (corr,)).fetchone()[0]
+                            )
+                    finally:
+                        lock.execute("ROLLBACK")
+                        lock.close()
+                    if answered:
+                        counts["attempts"] = attempt
+                        break
+                    await wait_for_async(lambda c=corr: _stored_at_least(db, 1, c), "an unlocked utterance stored", 30)  # type: ignore[misc]
+                else:
+                    pytest.fail(f"in {ATTEMPTS} tries the agent never answered while its commit waited")
+                assert said is not None
+                counts["stored_at_kill"] = stored_at_kill
+                await agent.start()
+                await observer.agent_online(agent)
+                await wait_for_async(lambda: _stored_at_least(db, 1, said.id), "the utterance stored after restart", 60)
+
+                async def settled() -> bool:
+                    rows = await db.rows("SELECT id, published_wall_ms FROM actions WHERE corr = ?", said.id)
+                    return bool(rows) and all(pub is not None for _, pub in rows)
+
+                await wait_for_async(settled, "the answer stored and marked published", 60)
+                answer = await db.rows("SELECT id, type FROM actions WHERE corr = ?", said.id)
+                await wait_for(lambda: all(glasses.carried[a] + buds.carried[a] >= 1 for a, _ in answer),
+                               "the answer carried out", 30)  # fmt: skip
+        finally:
+            code = await agent.stop()
+    assert code == 0, f"the agent did not stop cleanly ({code}); log:\n{agent.log_tail()}"
+    before_kill = sum(1 for a, _ in answer if first.get(a))
+    twice = sum(1 for a, _ in answer if glasses.carried[a] + buds.carried[a] > 1)
+    counts["actions"] = len(answer)
+    counts["published_before_kill"] = before_kill
+    counts["on_wire"] = sum(observer.commands[a] for a, _ in answer)
+    counts["carried_out_twice"] = twice
+    counts.report(record_property)
+    assert counts["stored_at_kill"] == 0, "the commit was expected to wait for the test's lock"
+    assert set(first) <= {a for a, _ in answer}, "the restarted agent answered with other action ids"
+    assert before_kill >= 1, "no answer went out before the kill"
+    assert twice == 0, "a device carried out an action twice"
+    assert (await db.scalar("SELECT COUNT(*) FROM events WHERE id = ?", said.id)) == 1
+
+
+async def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` holds within ``seconds`` (polled): a bounded try, not a verdict."""
+    try:
+        await wait_for(condition, "", seconds)
+    except pytest.fail.Exception:
+        return False
+    return True
+
+
+async def _stored_at_least(db: AgentDb, n: int, event_id: str | None = None) -> bool:
+    if event_id is None:
+        return int(await db.scalar("SELECT COUNT(*) FROM events") or 0) >= n
+    return int(await db.scalar("SELECT COUNT(*) FROM events WHERE id = ?", event_id) or 0) >= n

@@ -2,7 +2,7 @@
 
 - kill -9 of a device process: the kernel closes its socket, so the broker publishes its Will (retained
   ``offline``) at once, long before a keep-alive could have expired, and the agent's context shows it offline.
-- a silent network cut (:class:`~broker.testkit.proxy.TcpProxy` between the device and the broker stops
+- a silent network cut (:class:`~testkit.proxy.TcpProxy` between the device and the broker stops
   forwarding without closing anything): the agent marks the device offline within 1.5 x keep-alive + 5 s, in
   practice sooner, after three missed heartbeats; the Will follows when the broker's keep-alive check fires.
   Once the cut heals, the events the device held arrive in order (seq) and each is acted on once.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.testkit.proxy import TcpProxy
 from schemas import codec
 from schemas.events import GlassesWear, InEar, Utterance
 from schemas.topics import Kind, state_topic
+from testkit.proxy import TcpProxy
 from tests.faults.conftest import Scale
 from tests.faults.harness import (
     ROOT,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker.testkit.proxy import TcpProxy
+from testkit.proxy import TcpProxy
 from tests.faults.harness import wait_for
 
 pytestmark = [pytest.mark.timeout(60)]

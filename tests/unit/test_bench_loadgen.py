@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.loadgen import Will, WireClient
 from broker import mqtt
-from broker.bench.loadgen import Will, WireClient
 from broker.embedded import EmbeddedBroker, free_port
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.bench import mix
-from broker.bench.fleet import next_due
+from bench import mix
+from bench.fleet import next_due
 from schemas import codec
 from schemas.actions import Ack, DeviceState
 from schemas.topics import Channel, Kind

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from agent.bench import summarize
-from broker.bench import harness as hx
-from broker.bench.raw import latency_summary, percentile
+from bench import harness as hx
+from bench.agent import summarize
+from bench.raw import latency_summary, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:

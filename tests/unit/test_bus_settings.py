@@ -7,13 +7,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent.cli import agent_command
-from broker.bus import BusOptions, open_bus
+from broker.bus import BusOptions
 from broker.client import Bus
-from broker.console.cli import console
+from broker.connect import open_bus
 from broker.memory import MemoryBus
 from broker.settings import mqtt_choice
-from devices.cli import add_commands
+from cli.agent import agent_command
+from cli.devices import add_commands
+from console.cli import console
 from schemas.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broker.console.state import ConsoleState
+from console.state import ConsoleState
 from schemas import codec
 from schemas.actions import DeviceState
 from schemas.envelope import make

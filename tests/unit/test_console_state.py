@@ -10,11 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.console.state import (
+from console.state import (
     ConsoleState,
     Limits,
     build_injection,
-    clip_line,
     inject_catalogue,
     mirror,
     screen_lines,
@@ -22,7 +21,7 @@ from broker.console.state import (
 from schemas import actions as act
 from schemas import codec
 from schemas import events as ev
-from schemas.display import LINE_UNITS, LINES_PER_SCREEN, text_units
+from schemas.display import LINE_UNITS, LINES_PER_SCREEN, clip_line, text_units
 from schemas.envelope import Message, make
 from schemas.errors import TopicError, ValidationFailed
 from schemas.topics import (

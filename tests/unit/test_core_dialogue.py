@@ -12,9 +12,9 @@ from schemas.actions import ShowCard, ShowNav, Speak, TaskStart
 from schemas.events import Money, TaskStatus
 from schemas.topics import Kind
 
-SUBWAY = Place("subway", 30.2575, 120.1655, "龙翔桥站")
-FAR_SUBWAY = Place("Xixi metro", 30.2700, 120.0300, "西溪地铁站")
-STATION = Place("杭州东站", 30.2905, 120.2125, "Hangzhou East railway station")
+SUBWAY = Place(name="subway", lat=30.2575, lon=120.1655, address="龙翔桥站")
+FAR_SUBWAY = Place(name="Xixi metro", lat=30.2700, lon=120.0300, address="西溪地铁站")
+STATION = Place(name="杭州东站", lat=30.2905, lon=120.2125, address="Hangzhou East railway station")
 
 
 def _texts(out: Any) -> str:

@@ -15,8 +15,8 @@ from typer.core import TyperGroup, TyperOption
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from devices.__main__ import app as main_app
-from devices.cli import make_spec, register
+from cli.devices import app as main_app
+from cli.devices import make_spec, register
 from devices.fleet import build_fleet, fleet_ids, run
 from devices.ring import RingEmulator
 from devices.scenario import load

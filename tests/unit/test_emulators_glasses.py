@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devices.glasses import GlassesEmulator, HudState
-from devices.scenario import Scenario, parse
+from devices.scenario import parse
+from devices.scenario_spec import Scenario
 from devices.sdk import ActionRejected
 from schemas.actions import (
     Capture,

@@ -9,12 +9,13 @@ from hypothesis import strategies as st
 
 from devices.models import Skill, is_valid_sequence
 from devices.phone import PhoneEmulator, sim_slots
-from devices.scenario import PlaceSpec, parse
+from devices.scenario import parse
 from devices.sdk import ActionRejected
 from schemas.actions import Notify, Prompt, TaskCancel, TaskConfirm, TaskStart
 from schemas.clock import ManualClock
 from schemas.envelope import Envelope, make
 from schemas.events import CalendarNext, Location, Notification, PhoneTap, TaskStatus, Utterance
+from schemas.geo import Place
 
 T0 = 1_764_018_000_000
 MIN = 60_000
@@ -188,7 +189,7 @@ async def test_the_nth_task_can_be_told_to_fail() -> None:
 
 
 def test_place_slots_become_coordinates() -> None:
-    places = {"杭州东站": PlaceSpec(name="杭州东站", lat=30.29, lon=120.21)}
+    places = {"杭州东站": Place(name="杭州东站", lat=30.29, lon=120.21)}
     here = (30.27, 120.13)
     slots = sim_slots({"destination": "杭州东站", "pickup_lat": 30.1, "pickup_lon": 120.1}, places, here)
     assert slots["destination"] == (30.29, 120.21)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agent.nlu_eval import DEFAULT_CORPUS, Item, evaluate, judge, load
+from cli.eval import DEFAULT_CORPUS, Item, evaluate, judge, load
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / DEFAULT_CORPUS
@@ -41,7 +41,7 @@ def test_a_reading_is_judged_on_skill_and_key_slots() -> None:
 def _cli(*args: str) -> tuple[int, str]:
     import typer  # noqa: PLC0415
 
-    from agent.nlu_eval import eval_command  # noqa: PLC0415
+    from cli.eval import eval_command  # noqa: PLC0415
 
     app = typer.Typer()
     app.command()(eval_command)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.failfast import EXIT_STORE, StoreFailed, blames_the_messages, unrecoverable
-from agent.stack import Proc, Supervisor
+from cli.up import Proc, Supervisor
 from schemas.errors import StoreError
 
 

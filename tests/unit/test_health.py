@@ -170,8 +170,8 @@ def _message(topic: str, body: Any) -> Any:
 def test_the_timeline_and_tap_redact_unless_asked_for() -> None:
     from rich.console import Console  # noqa: PLC0415
 
-    from agent.stack import Timeline  # noqa: PLC0415
-    from broker.cli import render  # noqa: PLC0415
+    from cli.main import render  # noqa: PLC0415
+    from cli.up import Timeline  # noqa: PLC0415
 
     hr = _message("wb/v1/alice/ring/ring-1/evt/sensor/hr", HeartRate(bpm=131.5))
     card = _message(
@@ -195,7 +195,7 @@ def test_the_privacy_commands_say_what_is_wrong(tmp_path: Any) -> None:
     import typer  # noqa: PLC0415
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from agent.privacy import register  # noqa: PLC0415
+    from cli.privacy import register  # noqa: PLC0415
 
     app = typer.Typer()
     register(app)

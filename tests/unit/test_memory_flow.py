@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 
 from agent.runtime import AgentRuntime, AgentSettings
-from broker.bus import BusOptions, open_bus
+from broker.bus import BusOptions
+from broker.connect import open_bus
 from broker.memory import MemoryBroker
 from devices.sdk import Device, DeviceConfig, on_action
 from schemas.actions import Ack, ShowCard, Speak

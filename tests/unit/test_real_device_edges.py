@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.stack import Timeline
 from broker.mosquitto import config_from_cli
+from cli.up import Timeline
 from schemas import codec
 from schemas.actions import DeadLetter, DeviceState
 from schemas.clock import SimClock
@@ -122,12 +122,12 @@ def test_timeline_times_are_in_the_users_zone_not_the_machines() -> None:
 def test_help_and_errors_keep_their_brackets_and_colons() -> None:
     env = {**os.environ, "COLUMNS": "200"}
     shown = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "broker", "config", "--help"], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "cli.main", "broker", "config", "--help"], capture_output=True, text=True, env=env,
         check=True, timeout=60,
     )  # fmt: skip
     assert "alice:ring:ring-1" in shown.stdout, shown.stdout  # not "alice💍ring-1"
     refused = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "device", "ring", "--id", "Ring_1"], capture_output=True, text=True,
+        [sys.executable, "-m", "cli.main", "device", "ring", "--id", "Ring_1"], capture_output=True, text=True,
         env=env, check=False, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 1
@@ -153,8 +153,12 @@ def test_the_tls_listener_binds_the_given_host(tmp_path: Path) -> None:
 
 
 def test_the_two_latencies_say_what_they_measure() -> None:
-    from agent.cli import LATENCY_BUS, LATENCY_STORED, print_summary  # noqa: PLC0415
-    from agent.report import Summary  # noqa: PLC0415
+    from cli.report import (  # noqa: PLC0415
+        LATENCY_BUS,
+        LATENCY_STORED,
+        Summary,
+        print_summary,
+    )
 
     buffer = io.StringIO()
     summary = Summary(db="x.db", latency_ms={"p50": 44.0, "p99": 90.0, "max": 91.0}, latency_samples=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from agent.report import summarize, timed_note
 from agent.store import Store
+from cli.report import summarize, timed_note
 from tests.unit.test_store import action, event
 
 

@@ -10,15 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devices.models import Activity, OverrideKind, haversine_m
-from devices.scenario import (
-    BUILTIN,
-    Scenario,
-    format_offset,
-    guess_lang,
-    load,
-    parse,
-    parse_offset,
-)
+from devices.scenario import load, parse
+from devices.scenario_plan import Plan
+from devices.scenario_spec import BUILTIN, Scenario, format_offset, guess_lang, parse_offset
 from schemas.errors import ConfigError
 from schemas.topics import Kind
 
@@ -219,7 +213,7 @@ def test_the_profile_is_plain_data_shaped_like_the_agents_user_profile() -> None
         "consent",
     }
     assert profile["consent"] == ["proactive-health"]
-    assert profile["home"] == {"name": "home", "lat": 30.2745, "lon": 120.139, "address": "黄龙 家"}
+    assert profile["home"] == {"name": "home", "lat": 30.2745, "lon": 120.139, "address": "黄龙 家", "label": ""}
     assert profile["usual_order"]["dish"] == "牛肉面"
     assert set(profile["baselines"]) == {"rhr_bpm", "hrv_ms", "skin_temp_c", "resp_brpm"}
 
@@ -229,7 +223,7 @@ def test_the_profile_is_plain_data_shaped_like_the_agents_user_profile() -> None
 
 def test_a_trip_sets_the_activity_on_the_way_and_on_arrival() -> None:
     s = scenario("  - {at: +00:10:00, go: {to: office, mode: drive, then: sitting}}\n")
-    plan = s.plan()
+    plan = Plan.of(s)
     leg = plan.legs[0]
     assert leg.route.start_ms == 600_000
     assert plan.activity_at(0) is Activity.RESTING
@@ -252,7 +246,7 @@ def test_a_new_trip_cuts_the_current_one_short_where_the_person_is() -> None:
         "  - {at: +00:00:00, go: {to: office, mode: walk, navigate: true}}\n"
         "  - {at: +00:30:00, go: {to: home, mode: walk}}\n"
     )
-    plan = s.plan()
+    plan = Plan.of(s)
     first, second = plan.legs
     assert first.until_ms == 1_800_000
     cut = first.route.position(1_800_000)
@@ -264,7 +258,7 @@ def test_a_new_trip_cuts_the_current_one_short_where_the_person_is() -> None:
 
 
 def test_an_idle_plan_stays_put() -> None:
-    from devices.scenario import Plan  # noqa: PLC0415
+    from devices.scenario_plan import Plan  # noqa: PLC0415
 
     plan = Plan.idle(Activity.SITTING)
     assert plan.activity_at(10**9) is Activity.SITTING

@@ -153,7 +153,7 @@ def test_the_export_has_the_shadow_channels() -> None:
 def test_the_command_line_validates_before_it_connects() -> None:
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from broker.cli import _register_extensions, app  # noqa: PLC0415
+    from cli.main import _register_extensions, app  # noqa: PLC0415
 
     _register_extensions()
     runner = CliRunner()

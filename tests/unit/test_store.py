@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from agent.core.api import TaskRecord
 from agent.core.engine import AgentCore
-from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TaskRow, TickRow
-from broker.bench import mix
+from agent.store import _INSERT_EVENT, MIGRATIONS, ActionRow, EventRow, Mark, Snapshot, Store, TickRow
+from bench import mix
 from schemas import codec
 from schemas.errors import ConfigError, StoreError
 
@@ -95,7 +96,7 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
     async with Store(tmp_path / "a.db") as store:
-        task = TaskRow("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
+        task = TaskRecord("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
                        None, 1, 2)  # fmt: skip
         await store.commit_batch([event(1), event(2)], [action(1)], [task], [("low_spo2", "a", "re-measure", 5)])
         await store.commit_batch([event(2), event(3)], [], [], [])  # e2 again: ignored
@@ -106,7 +107,7 @@ async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
         assert await store.unpublished() == []
         await store.mark_acks([("a1", "done", "shown", 5000)])
         assert await store.rows("SELECT status, detail FROM actions") == [("done", "shown")]
-        done = TaskRow("t1", "a", "order_food", "committed", {"dish": "noodles"}, 2, ("address",), (), "ring", 1, 9)
+        done = TaskRecord("t1", "a", "order_food", "committed", {"dish": "noodles"}, 2, ("address",), (), "ring", 1, 9)
         await store.commit_batch([], [], [done], [])
         [t] = await store.tasks()
         assert (t.state, t.rounds, t.confirm_modality) == ("committed", 2, "ring")
@@ -208,8 +209,8 @@ async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path)
 
 
 async def test_health_values_sealed_at_rest_open_with_the_key_only(tmp_path: Path) -> None:
-    from agent.report import summarize  # noqa: PLC0415
     from agent.sealing import HealthCipher, is_sealed, new_key_file  # noqa: PLC0415
+    from cli.report import summarize  # noqa: PLC0415
     from schemas.envelope import make  # noqa: PLC0415
     from schemas.events import HeartRate, Steps  # noqa: PLC0415
 

@@ -3,7 +3,7 @@ depend on the machine's load)."""
 
 from __future__ import annotations
 
-from agent import store_bench
+from bench import store as store_bench
 
 
 async def test_the_dedup_index_dirties_at_most_a_page_an_event() -> None:

@@ -9,9 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.testkit.contract import ChannelSpec, channel_specs, check, match_channel
-from broker.testkit.expect import Seen
-from broker.testkit.raw import RawMessage
 from schemas import codec
 from schemas.actions import DeviceState
 from schemas.envelope import make
@@ -19,6 +16,9 @@ from schemas.errors import ContractError
 from schemas.events import EVENT_QOS, EVENTS, HeartRate, Steps
 from schemas.export import asyncapi
 from schemas.topics import EventClass, Kind
+from testkit.contract import ChannelSpec, channel_specs, check, match_channel
+from testkit.expect import Seen
+from testkit.raw import RawMessage
 
 SPECS = channel_specs()
 NAMES = st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True)

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.testkit.expect import (
+from schemas import codec
+from schemas.actions import Ack
+from schemas.envelope import Message, make
+from schemas.errors import TopicError
+from schemas.events import HeartRate, Steps
+from schemas.topics import DeviceId, Kind
+from testkit.expect import (
     MAX_LINES,
     Expect,
     UserTopics,
@@ -19,13 +25,7 @@ from broker.testkit.expect import (
     has,
     nearby,
 )
-from broker.testkit.raw import RawMessage
-from schemas import codec
-from schemas.actions import Ack
-from schemas.envelope import Message, make
-from schemas.errors import TopicError
-from schemas.events import HeartRate, Steps
-from schemas.topics import DeviceId, Kind
+from testkit.raw import RawMessage
 
 U = UserTopics("t-unit")
 HR = U.event("ring", "r1", "sensor", "hr")

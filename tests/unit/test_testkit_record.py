@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from broker.bus import BusOptions, Outgoing
 from broker.memory import MemoryBroker, MemoryBus
-from broker.testkit.record import (
+from schemas import codec
+from schemas.errors import ConfigError
+from testkit.record import (
     FORMAT,
     Header,
     Recorded,
@@ -27,8 +29,6 @@ from broker.testkit.record import (
     replay,
     write_recording,
 )
-from schemas import codec
-from schemas.errors import ConfigError
 
 topics = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=80)
 recorded = st.builds(
