@@ -16,13 +16,13 @@ from agent.cluster import (
     DEFAULT_BUCKETS,
     ClusterMember,
     ClusterSettings,
-    _per_device_order,
     assignment,
     bucket_of,
     escape_dots,
     nats_mappings_block,
     original_topic,
     partition_filter,
+    per_device_order,
     rendezvous_owner,
     user_filters,
 )
@@ -147,7 +147,7 @@ def test_reconnect_hold_releases_each_device_in_order(devices: list[tuple[str, s
         messages.append(_hr(*dev, seq=counters[dev], ts=1_700_000_000_000 + i))
     rnd.shuffle(messages)  # what a reconnect can do: redeliveries after newer messages
     inbox = deque(messages)
-    _per_device_order(inbox)
+    per_device_order(inbox)
     assert len(inbox) == len(messages)
     last: dict[tuple[str | None, str | None], int] = {}
     for m in inbox:
