@@ -353,7 +353,7 @@ class AgentRuntime:
         options = BusOptions(
             url=s.url, client_id=f"{s.instance}.claim", username=s.username, password=s.password,
             protocol=s.protocol, transport=s.transport, persistent=True, session_expiry_s=CLAIM_SESSION_S,
-            manual_ack=True, name=f"{s.instance}.claim",
+            manual_ack=True, observe_only=True, name=f"{s.instance}.claim",
             connect_timeout_s=CLAIM_CONNECT_S,
         )  # fmt: skip
         probe = self._bus_factory(options)

@@ -94,6 +94,9 @@ class BusOptions:
         name: for logs.
         seen_retained: digests of retained messages already dead-lettered (the agent passes one it keeps on disk):
             retained garbage comes again at every subscribe, and is then acknowledged without another dead letter.
+        observe_only: a bus that only looks (the agent's instance-id probe, which a broker that makes the username
+            the client id hands the agent's own session): it acknowledges nothing, not even what it rejects, so
+            everything it was given is delivered again to the session's real consumer.
     """
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -120,6 +123,7 @@ class BusOptions:
     on_connect: list[OnConnect] = field(default_factory=list)
     on_reject: list[OnReject] = field(default_factory=list)
     seen_retained: MutableSet[str] | None = None
+    observe_only: bool = False
 
 
 @dataclass(slots=True)
@@ -542,7 +546,7 @@ class BusCore:
         Whatever the connection's state: rejected before it is up, both wait for it (:meth:`_release_held`).
         """
         opts = self.options
-        ack = opts.manual_ack and qos > 0
+        ack = opts.manual_ack and qos > 0 and not opts.observe_only
         if not payload and (retain or _retained_topic(topic)):
             # An empty payload clears a retained topic: a deliberate act, not an error (the copy forwarded to a
             # live subscriber has its retain flag cleared, so the topic tells).

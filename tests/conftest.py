@@ -11,6 +11,8 @@ from typing import Protocol
 
 import pytest
 
+from broker import client
+from broker.bus import BusOptions
 from broker.embedded import EmbeddedBroker, free_port
 from broker.memory import MemoryBroker
 from testkit.mosquitto import MosquittoProcess, mosquitto_available
@@ -118,9 +120,25 @@ async def any_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     an answer amqtt never gives, per connection. ``test_auto_falls_back_to_3_1_1_on_the_embedded_broker`` covers it.
     """
     if request.param == "embedded":
-        monkeypatch.setenv("WB_PROTOCOL", "3.1.1")
+        speak_311(monkeypatch)
     async with broker_under_test(request.param) as under:
         yield under
+
+
+def speak_311(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test on the embedded broker (amqtt speaks only MQTT 3.1.1): every bus skips the MQTT 5 probe of
+    protocol "auto", which waits 3 s per connection for an answer amqtt never gives. Processes the test starts read
+    ``WB_PROTOCOL`` at their edge, as ``wearbus up`` passes it; the test's own buses (the library reads no
+    environment) get it here, as a command would set it from its options."""
+    monkeypatch.setenv("WB_PROTOCOL", "3.1.1")
+    original = client.Bus.__init__
+
+    def init(self: client.Bus, options: BusOptions) -> None:
+        original(self, options)
+        if options.protocol == "auto":
+            self.protocol = "3.1.1"
+
+    monkeypatch.setattr(client.Bus, "__init__", init)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,6 +20,7 @@ from schemas.actions import DeviceState
 from schemas.envelope import make
 from schemas.events import Utterance
 from schemas.topics import Channel, Kind
+from tests.conftest import speak_311
 
 SENTENCE = "could you sort out transport to the airport for me"
 
@@ -98,7 +99,7 @@ def test_malformed_replies_give_none() -> None:
 async def test_the_agent_uses_it_for_what_the_parser_misses(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WB_PROTOCOL", "3.1.1")  # amqtt: no 3 s MQTT 5 probe per connection
+    speak_311(monkeypatch)  # amqtt: no 3 s MQTT 5 probe per connection
     user = f"t-{uuid.uuid4().hex[:8]}"
     async with EmbeddedBroker(port=free_port(), users={"agent": "pw"}) as broker:
         settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance=f"agent-{user}", username="agent",

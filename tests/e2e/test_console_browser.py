@@ -52,6 +52,7 @@ from schemas.topics import (
     reported_topic,
     state_topic,
 )
+from tests.conftest import speak_311
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -194,7 +195,7 @@ class FakeUser:
 
 @pytest.fixture
 async def stack(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[EmbeddedBroker, ConsoleServer, Bus]]:
-    monkeypatch.setenv("WB_PROTOCOL", "3.1.1")  # amqtt: the console's bus skips the 3 s MQTT 5 probe
+    speak_311(monkeypatch)  # amqtt: the console's bus skips the 3 s MQTT 5 probe
     async with (
         EmbeddedBroker(port=free_port()) as broker,
         ConsoleServer(broker.url, port=0, allow_inject=True, show_health=True) as console,
@@ -334,7 +335,7 @@ async def test_console_page_shows_the_live_stack(
     n = 1500
     for i in range(n):
         body = ev.HeartRate(bpm=60 + i % 30, source="realtime")
-        await bus.publish(event_topic(user.ring, "sensor", "hr"), make(body, src_ts=t0 + i * 1000), qos=0)
+        await bus.publish(event_topic(user.ring, "sensor", "hr"), make(body, src_ts=t0 - (n - i) * 100), qos=0)
     await user.event(user.ring, "gesture", "pinch", ev.RingGesture(gesture="pinch"))
     points = console.state.limits.points
     await until(
@@ -412,7 +413,7 @@ async def test_stream_batches_a_flood_into_few_deltas(stack: tuple[EmbeddedBroke
     await user.births()
     for i in range(n):
         body = ev.HeartRate(bpm=60 + i % 40, source="realtime")
-        await bus.publish(event_topic(user.ring, "sensor", "hr"), make(body, src_ts=t0 + i * 1000), qos=0)
+        await bus.publish(event_topic(user.ring, "sensor", "hr"), make(body, src_ts=t0 - (n - i) * 100), qos=0)
     await bus.publish(event_topic(user.ring, "system", "wear"), make(ev.RingWear(state="on_finger")), wait=True)
     deltas = 0
     worn = False

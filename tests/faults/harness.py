@@ -24,6 +24,7 @@ from typing import Any, Self
 import psutil
 import pytest
 
+from broker.bus import MqttProtocol
 from broker.client import Bus, BusOptions, Outgoing, Rejected
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential, Limits, OperatorCredential, TlsListener
 from devices.sdk import Device, DeviceConfig, on_action
@@ -305,6 +306,7 @@ def make_device(
     keepalive_s: int = 10,
     hold: bool = False,
     clock: Clock | None = None,
+    protocol: MqttProtocol = "auto",
 ) -> FaultDevice:
     """A :class:`FaultDevice` of ``kind`` for ``user`` logging in with its credential.
 
@@ -312,11 +314,13 @@ def make_device(
         hold: hold events in the outbox while the agent is away (the SDK's default; off here, so that events
             queue in the broker for the agent's session, which is what most tests are about).
         clock: the device's clock (its events' publish times).
+        protocol: the MQTT version it asks for.
     """
     cred = credentials.device(user, kind.value, DEVICE_NAMES[kind])
     config = DeviceConfig(
-        url=url, password=cred.password, heartbeat_s=heartbeat_s, keepalive_s=keepalive_s, hold_while_agent_away=hold
-    )
+        url=url, password=cred.password, heartbeat_s=heartbeat_s, keepalive_s=keepalive_s, hold_while_agent_away=hold,
+        protocol=protocol,
+    )  # fmt: skip
     return DEVICE_CLASSES[kind](user, DEVICE_NAMES[kind], config, clock)
 
 

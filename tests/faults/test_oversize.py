@@ -30,11 +30,9 @@ async def test_an_oversize_event_is_dead_lettered_and_the_next_is_delivered(
     mosquitto_binary: None,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """MQTT 5: the broker's CONNACK gives its Maximum Packet Size, so the batch is never sent. MQTT 3.1.1: no limit
     is known, the broker closes the connection on each try, and the batch is given up after ``max_send_tries``."""
-    monkeypatch.setenv("WB_PROTOCOL", protocol)
     creds = fleet(["alice"])
     counts = Counts(f"oversize-{protocol}")
     async with (
@@ -42,7 +40,7 @@ async def test_an_oversize_event_is_dead_lettered_and_the_next_is_delivered(
         contextlib.AsyncExitStack() as stack,
     ):
         observer = await stack.enter_async_context(Observer(broker.url, TAP.username, TAP.password))
-        ring = make_device(creds, "alice", Kind.RING, broker.url)
+        ring = make_device(creds, "alice", Kind.RING, broker.url, protocol="5" if protocol == "5" else "3.1.1")
         await stack.enter_async_context(ring)
         await ring.wait_connected(15)
         now = now_ms()
