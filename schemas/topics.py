@@ -226,7 +226,16 @@ def user_filters(user: str = "+") -> tuple[str, ...]:
     reports, and the consent changes asked for them."""
     who = user if user == "+" else check_name(user, "user")
     base = f"{ROOT}/{who}/+/+"
-    return (f"{base}/evt/#", f"{base}/ack", f"{base}/state", f"{base}/shadow/+", f"{ROOT}/{who}/agent/consent/set")
+    # The shadow's two documents by name, not ``shadow/+``: Mosquitto refuses a subscription broader than the ACL,
+    # which lets the agent read each of them (and nothing else that a later level could add).
+    return (
+        f"{base}/evt/#",
+        f"{base}/ack",
+        f"{base}/state",
+        f"{base}/shadow/desired",
+        f"{base}/shadow/reported",
+        f"{ROOT}/{who}/agent/consent/set",
+    )
 
 
 #: What one agent instance reads: every user's events, acks and device states.
