@@ -394,6 +394,7 @@ class AgentCore:
     def _utterance(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: Utterance) -> None:
         if not body.final:
             return
+        turn.ctx.talk.spoke_on[dev.kind] = dev.name  # its answers go back where the user spoke
         self._awake(turn)
         tag = body.lang
         normal: str | None = None  # body.text normalised, once it is needed

@@ -94,11 +94,6 @@ async def read_action(
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto clients not installed")
-@pytest.mark.skip(
-    reason="known bug found when this round was merged: the card that follows the phone's quote goes to the user's "
-    "most recently seen glasses (the idle emulator's 5 Hz head pose), not to the device that spoke; the JSON answer "
-    "itself is covered by tests/unit/test_real_device_edges.py. Left open on issue #19/#21's closing note."
-)
 async def test_readme_mosquitto_pub_gets_a_json_action_with_and_without_ts(tmp_path: Path) -> None:
     async with up_forever(tmp_path) as (port, timeline):
         sub = await asyncio.create_subprocess_exec(

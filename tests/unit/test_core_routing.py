@@ -181,3 +181,26 @@ def test_playback_state_shows_in_the_context() -> None:
     assert r.core.snapshot("alice").speaking == "calm piano"
     r.send(Kind.EARPHONES, PlaybackState(state="idle"))
     assert r.core.snapshot("alice").speaking is None
+
+
+def test_an_answer_goes_to_the_glasses_the_user_spoke_to() -> None:
+    """A real pair of glasses beside an emulated one (``wearbus up --forever``): the emulator is seen more recently
+    (its head pose) when the phone's quote comes, but the card goes where the user spoke, while that device is
+    online."""
+    from agent.core.engine import AgentCore  # noqa: PLC0415
+    from agent.core.testing import Rig, config, of  # noqa: PLC0415
+    from schemas.actions import ShowCard, TaskStart  # noqa: PLC0415
+    from schemas.events import HeadPose, Money, TaskStatus, Utterance  # noqa: PLC0415
+    from schemas.topics import DeviceId, Kind, event_topic  # noqa: PLC0415
+
+    rig = Rig(AgentCore(config()))
+    rig.ready()
+    mine = DeviceId(rig.user, Kind.GLASSES, "my-glasses")
+    said = rig.envelope(Utterance(text="Order my usual."))
+    [start] = of(rig.feed(rig.message(event_topic(mine, "voice", "utterance"), said)), TaskStart)
+    rig.at(1)
+    rig.send(Kind.GLASSES, HeadPose(roll_deg=0.0, pitch_deg=0.0, heading_deg=10.0))  # the emulator, seen last
+    quote = TaskStatus(task_id=start.task_id, skill="order_food", status="quoted", price=Money(amount=32), eta_s=1790)
+    out = rig.send(Kind.PHONE, quote)
+    cards = [c for c in out.commands if isinstance(c.body, ShowCard)]
+    assert [c.device.device for c in cards] == ["my-glasses"], out.commands

@@ -66,7 +66,13 @@ def device(ctx: UserContext, kind: str, name: str) -> DeviceInfo:
 
 
 def primary(ctx: UserContext, kind: str) -> DeviceInfo | None:
-    """The device of ``kind`` to talk to: an online one first, then the most recently seen."""
+    """The device of ``kind`` to talk to: the one the user last spoke to while it is online, else an online one
+    first, then the most recently seen."""
+    spoke = ctx.talk.spoke_on.get(kind)
+    if spoke is not None:
+        heard = ctx.devices.get(f"{kind}/{spoke}")
+        if heard is not None and heard.online:
+            return heard
     best: DeviceInfo | None = None
     for dev in ctx.devices.values():
         if dev.kind != kind:

@@ -95,6 +95,8 @@ class Talk:
         task_counter: for task ids.
         action_counter: for action ids (:func:`agent.core.routing.action_id`).
         guess: a reading too unsure to act on, asked back ("Did you mean ...?"): skill, slots, lang, until.
+        spoke_on: the device of each kind the user last spoke to (kind -> its name): answers of that kind go there
+            while it is online (a real pair of glasses beside an emulated one).
     """
 
     lang: str = "en"
@@ -113,6 +115,7 @@ class Talk:
     task_counter: int = 0
     action_counter: int = 0
     guess: list[Any] | None = None
+    spoke_on: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
