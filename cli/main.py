@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import sys
 import time
 from collections import defaultdict, deque
 from importlib.metadata import entry_points
@@ -388,12 +389,39 @@ def schema_export(out_dir: Annotated[Path, typer.Argument(help="Directory to wri
 # ---------------------------------------------------------------------------------------------- entry
 
 
-_BUILT_IN = ("testkit.record:register", "console.cli:register", "cli.shadow:register")
+#: The module that registers each command of wearbus's own. A command imports only its own module (the agent's
+#: language tables, the console's web server and the benchmark cost a device ~2 s of CPU at start); ``--help`` and an
+#: unknown command import them all. ``tests/unit/test_cli_commands.py`` checks this table against the modules.
+COMMANDS: dict[str, str] = {
+    "record": "testkit.record:register",
+    "replay": "testkit.record:register",
+    "console": "console.cli:register",
+    "shadow": "cli.shadow:register",
+    "device": "cli.devices:register",
+    "bridge": "cli.bridges:register",
+    **dict.fromkeys(
+        ("agent", "report", "consent", "forget", "health-key", "up", "replay-agent", "diff", "eval", "bench"),
+        "cli.agent:register",
+    ),
+}
+#: Commands of this module itself: they need no extension of wearbus's own.
+BUILT_IN = ("tap", "pub", "hz", "broker", "schema")
 
 
-def _register_extensions() -> None:
-    targets = list(_BUILT_IN) + [ep.value for ep in entry_points(group="wearbus.cli")]
-    for target in targets:
+def extension_targets(argv: list[str]) -> list[str]:
+    """The ``module:function`` registrars to load for a command line (its first word picks; foreign ones always)."""
+    own = list(dict.fromkeys(COMMANDS.values()))
+    foreign = [ep.value for ep in entry_points(group="wearbus.cli") if ep.value not in own]
+    command = argv[0] if argv else None
+    if command in COMMANDS:
+        return [COMMANDS[command], *foreign]
+    if command in BUILT_IN:
+        return foreign
+    return [*own, *foreign]
+
+
+def register_extensions(argv: list[str] | None = None) -> None:
+    for target in extension_targets(sys.argv[1:] if argv is None else argv):
         module, _, name = target.partition(":")
         try:
             register = getattr(importlib.import_module(module), name)
@@ -405,7 +433,7 @@ def _register_extensions() -> None:
 
 def main() -> None:
     """Entry point of the ``wearbus`` console script."""
-    _register_extensions()
+    register_extensions()
     app(prog_name="wearbus")
 
 

@@ -213,3 +213,29 @@ def test_a_no_drops_the_guess() -> None:
     assert of(out, TaskStart) == []
     assert "已取消" in _texts(out)
     assert rig.core.context(rig.user).talk.guess is None  # type: ignore[union-attr]
+
+
+def test_the_readings_do_not_depend_on_pypinyins_phrase_table() -> None:
+    """``cli`` skips pypinyin's phrase table (start-up CPU); the readings of every lexicon character stay the same."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    probe = (
+        "import json; from pypinyin import Style, pinyin; from agent.core import fuzzy; "
+        "chars = sorted({c for t in fuzzy.ZH_TERMS for c in t}); "
+        "print(json.dumps([[pinyin(c, style=s, heteronym=True) for s in (Style.TONE3, Style.NORMAL)] for c in chars]))"
+    )
+    runs = []
+    for phrases in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "PYPINYIN_NO_PHRASES"}
+        if not phrases:
+            env["PYPINYIN_NO_PHRASES"] = "true"
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout))
+    assert runs[0] == runs[1]
+    assert len(runs[0]) > 50

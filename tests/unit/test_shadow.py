@@ -153,9 +153,9 @@ def test_the_export_has_the_shadow_channels() -> None:
 def test_the_command_line_validates_before_it_connects() -> None:
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from cli.main import _register_extensions, app  # noqa: PLC0415
+    from cli.main import app, register_extensions  # noqa: PLC0415
 
-    _register_extensions()
+    register_extensions(["shadow"])
     runner = CliRunner()
     bad = runner.invoke(
         app, ["shadow", "set", "-u", "alice", "-d", "ring/ring-1", "hr_interval_s=5", "-b", "mqtt://127.0.0.1:9"]

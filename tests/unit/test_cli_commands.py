@@ -1,0 +1,66 @@
+"""The ``wearbus`` command loads only the module of the command it runs, and its table of commands is complete."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from cli import main
+
+OWN = sorted(set(main.COMMANDS.values()))
+
+
+def _commands_of(target: str) -> set[str]:
+    app = typer.Typer()
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(app)
+    return {c.name for c in app.registered_commands if c.name} | {g.name for g in app.registered_groups if g.name}
+
+
+@pytest.mark.parametrize("target", OWN)
+def test_the_table_names_every_command_a_module_registers(target: str) -> None:
+    assert _commands_of(target) == {cmd for cmd, t in main.COMMANDS.items() if t == target}
+
+
+def test_built_in_commands_are_the_main_modules_own() -> None:
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in main.app.registered_commands}
+    names |= {g.name for g in main.app.registered_groups if g.name}
+    assert names == set(main.BUILT_IN)
+    assert not names & set(main.COMMANDS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["device", "ring"], ["cli.devices:register"]),
+        (["agent", "--broker", "mqtt://127.0.0.1:1"], ["cli.agent:register"]),
+        (["bench", "--full"], ["cli.agent:register"]),
+        (["tap", "wb/v1/#"], []),
+        (["--help"], OWN),
+        ([], OWN),
+        (["no-such-command"], OWN),
+    ],
+)
+def test_a_command_line_loads_only_what_it_runs(argv: list[str], expected: list[str]) -> None:
+    assert sorted(main.extension_targets(argv)) == sorted(expected)
+
+
+def test_a_device_process_does_not_import_the_agent_or_the_console() -> None:
+    probe = (
+        "import sys; from cli import main; main.register_extensions(['device', 'ring']); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'agent', 'console', 'bench', 'aiohttp', 'pypinyin'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_help_lists_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    for command in [*main.COMMANDS, *main.BUILT_IN]:
+        assert command in done.stdout, command
