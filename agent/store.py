@@ -1,4 +1,6 @@
-"""The agent's SQLite store (aiosqlite, WAL, versioned migrations).
+"""The agent's SQLite store (aiosqlite, WAL, versioned migrations): one :class:`~agent.storage.AgentStore`.
+
+Its callers use the protocol's domain operations; ``rows`` and ``scalar`` (SQL) are for tests and debugging only.
 
 What it keeps:
 
@@ -21,8 +23,8 @@ wait, for at most the 5 s busy timeout). Through aiosqlite each call is a hand-o
 and back, and every hand-off waits for the GIL: while the event loop is busy (a deep backlog) the worker gets the
 GIL only at the 5 ms switch interval, so a batch of a handful of calls costs tens of ms of convoy, which collapsed
 the agent behind a backlog and added milliseconds to every utterance -> card round trip. The aiosqlite connection
-stays for the migrations and the read side (console, report, replay, tests: ``rows``, ``scalar``, ``tasks``,
-``since``, ``load_core``, ``unpublished``, ...); it runs in autocommit mode and the store never writes through it,
+stays for the migrations and the read side (report, replay, tests: ``tasks``, ``since``, ``load_core``,
+``unpublished``, the counts, ``rows``, ...); it runs in autocommit mode and the store never writes through it,
 so the two never wait on each other's write lock (WAL readers never block the writer). SQLite's automatic
 checkpoint is off on the writer (it would copy the WAL into the database, with an fsync, inside whichever commit
 crossed 1000 pages: a stall of the event loop of several ms); a passive checkpoint runs on aiosqlite's thread

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.sealing import HealthCipher
+from agent.storage import AgentStore
 from agent.store import Store
 
 PAID = frozenset({"order_food", "hail_ride"})
@@ -78,38 +79,43 @@ def percentile(values: list[float], q: float) -> float:
 
 async def summarize(db: Path, cipher: HealthCipher | None = None) -> Summary:
     """Read a run's summary from the agent's database (``cipher``: the key its health values were sealed with)."""
-    summary = Summary(db=str(db))
     async with Store(db, cipher=cipher) as store:
-        summary.health = {
-            kind: [held, readable] for kind, (held, readable) in sorted((await store.health_samples()).items())
+        return await summary_of(store, str(db))
+
+
+async def summary_of(store: AgentStore, name: str) -> Summary:
+    """A run's summary from any open store (a SQLite file, a cluster's bucket in Redis), named ``name``."""
+    summary = Summary(db=name)
+    summary.health = {
+        kind: [held, readable] for kind, (held, readable) in sorted((await store.health_samples()).items())
+    }
+    for t in await store.tasks():
+        summary.tasks.append(
+            TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,
+                     list(t.slots_autofilled), list(t.slots_asked))
+        )  # fmt: skip
+    summary.alerts = await store.alert_counts()
+    # The first action an event caused in the turn that handled it (later ones are fallbacks and progress
+    # updates by design). An event whose actions all came later caused a timed action (a "leave now" card at the
+    # time to leave): it waited for its time, not for the agent, and is counted apart.
+    latencies: list[float] = []
+    for event_id, latency in await store.first_action_latencies():
+        if latency is None:
+            summary.timed_actions += 1
+        else:
+            latencies.append(latency)
+            summary.answered.add(event_id)
+    summary.latency_samples = len(latencies)
+    if latencies:
+        summary.latency_ms = {
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "max": max(latencies),
         }
-        for t in await store.tasks():
-            summary.tasks.append(
-                TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,
-                         list(t.slots_autofilled), list(t.slots_asked))
-            )  # fmt: skip
-        summary.alerts = await store.alert_counts()
-        # The first action an event caused in the turn that handled it (later ones are fallbacks and progress
-        # updates by design). An event whose actions all came later caused a timed action (a "leave now" card at the
-        # time to leave): it waited for its time, not for the agent, and is counted apart.
-        latencies: list[float] = []
-        for event_id, latency in await store.first_action_latencies():
-            if latency is None:
-                summary.timed_actions += 1
-            else:
-                latencies.append(latency)
-                summary.answered.add(event_id)
-        summary.latency_samples = len(latencies)
-        if latencies:
-            summary.latency_ms = {
-                "p50": percentile(latencies, 50),
-                "p99": percentile(latencies, 99),
-                "max": max(latencies),
-            }
-        summary.messages.update(await store.message_counts())
-        summary.stored = await store.stored_counts()
-        summary.messages["cmd (actions out)"] = summary.stored["actions"]
-        summary.acks.update(await store.action_status_counts())
+    summary.messages.update(await store.message_counts())
+    summary.stored = await store.stored_counts()
+    summary.messages["cmd (actions out)"] = summary.stored["actions"]
+    summary.acks.update(await store.action_status_counts())
     return summary
 
 
