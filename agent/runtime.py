@@ -51,7 +51,8 @@ from agent.llm import ChatResolver
 from agent.ordering import OrderGate
 from agent.parking import Attempts, SeenFile
 from agent.sealing import HealthCipher
-from agent.store import ActionRow, EventRow, Mark, Store, TickRow
+from agent.storage import ActionRow, AgentStore, EventRow, Mark, TickRow
+from agent.store import Store
 from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing, TransportName, retained_digest
 from broker.connect import open_bus
 from broker.logs import get_logger
@@ -211,7 +212,7 @@ class AgentRuntime:
         clock: Clock | None = None,
         core: AgentCore | None = None,
         *,
-        store: Store | None = None,
+        store: AgentStore | None = None,
         bus_factory: Callable[[BusOptions], Bus] = open_bus,
     ) -> None:
         self.settings = settings
@@ -220,7 +221,7 @@ class AgentRuntime:
         self.admission = Admission(settings.admission)
         self.stats = AgentStats()
         self.log = get_logger("agent", instance=settings.instance)
-        self._store: Store | None = None
+        self._store: AgentStore | None = None
         self._bus: Bus | None = None
         self._given_store = store
         self._bus_factory = bus_factory
@@ -272,7 +273,7 @@ class AgentRuntime:
         self._msgpack_pinned: set[tuple[str, str, str]] = set()  # births that asked for msgpack whatever they speak
 
     @property
-    def store(self) -> Store:
+    def store(self) -> AgentStore:
         """The open store."""
         assert self._store is not None, "not started"  # noqa: S101 (programming error, not input)
         return self._store
@@ -289,11 +290,8 @@ class AgentRuntime:
         s = self.settings
         await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
         cipher = HealthCipher.from_file(s.health_key) if s.health_key is not None else None
-        self._store = await (self._given_store or Store(s.db, cipher=cipher)).__aenter__()
-        if s.db_max_mb > 0 and self._given_store is None:
-            con = self._store.writer
-            page = int(con.execute("PRAGMA page_size").fetchone()[0])
-            con.execute(f"PRAGMA max_page_count = {max(1, int(s.db_max_mb * 1024 * 1024 / page))}")
+        store = self._given_store or Store(s.db, cipher=cipher, max_mb=s.db_max_mb)
+        self._store = await store.__aenter__()
         await self._restore()
         state = agent_state_topic(s.instance)
 
@@ -551,7 +549,7 @@ class AgentRuntime:
             if mono >= self._next_prune:
                 self._next_prune = mono + PRUNE_EVERY_S
                 now_wall = wall_ms()
-                pruned = self.store.prune_health(
+                pruned = await self.store.prune_health(
                     now_wall - int(s.health_retention_s * 1000),
                     hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
                 )

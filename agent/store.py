@@ -1,4 +1,6 @@
-"""The agent's SQLite store (aiosqlite, WAL, versioned migrations).
+"""The agent's SQLite store (aiosqlite, WAL, versioned migrations): one :class:`~agent.storage.AgentStore`.
+
+Its callers use the protocol's domain operations; ``rows`` and ``scalar`` (SQL) are for tests and debugging only.
 
 What it keeps:
 
@@ -21,8 +23,8 @@ wait, for at most the 5 s busy timeout). Through aiosqlite each call is a hand-o
 and back, and every hand-off waits for the GIL: while the event loop is busy (a deep backlog) the worker gets the
 GIL only at the 5 ms switch interval, so a batch of a handful of calls costs tens of ms of convoy, which collapsed
 the agent behind a backlog and added milliseconds to every utterance -> card round trip. The aiosqlite connection
-stays for the migrations and the read side (console, report, replay, tests: ``rows``, ``scalar``, ``tasks``,
-``since``, ``load_core``, ``unpublished``, ...); it runs in autocommit mode and the store never writes through it,
+stays for the migrations and the read side (report, replay, tests: ``tasks``, ``since``, ``load_core``,
+``unpublished``, the counts, ``rows``, ...); it runs in autocommit mode and the store never writes through it,
 so the two never wait on each other's write lock (WAL readers never block the writer). SQLite's automatic
 checkpoint is off on the writer (it would copy the WAL into the database, with an fsync, inside whichever commit
 crossed 1000 pages: a stall of the event loop of several ms); a passive checkpoint runs on aiosqlite's thread
@@ -35,27 +37,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple, Self
+from typing import Any, ClassVar, Self
 
 import aiosqlite
-from pydantic import BaseModel
 
 from agent.core.api import TaskRecord
-from agent.sealing import HealthCipher, is_sealed
+from agent.sealing import HealthCipher
+from agent.storage import (
+    HEALTH_EVENT_TYPES,
+    ActionRow,
+    EventRow,
+    HealthSeal,
+    Hourly,
+    Mark,
+    Readings,
+    Snapshot,
+    TickRow,
+    fold,
+    message_class,
+)
 from broker.files import private_dir, private_file
 from broker.logs import get_logger
-from schemas import codec
-from schemas.errors import ContractError, StoreError
-from schemas.events import EVENTS
-from schemas.health import REDACTED, always_health
-from schemas.health import marks as marks_of
+from schemas.errors import StoreError
+from schemas.health import REDACTED
+
+# The rows and the protocol are defined in agent.storage; these names stay importable from here.
+__all__ = ["CHECKPOINT_EVERY_S", "MIGRATIONS", "USER_TABLES", "ActionRow", "EventRow", "Mark", "Snapshot", "Store",
+           "TickRow", "erase_user"]  # fmt: skip
 
 #: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
 _EVENT_FIELDS = """
@@ -208,110 +222,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-#: The ``type`` of every event that always carries a health value (by the contract's mark): the retention applies.
-HEALTH_EVENT_TYPES = frozenset(str(m.model_fields["type"].default) for m in EVENTS.values() if always_health(m))
-
-
 #: Hourly aggregates of health values, kept longer than the raw samples (created when first needed, outside the
 #: numbered migrations: an agent of before simply has none).
 _HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
     user TEXT NOT NULL, metric TEXT NOT NULL, hour_ms INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (user, metric, hour_ms))"""
-HOUR_MS = 3_600_000
-
-
-def _health_readings(message: Any) -> Iterator[tuple[str, int, float]]:
-    """``(metric, hour, value)`` of each numeric health value of a decoded event (``ring.hr.bpm``; batch items by
-    their own sample time)."""
-    body = message.data
-    items = getattr(body, "items", None)
-    timed = [(item, item.src_ts or message.envelope.sample_ts) for item in items] if items else [(body, None)]
-    for item, t in timed:
-        when = t if t is not None else message.envelope.sample_ts
-        model: type[BaseModel] = type(item)
-        for name, mark in marks_of(model).items():
-            value = getattr(item, name, None)
-            if mark is True and isinstance(value, int | float) and not isinstance(value, bool):
-                yield f"{item.type}.{name}", when - when % HOUR_MS, float(value)
-
-
-class EventRow(NamedTuple):
-    """An event as stored (a named tuple in column order: one per event on the hot path, bound as it is)."""
-
-    id: str
-    topic: str
-    user: str | None
-    kind: str | None
-    device: str | None
-    channel: str
-    type: str
-    ts: int
-    src_ts: int | None
-    dev_seq: int
-    corr: str | None
-    handled_ms: int
-    received_wall_ms: int
-    qos: int
-    retain: bool
-    payload: bytes
-
-
-class Mark(NamedTuple):
-    """How far one user's stored state goes: the last event (``seq``) and the last stored tick (``n``) it includes."""
-
-    event_seq: int
-    tick_n: int
-
-    def covers(self, kind: str, position: int) -> bool:
-        """Whether an item of :meth:`Store.since` (``kind``, its position) is already in the user's state."""
-        return position <= (self.tick_n if kind == "tick" else self.event_seq)
-
-
-class Snapshot(NamedTuple):
-    """A stored core snapshot.
-
-    Attributes:
-        state: what :meth:`AgentCore.restore` takes (the head and every user's state).
-        replay_from: replay the events after this ``seq`` and the ticks stored since.
-        tick_ms: the simulated time of the last snapshot.
-        marks: per user, what their state already includes (an item it covers is not replayed into it); a user
-            without a mark replays everything after ``replay_from``.
-    """
-
-    state: dict[str, Any]
-    replay_from: int
-    tick_ms: int
-    marks: dict[str, Mark]
-
-
-class TickRow(NamedTuple):
-    """A tick that changed something, stored so that a replay fires the same timers at the same time.
-
-    Attributes:
-        at_ms: the simulated time of the tick.
-        users: the users it covered (None: every user).
-    """
-
-    at_ms: int
-    users: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ActionRow:
-    """A command as stored before publishing."""
-
-    id: str
-    topic: str
-    user: str
-    kind: str
-    device: str
-    type: str
-    corr: str
-    reason: str
-    created_ms: int
-    created_wall_ms: int
-    payload: bytes
-
 
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
@@ -327,9 +242,10 @@ class Store:
     #: Whether a snapshot may be written a slice of users at a time (each user's row has its own mark).
     sliced_snapshots: ClassVar[bool] = True
 
-    def __init__(self, path: str | Path, *, cipher: HealthCipher | None = None) -> None:
+    def __init__(self, path: str | Path, *, cipher: HealthCipher | None = None, max_mb: float = 0) -> None:
         self.path = Path(path)
-        self.cipher = cipher  # seals health event payloads, per-user core state and context snapshots at rest
+        self.seal = HealthSeal(cipher, str(self.path))  # health payloads, per-user state and context at rest
+        self.max_mb = max_mb  # a cap on the file's size (SQLite's max_page_count; 0: none)
         self._db: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Task[None] | None = None
@@ -362,6 +278,10 @@ class Store:
             self._writer.execute("PRAGMA synchronous=NORMAL")
             self._writer.execute("PRAGMA foreign_keys=ON")
             self._writer.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the loop: _maybe_checkpoint
+            if self.max_mb > 0:  # past it every write fails with SQLITE_FULL, as on a full disk
+                page = int(self._writer.execute("PRAGMA page_size").fetchone()[0])
+                pages = max(1, int(self.max_mb * 1024 * 1024 / page))
+                self._writer.execute(f"PRAGMA max_page_count = {pages}")
         except (sqlite3.Error, OSError, StoreError) as exc:
             await self._close()  # close aiosqlite's thread now, not when the event loop is gone
             if isinstance(exc, StoreError):
@@ -401,9 +321,7 @@ class Store:
 
     async def schema_version(self) -> int:
         """The migration level of the database."""
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return int(await self.scalar("PRAGMA user_version") or 0)
 
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -442,70 +360,50 @@ class Store:
 
     # ------------------------------------------------------------------ the batch transaction
 
-    def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
-        """Retention: replace the raw payload of health events received before ``before_wall_ms`` by a redacted copy
-        (the row stays, for the dedup check and the shape of a replay), after folding their values into hourly
-        aggregates (``health_hourly``: count, sum, min, max per user, field and hour of sample time), which are kept
-        until ``hourly_before_ms`` (sample time; None: for ever). At most ``limit`` rows a call, so a large backlog
-        is pruned over several pump turns. Returns how many rows were pruned."""
+    async def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
+        """Retention (:meth:`agent.storage.AgentStore.prune_health`): the redacted copy replaces the payload in its
+        row; the hourly aggregates go to ``health_hourly`` (count, sum, min, max per user, field and hour of sample
+        time). Synchronous on the writer connection, like every write."""
         types = sorted(HEALTH_EVENT_TYPES)
         marks = ",".join("?" * len(types))
-        self.writer.execute(_HOURLY_TABLE)
-        rows = self.writer.execute(
-            f"SELECT seq, id, topic, user, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
-            " AND instr(payload, ?) = 0 LIMIT ?",
-            (before_wall_ms, *types, REDACTED.encode(), limit),
-        ).fetchall()
-        redacted = []
-        hourly: dict[tuple[str, str, int], list[float]] = {}
-        for seq, event_id, topic, user, stored in rows:
-            payload = bytes(stored)
-            with contextlib.suppress(StoreError):  # sealed with another key: nothing to keep of it
-                payload = self._open(payload, event_id)
-                with contextlib.suppress(ContractError):
-                    for metric, hour, value in _health_readings(codec.decode(topic, payload)):
-                        hourly.setdefault((user or "", metric, hour), []).append(value)
-            redacted.append((codec.redact_bytes(topic, payload), seq))
         with self._transaction("the health retention") as con:
+            con.execute(_HOURLY_TABLE)
+            rows = con.execute(
+                f"SELECT seq, id, topic, user, payload FROM events WHERE received_wall_ms < ? AND type IN ({marks})"  # noqa: S608
+                " AND instr(payload, ?) = 0 LIMIT ?",
+                (before_wall_ms, *types, REDACTED.encode(), limit),
+            ).fetchall()
+            hourly: Readings = {}
+            redacted = [
+                (self.seal.redact(event_id, topic, user, bytes(stored), hourly), seq)
+                for seq, event_id, topic, user, stored in rows
+            ]
             con.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
             for (user, metric, hour), values in hourly.items():
-                self._fold_hour(con, user, metric, hour, values)
+                row = con.execute(
+                    "SELECT data FROM health_hourly WHERE user = ? AND metric = ? AND hour_ms = ?", (user, metric, hour)
+                ).fetchone()
+                agg = fold(None if row is None else self.seal.open_hour(row[0], user, metric, hour), values)
+                con.execute(
+                    "INSERT INTO health_hourly (user, metric, hour_ms, data) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(user, metric, hour_ms) DO UPDATE SET data = excluded.data",
+                    (user, metric, hour, self.seal.seal_hour(agg, user, metric, hour)),
+                )
             if hourly_before_ms is not None:
                 con.execute("DELETE FROM health_hourly WHERE hour_ms < ?", (hourly_before_ms,))
         return len(rows)
 
-    def _fold_hour(self, con: sqlite3.Connection, user: str, metric: str, hour: int, values: list[float]) -> None:
-        aad = f"{user}/{metric}/{hour}".encode()
-        row = con.execute(
-            "SELECT data FROM health_hourly WHERE user = ? AND metric = ? AND hour_ms = ?", (user, metric, hour)
-        ).fetchone()
-        agg = {"n": 0, "sum": 0.0, "min": math.inf, "max": -math.inf}
-        if row is not None:
-            text = row[0] if self.cipher is None else self.cipher.open_text(row[0], aad)
-            agg = json.loads(text)
-        agg = {
-            "n": agg["n"] + len(values),
-            "sum": agg["sum"] + sum(values),
-            "min": min(agg["min"], *values),
-            "max": max(agg["max"], *values),
-        }
-        data = json.dumps(agg)
-        con.execute(
-            "INSERT INTO health_hourly (user, metric, hour_ms, data) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(user, metric, hour_ms) DO UPDATE SET data = excluded.data",
-            (user, metric, hour, data if self.cipher is None else self.cipher.seal_text(data, aad)),
-        )
-
-    def health_hourly(self, user: str) -> list[tuple[str, int, dict[str, float]]]:
+    async def health_hourly(self, user: str) -> list[tuple[str, int, Hourly]]:
         """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
-        self.writer.execute(_HOURLY_TABLE)
-        out = []
-        for metric, hour, data in self.writer.execute(
-            "SELECT metric, hour_ms, data FROM health_hourly WHERE user = ? ORDER BY hour_ms, metric", (user,)
-        ):
-            text = data if self.cipher is None else self.cipher.open_text(data, f"{user}/{metric}/{hour}".encode())
-            out.append((str(metric), int(hour), json.loads(text)))
-        return out
+        try:
+            self.writer.execute(_HOURLY_TABLE)  # an agent of before has none yet
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not create the hourly table in {self.path}: {exc}") from exc
+        async with self._reading("the hourly aggregates") as db:
+            rows = await db.execute_fetchall(
+                "SELECT metric, hour_ms, data FROM health_hourly WHERE user = ? ORDER BY hour_ms, metric", (user,)
+            )
+        return [(str(m), int(h), self.seal.open_hour(data, user, str(m), int(h))) for m, h, data in rows]
 
     async def known(self, ids: Iterable[str]) -> set[str]:
         """Which of these events were already processed (the dedup check), by envelope id alone: a device keeps the
@@ -543,8 +441,8 @@ class Store:
                     [(last, t.at_ms, None if t.users is None else json.dumps(t.users)) for t in ticks],
                 )
             if events:
-                if self.cipher is not None:
-                    events = [self._seal_event(row) for row in events]
+                if self.seal.cipher is not None:
+                    events = [self.seal.seal_event(row) for row in events]
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
             if actions:
                 con.executemany(
@@ -577,7 +475,7 @@ class Store:
                 con.executemany("INSERT OR REPLACE INTO resolutions (event_id, intent) VALUES (?,?)", resolutions)
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:
-        """Record that these actions reached the broker."""
+        """Record that these actions reached the broker (at ``wall_ms``)."""
         if ids:
             with self._transaction(f"{len(ids)} published marks") as con:
                 con.executemany("UPDATE actions SET published_wall_ms = ? WHERE id = ?", [(wall_ms, i) for i in ids])
@@ -593,10 +491,8 @@ class Store:
 
     async def unpublished(self) -> list[tuple[str, str, bytes]]:
         """Actions stored but not known to be published: ``(id, topic, payload)`` in creation order."""
-        async with self.db.execute(
-            "SELECT id, topic, payload FROM actions WHERE published_wall_ms IS NULL ORDER BY rowid"
-        ) as cur:
-            return [(r[0], r[1], bytes(r[2])) for r in await cur.fetchall()]
+        rows = await self.rows("SELECT id, topic, payload FROM actions WHERE published_wall_ms IS NULL ORDER BY rowid")
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
 
     # ------------------------------------------------------------------ core snapshots and replay
 
@@ -635,7 +531,7 @@ class Store:
                 (
                     (
                         user,
-                        self._seal_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), user),
+                        self.seal.seal_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")), user),
                         mark.event_seq,
                         mark.tick_n,
                     )
@@ -656,17 +552,16 @@ class Store:
 
     async def load_core(self) -> Snapshot | None:
         """The last core snapshot, or None."""
-        async with self.db.execute("SELECT state, event_seq, tick_ms FROM core_state WHERE id = 1") as cur:
-            row = await cur.fetchone()
-        if row is None:
+        head = await self.rows("SELECT state, event_seq, tick_ms FROM core_state WHERE id = 1")
+        if not head:
             return None
+        row = head[0]
         state: dict[str, Any] = json.loads(row[0])  # a snapshot written before v3 holds every user in here
         marks: dict[str, Mark] = {}
         users: dict[str, Any] = {}
-        async with self.db.execute("SELECT user, state, event_seq, tick_n FROM core_users") as cur:
-            async for user, data, event_seq, tick_n in cur:
-                users[user] = json.loads(self._open_text(data, user))
-                marks[user] = Mark(int(event_seq), int(tick_n))
+        for user, data, event_seq, tick_n in await self.rows("SELECT user, state, event_seq, tick_n FROM core_users"):
+            users[user] = json.loads(self.seal.open_text(data, user))
+            marks[user] = Mark(int(event_seq), int(tick_n))
         if users:
             state.setdefault("users", {}).update(users)
         return Snapshot(state, int(row[1]), int(row[2]), marks)
@@ -674,24 +569,22 @@ class Store:
     async def since(self, event_seq: int) -> list[tuple[str, Any, int]]:
         """What happened after a snapshot, in order: ``("event", EventRow, seq)`` and ``("tick", TickRow, n)``."""
         out: list[tuple[int, int, tuple[str, Any, int]]] = []
-        async with self.db.execute(
+        for r in await self.rows(
             "SELECT seq, id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr, handled_ms,"
             " received_wall_ms, qos, retain, payload FROM events WHERE seq > ? ORDER BY seq",
-            (event_seq,),
-        ) as cur:
-            async for r in cur:
-                row = EventRow(
-                    id=r[1], topic=r[2], user=r[3], kind=r[4], device=r[5], channel=r[6], type=r[7], ts=r[8],
-                    src_ts=r[9], dev_seq=r[10], corr=r[11], handled_ms=r[12], received_wall_ms=r[13], qos=r[14],
-                    retain=bool(r[15]), payload=self._open(bytes(r[16]), r[1]),
-                )  # fmt: skip
-                out.append((int(r[0]), 0, ("event", row, int(r[0]))))
-        async with self.db.execute(
-            "SELECT after_event_seq, n, at_ms, users FROM ticks WHERE after_event_seq >= ? ORDER BY n", (event_seq,)
-        ) as cur:
-            async for r in cur:
-                users = None if r[3] is None else tuple(json.loads(r[3]))
-                out.append((int(r[0]), 1 + int(r[1]), ("tick", TickRow(int(r[2]), users), int(r[1]))))
+            event_seq,
+        ):
+            row = EventRow(
+                id=r[1], topic=r[2], user=r[3], kind=r[4], device=r[5], channel=r[6], type=r[7], ts=r[8],
+                src_ts=r[9], dev_seq=r[10], corr=r[11], handled_ms=r[12], received_wall_ms=r[13], qos=r[14],
+                retain=bool(r[15]), payload=self.seal.open(bytes(r[16]), r[1]),
+            )  # fmt: skip
+            out.append((int(r[0]), 0, ("event", row, int(r[0]))))
+        for r in await self.rows(
+            "SELECT after_event_seq, n, at_ms, users FROM ticks WHERE after_event_seq >= ? ORDER BY n", event_seq
+        ):
+            users = None if r[3] is None else tuple(json.loads(r[3]))
+            out.append((int(r[0]), 1 + int(r[1]), ("tick", TickRow(int(r[2]), users), int(r[1]))))
         out.sort(key=lambda x: (x[0], x[1]))
         return [item for _, _, item in out]
 
@@ -699,14 +592,13 @@ class Store:
         """The ``seq`` of each device's last handled event among the ``recent`` last events stored, by (user, kind,
         device): where a restarted agent's per-device order gate takes up (agent/ordering.py)."""
         out: dict[tuple[str, str, str], int] = {}
-        async with self.db.execute(
+        for user, kind, device, dev_seq in await self.rows(
             "SELECT user, kind, device, dev_seq FROM events WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ?"
             " AND channel = 'evt' AND dev_seq > 0 ORDER BY seq",
-            (recent,),
-        ) as cur:
-            async for user, kind, device, dev_seq in cur:
-                if user and kind and device:
-                    out[(user, kind, device)] = int(dev_seq)  # the later one wins
+            recent,
+        ):
+            if user and kind and device:
+                out[(user, kind, device)] = int(dev_seq)  # the later one wins
         return out
 
     async def resolutions(self) -> dict[str, str]:
@@ -720,75 +612,144 @@ class Store:
                 con.executemany(
                     "INSERT INTO context (user, snapshot, updated_ms) VALUES (?,?,?) ON CONFLICT(user) DO UPDATE SET"
                     " snapshot=excluded.snapshot, updated_ms=excluded.updated_ms",
-                    [(user, self._seal_text(text, user), at) for user, text, at in snapshots],
+                    [(user, self.seal.seal_text(text, user), at) for user, text, at in snapshots],
                 )
 
-    # ------------------------------------------------------------------ sealing (health data at rest)
+    async def contexts(self) -> dict[str, tuple[str, int]]:
+        """The last context snapshot per user: ``(json, at_ms)``."""
+        rows = await self.rows("SELECT user, snapshot, updated_ms FROM context")
+        return {str(u): (self.seal.open_text(text, str(u)), int(at)) for u, text, at in rows}
 
-    def _seal_event(self, row: EventRow) -> EventRow:
-        if self.cipher is None or row.type not in HEALTH_EVENT_TYPES:
-            return row
-        return row._replace(payload=self.cipher.seal(row.payload, row.id.encode()))
+    # ------------------------------------------------------------------ health data and privacy
 
-    def _open(self, payload: bytes, event_id: str) -> bytes:
-        if not is_sealed(payload):
-            return payload
-        if self.cipher is None:
-            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
-        return self.cipher.open(payload, event_id.encode())
-
-    def _seal_text(self, text: str, user: str) -> str:
-        return text if self.cipher is None else self.cipher.seal_text(text, user.encode())
-
-    def _open_text(self, text: str, user: str) -> str:
-        if not is_sealed(text):
-            return text
-        if self.cipher is None:
-            raise StoreError(f"{self.path} holds sealed health data: give the agent its key (--health-key)")
-        return self.cipher.open_text(text, user.encode())
-
-    def health_samples(self) -> dict[str, tuple[int, int]]:
+    async def health_samples(self) -> dict[str, tuple[int, int]]:
         """Per health event type: how many stored payloads hold their values, and how many of those this store can
         read (sealed ones need the key; redacted ones are not counted)."""
         types = sorted(HEALTH_EVENT_TYPES)
         marks = ",".join("?" * len(types))
         out: dict[str, tuple[int, int]] = {}
-        rows = self.writer.execute(
+        rows = await self.rows(
             f"SELECT id, type, topic, payload FROM events WHERE type IN ({marks}) AND instr(payload, ?) = 0",  # noqa: S608
-            (*types, REDACTED.encode()),
-        ).fetchall()
+            *types, REDACTED.encode(),
+        )  # fmt: skip
         for event_id, kind, topic, payload in rows:
             held, readable = out.get(kind, (0, 0))
-            ok = True
-            try:
-                codec.decode(topic, self._open(bytes(payload), event_id))
-            except (StoreError, ContractError):
-                ok = False
-            out[kind] = (held + 1, readable + ok)
+            out[kind] = (held + 1, readable + self.seal.readable(topic, bytes(payload), event_id))
         return out
 
-    # ------------------------------------------------------------------ reading (report, tests)
+    async def forget(self, user: str) -> dict[str, int]:
+        """Erase every row of ``user`` (:func:`erase_user`), then rewrite the file so that no deleted page keeps
+        them."""
+        with self._transaction(f"the erasure of {user}") as con:
+            removed = erase_user(con, user)
+        try:
+            self.writer.execute("VACUUM")
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not compact {self.path} after erasing a user: {exc}") from exc
+        return removed
+
+    # ------------------------------------------------------------------ reading (report, benches, tests)
 
     async def tasks(self) -> list[TaskRecord]:
         """Every task, oldest first."""
-        async with self.db.execute(
+        rows = await self.rows(
             "SELECT task_id, user, skill, state, slots, rounds, slots_autofilled, slots_asked, confirm_modality,"
             " created_ms, updated_ms FROM tasks ORDER BY created_ms, task_id"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [
             TaskRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), int(r[5]), tuple(json.loads(r[6])),
                     tuple(json.loads(r[7])), r[8], int(r[9]), int(r[10]))
             for r in rows
         ]  # fmt: skip
 
+    async def count_events(self, channel: str | None = None) -> int:
+        """How many events are stored (of one channel)."""
+        if channel is None:
+            return int(await self.scalar("SELECT COUNT(*) FROM events") or 0)
+        return int(await self.scalar("SELECT COUNT(*) FROM events WHERE channel = ?", channel) or 0)
+
+    async def message_counts(self) -> dict[str, int]:
+        """Stored events per :func:`agent.storage.message_class`."""
+        counts: Counter[str] = Counter()
+        for channel, topic, n in await self.rows("SELECT channel, topic, COUNT(*) FROM events GROUP BY channel, topic"):
+            counts[message_class(str(channel), str(topic))] += int(n)
+        return dict(sorted(counts.items()))
+
+    async def alert_counts(self) -> dict[str, int]:
+        """Stored alerts per rule."""
+        rows = await self.rows("SELECT rule, COUNT(*) FROM alerts GROUP BY rule ORDER BY rule")
+        return {str(rule): int(n) for rule, n in rows}
+
+    async def action_status_counts(self) -> dict[str, int]:
+        """Stored actions per ack status."""
+        return {str(st): int(n) for st, n in await self.rows("SELECT status, COUNT(*) FROM actions GROUP BY status")}
+
+    async def first_action_latencies(self) -> list[tuple[str, float | None]]:
+        """See :meth:`agent.storage.AgentStore.first_action_latencies`."""
+        rows = await self.rows(
+            "SELECT e.id, MIN(CASE WHEN a.created_ms = e.handled_ms THEN a.published_wall_ms END)"
+            " - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
+            " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt' GROUP BY e.id"
+        )
+        return [(str(event_id), None if latency is None else float(latency)) for event_id, latency in rows]
+
+    async def stored_counts(self) -> dict[str, int]:
+        """Rows per table: ``events``, ``actions``, ``tasks``, ``alerts``, ``context``."""
+        return {
+            table: int(await self.scalar(f"SELECT COUNT(*) FROM {table}") or 0)  # noqa: S608 (constant names)
+            for table in ("events", "actions", "tasks", "alerts", "context")
+        }
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """A read on the aiosqlite connection; a SQLite error becomes :class:`StoreError`."""
+        try:
+            yield self.db
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not read {what} from {self.path}: {exc}") from exc
+
     async def scalar(self, sql: str, *args: Any) -> Any:
-        """One value of a query."""
-        async with self.db.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        """One value of a query. SQLite only (tests, debugging): not part of :class:`~agent.storage.AgentStore`;
+        product code uses its domain queries."""
+        async with self._reading("a value") as db:
+            rows = await db.execute_fetchall(sql, args)
+        return next(iter(rows), (None,))[0]
 
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """All rows of a query."""
-        async with self.db.execute(sql, args) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        """All rows of a query. SQLite only, as :meth:`scalar`."""
+        async with self._reading("rows") as db:
+            return [tuple(r) for r in await db.execute_fetchall(sql, args)]
+
+
+#: Tables with a ``user`` column, deleted from by :func:`erase_user` (events last: resolutions refer to them).
+USER_TABLES = ("actions", "tasks", "alerts", "context", "core_users", "events")
+
+
+def erase_user(con: sqlite3.Connection, user: str) -> dict[str, int]:
+    """Delete every row of ``user`` (inside the caller's transaction), the user from the saved core state and from
+    the stored ticks' user lists; rows deleted per table (``core_state`` 1 when the saved state held the user)."""
+    removed: dict[str, int] = {}
+    removed["resolutions"] = con.execute(
+        "DELETE FROM resolutions WHERE event_id IN (SELECT id FROM events WHERE user = ?)", (user,)
+    ).rowcount
+    for table in USER_TABLES:
+        removed[table] = con.execute(f"DELETE FROM {table} WHERE user = ?", (user,)).rowcount  # noqa: S608
+    removed["core_state"] = 0
+    for (state,) in con.execute("SELECT state FROM core_state").fetchall():
+        data = json.loads(state)
+        if isinstance(data.get("users"), dict) and data["users"].pop(user, None) is not None:
+            con.execute("UPDATE core_state SET state = ?", (json.dumps(data),))
+            removed["core_state"] = 1
+    removed["ticks"] = 0
+    for tick, users in con.execute("SELECT n, users FROM ticks WHERE users IS NOT NULL").fetchall():
+        names = json.loads(users)
+        if user in names:
+            rest = [u for u in names if u != user]
+            if rest:
+                con.execute("UPDATE ticks SET users = ? WHERE n = ?", (json.dumps(rest), tick))
+            else:
+                con.execute("DELETE FROM ticks WHERE n = ?", (tick,))
+            removed["ticks"] += 1
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'health_hourly'").fetchone():
+        removed["health_hourly"] = con.execute("DELETE FROM health_hourly WHERE user = ?", (user,)).rowcount
+    return removed

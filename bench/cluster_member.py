@@ -63,7 +63,7 @@ async def processed_single(db: Path) -> int:
     if not await asyncio.to_thread(db.exists):
         return 0
     async with Store(db) as store:
-        return int(await store.scalar("SELECT COUNT(*) FROM events WHERE channel = 'evt'"))
+        return await store.count_events(channel="evt")
 
 
 async def main() -> None:

@@ -192,7 +192,7 @@ async def run_sections(agent: AgentRuntime, users: int, events: int, rounds: int
         cpu, wall = await per_event(agent, messages, size)
         rows.append((f"batch {size:>3} ({count} events)", cpu, wall))
     lat = await utterance_latency(agent, traffic, rounds)
-    stored = await agent.store.scalar("SELECT COUNT(*) FROM events")
+    stored = await agent.store.count_events()
     show(f"agent ingest path (no MQTT receive), {users} users, {stored} events stored, {agent.stats.actions} actions")
     show(f"{'':32} {'CPU µs/event':>13} {'wall µs/event':>14}")
     for name, cpu, wall in rows:

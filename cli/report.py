@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.sealing import HealthCipher
+from agent.storage import AgentStore
 from agent.store import Store
 
 PAID = frozenset({"order_food", "hail_ride"})
@@ -78,48 +79,43 @@ def percentile(values: list[float], q: float) -> float:
 
 async def summarize(db: Path, cipher: HealthCipher | None = None) -> Summary:
     """Read a run's summary from the agent's database (``cipher``: the key its health values were sealed with)."""
-    summary = Summary(db=str(db))
     async with Store(db, cipher=cipher) as store:
-        summary.health = {kind: [held, readable] for kind, (held, readable) in sorted(store.health_samples().items())}
-        for t in await store.tasks():
-            summary.tasks.append(
-                TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,
-                         list(t.slots_autofilled), list(t.slots_asked))
-            )  # fmt: skip
-        for rule, n in await store.rows("SELECT rule, COUNT(*) FROM alerts GROUP BY rule ORDER BY rule"):
-            summary.alerts[str(rule)] = int(n)
-        latencies: list[float] = []
-        for event_id, latency in await store.rows(
-            # The first action an event caused in the turn that handled it (later ones are fallbacks and progress
-            # updates by design). An event whose actions all came later caused a timed action (a "leave now" card
-            # at the time to leave): it waited for its time, not for the agent, and is counted apart.
-            "SELECT e.id, MIN(CASE WHEN a.created_ms = e.handled_ms THEN a.published_wall_ms END)"
-            " - e.received_wall_ms FROM actions a JOIN events e ON e.id = a.corr"
-            " WHERE a.published_wall_ms IS NOT NULL AND e.channel = 'evt' GROUP BY e.id"
-        ):
-            if latency is None:
-                summary.timed_actions += 1
-            else:
-                latencies.append(float(latency))
-                summary.answered.add(str(event_id))
-        summary.latency_samples = len(latencies)
-        if latencies:
-            summary.latency_ms = {
-                "p50": percentile(latencies, 50),
-                "p99": percentile(latencies, 99),
-                "max": max(latencies),
-            }
-        for channel, cls, n in await store.rows(
-            "SELECT channel, CASE WHEN channel = 'evt' THEN substr(topic, instr(topic, '/evt/') + 5,"
-            " instr(substr(topic, instr(topic, '/evt/') + 5), '/') - 1) ELSE '' END AS cls, COUNT(*)"
-            " FROM events GROUP BY channel, cls ORDER BY channel, cls"
-        ):
-            summary.messages[f"{channel}/{cls}" if cls else str(channel)] = int(n)
-        summary.messages["cmd (actions out)"] = int(await store.scalar("SELECT COUNT(*) FROM actions") or 0)
-        for status, n in await store.rows("SELECT status, COUNT(*) FROM actions GROUP BY status"):
-            summary.acks[str(status)] = int(n)
-        for table in ("events", "actions", "tasks", "alerts", "context"):
-            summary.stored[table] = int(await store.scalar(f"SELECT COUNT(*) FROM {table}") or 0)  # noqa: S608
+        return await summary_of(store, str(db))
+
+
+async def summary_of(store: AgentStore, name: str) -> Summary:
+    """A run's summary from any open store (a SQLite file, a cluster's bucket in Redis), named ``name``."""
+    summary = Summary(db=name)
+    summary.health = {
+        kind: [held, readable] for kind, (held, readable) in sorted((await store.health_samples()).items())
+    }
+    for t in await store.tasks():
+        summary.tasks.append(
+            TaskLine(t.task_id, t.user, t.skill, t.state, t.rounds, t.confirm_modality,
+                     list(t.slots_autofilled), list(t.slots_asked))
+        )  # fmt: skip
+    summary.alerts = await store.alert_counts()
+    # The first action an event caused in the turn that handled it (later ones are fallbacks and progress
+    # updates by design). An event whose actions all came later caused a timed action (a "leave now" card at the
+    # time to leave): it waited for its time, not for the agent, and is counted apart.
+    latencies: list[float] = []
+    for event_id, latency in await store.first_action_latencies():
+        if latency is None:
+            summary.timed_actions += 1
+        else:
+            latencies.append(latency)
+            summary.answered.add(event_id)
+    summary.latency_samples = len(latencies)
+    if latencies:
+        summary.latency_ms = {
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "max": max(latencies),
+        }
+    summary.messages.update(await store.message_counts())
+    summary.stored = await store.stored_counts()
+    summary.messages["cmd (actions out)"] = summary.stored["actions"]
+    summary.acks.update(await store.action_status_counts())
     return summary
 
 

@@ -27,7 +27,7 @@ the edge with ``raise ... from exc``.
     ├── ConfigError                   a setting, a scenario file or a command-line value is wrong
     ├── DeviceError                   an emulator or a device bridge failed
     └── AgentError                    the agent failed
-        └── StoreError                the agent's SQLite store failed
+        └── StoreError                the agent's store failed
 """
 
 from __future__ import annotations
@@ -179,4 +179,4 @@ class AgentError(WearbusError):
 
 
 class StoreError(AgentError):
-    """The agent's SQLite store failed."""
+    """The agent's store failed, whichever backs it (the library's error, if any, is the ``__cause__``)."""

@@ -7,8 +7,9 @@ How it fits together (docs/scale-out.md has the why and the measurements):
   member computes the owner of every bucket by rendezvous hashing over the members it sees alive.
 - :mod:`agent.cluster.bus`: the bucket's bus (:class:`PartitionBus`), which reads a NATS partition ``wbp/{b}/#`` or
   one filter set per known user, and restores the original topics.
-- :mod:`agent.cluster.store`: the bucket's state in Redis (:class:`RedisBucketStore`), written in one fenced
-  transaction per batch; taking a bucket increments its epoch, so a deposed owner can neither commit nor acknowledge.
+- :mod:`agent.cluster.store`: the bucket's state in Redis (:class:`RedisBucketStore`, an
+  :class:`~agent.storage.AgentStore` as the SQLite store is), written in one fenced transaction per batch; taking a
+  bucket increments its epoch, so a deposed owner can neither commit nor acknowledge.
 - :mod:`agent.cluster.member`: a member (:class:`ClusterMember`) announces itself on the retained
   ``wb/v1/_agent/{cluster}-{member}/state``, runs one :class:`~agent.runtime.AgentRuntime` per owned bucket, and
   hands buckets over when members join or leave (a move is the runtime's restart path on another machine).

@@ -26,6 +26,7 @@ from agent.cluster.assignment import (
 from agent.cluster.bus import PartitionBus
 from agent.cluster.store import FencedError, RedisBucketStore
 from agent.runtime import AgentRuntime, AgentSettings, AgentStats
+from agent.sealing import HealthCipher
 from broker.client import Bus, BusOptions, Outgoing, Protocol
 from broker.logs import get_logger
 from schemas import codec
@@ -148,6 +149,8 @@ class ClusterMember:
         self.stats = MemberStats()
         self.log = get_logger("cluster", member=settings.instance)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(settings.state_url)
+        key = settings.agent.health_key  # the buckets seal health values as a single agent does
+        self._cipher = HealthCipher.from_file(key) if key is not None else None
         self._bus: PartitionBus | None = None
         self._heard: dict[str, float] = {}
         self._online: dict[str, bool] = {}
@@ -341,7 +344,7 @@ class ClusterMember:
 
     async def _serve(self, bucket: int) -> None:
         s = self.settings
-        store = RedisBucketStore(self.redis, s.name, bucket, s.instance)
+        store = RedisBucketStore(self.redis, s.name, bucket, s.instance, cipher=self._cipher)
         waited_from = time.monotonic()
         force = False
         while True:

@@ -1,19 +1,40 @@
-"""A bucket's state in Redis, one fenced transaction per batch: a deposed owner can neither commit nor ack."""
+"""A bucket's state in Redis, one fenced transaction per batch: a deposed owner can neither commit nor ack.
+
+:class:`RedisBucketStore` honours the whole :class:`~agent.storage.AgentStore` protocol, as the SQLite store does:
+health values sealed at rest with the same :class:`~agent.storage.HealthSeal`, the same retention (redaction and
+hourly aggregates) and the same erase of a user.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, ClassVar
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self
 
 import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from agent.core.api import TaskRecord
-from agent.store import ActionRow, EventRow, Mark, Snapshot, Store, TickRow
+from agent.sealing import HealthCipher
+from agent.storage import (
+    HEALTH_EVENT_TYPES,
+    ActionRow,
+    EventRow,
+    HealthSeal,
+    Hourly,
+    Mark,
+    Readings,
+    Snapshot,
+    TickRow,
+    fold,
+    is_redacted,
+    message_class,
+)
 from schemas.errors import StoreError
 
 
@@ -42,6 +63,10 @@ return 0
 """
 
 
+#: Health payloads are trimmed this much later than their log entries (the member's clock against Redis's).
+_TRIM_MARGIN_MS = 60_000
+
+
 def bucket_prefix(cluster: str, bucket: int) -> str:
     """Redis key prefix of a bucket; the braces keep all its keys in one Redis Cluster slot (MULTI needs that)."""
     return f"wb:{{{cluster}-{bucket}}}:"
@@ -60,22 +85,33 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisBucketStore(Store):
-    """The :class:`~agent.store.Store` of one bucket, kept in Redis so that any member can carry it on.
+class RedisBucketStore:
+    """The :class:`~agent.storage.AgentStore` of one bucket, kept in Redis so that any member can carry it on.
 
     Keys under :func:`bucket_prefix`: ``meta`` (holder, epoch), ``log`` (a stream of processed events and ticks, in
     processing order, each with the member that handled it), ``seen`` (event ids, scored by time: the dedup set),
-    ``actions`` and ``outbox`` (stored actions and the ids not yet published), ``acks``, ``tasks``, ``alerts``,
-    ``core`` and ``core_users`` (the snapshot, per user, with the log position it includes) and ``ctx``.
+    ``actions`` and ``outbox`` (stored actions and the ids not yet published), ``published`` (when each was),
+    ``acks``, ``tasks``, ``alerts``, ``core`` and ``core_users`` (the snapshot, per user, with the log position it
+    includes), ``ctx`` and ``resolutions``.
+
+    Health data: a health event's payload is kept beside the log, in ``health`` (by event id: user, topic, type,
+    receipt time and the payload, sealed under the store's key), so that the retention can redact it (a stream
+    entry cannot be rewritten); ``health_due`` lists the payloads not yet redacted (by receipt time), ``health_at``
+    every payload, by the time it was written (trimmed with the log, a minute later than its entry). Hourly
+    aggregates are in ``hourly:{user}`` (sealed as in SQLite), with ``hourly_at`` (by hour) for their own
+    retention. A log entry older than the log's retention whose payload was trimmed first reads with an empty
+    payload (it is before every snapshot: no replay reads it).
 
     Every write that matters is one ``WATCH meta`` / ``MULTI`` / ``EXEC`` transaction that checks the epoch, so a
-    member that lost the bucket gets :class:`FencedError` instead of writing.
+    member that lost the bucket gets :class:`FencedError` instead of writing. Redis errors become
+    :class:`~schemas.errors.StoreError`.
 
     Args:
         redis: a connected client (shared by a member's buckets).
         cluster: cluster name.
         bucket: bucket number.
         member: this member's id (recorded with every event it handles).
+        cipher: the operator's health key (``--health-key``), as for the SQLite store.
         dedup_horizon_s: how long processed event ids are remembered (a device's outbox may resend within it).
         log_retention_s: how much of the event log is kept before the last snapshot (for reports and audits).
     """
@@ -89,25 +125,41 @@ class RedisBucketStore(Store):
         bucket: int,
         member: str,
         *,
+        cipher: HealthCipher | None = None,
         dedup_horizon_s: float = 86_400.0,
         log_retention_s: float = 3_600.0,
     ) -> None:
-        super().__init__(f"redis:{cluster}/{bucket}")
         self.redis: Any = redis  # redis-py's annotations do not narrow async results; the calls below are checked
         self.bucket = bucket
         self.member = member
         self.epoch = 0
+        self.seal = HealthSeal(cipher, f"redis:{cluster}/{bucket}")
         self.dedup_horizon_s = dedup_horizon_s
         self.log_retention_s = log_retention_s
-        p = bucket_prefix(cluster, bucket)
+        p = self.prefix = bucket_prefix(cluster, bucket)
         self.k_meta, self.k_log, self.k_seen = p + "meta", p + "log", p + "seen"
         self.k_actions, self.k_outbox, self.k_acks = p + "actions", p + "outbox", p + "acks"
+        self.k_published = p + "published"
         self.k_tasks, self.k_alerts, self.k_ctx = p + "tasks", p + "alerts", p + "ctx"
         self.k_core, self.k_core_users = p + "core", p + "core_users"
         self.k_resolutions = p + "resolutions"
+        self.k_health, self.k_health_due, self.k_health_at = p + "health", p + "health_due", p + "health_at"
+        self.k_hourly_at = p + "hourly_at"
         self._saved_users: dict[str, str] = {}
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+
+    def k_hourly(self, user: str) -> str:
+        """The key of a user's hourly aggregates (fields: ``[metric, hour_ms]`` as JSON)."""
+        return f"{self.prefix}hourly:{user}"
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Redis errors in the block become :class:`StoreError` (a :class:`FencedError` passes as it is)."""
+        try:
+            yield
+        except RedisError as exc:
+            raise StoreError(f"Redis {what} for bucket {self.bucket} failed: {exc}") from exc
 
     # ------------------------------------------------------------------ ownership
 
@@ -117,12 +169,10 @@ class RedisBucketStore(Store):
         Returns:
             None when taken (``self.epoch`` is the new epoch), else the live holder to wait for.
         """
-        try:
+        with self._errors("claim"):
             epoch, holder = await self._claim(
                 keys=[self.k_meta], args=[self.member, "1" if force else "0", *live, str(now_ms)]
             )
-        except RedisError as exc:
-            raise StoreError(f"could not claim bucket {self.bucket} in Redis: {exc}") from exc
         if int(epoch) == 0:
             return _s(holder)
         self.epoch = int(epoch)
@@ -156,16 +206,18 @@ class RedisBucketStore(Store):
         except RedisError as exc:
             raise StoreError(f"Redis write for bucket {self.bucket} failed: {exc}") from exc
 
-    # ------------------------------------------------------------------ Store API
+    # ------------------------------------------------------------------ the AgentStore protocol
 
-    async def __aenter__(self) -> RedisBucketStore:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         return None
 
     async def schema_version(self) -> int:
-        """The shared store has no SQL schema."""
+        """The shared store has no migrations."""
         return 0
 
     async def known(self, ids: Iterable[str]) -> set[str]:
@@ -173,10 +225,8 @@ class RedisBucketStore(Store):
         wanted = list(ids)
         if not wanted:
             return set()
-        try:
+        with self._errors("dedup check"):
             scores = await self.redis.zmscore(self.k_seen, wanted)
-        except RedisError as exc:
-            raise StoreError(f"Redis dedup check for bucket {self.bucket} failed: {exc}") from exc
         return {i for i, s in zip(wanted, scores, strict=True) if s is not None}
 
     async def commit_batch(
@@ -188,20 +238,29 @@ class RedisBucketStore(Store):
         ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """One batch, atomically and fenced: log entries, dedup ids, actions with their outbox, tasks, alerts and
-        the optional LLM resolver's intents (kept so that a replay on the next owner sees them too)."""
+        """One batch, atomically and fenced: log entries (a health event's payload sealed, beside the log), dedup
+        ids, actions with their outbox, tasks, alerts and the optional LLM resolver's intents (kept so that a replay
+        on the next owner sees them too)."""
         now = time.time()
+        now_ms = int(now * 1000)  # the log entry's own time (its stream id), give or take the clocks' skew
         by = self.member
 
         def build(pipe: Any) -> None:
             for e in events:
+                health = e.type in HEALTH_EVENT_TYPES
                 pipe.xadd(self.k_log, {
                     "k": "e", "id": e.id, "topic": e.topic, "user": e.user or "", "kind": e.kind or "",
                     "device": e.device or "", "channel": e.channel, "type": e.type, "ts": e.ts,
                     "src_ts": -1 if e.src_ts is None else e.src_ts, "dev_seq": e.dev_seq, "corr": e.corr or "",
                     "handled_ms": e.handled_ms, "received_wall_ms": e.received_wall_ms, "qos": e.qos,
-                    "retain": int(e.retain), "payload": e.payload, "by": by,
+                    "retain": int(e.retain), "payload": b"" if health else e.payload, "h": int(health), "by": by,
                 })  # fmt: skip
+                if health:
+                    sealed = self.seal.seal_event(e).payload
+                    pipe.hset(self.k_health, e.id, msgpack.packb([e.user or "", e.topic, e.type, e.received_wall_ms,
+                                                                   sealed]))  # fmt: skip
+                    pipe.zadd(self.k_health_due, {e.id: e.received_wall_ms})
+                    pipe.zadd(self.k_health_at, {e.id: now_ms})
             if events:
                 pipe.zadd(self.k_seen, {e.id: now for e in events})
             for tick in ticks:
@@ -228,28 +287,28 @@ class RedisBucketStore(Store):
             await self._fenced(build)
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:
-        """Take published actions off the outbox (not fenced: it only records a fact)."""
+        """Take published actions off the outbox and record when (not fenced: it only records a fact)."""
         if ids:
-            try:
-                await self.redis.zrem(self.k_outbox, *ids)
-            except RedisError as exc:
-                raise StoreError(f"Redis update for bucket {self.bucket} failed: {exc}") from exc
+            with self._errors("update"):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zrem(self.k_outbox, *ids)
+                    pipe.hset(self.k_published, mapping=dict.fromkeys(ids, wall_ms))
+                    await pipe.execute()
 
     async def mark_acks(self, acks: Sequence[tuple[str, str, str, int]]) -> None:
         """Record device acks: ``(action_id, status, detail, at_ms)``."""
         if acks:
             mapping = {a: json.dumps([status, detail, at]) for a, status, detail, at in acks}
-            try:
+            with self._errors("update"):
                 await self.redis.hset(self.k_acks, mapping=mapping)
-            except RedisError as exc:
-                raise StoreError(f"Redis update for bucket {self.bucket} failed: {exc}") from exc
 
     async def unpublished(self) -> list[tuple[str, str, bytes]]:
         """Actions stored but not known to be published, in creation order."""
-        ids = [_s(i) for i in await self.redis.zrange(self.k_outbox, 0, -1)]
-        if not ids:
-            return []
-        rows = await self.redis.hmget(self.k_actions, ids)
+        with self._errors("read of the outbox"):
+            ids = [_s(i) for i in await self.redis.zrange(self.k_outbox, 0, -1)]
+            if not ids:
+                return []
+            rows = await self.redis.hmget(self.k_actions, ids)
         out: list[tuple[str, str, bytes]] = []
         for action_id, raw in zip(ids, rows, strict=True):
             if raw is not None:
@@ -266,7 +325,8 @@ class RedisBucketStore(Store):
         round_start: Mark | None = None,
         complete: bool = True,
     ) -> Mark:
-        """Snapshot the core (only the users whose state changed), with the log position it includes; trim.
+        """Snapshot the core (only the users whose state changed, sealed per user), with the log position it
+        includes; trim the dedup set, the log and the health payloads of the trimmed entries.
 
         A bucket holds a share of the users, so its snapshot is written whole (``sliced_snapshots`` is false): every
         user as of one log position, which the replay starts after.
@@ -280,20 +340,32 @@ class RedisBucketStore(Store):
             if self._saved_users.get(user) != text:
                 changed[user] = text
         head = {k: v for k, v in state.items() if k != "users"}
-        last = await self.redis.xrevrange(self.k_log, count=1)
-        watermark = _stream_id_to_int(_s(last[0][0])) if last else 0
+        with self._errors("read of the log"):
+            last = await self.redis.xrevrange(self.k_log, count=1)
+            watermark = _stream_id_to_int(_s(last[0][0])) if last else 0
+            keep_from = max(0, (watermark >> 20) - int(self.log_retention_s * 1000))
+            trimmed = (
+                await self.redis.zrangebyscore(
+                    self.k_health_at, "-inf", f"({keep_from - _TRIM_MARGIN_MS}", start=0, num=10_000
+                )
+                if keep_from
+                else []
+            )
         horizon = time.time() - self.dedup_horizon_s
-        keep_from = max(0, (watermark >> 20) - int(self.log_retention_s * 1000))
 
         def build(pipe: Any) -> None:
             if changed:
-                pipe.hset(self.k_core_users, mapping=changed)
+                pipe.hset(self.k_core_users, mapping={u: self.seal.seal_text(t, u) for u, t in changed.items()})
             pipe.hset(self.k_core, mapping={
                 "head": json.dumps(head), "watermark": watermark, "tick_ms": tick_ms, "saved_wall_ms": wall_ms,
             })  # fmt: skip
             pipe.zremrangebyscore(self.k_seen, "-inf", horizon)
             if keep_from:
                 pipe.xtrim(self.k_log, minid=f"{keep_from}-0", approximate=True)
+            if trimmed:
+                pipe.hdel(self.k_health, *trimmed)
+                pipe.zrem(self.k_health_due, *trimmed)
+                pipe.zrem(self.k_health_at, *trimmed)
 
         await self._fenced(build)
         self._saved_users.update(changed)
@@ -301,33 +373,52 @@ class RedisBucketStore(Store):
 
     async def load_core(self) -> Snapshot | None:
         """The bucket's last snapshot (every user as of its watermark, so no user has a mark of their own), or None."""
-        core = await self.redis.hgetall(self.k_core)
-        if not core:
-            return None
-        users_raw = await self.redis.hgetall(self.k_core_users)
+        with self._errors("read of the snapshot"):
+            core = await self.redis.hgetall(self.k_core)
+            if not core:
+                return None
+            users_raw = await self.redis.hgetall(self.k_core_users)
         state: dict[str, Any] = json.loads(core[b"head"])
-        state["users"] = {_s(u): json.loads(v) for u, v in users_raw.items()}
-        self._saved_users = {_s(u): _s(v) for u, v in users_raw.items()}
+        texts = {_s(u): self.seal.open_text(_s(v), _s(u)) for u, v in users_raw.items()}
+        state["users"] = {u: json.loads(t) for u, t in texts.items()}
+        self._saved_users = texts
         return Snapshot(state, int(core[b"watermark"]), int(core[b"tick_ms"]), {})
+
+    async def _log(self, after: int = 0, chunk: int = 1000) -> AsyncIterator[list[tuple[int, dict[bytes, bytes]]]]:
+        """The log after a position, a chunk of ``(position, fields)`` at a time."""
+        start = f"({_int_to_stream_id(after)}" if after else "-"
+        while True:
+            with self._errors("read of the log"):
+                entries = await self.redis.xrange(self.k_log, min=start, max="+", count=chunk)
+            if entries:
+                yield [(_stream_id_to_int(_s(sid)), f) for sid, f in entries]
+            if len(entries) < chunk:
+                return
+            start = f"({_s(entries[-1][0])}"
 
     async def since(self, event_seq: int) -> list[tuple[str, Any, int]]:
         """Log entries after a snapshot's watermark, in order: ``("event", EventRow, position)`` and ``("tick",
-        TickRow, position)`` (the position: the entry's stream id as a number)."""
-        start = f"({_int_to_stream_id(event_seq)}" if event_seq else "-"
+        TickRow, position)`` (the position: the entry's stream id as a number); health payloads opened."""
         out: list[tuple[str, Any, int]] = []
-        while True:
-            entries = await self.redis.xrange(self.k_log, min=start, max="+", count=1000)
-            for sid, f in entries:
-                out.append((*_log_item(f), _stream_id_to_int(_s(sid))))
-            if len(entries) < 1000:
-                return out
-            start = f"({_s(entries[-1][0])}"
+        async for entries in self._log(event_seq):
+            ids = [_s(f[b"id"]) for _, f in entries if f.get(b"h") == b"1"]
+            with self._errors("read of health payloads"):
+                bodies = dict(zip(ids, await self.redis.hmget(self.k_health, ids), strict=True)) if ids else {}
+            for position, f in entries:
+                kind, item = _log_item(f)
+                if kind == "event" and f.get(b"h") == b"1":
+                    raw = bodies.get(item.id)
+                    payload = b"" if raw is None else self.seal.open(bytes(msgpack.unpackb(raw)[4]), item.id)
+                    item = item._replace(payload=payload)
+                out.append((kind, item, position))
+        return out
 
     async def last_seqs(self, recent: int = 20_000) -> dict[tuple[str, str, str], int]:
         """The ``seq`` of each device's last handled event among the ``recent`` last log entries (see
-        :meth:`Store.last_seqs`)."""
+        :meth:`agent.storage.AgentStore.last_seqs`)."""
         out: dict[tuple[str, str, str], int] = {}
-        entries = await self.redis.xrevrange(self.k_log, max="+", min="-", count=recent)
+        with self._errors("read of the log"):
+            entries = await self.redis.xrevrange(self.k_log, max="+", min="-", count=recent)
         for _, f in entries:
             if f.get(b"k") != b"e" or f.get(b"channel") != b"evt" or int(f.get(b"dev_seq", 0)) <= 0:
                 continue
@@ -338,38 +429,233 @@ class RedisBucketStore(Store):
 
     async def resolutions(self) -> dict[str, str]:
         """Resolved intents (JSON) by utterance event id."""
-        return {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.k_resolutions)).items()}
+        with self._errors("read of the resolutions"):
+            return {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.k_resolutions)).items()}
 
     async def save_contexts(self, snapshots: Sequence[tuple[str, str, int]]) -> None:
-        """The last context snapshot per user (not fenced: a stale one is replaced by the owner's next)."""
+        """The last context snapshot per user, sealed (not fenced: a stale one is replaced by the owner's next)."""
         if snapshots:
-            mapping = {user: json.dumps([snap, at]) for user, snap, at in snapshots}
-            with contextlib.suppress(RedisError):
+            mapping = {user: json.dumps([self.seal.seal_text(snap, user), at]) for user, snap, at in snapshots}
+            with self._errors("write of context snapshots"):
                 await self.redis.hset(self.k_ctx, mapping=mapping)
 
-    def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
-        """Health retention is not applied to a bucket's Redis log yet (docs/privacy.md says so): nothing pruned.
+    async def contexts(self) -> dict[str, tuple[str, int]]:
+        """The last context snapshot per user: ``(json, at_ms)``."""
+        with self._errors("read of the context snapshots"):
+            raw = await self.redis.hgetall(self.k_ctx)
+        out = {}
+        for user, value in raw.items():
+            text, at = json.loads(value)
+            out[_s(user)] = (self.seal.open_text(text, _s(user)), int(at))
+        return out
 
-        Without this the SQLite store's version ran, on no SQLite database, and ended the bucket's pump.
-        """
-        return 0
+    # ------------------------------------------------------------------ health data and privacy
+
+    async def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
+        """Retention, as in SQLite: the payloads of health events received before ``before_wall_ms`` are replaced by
+        a redacted copy after their values were folded into the hourly aggregates, which are kept until
+        ``hourly_before_ms``; at most ``limit`` events a call, in one fenced transaction. How many were pruned."""
+        with self._errors("read for the health retention"):
+            ids = [_s(i) for i in await self.redis.zrangebyscore(
+                self.k_health_due, "-inf", f"({before_wall_ms}", start=0, num=limit)]  # fmt: skip
+            bodies = await self.redis.hmget(self.k_health, ids) if ids else []
+            old = (
+                await self.redis.zrangebyscore(self.k_hourly_at, "-inf", f"({hourly_before_ms}")
+                if hourly_before_ms is not None
+                else []
+            )
+        hourly: Readings = {}
+        redacted: dict[str, bytes] = {}
+        for event_id, raw in zip(ids, bodies, strict=True):
+            if raw is not None:
+                user, topic, kind, at, stored = msgpack.unpackb(raw)
+                payload = self.seal.redact(event_id, topic, user or None, bytes(stored), hourly)
+                redacted[event_id] = msgpack.packb([user, topic, kind, at, payload])
+        aggs: dict[tuple[str, str, int], str] = {}
+        for (user, metric, hour), values in hourly.items():
+            with self._errors("read of an hourly aggregate"):
+                text = await self.redis.hget(self.k_hourly(user), json.dumps([metric, hour]))
+            previous = None if text is None else self.seal.open_hour(_s(text), user, metric, hour)
+            aggs[(user, metric, hour)] = self.seal.seal_hour(fold(previous, values), user, metric, hour)
+        if not ids and not old:
+            return 0
+
+        def build(pipe: Any) -> None:
+            if redacted:
+                pipe.hset(self.k_health, mapping=redacted)
+            if ids:
+                pipe.zrem(self.k_health_due, *ids)
+            for (user, metric, hour), text in aggs.items():
+                pipe.hset(self.k_hourly(user), json.dumps([metric, hour]), text)
+                pipe.zadd(self.k_hourly_at, {json.dumps([user, metric, hour]): hour})
+            for member in old:
+                user, metric, hour = json.loads(member)
+                pipe.hdel(self.k_hourly(user), json.dumps([metric, hour]))
+            if old:
+                pipe.zrem(self.k_hourly_at, *old)
+
+        await self._fenced(build)
+        return len(ids)
+
+    async def health_hourly(self, user: str) -> list[tuple[str, int, Hourly]]:
+        """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
+        with self._errors("read of the hourly aggregates"):
+            raw = await self.redis.hgetall(self.k_hourly(user))
+        out = []
+        for field, text in raw.items():
+            metric, hour = json.loads(field)
+            out.append((str(metric), int(hour), self.seal.open_hour(_s(text), user, metric, int(hour))))
+        return sorted(out, key=lambda r: (r[1], r[0]))
+
+    async def health_samples(self) -> dict[str, tuple[int, int]]:
+        """Per health event type: how many stored payloads hold their values, and how many of those this store can
+        read (sealed ones need the key; redacted ones are not counted)."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._errors("read of health payloads"):
+            async for event_id, raw in self.redis.hscan_iter(self.k_health, count=1000):
+                _, topic, kind, _, payload = msgpack.unpackb(raw)
+                if not is_redacted(bytes(payload)):
+                    held, readable = out.get(kind, (0, 0))
+                    out[kind] = (held + 1, readable + self.seal.readable(topic, bytes(payload), _s(event_id)))
+        return out
+
+    async def forget(self, user: str) -> dict[str, int]:
+        """Erase ``user`` from the bucket (run it with the cluster stopped: a member would write back what it holds):
+        their entries of the event log (rewritten with the same positions, the user taken out of the ticks' user
+        lists) and of the alerts stream, their actions (with outbox, publish times and acks), tasks, context,
+        per-user snapshot, LLM resolutions, dedup ids, health payloads and hourly aggregates."""
+        name = user.encode()
+        removed: dict[str, int] = {"log": 0, "ticks": 0}
+        events: list[bytes] = []
+        kept: list[tuple[bytes, dict[bytes, bytes]]] = []
+        with self._errors("erase"):
+            for entry_id, fields in await self.redis.xrange(self.k_log, min="-", max="+"):
+                if fields.get(b"user") == name:
+                    removed["log"] += 1
+                    events.append(fields[b"id"])
+                    continue
+                if fields.get(b"k") == b"t" and fields.get(b"users"):
+                    names = json.loads(fields[b"users"])
+                    if user in names:
+                        removed["ticks"] += 1
+                        rest = [u for u in names if u != user]
+                        if not rest:
+                            continue
+                        kept.append((entry_id, {**fields, b"users": json.dumps(rest).encode()}))
+                        continue
+                kept.append((entry_id, fields))
+            if removed["log"] or removed["ticks"]:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self.k_log)  # a stream entry cannot be rewritten: the log is, at the same ids
+                    for entry_id, fields in kept:
+                        pipe.xadd(self.k_log, fields, id=entry_id)
+                    await pipe.execute()
+            alerts = [i for i, f in await self.redis.xrange(self.k_alerts, min="-", max="+") if f.get(b"user") == name]
+            removed["alerts"] = await self.redis.xdel(self.k_alerts, *alerts) if alerts else 0
+            actions = [a for a, row in (await self.redis.hgetall(self.k_actions)).items()
+                       if msgpack.unpackb(row)[2] == user]  # fmt: skip
+            tasks = [t for t, row in (await self.redis.hgetall(self.k_tasks)).items() if json.loads(row)[0] == user]
+            health = [i async for i, row in self.redis.hscan_iter(self.k_health, count=1000)
+                      if msgpack.unpackb(row)[0] == user]  # fmt: skip
+            hours = [json.dumps([user, *json.loads(f)]) for f in await self.redis.hkeys(self.k_hourly(user))]
+            removed["actions"] = await self.redis.hdel(self.k_actions, *actions) if actions else 0
+            if actions:
+                await self.redis.zrem(self.k_outbox, *actions)
+                await self.redis.hdel(self.k_acks, *actions)
+                await self.redis.hdel(self.k_published, *actions)
+            removed["tasks"] = await self.redis.hdel(self.k_tasks, *tasks) if tasks else 0
+            removed["resolutions"] = await self.redis.hdel(self.k_resolutions, *events) if events else 0
+            if events:
+                await self.redis.zrem(self.k_seen, *events)
+            removed["health"] = await self.redis.hdel(self.k_health, *health) if health else 0
+            if health:
+                await self.redis.zrem(self.k_health_due, *health)
+                await self.redis.zrem(self.k_health_at, *health)
+            removed["health_hourly"] = len(hours)
+            await self.redis.delete(self.k_hourly(user))
+            if hours:
+                await self.redis.zrem(self.k_hourly_at, *hours)
+            removed["ctx"] = await self.redis.hdel(self.k_ctx, user)
+            removed["core_users"] = await self.redis.hdel(self.k_core_users, user)
+        self._saved_users.pop(user, None)
+        return removed
+
+    # ------------------------------------------------------------------ reading (report, benches, tests)
 
     async def tasks(self) -> list[TaskRecord]:
         """The bucket's tasks, oldest first."""
+        with self._errors("read of the tasks"):
+            raw = await self.redis.hgetall(self.k_tasks)
         out = []
-        for task_id, raw in (await self.redis.hgetall(self.k_tasks)).items():
-            r = json.loads(raw)
+        for task_id, value in raw.items():
+            r = json.loads(value)
             out.append(TaskRecord(_s(task_id), r[0], r[1], r[2], r[3], int(r[4]), tuple(r[5]), tuple(r[6]), r[7],
                                int(r[8]), int(r[9])))  # fmt: skip
         return sorted(out, key=lambda t: (t.created_ms, t.task_id))
 
-    async def scalar(self, sql: str, *args: Any) -> Any:
-        """Not available: the shared store has no SQL."""
-        raise StoreError("the shared bucket store answers no SQL; read its Redis keys (docs/scale-out.md)")
+    async def _events(self) -> AsyncIterator[dict[bytes, bytes]]:
+        """The fields of every event entry still in the log."""
+        async for entries in self._log():
+            for _, f in entries:
+                if f.get(b"k") == b"e":
+                    yield f
 
-    async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Not available: the shared store has no SQL."""
-        raise StoreError("the shared bucket store answers no SQL; read its Redis keys (docs/scale-out.md)")
+    async def count_events(self, channel: str | None = None) -> int:
+        """How many events the log holds (of one channel)."""
+        want = None if channel is None else channel.encode()
+        return sum([1 async for f in self._events() if want is None or f[b"channel"] == want])
+
+    async def message_counts(self) -> dict[str, int]:
+        """Events in the log per :func:`agent.storage.message_class`."""
+        counts = Counter([message_class(_s(f[b"channel"]), _s(f[b"topic"])) async for f in self._events()])
+        return dict(sorted(counts.items()))
+
+    async def alert_counts(self) -> dict[str, int]:
+        """Stored alerts per rule."""
+        with self._errors("read of the alerts"):
+            entries = await self.redis.xrange(self.k_alerts, min="-", max="+")
+        return dict(sorted(Counter(_s(f[b"rule"]) for _, f in entries).items()))
+
+    async def action_status_counts(self) -> dict[str, int]:
+        """Stored actions per ack status (``pending`` until a device acked)."""
+        with self._errors("read of the actions"):
+            ids = await self.redis.hkeys(self.k_actions)
+            acks = await self.redis.hgetall(self.k_acks)
+        return dict(Counter(json.loads(acks[i])[0] if i in acks else "pending" for i in ids))
+
+    async def first_action_latencies(self) -> list[tuple[str, float | None]]:
+        """See :meth:`agent.storage.AgentStore.first_action_latencies` (events still in the log)."""
+        events = {
+            _s(f[b"id"]): (int(f[b"handled_ms"]), int(f[b"received_wall_ms"]))
+            async for f in self._events()
+            if f[b"channel"] == b"evt"
+        }
+        with self._errors("read of the actions"):
+            actions = await self.redis.hgetall(self.k_actions)
+            published = {_s(k): int(v) for k, v in (await self.redis.hgetall(self.k_published)).items()}
+        first: dict[str, float | None] = {}
+        for action_id, raw in actions.items():
+            row = msgpack.unpackb(raw)
+            corr, created_ms, at = str(row[6]), int(row[8]), published.get(_s(action_id))
+            if at is None or corr not in events:
+                continue
+            handled_ms, received = events[corr]
+            latency = float(at - received) if created_ms == handled_ms else None
+            best = first.get(corr)
+            first[corr] = latency if best is None else best if latency is None else min(best, latency)
+        return sorted(first.items())
+
+    async def stored_counts(self) -> dict[str, int]:
+        """Records kept per kind: ``events`` (in the log), ``actions``, ``tasks``, ``alerts``, ``context``."""
+        events = await self.count_events()
+        with self._errors("read of the counts"):
+            return {
+                "events": events,
+                "actions": int(await self.redis.hlen(self.k_actions)),
+                "tasks": int(await self.redis.hlen(self.k_tasks)),
+                "alerts": int(await self.redis.xlen(self.k_alerts)),
+                "context": int(await self.redis.hlen(self.k_ctx)),
+            }
 
 
 def _log_item(f: dict[bytes, bytes]) -> tuple[str, Any]:

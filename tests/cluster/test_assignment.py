@@ -190,14 +190,3 @@ def test_a_will_counts_only_after_the_grace() -> None:
     member._on_state(_state("c-a2", False, ts=now))  # the broker lost its connection; it may be back at once
     assert member.live() == {"c-a1", "c-a2"}
     assert member.target() == {b for b, m in assignment(DEFAULT_BUCKETS, ["c-a1", "c-a2"]).items() if m == "c-a1"}
-
-
-def test_the_shared_store_overrides_every_store_method() -> None:
-    # The runtime calls the Store API; a method added there and not here would reach SQLite (and fail) on a member.
-    import inspect  # noqa: PLC0415
-
-    from agent.cluster import RedisBucketStore  # noqa: PLC0415
-    from agent.store import Store  # noqa: PLC0415
-
-    public = {n for n, f in inspect.getmembers(Store, inspect.iscoroutinefunction) if not n.startswith("_")}
-    assert {n for n in public if getattr(RedisBucketStore, n) is getattr(Store, n)} == set()

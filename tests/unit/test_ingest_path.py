@@ -109,6 +109,12 @@ async def runtime(db: Path, clock: Clock | None = None, **settings: Any) -> Asyn
         await agent.store.__aexit__(None, None, None)
 
 
+def sqlite(agent: AgentRuntime) -> Store:
+    """The agent's store, which these tests open as SQLite (to read it with SQL)."""
+    assert isinstance(agent.store, Store)
+    return agent.store
+
+
 def wire(topic: str, payload: bytes, mid: int = 1) -> Message:
     """A message exactly as the bus hands it over."""
     return codec.decode(topic, payload, qos=1, mid=mid, link=1)
@@ -139,9 +145,9 @@ async def test_stored_as_received_published_before_the_commit_and_acked_after_it
         assert bus.uncommitted_publishes == [msgpack.unpackb(cards[0].payload)["id"]]
         assert bus.uncommitted_acks == []
         assert sorted(bus.acked) == sorted(m.envelope.id for m in batch)
-        stored = await stored_payloads(agent.store)
+        stored = await stored_payloads(sqlite(agent))
         assert stored == {m.envelope.id: m.raw for m in batch}  # the bytes that came off the wire
-        assert await agent.store.scalar("SELECT COUNT(*) FROM actions WHERE type = 'display.card'") == 1
+        assert await sqlite(agent).scalar("SELECT COUNT(*) FROM actions WHERE type = 'display.card'") == 1
 
 
 async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp_path: Path) -> None:
@@ -149,7 +155,7 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
         rng = random.Random(2)
         backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, NOON, prefix=USER), start=1)]
         await agent._process(backlog[: len(backlog) // 2])
-        stored_before = await agent.store.scalar("SELECT COUNT(*) FROM events")
+        stored_before = await sqlite(agent).scalar("SELECT COUNT(*) FROM events")
         rest = [*backlog[len(backlog) // 2 :], question("q-1")]
         asker = rest[-1].where.user
         published_at: list[int] = []
@@ -168,13 +174,13 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
         theirs = sum(1 for m in rest if m.where.user == asker)
         assert 0 < theirs < len(rest)
         assert published_at == [stored_before]  # the card went out before anything of this batch was stored
-        users = [u for (u,) in await agent.store.rows("SELECT user FROM events ORDER BY seq")][stored_before:]
+        users = [u for (u,) in await sqlite(agent).rows("SELECT user FROM events ORDER BY seq")][stored_before:]
         assert users[:theirs] == [asker] * theirs
         assert asker not in users[theirs:]
         # each user's messages keep their order
         for user in {m.where.user for m in rest}:
             mine = [m.envelope.id for m in rest if m.where.user == user]
-            ids = [i for (i,) in await agent.store.rows("SELECT id FROM events WHERE user = ? ORDER BY seq", user)]
+            ids = [i for (i,) in await sqlite(agent).rows("SELECT id FROM events WHERE user = ? ORDER BY seq", user)]
             assert ids[-len(mine) :] == mine
         assert {m.envelope.id for m in rest} <= set(bus.acked)
         assert bus.uncommitted_acks == []
@@ -217,7 +223,7 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
             clock.advance(2.5)  # the cards' ack deadlines pass: ticks fall back to the earphones
         assert agent._round is not None  # a crash in the middle of a round
         live = agent.core
-        stored_ticks = agent.store.writer.execute("SELECT COUNT(*) FROM ticks").fetchone()[0]
+        stored_ticks = sqlite(agent).writer.execute("SELECT COUNT(*) FROM ticks").fetchone()[0]
     assert stored_ticks > 0
     async with runtime(db, clock) as (restarted, _):
         await restarted._restore()
@@ -250,7 +256,7 @@ async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tm
         await agent._process([future])
         assert bus.dead_letters == ["wb/v1/_dlq/future"]
         assert bus.acked == ["far-ahead"]
-        assert await stored_payloads(agent.store) == {}
+        assert await stored_payloads(sqlite(agent)) == {}
 
 
 def test_a_message_made_in_process_or_not_self_describing_is_stored_encoded() -> None:
@@ -289,7 +295,7 @@ async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> Non
         await agent._publish_contexts()  # changed again, but not due for an hour
         assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
         assert agent._dirty_users == {f"{USER}00000"}
-        assert await agent.store.scalar("SELECT COUNT(*) FROM context") == 1
+        assert await sqlite(agent).scalar("SELECT COUNT(*) FROM context") == 1
 
 
 def event(i: int) -> EventRow:

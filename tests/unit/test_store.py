@@ -176,7 +176,7 @@ async def test_incremental_core_snapshots_add_up_to_the_whole_core(tmp_path: Pat
 
 
 async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path) -> None:
-    from agent.store import HEALTH_EVENT_TYPES  # noqa: PLC0415
+    from agent.storage import HEALTH_EVENT_TYPES  # noqa: PLC0415
     from schemas.envelope import make  # noqa: PLC0415
     from schemas.events import HeartRate, Steps  # noqa: PLC0415
     from schemas.health import REDACTED  # noqa: PLC0415
@@ -194,13 +194,13 @@ async def test_health_retention_redacts_old_health_payloads_only(tmp_path: Path)
     async with Store(path) as store:
         await store.commit_batch([row(1, "hr", hr, 10), row(2, "steps", steps, 10), row(3, "hr", hr, 99)], [], [], [])
         assert path.stat().st_mode & 0o777 == 0o600
-        assert store.prune_health(50) == 1
-        assert store.prune_health(50) == 0  # done once
-        assert store.health_hourly("alice") == [
+        assert await store.prune_health(50) == 1
+        assert await store.prune_health(50) == 0  # done once
+        assert await store.health_hourly("alice") == [
             ("ring.hr.bpm", 0, {"n": 1, "sum": 141.25, "min": 141.25, "max": 141.25})
         ]
-        store.prune_health(50, hourly_before_ms=1)  # aggregates of hours before 1 ms: dropped
-        assert store.health_hourly("alice") == []
+        await store.prune_health(50, hourly_before_ms=1)  # aggregates of hours before 1 ms: dropped
+        assert await store.health_hourly("alice") == []
         stored = dict(store.writer.execute("SELECT id, payload FROM events"))
     assert b"141.25" not in stored["e1"]
     assert REDACTED.encode() in stored["e1"]
