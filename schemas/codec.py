@@ -10,6 +10,8 @@ import base64
 import contextlib
 import json
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Literal
 
 import msgpack
@@ -27,12 +29,12 @@ from schemas.actions import (
     DeviceState,
     HealthSnapshot,
 )
-from schemas.envelope import Envelope, Message, dump, envelope_of, now_ms
+from schemas.envelope import Envelope, Message, dump, now_ms, validator_of
 from schemas.errors import ContractError, DecodeError, TopicError, ValidationFailed
 from schemas.events import EVENTS, Body, RingGesture
 from schemas.health import REDACTED, carries_health, health_names, redact_by_name, redact_data, register_flagged
 from schemas.shadow import ShadowDesired, ShadowReported
-from schemas.topics import Channel, Kind, Topic, parse
+from schemas.topics import TOPIC_CACHE, Channel, Kind, Topic, parse
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -127,19 +129,62 @@ def decode(
     A JSON envelope without ``ts`` (a shell's ``mosquitto_pub``) gets its arrival time: ``arrived_ms``, else the
     wall clock now (decoding happens on arrival). msgpack senders are devices with a clock and must give it.
 
+    The hot path of every receiver: what a topic decides (its parsed identity, its body model, the envelope's
+    validator) is looked up once per topic (:func:`_route`), and the envelope and its body are validated in one call.
+
     Raises:
         TopicError: the topic is not part of the v1 layout or names nothing known.
         DecodeError: the bytes are not msgpack/JSON, not a map, empty, or larger than ``max_size``.
         ValidationFailed: the envelope or body does not fit the schema; ``field`` names the first culprit.
     """
-    where = parse(topic)
-    model = body_model(where, topic)
-    obj = loads(topic, payload, content_type=content_type, max_size=max_size)
+    where, model, validate, from_topic = _route(topic)
     is_json = speaks_json(payload, content_type)
+    obj = _loads(topic, payload, is_json, max_size)
     if is_json and "ts" not in obj:
         obj["ts"] = now_ms() if arrived_ms is None else arrived_ms
+    if from_topic:
+        _fill_from_topic(obj, where, model, topic)
+    try:
+        envelope: Envelope[Any] = validate(obj)
+    except ValidationError as exc:
+        raise validation_failed(exc, topic) from exc
+    raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
+    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
+
+
+_Route = tuple[Topic, type[Body], Callable[[Any], Envelope[Any]], bool]
+
+
+@lru_cache(maxsize=TOPIC_CACHE)
+def _route(topic: str) -> _Route:
+    """What a topic decides for :func:`decode`: its parsed identity, its body model, the envelope's validator, and
+    whether the topic also fills a field of the body (:func:`_fill_from_topic`). Cached per topic, like
+    :func:`~schemas.topics.parse` (an unknown topic raises every time: nothing is cached for it).
+
+    Raises:
+        TopicError: as :func:`decode`.
+    """
+    where = parse(topic)
+    model = body_model(where, topic)
+    from_topic = (model is RingGesture and where.name is not None) or (
+        where.kind is not None and model in _KIND_FROM_TOPIC
+    )
+    return where, model, validator_of(model), from_topic
+
+
+_KIND_FROM_TOPIC: frozenset[type[Body]] = frozenset({ShadowDesired, ShadowReported})
+
+
+def _fill_from_topic(obj: dict[str, Any], where: Topic, model: type[Body], topic: str) -> None:
+    """What the topic says and a JSON sender may leave out of the body: a ring gesture's name, a shadow's kind.
+
+    Raises:
+        ValidationFailed: the body says otherwise than the topic.
+    """
     data = obj.get("data")
-    if isinstance(data, dict) and model is RingGesture and where.name is not None:
+    if not isinstance(data, dict):
+        return  # the schema names what is wrong
+    if model is RingGesture:
         data.setdefault("gesture", where.name)
         if data["gesture"] != where.name:
             raise ValidationFailed(
@@ -147,22 +192,17 @@ def decode(
                 topic=topic,
                 field="data.gesture",
             )
-    if isinstance(data, dict) and where.kind is not None and model in {ShadowDesired, ShadowReported}:
-        settings = data.get("settings")
-        if isinstance(settings, dict):  # the topic names the kind; a JSON sender may leave it out
-            settings.setdefault("kind", where.kind.value)
-            if settings["kind"] != where.kind.value:
-                raise ValidationFailed(
-                    f"settings of a {settings['kind']!r} on a {where.kind.value} topic",
-                    topic=topic,
-                    field="data.settings.kind",
-                )
-    try:
-        envelope: Envelope[Any] = envelope_of(model).model_validate(obj)
-    except ValidationError as exc:
-        raise validation_failed(exc, topic) from exc
-    raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
-    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
+        return
+    kind = where.kind.value if where.kind is not None else None
+    settings = data.get("settings")
+    if isinstance(settings, dict):  # the topic names the kind; a JSON sender may leave it out
+        settings.setdefault("kind", kind)
+        if settings["kind"] != kind:
+            raise ValidationFailed(
+                f"settings of a {settings['kind']!r} on a {kind} topic",
+                topic=topic,
+                field="data.settings.kind",
+            )
 
 
 def speaks_json(payload: bytes, content_type: str | None = None) -> bool:
@@ -180,12 +220,16 @@ def loads(
     Raises:
         DecodeError: as :func:`decode`.
     """
+    return _loads(topic, payload, speaks_json(payload, content_type), max_size)
+
+
+def _loads(topic: str, payload: bytes, is_json: bool, max_size: int) -> dict[str, Any]:
+    """:func:`loads`, told the format."""
     size = len(payload)
     if size == 0:
         raise DecodeError("empty payload", topic=topic)
     if size > max_size:
         raise DecodeError(f"payload of {size} bytes is larger than the limit of {max_size}", topic=topic)
-    is_json = speaks_json(payload, content_type)
     fmt = "JSON" if is_json else "msgpack"
     try:
         if is_json:
