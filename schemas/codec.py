@@ -44,6 +44,7 @@ MAX_PAYLOAD = 256 * 1024  # a full ring batch fits (tests/unit/test_bounds.py)
 #: max_packet_size is ``MAX_PAYLOAD + PACKET_OVERHEAD``, so every valid payload fits a packet.
 PACKET_OVERHEAD = 1024
 _JSON_START = frozenset(b"{ \t\r\n")
+_FORMATS = frozenset({JSON, MSGPACK})
 #: How deep maps and lists may nest in a JSON payload (the deepest envelope nests 4 levels: envelope, data, a
 #: batch's items, an item): JSON nested 10,000 levels deep made ``json.loads`` (which recurses) raise
 #: ``RecursionError``. msgpack's C unpacker bounds nesting itself (1024 levels, no Python recursion), and a validated
@@ -207,7 +208,7 @@ def _fill_from_topic(obj: dict[str, Any], where: Topic, model: type[Body], topic
 
 def speaks_json(payload: bytes, content_type: str | None = None) -> bool:
     """Whether a payload is JSON: by its MQTT 5 content type where given, else by its first byte."""
-    if content_type in {JSON, MSGPACK}:
+    if content_type is not None and content_type in _FORMATS:  # (a set display of names is built on every call)
         return content_type == JSON
     return bool(payload) and payload[0] in _JSON_START
 
