@@ -131,14 +131,14 @@ def decode(
     wall clock now (decoding happens on arrival). msgpack senders are devices with a clock and must give it.
 
     The hot path of every receiver: what a topic decides (its parsed identity, its body model, the envelope's
-    validator) is looked up once per topic (:func:`_route`), and the envelope and its body are validated in one call.
+    validator) is looked up once per topic (:func:`route`), and the envelope and its body are validated in one call.
 
     Raises:
         TopicError: the topic is not part of the v1 layout or names nothing known.
         DecodeError: the bytes are not msgpack/JSON, not a map, empty, or larger than ``max_size``.
         ValidationFailed: the envelope or body does not fit the schema; ``field`` names the first culprit.
     """
-    where, model, validate, from_topic = _route(topic)
+    where, model, validate, from_topic = route(topic)
     is_json = speaks_json(payload, content_type)
     obj = _loads(topic, payload, is_json, max_size)
     if is_json and "ts" not in obj:
@@ -153,11 +153,13 @@ def decode(
     return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
 
 
-_Route = tuple[Topic, type[Body], Callable[[Any], Envelope[Any]], bool]
+#: What :func:`route` answers for a topic: the parsed topic, the body model, the envelope validator, and whether the
+#: topic fills a body field.
+Route = tuple[Topic, type[Body], Callable[[Any], Envelope[Any]], bool]
 
 
 @lru_cache(maxsize=TOPIC_CACHE)
-def _route(topic: str) -> _Route:
+def route(topic: str) -> Route:
     """What a topic decides for :func:`decode`: its parsed identity, its body model, the envelope's validator, and
     whether the topic also fills a field of the body (:func:`_fill_from_topic`). Cached per topic, like
     :func:`~schemas.topics.parse` (an unknown topic raises every time: nothing is cached for it).
