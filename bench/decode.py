@@ -2,8 +2,8 @@
 
 ``python -m bench.decode`` decodes the quick bench's ingest backlog (``--users`` users, ``--per-user`` events each,
 the steady-state mix of :mod:`bench.mix`) in process, and prints the process CPU time per event of each stage and of
-the whole call (best of ``--rounds``). The figures move with the machine's load: compare versions in alternating
-runs.
+the whole call (best of ``--rounds``). "Rest" is the total less the stages, each its own best: under load it can
+come out below zero. The figures move with the machine's load: compare versions in alternating runs.
 """
 
 from __future__ import annotations
