@@ -289,6 +289,7 @@ class AgentRuntime:
     async def __aenter__(self) -> Self:
         s = self.settings
         await asyncio.to_thread(warm_parser)  # the parser's ASR tolerance tables, off the loop, before any turn
+        codec.warm()  # every envelope validator, before the first message of each kind (not inside a turn)
         cipher = HealthCipher.from_file(s.health_key) if s.health_key is not None else None
         store = self._given_store or Store(s.db, cipher=cipher, max_mb=s.db_max_mb)
         self._store = await store.__aenter__()

@@ -10,6 +10,8 @@ import base64
 import contextlib
 import json
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Literal
 
 import msgpack
@@ -27,12 +29,12 @@ from schemas.actions import (
     DeviceState,
     HealthSnapshot,
 )
-from schemas.envelope import Envelope, Message, dump, envelope_of, now_ms
+from schemas.envelope import Envelope, Message, dump, now_ms, validator_of
 from schemas.errors import ContractError, DecodeError, TopicError, ValidationFailed
 from schemas.events import EVENTS, Body, RingGesture
 from schemas.health import REDACTED, carries_health, health_names, redact_by_name, redact_data, register_flagged
 from schemas.shadow import ShadowDesired, ShadowReported
-from schemas.topics import Channel, Kind, Topic, parse
+from schemas.topics import TOPIC_CACHE, Channel, Kind, Topic, parse
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -42,6 +44,7 @@ MAX_PAYLOAD = 256 * 1024  # a full ring batch fits (tests/unit/test_bounds.py)
 #: max_packet_size is ``MAX_PAYLOAD + PACKET_OVERHEAD``, so every valid payload fits a packet.
 PACKET_OVERHEAD = 1024
 _JSON_START = frozenset(b"{ \t\r\n")
+_FORMATS = frozenset({JSON, MSGPACK})
 #: How deep maps and lists may nest in a JSON payload (the deepest envelope nests 4 levels: envelope, data, a
 #: batch's items, an item): JSON nested 10,000 levels deep made ``json.loads`` (which recurses) raise
 #: ``RecursionError``. msgpack's C unpacker bounds nesting itself (1024 levels, no Python recursion), and a validated
@@ -127,19 +130,64 @@ def decode(
     A JSON envelope without ``ts`` (a shell's ``mosquitto_pub``) gets its arrival time: ``arrived_ms``, else the
     wall clock now (decoding happens on arrival). msgpack senders are devices with a clock and must give it.
 
+    The hot path of every receiver: what a topic decides (its parsed identity, its body model, the envelope's
+    validator) is looked up once per topic (:func:`route`), and the envelope and its body are validated in one call.
+
     Raises:
         TopicError: the topic is not part of the v1 layout or names nothing known.
         DecodeError: the bytes are not msgpack/JSON, not a map, empty, or larger than ``max_size``.
         ValidationFailed: the envelope or body does not fit the schema; ``field`` names the first culprit.
     """
-    where = parse(topic)
-    model = body_model(where, topic)
-    obj = loads(topic, payload, content_type=content_type, max_size=max_size)
+    where, model, validate, from_topic = route(topic)
     is_json = speaks_json(payload, content_type)
+    obj = _loads(topic, payload, is_json, max_size)
     if is_json and "ts" not in obj:
         obj["ts"] = now_ms() if arrived_ms is None else arrived_ms
+    if from_topic:
+        _fill_from_topic(obj, where, model, topic)
+    try:
+        envelope: Envelope[Any] = validate(obj)
+    except ValidationError as exc:
+        raise validation_failed(exc, topic) from exc
+    raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
+    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
+
+
+#: What :func:`route` answers for a topic: the parsed topic, the body model, the envelope validator, and whether the
+#: topic fills a body field.
+Route = tuple[Topic, type[Body], Callable[[Any], Envelope[Any]], bool]
+
+
+@lru_cache(maxsize=TOPIC_CACHE)
+def route(topic: str) -> Route:
+    """What a topic decides for :func:`decode`: its parsed identity, its body model, the envelope's validator, and
+    whether the topic also fills a field of the body (:func:`_fill_from_topic`). Cached per topic, like
+    :func:`~schemas.topics.parse` (an unknown topic raises every time: nothing is cached for it).
+
+    Raises:
+        TopicError: as :func:`decode`.
+    """
+    where = parse(topic)
+    model = body_model(where, topic)
+    from_topic = (model is RingGesture and where.name is not None) or (
+        where.kind is not None and model in _KIND_FROM_TOPIC
+    )
+    return where, model, validator_of(model), from_topic
+
+
+_KIND_FROM_TOPIC: frozenset[type[Body]] = frozenset({ShadowDesired, ShadowReported})
+
+
+def _fill_from_topic(obj: dict[str, Any], where: Topic, model: type[Body], topic: str) -> None:
+    """What the topic says and a JSON sender may leave out of the body: a ring gesture's name, a shadow's kind.
+
+    Raises:
+        ValidationFailed: the body says otherwise than the topic.
+    """
     data = obj.get("data")
-    if isinstance(data, dict) and model is RingGesture and where.name is not None:
+    if not isinstance(data, dict):
+        return  # the schema names what is wrong
+    if model is RingGesture:
         data.setdefault("gesture", where.name)
         if data["gesture"] != where.name:
             raise ValidationFailed(
@@ -147,27 +195,32 @@ def decode(
                 topic=topic,
                 field="data.gesture",
             )
-    if isinstance(data, dict) and where.kind is not None and model in {ShadowDesired, ShadowReported}:
-        settings = data.get("settings")
-        if isinstance(settings, dict):  # the topic names the kind; a JSON sender may leave it out
-            settings.setdefault("kind", where.kind.value)
-            if settings["kind"] != where.kind.value:
-                raise ValidationFailed(
-                    f"settings of a {settings['kind']!r} on a {where.kind.value} topic",
-                    topic=topic,
-                    field="data.settings.kind",
-                )
-    try:
-        envelope: Envelope[Any] = envelope_of(model).model_validate(obj)
-    except ValidationError as exc:
-        raise validation_failed(exc, topic) from exc
-    raw = payload if type(payload) is bytes else bytes(payload)  # a bytearray or memoryview is copied once
-    return Message(topic, where, envelope, qos, retain, mid, len(payload), link, raw, is_json)
+        return
+    kind = where.kind.value if where.kind is not None else None
+    settings = data.get("settings")
+    if isinstance(settings, dict):  # the topic names the kind; a JSON sender may leave it out
+        settings.setdefault("kind", kind)
+        if settings["kind"] != kind:
+            raise ValidationFailed(
+                f"settings of a {settings['kind']!r} on a {kind} topic",
+                topic=topic,
+                field="data.settings.kind",
+            )
+
+
+def warm() -> int:
+    """Build the envelope validator of every body model the contract has, now (pydantic builds a generic envelope's
+    class on first use, ~1.4 ms each: a receiver that calls this at start does not pay it on its first message of
+    each kind, inside a pump turn). Returns how many models."""
+    models = {*EVENTS.values(), *ACTIONS.values(), *_FIXED.values()}
+    for model in models:
+        validator_of(model)
+    return len(models)
 
 
 def speaks_json(payload: bytes, content_type: str | None = None) -> bool:
     """Whether a payload is JSON: by its MQTT 5 content type where given, else by its first byte."""
-    if content_type in {JSON, MSGPACK}:
+    if content_type is not None and content_type in _FORMATS:  # (a set display of names is built on every call)
         return content_type == JSON
     return bool(payload) and payload[0] in _JSON_START
 
@@ -180,12 +233,16 @@ def loads(
     Raises:
         DecodeError: as :func:`decode`.
     """
+    return _loads(topic, payload, speaks_json(payload, content_type), max_size)
+
+
+def _loads(topic: str, payload: bytes, is_json: bool, max_size: int) -> dict[str, Any]:
+    """:func:`loads`, told the format."""
     size = len(payload)
     if size == 0:
         raise DecodeError("empty payload", topic=topic)
     if size > max_size:
         raise DecodeError(f"payload of {size} bytes is larger than the limit of {max_size}", topic=topic)
-    is_json = speaks_json(payload, content_type)
     fmt = "JSON" if is_json else "msgpack"
     try:
         if is_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -66,12 +67,12 @@ class Envelope(BaseModel, Generic[B]):
         elif not ts - MAX_SRC_BEHIND_MS <= self.src_ts <= ts + MAX_SRC_AHEAD_MS:
             _check_sample_time("src_ts", self.src_ts, ts)
         data = self.data
-        fields = type(data).model_fields  # a dict lookup: getattr on a missing field raises inside pydantic
-        if "src_ts" in fields:
+        own_src_ts, has_items = _sample_fields(type(data))
+        if own_src_ts:
             own = data.src_ts  # type: ignore[attr-defined]
             if own is not None:
                 _check_sample_time("data.src_ts", own, ts)
-        if "items" in fields:
+        if has_items:
             for i, item in enumerate(data.items):  # type: ignore[attr-defined]
                 at = item.src_ts
                 if at is not None and not ts - MAX_SRC_BEHIND_MS <= at <= ts + MAX_SRC_AHEAD_MS:
@@ -82,6 +83,14 @@ class Envelope(BaseModel, Generic[B]):
     def sample_ts(self) -> int:
         """When the sample was taken (``src_ts``, else ``ts``)."""
         return self.src_ts if self.src_ts is not None else self.ts
+
+
+@cache
+def _sample_fields(model: type[BaseModel]) -> tuple[bool, bool]:
+    """Whether a body model has its own ``src_ts`` and batch ``items`` (once per model: ``model_fields`` is a
+    property that builds its answer on every read, ~0.3 µs, and this runs for every envelope)."""
+    fields = model.model_fields
+    return "src_ts" in fields, "items" in fields
 
 
 def _check_sample_time(name: str, at: int, ts: int) -> None:
@@ -99,6 +108,18 @@ def _check_sample_time(name: str, at: int, ts: int) -> None:
 def envelope_of(model: type[Body]) -> type[Envelope[Any]]:
     """The envelope class for one body model (cached: pydantic builds a validator per parametrisation)."""
     return Envelope[model]  # type: ignore[valid-type]
+
+
+@cache
+def validator_of(model: type[Body]) -> Callable[[Any], Envelope[Any]]:
+    """Validate a plain map as the envelope of ``model``, envelope and body in one call (built once per body model).
+
+    The envelope class's own pydantic-core validator (``__pydantic_validator__``, pydantic's documented attribute),
+    called directly: ``model_validate`` and a ``TypeAdapter`` wrap the same call in ~0.3 µs of Python per message.
+    Errors are pydantic's ``ValidationError``, as from ``model_validate``.
+    """
+    validate: Callable[[Any], Envelope[Any]] = envelope_of(model).__pydantic_validator__.validate_python
+    return validate
 
 
 def make(

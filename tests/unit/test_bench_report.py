@@ -106,6 +106,15 @@ def test_targets_are_judged_on_same_run_ratios() -> None:
     assert split["p50 under load / paho RTT idle"] is False
 
 
+def test_agent_cpu_per_event_is_judged() -> None:
+    rep = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
+    assert verdicts(summarize(rep))["agent CPU per event"] is False  # 40 µs
+    rep["throughput"]["agent_q1"]["cpu_us_per_msg"] = 20.0
+    assert verdicts(summarize(rep))["agent CPU per event"] is True
+    rep["throughput"]["agent_q1"]["cpu_us_per_msg"] = 0.0  # not measured
+    assert verdicts(summarize(rep))["agent CPU per event"] is None
+
+
 def test_ratio_rows_carry_the_ratio() -> None:
     rows = {r.metric: r for r in summarize(report(agent_rate=10_000, e2e_p50=400, per_user_kb=8))}
     assert rows["agent / paho, QoS 1"].ratio == pytest.approx(0.5)

@@ -176,3 +176,23 @@ def test_dead_letter_keeps_text_or_base64() -> None:
     text_letter = codec.dead_letter("t", b'{"x":1}', DecodeError("bad"))
     assert text_letter.payload == '{"x":1}'
     assert json.loads(text_letter.payload) == {"x": 1}
+
+
+def test_warm_builds_every_envelope_validator_once() -> None:
+    from schemas.envelope import validator_of  # noqa: PLC0415
+
+    n = codec.warm()
+    assert n >= len(EVENTS)
+    hits = validator_of.cache_info().hits
+    codec.warm()
+    assert validator_of.cache_info().hits == hits + n  # the second time builds nothing
+
+
+def test_the_route_of_a_topic_is_cached_and_an_unknown_topic_raises_every_time() -> None:
+    topic = event_topic(DeviceId("u1", Kind.RING, "r1"), "sensor", "hr")
+    first = codec.decode(topic, codec.encode(make(HeartRate(bpm=60))))
+    again = codec.decode(topic, codec.encode(make(HeartRate(bpm=61))))
+    assert first.where is again.where
+    for _ in range(2):
+        with pytest.raises(TopicError):
+            codec.decode("wb/v1/u1/ring/r1/evt/sensor/nope", codec.encode(make(HeartRate(bpm=60))))
