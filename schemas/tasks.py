@@ -62,3 +62,12 @@ class TaskScope:
                 failure = rest.exceptions[0] if len(rest.exceptions) == 1 else rest
         if failure is not None:
             raise failure
+
+
+async def first_of(*jobs: Coroutine[Any, Any, None]) -> None:
+    """Run the jobs until the first one ends, then cancel the others; a job's failure comes out as itself."""
+    async with TaskScope() as scope:
+        tasks = [scope.start(job, name=f"first_of[{i}]") for i, job in enumerate(jobs)]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
@@ -34,7 +33,7 @@ from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
-from schemas.tasks import TaskScope
+from schemas.tasks import TaskScope, first_of
 from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 
@@ -419,7 +418,7 @@ class ClusterMember:
                 # Serving only once subscribed: a new session captures nothing published before its SUBACK.
                 await subscribed.wait()
                 self._running.add(bucket)
-                await _first_of(runtime.run(), self._watch(store))
+                await first_of(runtime.run(), self._watch(store))
         except asyncio.CancelledError:
             released = True
             raise
@@ -484,15 +483,6 @@ def _await_chain(task: asyncio.Task[Any]) -> list[str]:
             out.append(repr(obj)[:200])
         obj = nxt
     return out
-
-
-async def _first_of(*jobs: Coroutine[Any, Any, None]) -> None:
-    """Run the jobs until the first one ends; cancel the rest; re-raise its exception."""
-    async with TaskScope() as scope:
-        tasks = [scope.start(job, name=f"first_of[{i}]") for i, job in enumerate(jobs)]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        task.result()
 
 
 def _add_stats(into: AgentStats, more: AgentStats) -> None:

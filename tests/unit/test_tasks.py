@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from schemas.tasks import TaskScope
+from schemas.tasks import TaskScope, first_of
 
 
 class Boom(Exception):
@@ -90,3 +90,23 @@ def test_a_task_started_outside_its_scope_is_refused() -> None:
     job = asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="outside its scope"):
         scope.start(job, name="early")
+
+
+async def test_first_of_ends_with_the_first_job_and_cancels_the_others() -> None:
+    woken = asyncio.Event()
+    ended: list[str] = []
+
+    async def sleeper() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("sleeper")
+
+    async def waker() -> None:
+        await woken.wait()
+
+    woken.set()
+    await first_of(sleeper(), waker())
+    assert ended == ["sleeper"]
+    with pytest.raises(Boom):
+        await first_of(sleeper(), fail_soon())
