@@ -38,12 +38,16 @@ async def test_tasks_still_running_at_exit_are_cancelled_and_awaited() -> None:
 
 
 async def test_a_failed_task_stops_the_owner_and_comes_out_of_the_exit_as_itself() -> None:
-    reached = False
-    with pytest.raises(Boom, match="the task failed"):
+    reached: list[bool] = []
+
+    async def owner() -> None:
         async with TaskScope() as tasks:
             tasks.start(fail_soon(), name="fails")
             await asyncio.wait_for(asyncio.Event().wait(), timeout=30)  # cancelled by the failure
-            reached = True
+            reached.append(True)
+
+    with pytest.raises(Boom, match="the task failed"):
+        await owner()
     assert not reached
     current = asyncio.current_task()
     assert current is not None
@@ -54,19 +58,25 @@ async def test_two_failures_come_out_together() -> None:
     async def fail() -> None:
         raise Boom("one of two")
 
-    with pytest.raises(BaseExceptionGroup) as caught:
+    async def owner() -> None:
         async with TaskScope() as tasks:
             tasks.start(fail(), name="a")
             tasks.start(fail(), name="b")
             await asyncio.wait_for(asyncio.Event().wait(), timeout=30)  # cancelled by the failures
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await owner()
     assert len(caught.value.exceptions) == 2
 
 
 async def test_the_body_exception_goes_on_unchanged() -> None:
-    with pytest.raises(KeyError):
+    async def owner() -> None:
         async with TaskScope() as tasks:
             tasks.start(asyncio.Event().wait(), name="idle")
             raise KeyError("body")
+
+    with pytest.raises(KeyError):
+        await owner()
 
 
 async def test_cancelling_the_owner_is_not_swallowed() -> None:
