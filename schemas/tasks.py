@@ -64,10 +64,13 @@ class TaskScope:
             raise failure
 
 
-async def first_of(*jobs: Coroutine[Any, Any, None]) -> None:
-    """Run the jobs until the first one ends, then cancel the others; a job's failure comes out as itself."""
+async def first_of(*jobs: Coroutine[Any, Any, None], name: str = "first_of") -> None:
+    """Run the jobs until the first one ends, then cancel the others; a job's failure comes out as itself.
+
+    ``name``: the tasks are named ``{name}.0``, ``{name}.1``, ...
+    """
     async with TaskScope() as scope:
-        tasks = [scope.start(job, name=f"first_of[{i}]") for i, job in enumerate(jobs)]
+        tasks = [scope.start(job, name=f"{name}.{i}") for i, job in enumerate(jobs)]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         task.result()

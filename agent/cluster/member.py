@@ -418,7 +418,7 @@ class ClusterMember:
                 # Serving only once subscribed: a new session captures nothing published before its SUBACK.
                 await subscribed.wait()
                 self._running.add(bucket)
-                await first_of(runtime.run(), self._watch(store))
+                await first_of(runtime.run(), self._watch(store), name=f"cluster[{s.instance}].b{bucket}].first_of")
         except asyncio.CancelledError:
             released = True
             raise
