@@ -5,17 +5,16 @@
 batches of 1, 50 and 500 through a real :class:`~agent.runtime.AgentRuntime` (a real SQLite file in a temporary
 directory, a real :class:`~broker.client.Bus` connected to a private Mosquitto of the test kit, or the embedded
 broker where the binary is missing). The pump task is stopped; the benchmark runs one pump step per batch itself:
-mark published actions, ``_process`` (dedup, admission, core, store, publish, ack) and the context republish.
+mark published actions, ``process`` (dedup, admission, core, store, publish, ack) and the context republish.
 
 It prints CPU and wall µs per event for each batch size, and the latency of a single utterance batch: from the
-start of ``_process`` to the call that publishes the card on the glasses.
+start of ``process`` to the call that publishes the card on the glasses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import statistics
 import tempfile
@@ -114,9 +113,9 @@ def decoded(wire: list[Wire], link: int) -> list[Message]:
 
 async def step(agent: AgentRuntime, batch: list[Message]) -> None:
     """One pump step without the bus: mark published actions, process the batch, republish changed contexts."""
-    await agent._mark_acked()
-    await agent._process(batch)
-    await agent._publish_contexts()
+    await agent.mark_acked()
+    await agent.process(batch)
+    await agent.publish_contexts()
 
 
 async def per_event(agent: AgentRuntime, messages: list[Message], size: int) -> tuple[float, float]:
@@ -131,7 +130,7 @@ async def per_event(agent: AgentRuntime, messages: list[Message], size: int) -> 
 
 
 async def utterance_latency(agent: AgentRuntime, traffic: Traffic, rounds: int) -> list[float]:
-    """Milliseconds from the start of ``_process`` of a one-utterance batch to the card's publish call."""
+    """Milliseconds from the start of ``process`` of a one-utterance batch to the card's publish call."""
     bus = agent.bus
     original = bus.publish_future
     published: list[float] = []
@@ -148,10 +147,10 @@ async def utterance_latency(agent: AgentRuntime, traffic: Traffic, rounds: int) 
             [message] = decoded([traffic.utterance(r % traffic.users, now_ms())], bus.link)
             published.clear()
             start = time.perf_counter()
-            await agent._process([message])
+            await agent.process([message])
             if published:
                 out.append((published[0] - start) * 1000)
-            await agent._mark_acked()
+            await agent.mark_acked()
             await asyncio.sleep(0.002)  # an idle pump between two utterances
     finally:
         delattr(bus, "publish_future")
@@ -168,14 +167,8 @@ async def bench(users: int, events: int, rounds: int, keep: Path | None, sizes: 
             async with broker_url() as url:
                 instance = f"pbench-{uuid.uuid4().hex[:8]}"
                 settings = AgentSettings(url=url, db=where / "agent.db", instance=instance, heartbeat_misses=0)
-                async with AgentRuntime(settings) as agent:
+                async with AgentRuntime(settings, pump=False) as agent:  # the benchmark drives the processing
                     await agent.wait_connected(15)
-                    pump = agent._pump
-                    if pump is not None:  # the benchmark drives the processing itself
-                        pump.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await pump
-                        agent._pump = None
                     await run_sections(agent, users, events, rounds, sizes)
 
 

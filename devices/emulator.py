@@ -9,7 +9,6 @@ loop means one sleeper, so a test driving a :class:`~schemas.clock.ManualClock` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import random
 import re
@@ -26,6 +25,7 @@ from schemas.clock import Clock
 from schemas.envelope import Envelope
 from schemas.events import Body, Utterance, Vad, Wake
 from schemas.profile import UserProfile
+from schemas.tasks import first_of
 
 #: The shortest wall-clock pause of the loop: at speed 120 a tick is then >= 6 s of simulated time, so an
 #: accelerated run does not spin; jobs (reactions, steps) still run at their exact simulated time.
@@ -207,15 +207,10 @@ class Emulator(Device):
             await asyncio.sleep(0)
             return
         self._wake.clear()
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, waker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await first_of(self.clock.sleep(seconds), self._wake_up())
+
+    async def _wake_up(self) -> None:
+        await self._wake.wait()
 
     def _end(self, t: int) -> None:
         self.log.info("scenario_over", at=format_offset(self.offset(t)))

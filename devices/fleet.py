@@ -112,6 +112,7 @@ async def run(devices: Sequence[Emulator], *, forever: bool, settle_s: float = S
     if task is not None:
         _install_signals(task)
     entered: list[Emulator] = []
+    stopped: list[BaseException | None] = []
     try:
         for i, device in enumerate(devices):
             await device.__aenter__()
@@ -122,11 +123,14 @@ async def run(devices: Sequence[Emulator], *, forever: bool, settle_s: float = S
         await _until_done(entered, forever=forever)
         # The scenario is over: what it produced still goes out (a device may not even have connected yet).
         await asyncio.gather(*(_settle(d, settle_s) for d in entered))
-    except asyncio.CancelledError:
-        log.info("devices_stopping", n=len(entered), why="signal")
+    except asyncio.CancelledError:  # a signal, or a device's task failed (its exit below says which)
+        log.info("devices_stopping", n=len(entered), why="cancelled")
     finally:
-        await asyncio.gather(*(d.__aexit__(None, None, None) for d in entered), return_exceptions=True)
+        stopped = await asyncio.gather(*(d.__aexit__(None, None, None) for d in entered), return_exceptions=True)
         log.info("devices_stopped", n=len(entered))
+    failed = next((e for e in stopped if isinstance(e, Exception)), None)
+    if failed is not None:  # a device's task failed: it cancelled the run, and comes out of the device's exit
+        raise DeviceError("an emulator failed") from failed
 
 
 async def _settle(device: Emulator, within_s: float) -> None:

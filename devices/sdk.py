@@ -47,6 +47,7 @@ from schemas.envelope import Envelope, Message, make
 from schemas.errors import BusConnectionError, DeviceError, MessageTooLarge, PublishError
 from schemas.events import EVENT_QOS, Body, Heartbeat, event_key
 from schemas.shadow import SETTINGS, Refusal, ShadowDesired, ShadowReported, check_desired, setting_keys, values
+from schemas.tasks import TaskScope
 from schemas.topics import (
     AGENT_STATES,
     Channel,
@@ -214,7 +215,9 @@ class Device:
         self._drained = asyncio.Event()
         self._agents: dict[str, bool] = {}
         self._started = time.monotonic()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._scope = TaskScope()  # receive, outbox, behave, heartbeat
+        self._tasks: list[asyncio.Task[None]] = []  # (to watch in run_forever; the scope ends them)
+        self._stack: contextlib.AsyncExitStack | None = None
         self._bus: Bus | None = None
         self.link_up = True
         self._done: dict[str, tuple[str, str]] = {}
@@ -284,32 +287,27 @@ class Device:
             on_connect=[self._on_connect],
         )
         self._restore_settings()
-        self._bus = open_bus(options)
-        await self._bus.__aenter__()
-        await self._bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
-        await self._bus.subscribe(desired_topic(self.ident), 1)
-        await self._bus.subscribe(AGENT_STATES, 1)
-        self._tasks = [
-            asyncio.create_task(self._receive(), name=f"device[{cid}].receive"),
-            asyncio.create_task(self._flush(), name=f"device[{cid}].outbox"),
-            asyncio.create_task(self.behave(), name=f"device[{cid}].behave"),
-        ]
-        if self.config.heartbeat_s > 0:
-            self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"device[{cid}].heartbeat"))
+        async with contextlib.AsyncExitStack() as stack:
+            self._bus = bus = await stack.enter_async_context(open_bus(options))
+            await bus.subscribe(f"{self.ident.prefix}/cmd/#", 1)
+            await bus.subscribe(desired_topic(self.ident), 1)
+            await bus.subscribe(AGENT_STATES, 1)
+            await stack.enter_async_context(self._scope)  # its tasks end (awaited) before the bus closes
+            jobs = {"receive": self._receive(), "outbox": self._flush(), "behave": self.behave()}
+            if self.config.heartbeat_s > 0:
+                jobs["heartbeat"] = self._heartbeat()
+            self._tasks = [self._scope.start(job, name=f"device[{cid}].{part}") for part, job in jobs.items()]
+            stack.push_async_callback(self.drain, 2.0)  # first at exit: what the outbox holds goes out
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.drain(timeout=2.0)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        stack, self._stack = self._stack, None
         self._tasks = []
-        if self._bus is not None:
-            await self._bus.__aexit__(exc_type, exc, tb)
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the device is connected to the broker."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
+from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,6 +34,7 @@ from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
+from schemas.tasks import TaskScope, first_of
 from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 
@@ -164,6 +165,8 @@ class ClusterMember:
         self._dirty_at: float | None = 0.0
         self._started = time.monotonic()
         self._loops: list[asyncio.Task[None]] = []
+        self._scope = TaskScope()  # the two loops and one task per bucket
+        self._stack: contextlib.AsyncExitStack | None = None
         s = settings
         self._bucket_users: dict[int, frozenset[str]] = {}
         for user in s.users or ():
@@ -174,47 +177,49 @@ class ClusterMember:
 
     async def __aenter__(self) -> ClusterMember:
         s = self.settings
-        try:
-            await self.redis.ping()
-        except RedisError as exc:
-            raise ConfigError(f"cannot reach the shared store at {s.state_url}: {exc}") from exc
-        topic = agent_state_topic(s.instance)
-        options = BusOptions(
-            url=s.nodes[0],
-            client_id=s.instance,
-            username=s.agent.username,
-            password=s.agent.password,
-            protocol=s.protocol,
-            will=Outgoing(topic, self._presence(False), 1, True),
-            birth=Outgoing(topic, self._presence(True), 1, True),
-            goodbye=Outgoing(topic, self._presence(False), 1, True),
-            connect_timeout_s=0,
-            keepalive_s=max(2, int(s.member_timeout_s / 3)),
-            backoff_max_s=2.0,
-            name=s.instance,
-        )
-        self._bus = PartitionBus(options, urls=s.nodes)
-        await self._bus.__aenter__()
-        await self._bus.subscribe(AGENT_STATES, 1)
-        self._loops = [
-            asyncio.create_task(self._control(), name=f"cluster[{s.instance}].control"),
-            asyncio.create_task(self._heartbeat(), name=f"cluster[{s.instance}].heartbeat"),
-        ]
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.redis.aclose)
+            try:
+                await self.redis.ping()
+            except RedisError as exc:
+                raise ConfigError(f"cannot reach the shared store at {s.state_url}: {exc}") from exc
+            stack.push_async_callback(self._report_last)  # after the bus closes, before Redis does
+            topic = agent_state_topic(s.instance)
+            options = BusOptions(
+                url=s.nodes[0],
+                client_id=s.instance,
+                username=s.agent.username,
+                password=s.agent.password,
+                protocol=s.protocol,
+                will=Outgoing(topic, self._presence(False), 1, True),
+                birth=Outgoing(topic, self._presence(True), 1, True),
+                goodbye=Outgoing(topic, self._presence(False), 1, True),
+                connect_timeout_s=0,
+                keepalive_s=max(2, int(s.member_timeout_s / 3)),
+                backoff_max_s=2.0,
+                name=s.instance,
+            )
+            self._bus = await stack.enter_async_context(PartitionBus(options, urls=s.nodes))
+            await self._bus.subscribe(AGENT_STATES, 1)
+            # The loops and the buckets' tasks: all of them end (and are awaited) before the bus closes.
+            await stack.enter_async_context(self._scope)
+            self._loops = [
+                self._scope.start(self._control(), name=f"cluster[{s.instance}].control"),
+                self._scope.start(self._heartbeat(), name=f"cluster[{s.instance}].heartbeat"),
+            ]
+            self._stack = stack.pop_all()
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        tasks = [*self._loops, *self._tasks.values(), *self._stopping.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        if self._bus is not None:
-            await self._bus.__aexit__(exc_type, exc, tb)
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    async def _report_last(self) -> None:
         with contextlib.suppress(RedisError):
             await self._report()
-        await self.redis.aclose()
 
     async def run(self) -> None:
         """Run until cancelled (or until a loop fails, which ends the process: the deployment restarts it)."""
@@ -335,7 +340,7 @@ class ClusterMember:
             self._stopping[b] = task
         start = [b for b in sorted(want) if b not in self._tasks and b not in self._stopping]
         for b in start:
-            self._tasks[b] = asyncio.create_task(self._serve(b), name=f"cluster[{self.settings.instance}].b{b}")
+            self._tasks[b] = self._scope.start(self._serve(b), name=f"cluster[{self.settings.instance}].b{b}")
         if stop or start:
             self.log.info("buckets_reconciled", owned=len(want), started=len(start), stopped=len(stop),
                           live=sorted(self.live()))  # fmt: skip
@@ -410,21 +415,13 @@ class ClusterMember:
         released = False
         self.log.info("bucket_starting", bucket=bucket, epoch=store.epoch)
         try:
-            try:
-                await runtime.__aenter__()
-            except BaseException:
-                # Cancelled (or failed) half-way in, e.g. while subscribing: `async with` would not call
-                # __aexit__, and the bus, already started, would live on holding the bucket's session.
-                await runtime.__aexit__(None, None, None)
-                raise
-            try:
+            # (cancelled or failed half-way in, e.g. while subscribing, the runtime closes what it had opened)
+            async with runtime:
                 self._runtimes[bucket] = runtime
                 # Serving only once subscribed: a new session captures nothing published before its SUBACK.
                 await subscribed.wait()
                 self._running.add(bucket)
-                await _first_of(runtime.run(), self._watch(store))
-            finally:
-                await runtime.__aexit__(None, None, None)
+                await first_of(runtime.run(), self._watch(store), name=f"cluster[{s.instance}].b{bucket}].first_of")
         except asyncio.CancelledError:
             released = True
             raise
@@ -489,19 +486,6 @@ def _await_chain(task: asyncio.Task[Any]) -> list[str]:
             out.append(repr(obj)[:200])
         obj = nxt
     return out
-
-
-async def _first_of(*jobs: Coroutine[Any, Any, None]) -> None:
-    """Run the jobs until the first one ends; cancel the rest; re-raise its exception."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
-    for task in done:
-        task.result()
 
 
 def _add_stats(into: AgentStats, more: AgentStats) -> None:

@@ -40,6 +40,7 @@ from devices.sdk import Device, DeviceConfig
 from schemas.clock import Clock
 from schemas.errors import ConfigError, DeviceError, TopicError
 from schemas.events import Body, Location, PhoneBattery
+from schemas.tasks import TaskScope
 from schemas.topics import Kind, check_name
 
 log = get_logger("bridge.owntracks")
@@ -286,30 +287,27 @@ class OwnTracksBridge:
         self.phones: dict[PhoneMap, OwnTracksPhone] = {}
         for m in maps:
             self.phones[m] = OwnTracksPhone(m.user, m.device, config, clock)
-        self._stack = contextlib.AsyncExitStack()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._scope = TaskScope()  # the listener
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._warned: set[str] = set()
 
     async def __aenter__(self) -> Self:
-        await self._stack.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
             for phone in self.phones.values():
-                await self._stack.enter_async_context(phone)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        self._task = asyncio.create_task(self._listen(), name="owntracks.listen")
+                await stack.enter_async_context(phone)
+            await stack.enter_async_context(self._scope)  # the listener ends before the phones do
+            self._task = self._scope.start(self._listen(), name="owntracks.listen")
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._stack.__aexit__(exc_type, exc, tb)
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the phones are connected and the OwnTracks topics subscribed."""

@@ -15,10 +15,12 @@ from typing import Any
 import msgpack
 import pytest
 
-import agent.runtime as runtime_module
+import agent.runtime.pump as pump_module
 import agent.store as store_module
 from agent.core.api import TaskRecord
-from agent.runtime import AgentRuntime, AgentSettings, _event_row
+from agent.runtime import AgentRuntime, AgentSettings
+from agent.runtime.pacing import GcClock, Pace, Turn
+from agent.runtime.rows import event_row
 from agent.store import ActionRow, EventRow, Store
 from bench import mix
 from broker.bus import BusOptions, Outgoing
@@ -137,7 +139,7 @@ async def stored_payloads(store: Store) -> dict[str, bytes]:
 async def test_stored_as_received_published_before_the_commit_and_acked_after_it(tmp_path: Path) -> None:
     async with runtime(tmp_path / "a.db") as (agent, bus):
         batch = [*births(), question("q-1")]
-        await agent._process(batch)
+        await agent.process(batch)
         cards = [o for o in bus.published if o.topic.endswith("/cmd/display.card")]
         assert len(cards) == 1
         # The answer does not wait for the commit (its id is deterministic; devices absorb a repeat after a crash),
@@ -154,7 +156,7 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
     async with runtime(tmp_path / "a.db") as (agent, bus):
         rng = random.Random(2)
         backlog = [wire(t, p, i) for i, (t, p) in enumerate(mix.backlog(3, 20, rng, NOON, prefix=USER), start=1)]
-        await agent._process(backlog[: len(backlog) // 2])
+        await agent.process(backlog[: len(backlog) // 2])
         stored_before = await sqlite(agent).scalar("SELECT COUNT(*) FROM events")
         rest = [*backlog[len(backlog) // 2 :], question("q-1")]
         asker = rest[-1].where.user
@@ -170,7 +172,7 @@ async def test_a_question_is_answered_before_the_rest_of_its_batch_is_stored(tmp
             return original(out, fmt=fmt)
 
         bus.publish_future = spy  # type: ignore[method-assign]
-        await agent._process(rest)
+        await agent.process(rest)
         theirs = sum(1 for m in rest if m.where.user == asker)
         assert 0 < theirs < len(rest)
         assert published_at == [stored_before]  # the card went out before anything of this batch was stored
@@ -198,8 +200,8 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
     fires again on the restored state (``AgentRuntime._tick_slice``). So both cores tick once, at the same moment,
     before they are compared; without that, a user whose row was not written yet differed in those flags.
     """
-    monkeypatch.setattr(runtime_module._Pace, "size", lambda _: slice_size)
-    monkeypatch.setattr(runtime_module, "TICK_SLICE", 4)
+    monkeypatch.setattr(Pace, "size", lambda _: slice_size)
+    monkeypatch.setattr(pump_module, "TICK_SLICE", 4)
     db = tmp_path / "a.db"
     clock = ManualClock(NOON)
     rng = random.Random(5)
@@ -217,11 +219,11 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
         for k in range(0, len(messages), 15):
             if agent._tick_pos >= len(agent._tick_users):
                 agent._tick_users, agent._tick_pos = agent.core.users, 0
-            await agent._process(messages[k : k + 15])  # the questions first, then a slice of timers, then the rest
-            agent._round = agent._round or runtime_module._Round(agent.core.take_changed())
-            await agent._snapshot_slice(agent._round)
+            await agent.process(messages[k : k + 15])  # the questions first, then a slice of timers, then the rest
+            agent.snapshots.begin(agent.core)
+            await agent.snapshots.write_slice(agent.store, agent.core, agent.clock)
             clock.advance(2.5)  # the cards' ack deadlines pass: ticks fall back to the earphones
-        assert agent._round is not None  # a crash in the middle of a round
+        assert agent.snapshots.round is not None  # a crash in the middle of a round
         live = agent.core
         stored_ticks = sqlite(agent).writer.execute("SELECT COUNT(*) FROM ticks").fetchone()[0]
     assert stored_ticks > 0
@@ -235,11 +237,11 @@ async def test_a_restart_in_the_middle_of_a_snapshot_round_restores_the_live_cor
 async def test_duplicates_are_dropped_in_a_batch_and_after_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     async with runtime(db) as (agent, bus):
-        await agent._process([*births(), question("q-1"), question("q-1")])
+        await agent.process([*births(), question("q-1"), question("q-1")])
         assert agent.stats.duplicates == 1
         published = len(bus.published)
     async with runtime(db) as (agent, bus):
-        await agent._process([question("q-1")])
+        await agent.process([question("q-1")])
         assert agent.stats.duplicates == 1
         assert bus.published == []
         assert bus.acked == ["q-1"]  # acknowledged all the same: it is safely stored
@@ -253,7 +255,7 @@ async def test_a_refused_message_goes_to_the_dlq_unstored_and_is_acknowledged(tm
         topic = f"wb/v1/{USER}/ring/r1/evt/system/battery"
         body = {"type": "ring.battery", "level_pct": 50.0, "charging": False}
         future = wire(topic, mix.pack("far-ahead", NOON + 86_400_000, 1, body))
-        await agent._process([future])
+        await agent.process([future])
         assert bus.dead_letters == ["wb/v1/_dlq/future"]
         assert bus.acked == ["far-ahead"]
         assert await stored_payloads(sqlite(agent)) == {}
@@ -264,15 +266,15 @@ def test_a_message_made_in_process_or_not_self_describing_is_stored_encoded() ->
     env = envelope_of(DeviceState)(id="silent-1", ts=NOON, data=DeviceState(online=False, kind=Kind.RING))
     made = Message(topic, parse(topic), env, qos=1)
     assert made.raw == b""
-    assert _event_row(made, 1, 2).payload == codec.encode(env)
+    assert event_row(made, 1, 2).payload == codec.encode(env)
     # JSON with a byte order mark, accepted because its content type said so: a replay could not sniff it
     text = b"\xef\xbb\xbf" + codec.encode(env, "json")
     received = codec.decode(topic, text, content_type=codec.JSON)
     assert received.raw == text
-    stored = _event_row(received, 1, 2).payload
+    stored = event_row(received, 1, 2).payload
     assert codec.decode(topic, stored).envelope == env
     plain_json = codec.encode(env, "json")
-    assert _event_row(codec.decode(topic, plain_json), 1, 2).payload == plain_json
+    assert event_row(codec.decode(topic, plain_json), 1, 2).payload == plain_json
 
 
 def test_raw_takes_no_part_in_equality_or_repr() -> None:
@@ -286,15 +288,15 @@ def test_raw_takes_no_part_in_equality_or_repr() -> None:
 
 async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> None:
     async with runtime(tmp_path / "a.db", context_s=3600.0) as (agent, bus):
-        await agent._process(births())
-        await agent._publish_contexts()
+        await agent.process(births())
+        await agent.publish_contexts()
         first = [o.topic for o in bus.published if o.topic.endswith("/agent/context")]
         assert first == [f"wb/v1/{USER}00000/agent/context"]
         ring_gone = mix.state_payload("ring-off", NOON, Kind.RING, online=False)
-        await agent._process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)])
-        await agent._publish_contexts()  # changed again, but not due for an hour
+        await agent.process([wire(f"wb/v1/{USER}00000/ring/r1/state", ring_gone)])
+        await agent.publish_contexts()  # changed again, but not due for an hour
         assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
-        assert agent._dirty_users == {f"{USER}00000"}
+        assert agent.contexts.dirty == {f"{USER}00000"}
         assert await sqlite(agent).scalar("SELECT COUNT(*) FROM context") == 1
 
 
@@ -337,7 +339,7 @@ async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeyp
 
 
 def test_the_pace_fits_its_budget_within_its_bounds() -> None:
-    pace = runtime_module._Pace(0.008, 50, 500, guess_s=50e-6)
+    pace = Pace(0.008, 50, 500, guess_s=50e-6)
     assert pace.size() == 160
     for _ in range(50):
         pace.record(100, 0.001)  # 10 µs an item: 800 would fit
@@ -350,10 +352,10 @@ def test_the_pace_fits_its_budget_within_its_bounds() -> None:
 
 
 def test_a_slow_turn_reports_its_parts_and_the_garbage_collections_in_it() -> None:
-    clock = runtime_module._GcClock()
+    clock = GcClock()
     gc.callbacks.append(clock)
     try:
-        turn = runtime_module._Turn(7, clock)
+        turn = Turn(7, clock)
         turn.lap("process")
         gc.collect()
         turn.lap("snapshot")

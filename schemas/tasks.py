@@ -1,0 +1,76 @@
+"""The background tasks of a long-lived object, owned by one :class:`asyncio.TaskGroup`.
+
+An object that runs tasks enters a :class:`TaskScope` in its ``__aenter__`` (an ``AsyncExitStack`` keeps it) and
+leaves it in its ``__aexit__``: every task it started that is still running is cancelled then and awaited, and any
+task's failure comes out of the exit. A task that fails earlier cancels the owner's task at once (the TaskGroup's
+rule), so nothing fails unseen while the owner carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+class TaskScope:
+    """The tasks of one owner. ``async with TaskScope() as tasks: tasks.start(job(), name="...")``."""
+
+    __slots__ = ("_group", "_running")
+
+    def __init__(self) -> None:
+        self._group: asyncio.TaskGroup | None = None
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Self:
+        group = asyncio.TaskGroup()
+        await group.__aenter__()
+        self._group = group
+        return self
+
+    def start(self, job: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        """Run ``job`` as a task of this scope (ended at the latest when the scope is left)."""
+        if self._group is None:
+            job.close()
+            raise RuntimeError(f"task {name!r} started outside its scope")
+        task = self._group.create_task(job, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        group, self._group = self._group, None
+        if group is None:
+            return
+        for task in self._running:  # the scope is over: what still runs stops (the group awaits it below)
+            task.cancel()
+        failure: BaseException | None = None
+        try:
+            await group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as errors:
+            # The body's own exception goes on as it is; a lone failure of a task comes out as itself.
+            rest = errors.subgroup(lambda e: not isinstance(e, BaseExceptionGroup) and e is not exc)
+            if rest is not None:
+                failure = rest.exceptions[0] if len(rest.exceptions) == 1 else rest
+        if failure is not None:
+            raise failure
+
+
+async def first_of(*jobs: Coroutine[Any, Any, None], name: str = "first_of") -> None:
+    """Run the jobs until the first one ends, then cancel the others; a job's failure comes out as itself.
+
+    ``name``: the tasks are named ``{name}.0``, ``{name}.1``, ...
+    """
+    async with TaskScope() as scope:
+        tasks = [scope.start(job, name=f"{name}.{i}") for i, job in enumerate(jobs)]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()

@@ -1,0 +1,122 @@
+"""A TaskScope owns an object's background tasks: none outlives it, no failure is lost, no cancellation swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from schemas.tasks import TaskScope, first_of
+
+
+class Boom(Exception):
+    pass
+
+
+async def fail_soon() -> None:
+    await asyncio.sleep(0)
+    raise Boom("the task failed")
+
+
+async def test_tasks_still_running_at_exit_are_cancelled_and_awaited() -> None:
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("forever")
+
+    async with TaskScope() as tasks:
+        task = tasks.start(forever(), name="forever")
+        await started.wait()
+    assert task.cancelled()
+    assert ended == ["forever"]
+    assert len(tasks) == 0
+
+
+async def test_a_failed_task_stops_the_owner_and_comes_out_of_the_exit_as_itself() -> None:
+    reached: list[bool] = []
+
+    async def owner() -> None:
+        async with TaskScope() as tasks:
+            tasks.start(fail_soon(), name="fails")
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=30)  # cancelled by the failure
+            reached.append(True)
+
+    with pytest.raises(Boom, match="the task failed"):
+        await owner()
+    assert not reached
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0  # the group's own cancellation of the owner is undone
+
+
+async def test_two_failures_come_out_together() -> None:
+    async def fail() -> None:
+        raise Boom("one of two")
+
+    async def owner() -> None:
+        async with TaskScope() as tasks:
+            tasks.start(fail(), name="a")
+            tasks.start(fail(), name="b")
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=30)  # cancelled by the failures
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await owner()
+    assert len(caught.value.exceptions) == 2
+
+
+async def test_the_body_exception_goes_on_unchanged() -> None:
+    async def owner() -> None:
+        async with TaskScope() as tasks:
+            tasks.start(asyncio.Event().wait(), name="idle")
+            raise KeyError("body")
+
+    with pytest.raises(KeyError):
+        await owner()
+
+
+async def test_cancelling_the_owner_is_not_swallowed() -> None:
+    inside = asyncio.Event()
+
+    async def owner() -> None:
+        async with TaskScope() as tasks:
+            tasks.start(asyncio.Event().wait(), name="idle")
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(owner())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_task_started_outside_its_scope_is_refused() -> None:
+    scope = TaskScope()
+    job = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="outside its scope"):
+        scope.start(job, name="early")
+
+
+async def test_first_of_ends_with_the_first_job_and_cancels_the_others() -> None:
+    woken = asyncio.Event()
+    ended: list[str] = []
+
+    async def sleeper() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("sleeper")
+
+    async def waker() -> None:
+        await woken.wait()
+
+    woken.set()
+    await first_of(sleeper(), waker())
+    assert ended == ["sleeper"]
+    with pytest.raises(Boom):
+        await first_of(sleeper(), fail_soon())
