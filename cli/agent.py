@@ -206,6 +206,9 @@ def agent_command(
     )
     clock = SimClock(speed, sim_start, sim_anchor, wall_after)
     tune_gc()
+    if cluster is not None and workers != 1:
+        err.print("[bold red]error:[/] --workers is for one host; a cluster scales with more members (--cluster)")
+        raise typer.Exit(2)
     if cluster is not None:
         _run_cluster_member(
             settings, clock, cluster, member or instance, buckets, nodes, state, partitions, escape_dots=escape_dots
