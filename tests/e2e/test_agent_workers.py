@@ -16,6 +16,7 @@ import pytest
 
 from agent.workers import WorkerShare
 from broker.client import Bus, BusOptions
+from broker.embedded import EmbeddedBroker, free_port
 from schemas.actions import DeviceState
 from schemas.envelope import make
 from schemas.events import HeartRate, Utterance
@@ -28,8 +29,13 @@ USERS = [f"worker-user-{i}" for i in range(8)]
 HR_PER_USER = 5
 
 
-@pytest.fixture
-async def broker_url() -> AsyncIterator[str]:
+@pytest.fixture(params=["mosquitto", "embedded"])
+async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A private broker: the workers use plain subscriptions and QoS 1 only, which both brokers have."""
+    if request.param == "embedded":
+        async with EmbeddedBroker(port=free_port()) as embedded:
+            yield embedded.url
+        return
     require_mosquitto()
     async with MosquittoProcess() as mosquitto:
         yield mosquitto.url
