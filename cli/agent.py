@@ -135,7 +135,7 @@ def agent_command(
         typer.Option(
             help="Run N worker processes on this host, each owning the users of a fixed share of the --buckets "
             "(bucket b: worker b % N), with its own session ({instance}-w{i}) and database (agent.db: agent.w{i}.db). "
-            "A worker that dies stops the others and the command exits with its status (docs/scale-out.md)."
+            "A worker that dies stops the others and the command exits non-zero (docs/scale-out.md)."
         ),
     ] = 1,
     buckets: Annotated[
