@@ -701,5 +701,13 @@ class BusCore:
             return False
         return self._send_ack(message.mid, message.qos)
 
+    def pass_over(self, qos: int, mid: int) -> None:
+        """A received PUBLISH this client leaves to another one, unread: acknowledge it (under ``manual_ack``) as a
+        message handled elsewhere. For a :meth:`deliver` override that selects what it reads (a worker of
+        ``wearbus agent --workers`` reads its own users only); held like a rejection while the connection is not up."""
+        opts = self.options
+        if opts.manual_ack and qos > 0 and not opts.observe_only and not self._send_ack(mid, qos):
+            self._held.append((self._link, mid, qos, "", b""))
+
     def flush(self) -> None:
         """Send what was published or acknowledged so far now (the default: nothing waits)."""

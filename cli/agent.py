@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +24,8 @@ from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
 from agent.runtime import AgentRuntime, AgentSettings
 from agent.sealing import HealthCipher
+from broker.bus import Bus, BusOptions
+from broker.connect import open_bus
 from broker.logs import configure_logging
 from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from cli.report import print_summary, summarize
@@ -128,7 +130,17 @@ def agent_command(
         str | None, typer.Option(help="Run as a member of this agent cluster (docs/scale-out.md); --db is unused.")
     ] = None,
     member: Annotated[str | None, typer.Option(help="Cluster member id (default: --instance).")] = None,
-    buckets: Annotated[int, typer.Option(help="Cluster: number of user buckets (same on every member).")] = 64,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Run N worker processes on this host, each owning the users of a fixed share of the --buckets "
+            "(bucket b: worker b % N), with its own session ({instance}-w{i}) and database (agent.db: agent.w{i}.db). "
+            "A worker that dies stops the others and the command exits non-zero (docs/scale-out.md)."
+        ),
+    ] = 1,
+    buckets: Annotated[
+        int, typer.Option(help="Cluster and --workers: number of user buckets (same on every member).")
+    ] = 64,
     nodes: Annotated[
         str | None, typer.Option(help="Cluster: comma-separated broker node URLs (default: --broker).")
     ] = None,
@@ -194,13 +206,25 @@ def agent_command(
     )
     clock = SimClock(speed, sim_start, sim_anchor, wall_after)
     tune_gc()
+    if cluster is not None and workers != 1:
+        err.print("[bold red]error:[/] --workers is for one host; a cluster scales with more members (--cluster)")
+        raise typer.Exit(2)
     if cluster is not None:
         _run_cluster_member(
             settings, clock, cluster, member or instance, buckets, nodes, state, partitions, escape_dots=escape_dots
         )
         return
+    if workers != 1:
+        from cli.workers import run_workers  # noqa: PLC0415 (imports the cluster's bucket hash)
+
+        raise typer.Exit(run_workers(settings, clock, workers, buckets, serve))
+    serve(settings, clock)
+
+
+def serve(settings: AgentSettings, clock: SimClock, bus_factory: Callable[[BusOptions], Bus] = open_bus) -> None:
+    """Run one agent process until signalled; on a failure, say why and end the process with its exit status."""
     try:
-        asyncio.run(_run_agent(settings, clock))
+        asyncio.run(_run_agent(settings, clock, bus_factory))
     except WearbusError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         _exit_now(EXIT_STORE if isinstance(exc, StoreFailed) or unrecoverable(exc) is not None else 1)
@@ -264,13 +288,13 @@ async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:
         await job
 
 
-async def _run_agent(settings: AgentSettings, clock: SimClock) -> None:
+async def _run_agent(settings: AgentSettings, clock: SimClock, bus_factory: Callable[[BusOptions], Bus]) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
     with contextlib.suppress(asyncio.CancelledError):
-        async with AgentRuntime(settings, clock) as agent:
+        async with AgentRuntime(settings, clock, bus_factory=bus_factory) as agent:
             await agent.run()
 
 
