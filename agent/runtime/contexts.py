@@ -1,5 +1,5 @@
 """The retained context of each user (``context``, ``health``, ``consent``): republished when it changed, at most
-once per ``context_s``, a slice of users per pump turn."""
+once per ``context_s``, a slice of users per pump turn; the consent only when it differs from the one last sent."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from agent.core.engine import AgentCore
 from agent.storage import AgentStore
 from broker.bus import Bus, Outgoing
 from schemas import codec
-from schemas.actions import ContextSnapshot
+from schemas.actions import ConsentState, ContextSnapshot
 from schemas.clock import Clock
 from schemas.envelope import make
 from schemas.errors import BusConnectionError, PublishError
@@ -26,13 +26,14 @@ CONTEXT_SLICE = 20
 class Contexts:
     """The users whose context changed, each due ``every_s`` after their last republish."""
 
-    __slots__ = ("_due", "_every_s", "_last", "dirty")
+    __slots__ = ("_due", "_every_s", "_last", "_sent_consent", "dirty")
 
     def __init__(self, every_s: float) -> None:
         self._every_s = every_s
         self.dirty: set[str] = set()  # context changed, not republished yet
         self._due: list[tuple[float, str]] = []  # heap: (monotonic time due, user), one per dirty user
         self._last: dict[str, float] = {}
+        self._sent_consent: dict[str, ConsentState] = {}  # the retained consent the broker holds, as we sent it
 
     def note(self, changed: set[str]) -> None:
         """Users whose context changed: due for a republish ``every_s`` after their last one."""
@@ -69,8 +70,10 @@ class Contexts:
             with contextlib.suppress(BusConnectionError, PublishError):
                 await bus.publish_raw(Outgoing(context_topic(user), codec.encode(make(public, ts=now)), 1, True))
                 await bus.publish_raw(Outgoing(health_topic(user), codec.encode(make(health, ts=now)), 1, True))
-                consent = codec.encode(make(core.consent(user), ts=now))
-                await bus.publish_raw(Outgoing(consent_topic(user), consent, 1, True))
+                consent = core.consent(user)
+                if self._sent_consent.get(user) != consent:  # it changes far less often than the context
+                    await bus.publish_raw(Outgoing(consent_topic(user), codec.encode(make(consent, ts=now)), 1, True))
+                    self._sent_consent[user] = consent
             saved.append((user, snapshot.model_dump_json(), now))  # pydantic's own JSON: a third of json.dumps
         await store.save_contexts(saved)
         return len(saved)

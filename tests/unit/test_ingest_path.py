@@ -300,6 +300,21 @@ async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> Non
         assert await sqlite(agent).scalar("SELECT COUNT(*) FROM context") == 1
 
 
+async def test_the_retained_consent_is_sent_only_when_it_changed(tmp_path: Path) -> None:
+    user = f"{USER}00000"
+    async with runtime(tmp_path / "a.db", context_s=0.0) as (agent, bus):
+        await agent.process(births())
+        await agent.publish_contexts()
+        ring_gone = mix.state_payload("ring-off", NOON, Kind.RING, online=False)
+        await agent.process([wire(f"wb/v1/{user}/ring/r1/state", ring_gone)])
+        await agent.publish_contexts()  # the context changed and is due at once; the consent did not change
+        contexts = [o for o in bus.published if o.topic == f"wb/v1/{user}/agent/context"]
+        consents = [o for o in bus.published if o.topic == f"wb/v1/{user}/agent/consent"]
+        assert len(contexts) == 2
+        assert len(consents) == 1
+        assert consents[0].retain
+
+
 def event(i: int) -> EventRow:
     return EventRow(f"e{i}", "wb/v1/a/ring/r/evt/sensor/hr", "a", "ring", "r", "evt", "ring.hr", i, i, i, None,
                     1000 + i, 2000 + i, 1, False, b"\x80")  # fmt: skip
