@@ -72,6 +72,10 @@ class MosquittoProcess:
             root privileges, so they must be readable by the mosquitto user.
         startup_timeout: seconds to wait for the port to accept connections.
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+        autosave_on_changes: save the persistence file after every change (wearbus's deployed setting: a
+            :meth:`kill9` loses nothing acknowledged), else once a second. Each save rewrites the whole file, so a
+            test that queues thousands of big messages for an offline client and never kills the broker runs
+            far faster without it (1,050 queued 20 KB messages: 22 ms a publish instead of 0.6).
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class MosquittoProcess:
         tls: TlsListener | None = None,
         startup_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        autosave_on_changes: bool = True,
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -97,6 +102,7 @@ class MosquittoProcess:
         self._tls = tls
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
+        self._autosave_on_changes = autosave_on_changes
         self._tmp: Path | None = None
         self._port: int | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -228,6 +234,7 @@ class MosquittoProcess:
                 tls=self._copy_tls(owner),
                 limits=self._limits,
                 extra_lines=self._extra_lines,
+                autosave_on_changes=self._autosave_on_changes,
             )
             # A test broker logs everything to stderr, captured in mosquitto.log.
             write_config(tmp, self._credentials, settings, write_secrets=False, chown=owner is not None)
@@ -239,7 +246,7 @@ class MosquittoProcess:
                 "set_tcp_nodelay true",
                 "persistence true",
                 f"persistence_location {self.data_dir}/",
-                "autosave_on_changes true",
+                f"autosave_on_changes {'true' if self._autosave_on_changes else 'false'}",
                 "autosave_interval 1",
                 "log_dest stderr",
                 "log_type error",

@@ -122,6 +122,7 @@ class MosquittoSettings:
         tls: TlsListener | None = None,
         limits: Limits | None = None,
         extra_lines: Sequence[str] = (),
+        autosave_on_changes: bool = True,
     ) -> MosquittoSettings:
         """Settings whose password file, ACL and data directory (``data/``) all live in ``conf_dir``."""
         base = Path(conf_dir).absolute()
@@ -134,6 +135,7 @@ class MosquittoSettings:
             tls=tls,
             limits=limits or Limits(),
             extra_lines=tuple(extra_lines),
+            autosave_on_changes=autosave_on_changes,
         )
 
 

@@ -131,10 +131,17 @@ def fleet(users: Sequence[str], *, operators: Sequence[str] = ("tap",)) -> Crede
 
 @contextlib.asynccontextmanager
 async def secure_broker(
-    credentials: Credentials, *, limits: Limits | None = None, tls: TlsListener | None = None
+    credentials: Credentials,
+    *,
+    limits: Limits | None = None,
+    tls: TlsListener | None = None,
+    autosave_on_changes: bool = True,
 ) -> AsyncIterator[MosquittoProcess]:
-    """A private mosquitto with the config ``wearbus broker config`` writes (passwords, ACL, persistence)."""
-    async with MosquittoProcess(credentials=credentials, limits=limits, tls=tls) as broker:
+    """A private mosquitto with the config ``wearbus broker config`` writes (passwords, ACL, persistence; with
+    ``autosave_on_changes=False`` saved once a second, for a test that queues many big messages and never kills it)."""
+    async with MosquittoProcess(
+        credentials=credentials, limits=limits, tls=tls, autosave_on_changes=autosave_on_changes
+    ) as broker:
         yield broker
 
 
