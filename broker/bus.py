@@ -21,6 +21,7 @@ what does not, queue the rest in a deque (no task per message) and hand it out w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableSet
@@ -36,6 +37,8 @@ from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
 from schemas.topics import DLQ_PREFIX, Channel, dlq_topic, parse
+
+_GOODBYE_S = 2.0  # how long a clean close waits for the broker to take the goodbye
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 TransportName = Literal["auto", "native", "paho"]
@@ -353,10 +356,17 @@ def _retained_topic(topic: str) -> bool:
 
 
 class BusCore:
-    """The receive side and the hooks both bus implementations share (see the module's docstring).
+    """The receive side, the lifecycle and the hooks both bus implementations share (see the module's docstring).
 
-    A subclass provides the connection: ``connected``, :meth:`_send_ack`, :meth:`_publish_nowait` (and may pause
-    and resume reading through :meth:`_pause_reading` / :meth:`_resume_reading`).
+    A subclass provides the connection: ``connected``, :meth:`wait_connected`, :meth:`_run` (the connection loop,
+    run as the bus's one task), :meth:`_send_ack`, :meth:`_publish_nowait` (and may pause and resume reading through
+    :meth:`_pause_reading` / :meth:`_resume_reading`, and add to a clean close through :meth:`_drain` and
+    :meth:`_stopped`).
+
+    Lifecycle: ``async with bus:`` starts :meth:`_run` in a :class:`asyncio.TaskGroup` the bus owns and waits up to
+    ``connect_timeout_s`` for the first connection; on exit it publishes the goodbye, drains, stops the task and
+    leaves the group, which awaits it: an exception of the connection loop is raised from ``async with`` (and
+    cancels the task that entered it at once, as a task group does), never lost.
     """
 
     def __init__(self, options: BusOptions, *, log_fields: dict[str, str] | None = None) -> None:
@@ -380,11 +390,60 @@ class BusCore:
         # (link, mid, qos, DLQ topic, dead letter), published and acknowledged once it is (:meth:`_release_held`).
         self._held: list[tuple[int, int, int, str, bytes]] = []
         self._reject_log = Sampler(5)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._runner: asyncio.Task[None] | None = None
 
     @property
     def max_packet_size(self) -> int | None:
         """The broker's Maximum Packet Size, if it announced one (an MQTT 5 CONNACK); ``None`` here."""
         return None
+
+    # ------------------------------------------------------------------ lifecycle (shared)
+
+    async def __aenter__(self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.push_async_callback(self._stop)  # before the group's exit, which awaits the stopped task
+        self._runner = tasks.create_task(self._run(), name=f"bus[{self.options.name}].connection")
+        self._stack = stack
+        if self.options.connect_timeout_s > 0:
+            try:
+                await self.wait_connected(self.options.connect_timeout_s)
+            except BaseException:
+                await self._close()  # the task's own exception, if it failed, else this one
+                raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        """Stop and leave the task group; it raises what the connection task raised (an ExceptionGroup). The
+        group is left as after a clean exit: an exception of the ``async with`` body stays the caller's, not the
+        group's."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _stop(self) -> None:
+        """A clean close: the goodbye, :meth:`_drain`, the connection task stopped, :meth:`_stopped`."""
+        self._closing = True
+        goodbye = self.options.goodbye
+        if self.connected and goodbye is not None:
+            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
+                async with asyncio.timeout(_GOODBYE_S):
+                    await self.publish_raw(goodbye, wait=True)
+        await self._drain()
+        runner = self._runner
+        # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives together
+        # with the broker's reply (bpo-42130), which would leave the task running. The task group awaits it.
+        while runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait([runner], timeout=1.0)
+        self._stopped()
+        self._wake()
 
     # ------------------------------------------------------------------ what a subclass provides
 
@@ -392,6 +451,20 @@ class BusCore:
     def connected(self) -> bool:
         """Whether the bus is connected now."""
         raise NotImplementedError
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected; :class:`~schemas.errors.BusConnectionError` if not in time."""
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        """The connection loop (connect, serve, reconnect) until the bus closes: the bus's one task."""
+        raise NotImplementedError
+
+    async def _drain(self) -> None:
+        """On a clean close, after the goodbye and before the connection task is stopped."""
+
+    def _stopped(self) -> None:
+        """On a clean close, once the connection task is done."""
 
     def _send_ack(self, mid: int, qos: int) -> bool:
         raise NotImplementedError

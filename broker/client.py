@@ -31,8 +31,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -116,49 +115,24 @@ class Bus(BusCore):
         self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
         self._refusals: dict[str, int] = {}  # filter -> reconnects in a row on which the broker refused it
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._last_error: str = ""
         self._login_refused = asyncio.Event()  # the first login was refused: no retry, wait_connected says why
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (BusCore's, and these two steps)
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name=f"bus[{self.options.name}].connection")
-        if self.options.connect_timeout_s > 0:
-            try:
-                await self.wait_connected(self.options.connect_timeout_s)
-            except BusConnectionError:
-                await self.__aexit__(None, None, None)
-                raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._closing = True
-        if self.connected and self.options.goodbye is not None:
-            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
-                await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
+    async def _drain(self) -> None:
         wire = self._wire
         if wire is not None and self.connected:
             await wire.wait_acknowledged(2.0)  # what was published without waiting gets its PUBACK before we go
-        task = self._task
-        if task is not None:
-            # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives
-            # together with the broker's reply (bpo-42130), which would leave this waiting for ever.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    def _stopped(self) -> None:
         carried, self._carried = self._carried, None
         if carried:
             self.stats.lost += len(carried)
             self._log.warning("unacknowledged_publishes_lost", count=len(carried))
-        self._wake()
 
     @property
     def connected(self) -> bool:
@@ -181,12 +155,13 @@ class Bus(BusCore):
         """
         try:
             async with asyncio.timeout(timeout):
-                refused = asyncio.ensure_future(self._login_refused.wait())
+                waits = [asyncio.ensure_future(event.wait()) for event in (self._login_refused, self._connected)]
                 try:
-                    await asyncio.wait([refused, asyncio.ensure_future(self._connected.wait())],
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    refused.cancel()
+                    for waiting in waits:
+                        waiting.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
             if not self.connected:
                 raise BusConnectionError(
                     f"{self.url.redacted()} refused the login: {self._last_error}. Check the username and "

@@ -292,7 +292,6 @@ class OwnTracksBridge:
         self._warned: set[str] = set()
 
     async def __aenter__(self) -> Self:
-        await self._stack.__aenter__()
         try:
             for phone in self.phones.values():
                 await self._stack.enter_async_context(phone)
