@@ -26,7 +26,6 @@ from schemas.envelope import Message, dump
 from schemas.errors import ContractError
 from schemas.shadow import DeviceShadow, ShadowBook
 from schemas.topics import (
-    ROOT,
     DeviceId,
     EventClass,
     Kind,
@@ -39,6 +38,7 @@ from schemas.topics import (
     matches,
     reported_topic,
     state_topic,
+    user_filter,
     validate_filter,
 )
 from testkit.raw import RawBus, RawMessage
@@ -100,7 +100,7 @@ class UserTopics:
     @property
     def all(self) -> str:
         """The filter for everything of this user: ``wb/v1/{user}/#``."""
-        return f"{ROOT}/{self.user}/#"
+        return user_filter(self.user)
 
     def device(self, kind: Kind | str, device: str) -> DeviceId:
         """The identity of one of this user's devices."""
