@@ -14,8 +14,10 @@ is a documented hook of the protocol: :meth:`Bus.before_connect` (choose the nod
 :meth:`Bus.outgoing_topic` and :meth:`Bus.deliver` (rewrite topics both ways) and :attr:`Bus.inbox` (hold or
 reorder what arrived before the consumer takes it).
 
-:class:`BusCore` is the receive side both implementations share: decode and validate each delivery, dead-letter
-what does not, queue the rest in a deque (no task per message) and hand it out with manual acknowledgement.
+:class:`BusCore` is what both implementations share: the lifecycle (``async with``: the connection loop as the
+bus's one task, in a task group the bus owns; a clean close with the goodbye) and the receive side (decode and
+validate each delivery, dead-letter what does not, queue the rest in a deque, no task per message, and hand it out
+with manual acknowledgement).
 """
 
 from __future__ import annotations
@@ -410,16 +412,13 @@ class BusCore:
             try:
                 await self.wait_connected(self.options.connect_timeout_s)
             except BaseException:
-                await self._close()  # the task's own exception, if it failed, else this one
+                await self.__aexit__(None, None, None)  # the task's own exception, if it failed, else this one
                 raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._close()
-
-    async def _close(self) -> None:
         """Stop and leave the task group; it raises what the connection task raised (an ExceptionGroup). The
         group is left as after a clean exit: an exception of the ``async with`` body stays the caller's, not the
         group's."""
