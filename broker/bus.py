@@ -40,6 +40,10 @@ from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
 from schemas.topics import DLQ_PREFIX, Channel, dlq_topic, parse
 
+#: The return codes of :meth:`Transport.publish` and ``_publish_nowait``: paho's values (``MQTTErrorCode``), so the
+#: native transport, paho and the in-memory bus speak one vocabulary.
+ERR_SUCCESS, ERR_NO_CONN, ERR_QUEUE_SIZE = 0, 4, 15
+
 _GOODBYE_S = 2.0  # how long a clean close waits for the broker to take the goodbye
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
@@ -278,7 +282,8 @@ class Bus(Protocol):
 
 class Transport(Protocol):
     """One connection to a broker, as :class:`broker.client.Bus` drives it (the native :class:`broker.mqtt.Connection`
-    and :class:`broker.client.PahoTransport`). Return codes are paho's (``mqtt.ERR_*``), one vocabulary for both.
+    and :class:`broker.client.PahoTransport`). Return codes are paho's (:data:`ERR_SUCCESS` and the others), one
+    vocabulary for both.
 
     ``closed`` completes when the connection ends (with ``None`` after :meth:`disconnect`, with a
     :class:`~schemas.errors.BusConnectionError` otherwise).
@@ -568,11 +573,11 @@ class BusCore:
         self._raise_for(rc, out.topic)
 
     def _raise_for(self, rc: int, topic: str) -> None:
-        if rc == 4:  # paho.MQTT_ERR_NO_CONN (mqtt.ERR_NO_CONN)
+        if rc == ERR_NO_CONN:
             raise BusConnectionError(f"not connected to the broker; not published to {topic!r}")
-        if rc == 15:  # paho.MQTT_ERR_QUEUE_SIZE (mqtt.ERR_QUEUE_SIZE)
+        if rc == ERR_QUEUE_SIZE:
             raise PublishError(f"the outgoing queue is full; not published to {topic!r}")
-        if rc != 0:
+        if rc != ERR_SUCCESS:
             raise PublishError(f"publish to {topic!r} failed (code {rc})")
 
     def dead_letter(self, topic: str, payload: bytes, error: ContractError, *, seen_by: str | None = None) -> None:

@@ -24,12 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from broker.bus import BusCore, BusOptions, Outgoing
+from broker.bus import ERR_NO_CONN, ERR_SUCCESS, BusCore, BusOptions, Outgoing
 from schemas import codec
 from schemas.errors import BusConnectionError, BusError, PublishError, QosNotSupported
 from schemas.topics import matches, validate_filter
-
-ERR_SUCCESS, ERR_NO_CONN = 0, 4  # the return codes the MQTT bus uses (paho's), one vocabulary
 
 
 @dataclass(slots=True)
