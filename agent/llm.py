@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.core.intents import Intent, Skill, detect_lang
 from broker.logs import get_logger
+from schemas.errors import ConfigError, ResolverError
 
 SLOTS: dict[Skill, dict[str, str]] = {
     Skill.ORDER_FOOD: {"dish": "what to order", "restaurant": "where from", "address": "home, office or an address",
@@ -97,15 +98,21 @@ class ChatResolver:
             reply = await asyncio.wait_for(
                 asyncio.to_thread(self._post, self.request(text, lang)), self.config.timeout_s + 1
             )
-        except (TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, ResolverError, ConfigError) as exc:
             self.log.warning("llm_unavailable", error=str(exc))
             return None
         return parse_reply(reply, text, lang)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST the request; the reply's JSON.
+
+        Raises:
+            ConfigError: the URL is not http(s).
+            ResolverError: the endpoint did not answer, answered with an HTTP error, or not with JSON.
+        """
         url = self.config.url.rstrip("/") + "/chat/completions"
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"the LLM URL must be http(s): {url}")
+            raise ConfigError(f"the LLM URL must be http(s): {url}")
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
@@ -114,7 +121,11 @@ class ChatResolver:
             with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:  # noqa: S310 (checked above)
                 data: dict[str, Any] = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            raise OSError(f"HTTP {exc.code} from {url}") from exc
+            raise ResolverError(f"HTTP {exc.code} from {url}") from exc
+        except OSError as exc:  # no connection, a timeout (socket.timeout is an OSError)
+            raise ResolverError(f"{url}: {exc}") from exc
+        except ValueError as exc:  # not JSON
+            raise ResolverError(f"{url} did not answer with JSON: {exc}") from exc
         return data
 
 

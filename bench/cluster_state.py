@@ -33,7 +33,7 @@ from schemas import codec
 from schemas.actions import DeviceState
 from schemas.envelope import make
 from schemas.events import HeartRate, Utterance
-from schemas.topics import DeviceId, Kind, agent_state_topic, event_topic, state_topic
+from schemas.topics import DeviceId, Kind, agent_state_topic, command_topic, event_topic, state_topic
 
 
 def user_state(n_users: int) -> dict[str, Any]:
@@ -78,10 +78,12 @@ async def measure_redis(url: str, users: int, n: int) -> list[str]:
     payload = b"x" * 120
     commit: list[float] = []
     snapshot: list[float] = []
+    hr_topic = event_topic(DeviceId("user-0", Kind.RING, "r1"), "sensor", "hr")
+    card_topic = command_topic(DeviceId("user-0", Kind.GLASSES, "g1"), "display.card")
     for i in range(n):
-        event = EventRow(f"e{i}", "wb/v1/user-0/ring/r1/evt/sensor/hr", "user-0", "ring", "r1", "evt", "ring.hr",
+        event = EventRow(f"e{i}", hr_topic, "user-0", "ring", "r1", "evt", "ring.hr",
                          i, None, i, None, i, i, 1, False, payload)  # fmt: skip
-        action = ActionRow(f"a{i}", "wb/v1/user-0/glasses/g1/cmd/display.card", "user-0", "glasses", "g1",
+        action = ActionRow(f"a{i}", card_topic, "user-0", "glasses", "g1",
                            "display.card", f"e{i}", "skill", i, i, payload)  # fmt: skip
         t = time.perf_counter()
         await store.known([event.id])

@@ -27,7 +27,7 @@ from broker.logs import configure_logging
 from schemas.actions import DeviceState
 from schemas.envelope import make
 from schemas.events import Utterance
-from schemas.topics import Channel, Kind
+from schemas.topics import Channel, DeviceId, Kind, device_channel, device_prefix, event_topic, state_topic
 
 PASSWORD = "bench"  # noqa: S105 (a throwaway in-process broker)
 
@@ -68,13 +68,14 @@ class SlowEndpoint:
 async def _born(dev: Bus, user: str) -> None:
     for kind, did in (("phone", "p1"), ("glasses", "g1"), ("earphones", "b1")):
         state = make(DeviceState(online=True, kind=Kind(kind)))
-        await dev.publish(f"wb/v1/{user}/{kind}/{did}/state", state, retain=True, wait=True)
+        await dev.publish(state_topic(DeviceId(user, Kind(kind), did)), state, retain=True, wait=True)
 
 
 async def _answer_ms(dev: Bus, user: str) -> float:
     """Publish "Take a photo" for ``user`` and wait for the capture command: milliseconds."""
     started = time.perf_counter()
-    await dev.publish(f"wb/v1/{user}/glasses/g1/evt/voice/utterance", make(Utterance(text="Take a photo")), wait=True)
+    topic = event_topic(DeviceId(user, Kind.GLASSES, "g1"), "voice", "utterance")
+    await dev.publish(topic, make(Utterance(text="Take a photo")), wait=True)
     async with asyncio.timeout(30):
         async for m in dev.messages():
             if m.where.user == user and m.where.channel is Channel.COMMAND and m.where.name == "camera.capture":
@@ -96,12 +97,14 @@ async def run(n: int, delay: float) -> tuple[list[float], list[float]]:
             async with AgentRuntime(settings) as agent, Bus(BusOptions(url=broker.url)) as dev:
                 await agent.wait_connected(15)
                 for user in (a, b):
-                    await dev.subscribe(f"wb/v1/{user}/+/+/cmd/#", 1)
+                    await dev.subscribe(device_channel(device_prefix(user), Channel.COMMAND), 1)
                     await _born(dev, user)
                 await _answer_ms(dev, b)  # warm-up
                 alone = [await _answer_ms(dev, b) for _ in range(n)]
                 sentence = make(Utterance(text="could you sort out something for me"))
-                await dev.publish(f"wb/v1/{a}/glasses/g1/evt/voice/utterance", sentence, wait=True)
+                await dev.publish(
+                    event_topic(DeviceId(a, Kind.GLASSES, "g1"), "voice", "utterance"), sentence, wait=True
+                )
                 await slow.asked.wait()
                 pending = time.perf_counter()
                 during: list[float] = []

@@ -44,7 +44,7 @@ from paho.mqtt.properties import Properties
 from bench import mix
 from broker import mqtt
 from broker.client import Bus, BusOptions
-from schemas.topics import Kind
+from schemas.topics import Channel, Kind, device_channel, device_prefix
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 MAX_TIMEOUT_STREAK = 20
@@ -323,7 +323,7 @@ def echo(spec: dict[str, Any]) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, on_term)
     client.on_message = on_message
     _connect(client, spec)
-    client.subscribe("wb/v1/+/earphones/e1/cmd/probe", qos)
+    client.subscribe(device_channel(device_prefix(kind=Kind.EARPHONES, device="e1"), Channel.COMMAND, "probe"), qos)
     print(json.dumps({"ready": True}), flush=True)
     deadline = time.monotonic() + float(spec.get("max_s", 120))
     while not stop["flag"] and time.monotonic() < deadline:

@@ -14,13 +14,16 @@ is a documented hook of the protocol: :meth:`Bus.before_connect` (choose the nod
 :meth:`Bus.outgoing_topic` and :meth:`Bus.deliver` (rewrite topics both ways) and :attr:`Bus.inbox` (hold or
 reorder what arrived before the consumer takes it).
 
-:class:`BusCore` is the receive side both implementations share: decode and validate each delivery, dead-letter
-what does not, queue the rest in a deque (no task per message) and hand it out with manual acknowledgement.
+:class:`BusCore` is what both implementations share: the lifecycle (``async with``: the connection loop as the
+bus's one task, in a task group the bus owns; a clean close with the goodbye) and the receive side (decode and
+validate each delivery, dead-letter what does not, queue the rest in a deque, no task per message, and hand it out
+with manual acknowledgement).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableSet
@@ -36,6 +39,12 @@ from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
 from schemas.topics import DLQ_PREFIX, Channel, dlq_topic, parse
+
+#: The return codes of :meth:`Transport.publish` and ``_publish_nowait``: paho's values (``MQTTErrorCode``), so the
+#: native transport, paho and the in-memory bus speak one vocabulary.
+ERR_SUCCESS, ERR_NO_CONN, ERR_QUEUE_SIZE = 0, 4, 15
+
+_GOODBYE_S = 2.0  # how long a clean close waits for the broker to take the goodbye
 
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 TransportName = Literal["auto", "native", "paho"]
@@ -273,7 +282,8 @@ class Bus(Protocol):
 
 class Transport(Protocol):
     """One connection to a broker, as :class:`broker.client.Bus` drives it (the native :class:`broker.mqtt.Connection`
-    and :class:`broker.client.PahoTransport`). Return codes are paho's (``mqtt.ERR_*``), one vocabulary for both.
+    and :class:`broker.client.PahoTransport`). Return codes are paho's (:data:`ERR_SUCCESS` and the others), one
+    vocabulary for both.
 
     ``closed`` completes when the connection ends (with ``None`` after :meth:`disconnect`, with a
     :class:`~schemas.errors.BusConnectionError` otherwise).
@@ -353,10 +363,17 @@ def _retained_topic(topic: str) -> bool:
 
 
 class BusCore:
-    """The receive side and the hooks both bus implementations share (see the module's docstring).
+    """The receive side, the lifecycle and the hooks both bus implementations share (see the module's docstring).
 
-    A subclass provides the connection: ``connected``, :meth:`_send_ack`, :meth:`_publish_nowait` (and may pause
-    and resume reading through :meth:`_pause_reading` / :meth:`_resume_reading`).
+    A subclass provides the connection: ``connected``, :meth:`wait_connected`, :meth:`_run` (the connection loop,
+    run as the bus's one task), :meth:`_send_ack`, :meth:`_publish_nowait` (and may pause and resume reading through
+    :meth:`_pause_reading` / :meth:`_resume_reading`, and add to a clean close through :meth:`_drain` and
+    :meth:`_stopped`).
+
+    Lifecycle: ``async with bus:`` starts :meth:`_run` in a :class:`asyncio.TaskGroup` the bus owns and waits up to
+    ``connect_timeout_s`` for the first connection; on exit it publishes the goodbye, drains, stops the task and
+    leaves the group, which awaits it: an exception of the connection loop is raised from ``async with`` (and
+    cancels the task that entered it at once, as a task group does), never lost.
     """
 
     def __init__(self, options: BusOptions, *, log_fields: dict[str, str] | None = None) -> None:
@@ -380,11 +397,57 @@ class BusCore:
         # (link, mid, qos, DLQ topic, dead letter), published and acknowledged once it is (:meth:`_release_held`).
         self._held: list[tuple[int, int, int, str, bytes]] = []
         self._reject_log = Sampler(5)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._runner: asyncio.Task[None] | None = None
 
     @property
     def max_packet_size(self) -> int | None:
         """The broker's Maximum Packet Size, if it announced one (an MQTT 5 CONNACK); ``None`` here."""
         return None
+
+    # ------------------------------------------------------------------ lifecycle (shared)
+
+    async def __aenter__(self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.push_async_callback(self._stop)  # before the group's exit, which awaits the stopped task
+        self._runner = tasks.create_task(self._run(), name=f"bus[{self.options.name}].connection")
+        self._stack = stack
+        if self.options.connect_timeout_s > 0:
+            try:
+                await self.wait_connected(self.options.connect_timeout_s)
+            except BaseException:
+                await self.__aexit__(None, None, None)  # the task's own exception, if it failed, else this one
+                raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop and leave the task group; it raises what the connection task raised (an ExceptionGroup). The
+        group is left as after a clean exit: an exception of the ``async with`` body stays the caller's, not the
+        group's."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _stop(self) -> None:
+        """A clean close: the goodbye, :meth:`_drain`, the connection task stopped, :meth:`_stopped`."""
+        self._closing = True
+        goodbye = self.options.goodbye
+        if self.connected and goodbye is not None:
+            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
+                async with asyncio.timeout(_GOODBYE_S):
+                    await self.publish_raw(goodbye, wait=True)
+        await self._drain()
+        runner = self._runner
+        # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives together
+        # with the broker's reply (bpo-42130), which would leave the task running. The task group awaits it.
+        while runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait([runner], timeout=1.0)
+        self._stopped()
+        self._wake()
 
     # ------------------------------------------------------------------ what a subclass provides
 
@@ -392,6 +455,20 @@ class BusCore:
     def connected(self) -> bool:
         """Whether the bus is connected now."""
         raise NotImplementedError
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected; :class:`~schemas.errors.BusConnectionError` if not in time."""
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        """The connection loop (connect, serve, reconnect) until the bus closes: the bus's one task."""
+        raise NotImplementedError
+
+    async def _drain(self) -> None:
+        """On a clean close, after the goodbye and before the connection task is stopped."""
+
+    def _stopped(self) -> None:
+        """On a clean close, once the connection task is done."""
 
     def _send_ack(self, mid: int, qos: int) -> bool:
         raise NotImplementedError
@@ -496,11 +573,11 @@ class BusCore:
         self._raise_for(rc, out.topic)
 
     def _raise_for(self, rc: int, topic: str) -> None:
-        if rc == 4:  # paho.MQTT_ERR_NO_CONN (mqtt.ERR_NO_CONN)
+        if rc == ERR_NO_CONN:
             raise BusConnectionError(f"not connected to the broker; not published to {topic!r}")
-        if rc == 15:  # paho.MQTT_ERR_QUEUE_SIZE (mqtt.ERR_QUEUE_SIZE)
+        if rc == ERR_QUEUE_SIZE:
             raise PublishError(f"the outgoing queue is full; not published to {topic!r}")
-        if rc != 0:
+        if rc != ERR_SUCCESS:
             raise PublishError(f"publish to {topic!r} failed (code {rc})")
 
     def dead_letter(self, topic: str, payload: bytes, error: ContractError, *, seen_by: str | None = None) -> None:

@@ -31,13 +31,14 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mqtt
 from broker.bus import (
@@ -85,12 +86,31 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 def _login_refused(exc: Exception) -> bool:
     """Whether the broker refused the CONNECT for the credentials (3.1.1 codes 4, 5; MQTT 5 0x86, 0x87, 0x8C), by
-    the CONNACK's code (the native transport's :class:`~broker.mqtt.Refused`, or paho's through aiomqtt's ``rc``)."""
+    the CONNACK's code (both transports raise :class:`~broker.mqtt.Refused`: see :func:`_connect_error`)."""
+    return isinstance(exc, mqtt.Refused) and exc.code in _LOGIN_REFUSED
+
+
+def _answered(exc: Exception) -> bool:
+    """Whether the broker answered the CONNECT (an MQTT 5 probe not answered, or answered with "unsupported
+    protocol version", means a 3.1.1-only broker: try 3.1.1)."""
     if isinstance(exc, mqtt.Refused):
-        return exc.code in _LOGIN_REFUSED
-    rc = getattr(exc, "rc", None)
-    code = rc if isinstance(rc, int) else getattr(rc, "value", None)
-    return code in _LOGIN_REFUSED
+        return not exc.unsupported_version
+    return isinstance(exc, BusConnectionError) and not isinstance(exc, mqtt.NoAnswer)
+
+
+def _connect_error(exc: aiomqtt.MqttError) -> BusConnectionError:
+    """aiomqtt's failure to connect, in the native transport's terms: :class:`~broker.mqtt.Refused` with the
+    CONNACK's code (paho's :class:`ReasonCode`, or the 3.1.1 return code), :class:`~broker.mqtt.NoAnswer` when no
+    CONNACK came in time (aiomqtt raises its timeout from a :class:`TimeoutError`), else a
+    :class:`~schemas.errors.BusConnectionError` (the socket's error)."""
+    if isinstance(exc, MqttConnectError):
+        rc = exc.rc
+        code = rc.value if isinstance(rc, ReasonCode) else int(rc or 0)
+        # a 3.1.1-only broker answers an MQTT 5 CONNECT with its code 1 (unacceptable protocol version)
+        return mqtt.Refused(str(exc), code, unsupported_version=code in (0x01, 0x84))
+    if isinstance(exc.__context__, TimeoutError):
+        return mqtt.NoAnswer(str(exc))
+    return BusConnectionError(str(exc))
 
 
 _LOGIN_REFUSED = frozenset({4, 5, 0x86, 0x87, 0x8C})
@@ -116,49 +136,25 @@ class Bus(BusCore):
         self._carried: mqtt.Unacknowledged | None = None  # untracked QoS 1 publishes for the next connection
         self._refusals: dict[str, int] = {}  # filter -> reconnects in a row on which the broker refused it
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._last_error: str = ""
         self._login_refused = asyncio.Event()  # the first login was refused: no retry, wait_connected says why
+        self._last_refused_login = False  # the last attempt's CONNACK refused the credentials (wait_connected's hint)
         # paho sends an empty client id when given none, which the generated Mosquitto config refuses
         # (allow_zero_length_clientid false) with a bare "protocol error": make one up, as documented.
         self._random_id = f"wb-{random.getrandbits(48):012x}"
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (BusCore's, and these two steps)
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name=f"bus[{self.options.name}].connection")
-        if self.options.connect_timeout_s > 0:
-            try:
-                await self.wait_connected(self.options.connect_timeout_s)
-            except BusConnectionError:
-                await self.__aexit__(None, None, None)
-                raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._closing = True
-        if self.connected and self.options.goodbye is not None:
-            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
-                await asyncio.wait_for(self.publish_raw(self.options.goodbye, wait=True), 2.0)
+    async def _drain(self) -> None:
         wire = self._wire
         if wire is not None and self.connected:
             await wire.wait_acknowledged(2.0)  # what was published without waiting gets its PUBACK before we go
-        task = self._task
-        if task is not None:
-            # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives
-            # together with the broker's reply (bpo-42130), which would leave this waiting for ever.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    def _stopped(self) -> None:
         carried, self._carried = self._carried, None
         if carried:
             self.stats.lost += len(carried)
             self._log.warning("unacknowledged_publishes_lost", count=len(carried))
-        self._wake()
 
     @property
     def connected(self) -> bool:
@@ -181,22 +177,22 @@ class Bus(BusCore):
         """
         try:
             async with asyncio.timeout(timeout):
-                refused = asyncio.ensure_future(self._login_refused.wait())
+                waits = [asyncio.ensure_future(event.wait()) for event in (self._login_refused, self._connected)]
                 try:
-                    await asyncio.wait([refused, asyncio.ensure_future(self._connected.wait())],
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    refused.cancel()
+                    for waiting in waits:
+                        waiting.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
             if not self.connected:
                 raise BusConnectionError(
                     f"{self.url.redacted()} refused the login: {self._last_error}. Check the username and "
                     "password (mqtt://user:password@host:port, or --username/--password)."
                 )
         except TimeoutError:
-            error = self._last_error.lower()
             hint = (
                 "The broker refused the login: check the username and password (mqtt://user:password@host:port)."
-                if "not authori" in error or "bad user name" in error
+                if self._last_refused_login
                 else "Is a broker running there? Start one with `wearbus broker`, or name another with --broker URL."
             )
             raise BusConnectionError(
@@ -213,18 +209,13 @@ class Bus(BusCore):
                 attempt = 0
             except (aiomqtt.MqttError, BusConnectionError) as exc:
                 self._last_error = str(exc)
-                if isinstance(exc, BusConnectionError):  # the native transport says what happened
-                    refused = not isinstance(exc, mqtt.NoAnswer) and not (
-                        isinstance(exc, mqtt.Refused) and exc.unsupported_version
-                    )
-                else:
-                    refused = "refused" in str(exc).lower() and "not authori" not in str(exc).lower()
-                if self.protocol == "auto" and protocol == "5" and not self.stats.connects and not refused:
+                self._last_refused_login = _login_refused(exc)
+                if self.protocol == "auto" and protocol == "5" and not self.stats.connects and not _answered(exc):
                     # amqtt (and other 3.1.1-only brokers) refuse an MQTT 5 CONNECT: try 3.1.1 at once.
                     self._log.info("mqtt5_refused_trying_311", error=str(exc))
                     self.protocol = "3.1.1"
                     continue
-                if not self.stats.connects and _login_refused(exc):  # never logged in: retrying will not help
+                if not self.stats.connects and self._last_refused_login:  # never logged in: retrying will not help
                     self._log.error("bus_login_refused", error=str(exc))
                     self._login_refused.set()
                     return
@@ -339,7 +330,11 @@ class Bus(BusCore):
 
     async def _session_paho(self, protocol: str) -> None:
         client, wire = self._make_client(protocol)
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(client)
+            except aiomqtt.MqttError as exc:
+                raise _connect_error(exc) from exc
             self._client = client
             try:
                 await self._serve(wire, protocol, client._disconnected)
@@ -388,13 +383,15 @@ class Bus(BusCore):
         aiomqtt_on_publish: Any = raw.on_publish
         aiomqtt_on_connect: Any = raw.on_connect
 
-        def on_publish(c: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        def on_publish(c: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties) -> None:
             aiomqtt_on_publish(c, userdata, mid, rc, props)
             wire.acked(mid, rc)
 
-        def on_connect(c: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-            self.session_present = bool(getattr(flags, "session_present", False))
-            if not getattr(rc, "is_failure", False):
+        def on_connect(
+            c: paho.Client, userdata: Any, flags: paho.ConnectFlags, rc: ReasonCode, props: Properties | None
+        ) -> None:
+            self.session_present = flags.session_present
+            if not rc.is_failure:
                 # A new link before any message of this connection is read: queued messages of a persistent
                 # session arrive right behind the CONNACK, and their acks belong to this link.
                 self._link += 1
@@ -663,11 +660,11 @@ class PahoTransport:
             fut = self._pending[info.mid] = asyncio.get_running_loop().create_future()
         return info.rc, fut
 
-    def acked(self, mid: int, rc: Any) -> None:
+    def acked(self, mid: int, rc: ReasonCode) -> None:
         """paho's on_publish: the broker acknowledged ``mid`` (or refused it, MQTT 5)."""
         fut = self._pending.pop(mid, None)
         if fut is not None and not fut.done():
-            if getattr(rc, "is_failure", False):
+            if rc.is_failure:
                 fut.set_exception(PublishError(f"the broker refused the publish: {rc}"))
             else:
                 fut.set_result(None)

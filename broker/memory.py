@@ -19,19 +19,15 @@ pass a broker: ``MemoryBus(options, broker=MemoryBroker())``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
-from broker.bus import BusCore, BusOptions, Outgoing
+from broker.bus import ERR_NO_CONN, ERR_SUCCESS, BusCore, BusOptions, Outgoing
 from schemas import codec
 from schemas.errors import BusConnectionError, BusError, PublishError, QosNotSupported
 from schemas.topics import matches, validate_filter
-
-ERR_SUCCESS, ERR_NO_CONN = 0, 4  # the return codes the MQTT bus uses (paho's), one vocabulary
 
 
 @dataclass(slots=True)
@@ -235,38 +231,15 @@ class MemoryBus(BusCore):
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._dead = False
-        self._task: asyncio.Task[None] | None = None
         self._last_error = ""
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (BusCore's, and this step)
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name=f"bus[{self.options.name}].memory")
-        if self.options.connect_timeout_s > 0:
-            try:
-                await self.wait_connected(self.options.connect_timeout_s)
-            except BusConnectionError:
-                await self.__aexit__(None, None, None)
-                raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._closing = True
+    async def _drain(self) -> None:
         if self.connected:
-            if self.options.goodbye is not None:
-                with contextlib.suppress(BusConnectionError, PublishError):
-                    await self.publish_raw(self.options.goodbye, wait=True)
             self._connected.clear()
             self.stats.disconnects += 1
             self.broker.disconnect(self, self.client_id, will=None)  # a clean DISCONNECT: no Will
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._wake()
 
     @property
     def connected(self) -> bool:

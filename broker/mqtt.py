@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.bus import ERR_NO_CONN, ERR_QUEUE_SIZE, ERR_SUCCESS
 from broker.logs import get_logger
 from schemas.errors import (
     BusConnectionError,
@@ -118,8 +119,6 @@ REASONS_5 = {
     0x9D: "Server moved",
     0x9F: "Connection rate exceeded",
 }
-
-ERR_SUCCESS, ERR_NO_CONN, ERR_QUEUE_SIZE = 0, 4, 15  # the values paho uses, so the bus speaks one vocabulary
 
 
 #: The broker sent something this client cannot accept (the connection is closed); kept as this module's name.

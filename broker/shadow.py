@@ -14,7 +14,7 @@ from broker.client import Bus, Outgoing
 from schemas import codec
 from schemas.envelope import make, now_ms
 from schemas.shadow import DeviceShadow, ShadowBook, ShadowDesired, merge
-from schemas.topics import ROOT, DeviceId, desired_topic, shadow_filter
+from schemas.topics import Channel, DeviceId, desired_topic, device_channel, device_prefix, shadow_filter, state_topic
 
 SETTLE_S = 0.4
 
@@ -22,8 +22,8 @@ SETTLE_S = 0.4
 def filters(user: str, dev: DeviceId | None = None) -> list[str]:
     """The subscriptions that show a user's (or one device's) shadows and births."""
     if dev is not None:
-        return [shadow_filter(dev.user, dev.kind.value, dev.device), f"{dev.prefix}/state"]
-    return [shadow_filter(user), f"{ROOT}/{user}/+/+/state"]
+        return [shadow_filter(dev.user, dev.kind.value, dev.device), state_topic(dev)]
+    return [shadow_filter(user), device_channel(device_prefix(user), Channel.STATE)]
 
 
 async def read(

@@ -28,7 +28,7 @@ from schemas import codec
 from schemas.actions import PURPOSES, ConsentRequest, ConsentState
 from schemas.envelope import make
 from schemas.errors import ConfigError, WearbusError
-from schemas.topics import check_name, consent_set_topic, consent_topic, matches
+from schemas.topics import check_name, consent_set_topic, consent_topic, matches, user_filter
 from testkit.raw import RawBus, RawMessage
 
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -167,7 +167,7 @@ async def clear_retained(url: str, user: str, *, quiet_s: float = 0.5, within_s:
     """
     retained: dict[str, None] = {}
     arrived = asyncio.Event()
-    topic_filter = f"wb/v1/{check_name(user, 'user')}/#"
+    topic_filter = user_filter(check_name(user, "user"))
 
     def on_raw(raw: RawMessage) -> None:
         # Checked here too: amqtt 0.12 was seen sending other users' retained messages to this filter.

@@ -358,7 +358,8 @@ async def _up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     timeline = Timeline(out, show=not quiet, show_health=show_health, tz=tz)
-    tap_task: asyncio.Task[None] | None = None
+    # The timeline's tap, then its bus: on the way out the bus closes first, which ends the tap's loop.
+    stack = contextlib.AsyncExitStack()
     given_protocol: str | None = None  # else WB_PROTOCOL's, read here at the edge
     try:
         if broker_url is None:
@@ -387,16 +388,16 @@ async def _up(
         wall_after = ["--wall-after", str(start_ms + loaded.duration_ms)] if forever else []
         protocol, transport = mqtt_choice(given_protocol, None)
         mqtt = ["--protocol", protocol, "--transport", transport]  # every child process gets them as options
-        bus = Bus(BusOptions(url=broker_url, name="up-timeline", connect_timeout_s=20, protocol=protocol,
-                             transport=transport))  # fmt: skip
-        await bus.__aenter__()
+        taps = await stack.enter_async_context(asyncio.TaskGroup())
+        bus = await stack.enter_async_context(Bus(BusOptions(url=broker_url, name="up-timeline", connect_timeout_s=20,
+                                                             protocol=protocol, transport=transport)))  # fmt: skip
         await bus.subscribe("wb/#", 1)
 
         async def tap() -> None:
             async for message in bus.messages():
                 timeline.feed(message)
 
-        tap_task = asyncio.create_task(tap(), name="up.timeline")
+        taps.create_task(tap(), name="up.timeline")
         await sup.start(Proc("agent", [*wearbus, "agent", "--broker", broker_url, "--db", str(db), "--username",
                                        "agent", "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt,
                                        *wall_after],
@@ -443,11 +444,7 @@ async def _up(
         err.print("[yellow]stopping...[/]")
     finally:
         await sup.stop()
-        if tap_task is not None:
-            tap_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tap_task
-            await bus.__aexit__(None, None, None)
+        await stack.aclose()
     failed = [p for p in sup.procs if p.finite and (not p.exit_codes or p.exit_codes[-1] != 0)]
     if not db.exists():
         err.print(f"[red]the agent wrote no database at {db}; see {run_dir}/agent.log[/]")

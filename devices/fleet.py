@@ -12,7 +12,7 @@ import contextlib
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from broker.logs import get_logger
 from devices.earphones import EarphonesEmulator
@@ -24,6 +24,7 @@ from devices.scenario_spec import Scenario
 from devices.sdk import DeviceConfig
 from schemas.clock import Clock
 from schemas.errors import BusConnectionError, ConfigError, DeviceError
+from schemas.tasks import TaskScope, first_of
 from schemas.topics import Kind
 
 EMULATORS: dict[Kind, type[Emulator]] = {
@@ -92,11 +93,11 @@ def fleet_ids(user: str, device: str, n: int, by: Literal["users", "ids"]) -> li
     return [(user, f"{device}-{i}") for i in range(1, n + 1)]
 
 
-def _install_signals(task: asyncio.Task[Any]) -> None:
+def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform / not the main thread
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop.set)
 
 
 async def run(devices: Sequence[Emulator], *, forever: bool, settle_s: float = SETTLE_S) -> None:
@@ -108,29 +109,40 @@ async def run(devices: Sequence[Emulator], *, forever: bool, settle_s: float = S
     Raises:
         DeviceError: a device's task failed.
     """
-    task = asyncio.current_task()
-    if task is not None:
-        _install_signals(task)
+    stop = asyncio.Event()
+    _install_signals(stop)
     entered: list[Emulator] = []
-    stopped: list[BaseException | None] = []
+    failure: Exception | None = None
     try:
-        for i, device in enumerate(devices):
-            await device.__aenter__()
-            entered.append(device)
-            if (i + 1) % CONNECT_BATCH == 0:
-                await asyncio.sleep(CONNECT_PAUSE_S)
-        log.info("devices_started", n=len(entered), kind=devices[0].kind.value if devices else None)
-        await _until_done(entered, forever=forever)
-        # The scenario is over: what it produced still goes out (a device may not even have connected yet).
-        await asyncio.gather(*(_settle(d, settle_s) for d in entered))
-    except asyncio.CancelledError:  # a signal, or a device's task failed (its exit below says which)
-        log.info("devices_stopping", n=len(entered), why="cancelled")
+        # A signal ends the run wherever it is (connecting, running, settling): first_of cancels the rest.
+        await first_of(_serve(devices, entered, forever=forever, settle_s=settle_s), _signalled(stop, entered),
+                       name="fleet")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 (a device task failed, with whatever it raised; it is wrapped below)
+        failure = exc
     finally:
+        # Together, not one after another: a fleet of thousands says goodbye in parallel.
         stopped = await asyncio.gather(*(d.__aexit__(None, None, None) for d in entered), return_exceptions=True)
         log.info("devices_stopped", n=len(entered))
-    failed = next((e for e in stopped if isinstance(e, Exception)), None)
-    if failed is not None:  # a device's task failed: it cancelled the run, and comes out of the device's exit
-        raise DeviceError("an emulator failed") from failed
+    failure = failure or next((e for e in stopped if isinstance(e, Exception)), None)
+    if failure is not None:
+        raise DeviceError("an emulator failed") from failure
+
+
+async def _serve(devices: Sequence[Emulator], entered: list[Emulator], *, forever: bool, settle_s: float) -> None:
+    for i, device in enumerate(devices):
+        await device.__aenter__()  # entered one by one (paced), closed together by run()
+        entered.append(device)
+        if (i + 1) % CONNECT_BATCH == 0:
+            await asyncio.sleep(CONNECT_PAUSE_S)
+    log.info("devices_started", n=len(entered), kind=devices[0].kind.value if devices else None)
+    await _until_done(entered, forever=forever)
+    # The scenario is over: what it produced still goes out (a device may not even have connected yet).
+    await asyncio.gather(*(_settle(d, settle_s) for d in entered))
+
+
+async def _signalled(stop: asyncio.Event, entered: list[Emulator]) -> None:
+    await stop.wait()
+    log.info("devices_stopping", n=len(entered), why="signal")
 
 
 async def _settle(device: Emulator, within_s: float) -> None:
@@ -140,22 +152,14 @@ async def _settle(device: Emulator, within_s: float) -> None:
 
 
 async def _until_done(devices: Sequence[Emulator], *, forever: bool) -> None:
-    runners = [asyncio.create_task(d.run_forever(), name=f"run[{d.ident.client_id}]") for d in devices]
-    watch: list[asyncio.Future[Any]] = list(runners)
-    if not forever:
-        watch.append(asyncio.ensure_future(asyncio.gather(*(d.finished.wait() for d in devices))))
-    try:
-        # A runner only ever returns by failing; the gather completes when every scenario is over.
-        done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-        for fut in done:
-            if fut in runners and not fut.cancelled() and fut.exception() is not None:
-                raise DeviceError("an emulator failed") from fut.exception()
-    finally:
-        for fut in watch:
-            fut.cancel()
-        for fut in watch:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await fut
+    """Run the devices until every scenario is over (never, if ``forever``); a device's failure comes out as itself."""
+    async with TaskScope() as scope:  # leaving it cancels the runners (a runner only ever returns by failing)
+        for d in devices:
+            scope.start(d.run_forever(), name=f"run[{d.ident.client_id}]")
+        if forever:
+            await asyncio.Event().wait()  # until cancelled (a signal), or a runner's failure cancels this
+        for d in devices:
+            await d.finished.wait()
 
 
 def build_fleet(spec: Spec, n: int, by: Literal["users", "ids"]) -> list[Emulator]:

@@ -81,7 +81,7 @@ def to_item(sample: RingSample) -> BatchItem | None:
         case HrSample():
             return HeartRate(
                 bpm=round(sample.bpm, 1),
-                source=sample.source.value,
+                source=sample.source,
                 quality=round(sample.quality, 2),
                 src_ts=sample.src_ts,
             )
@@ -90,8 +90,9 @@ def to_item(sample: RingSample) -> BatchItem | None:
         case SkinTempSample():
             return SkinTemp(celsius=round(sample.celsius, 2), src_ts=sample.src_ts)
         case Spo2Sample():
-            source = "night" if sample.source.value == "night" else "spot"
-            return SpO2(pct=round(sample.pct, 1), source=source, quality=round(sample.quality, 2), src_ts=sample.src_ts)
+            return SpO2(
+                pct=round(sample.pct, 1), source=sample.source, quality=round(sample.quality, 2), src_ts=sample.src_ts
+            )
         case StepsSample():
             if not 60 <= sample.bucket_s <= 3600:
                 return None
@@ -105,7 +106,7 @@ def to_item(sample: RingSample) -> BatchItem | None:
             )
         case SleepSegmentSample():
             return SleepSegment(
-                stage=sample.stage.value, start_ts=sample.start_ts, end_ts=sample.end_ts, src_ts=sample.src_ts
+                stage=sample.stage, start_ts=sample.start_ts, end_ts=sample.end_ts, src_ts=sample.src_ts
             )
         case RespRateSample():
             return RespRate(brpm=round(sample.brpm, 1), src_ts=sample.src_ts)

@@ -27,7 +27,8 @@ the edge with ``raise ... from exc``.
     ├── ConfigError                   a setting, a scenario file or a command-line value is wrong
     ├── DeviceError                   an emulator or a device bridge failed
     └── AgentError                    the agent failed
-        └── StoreError                the agent's store failed
+        ├── StoreError                the agent's store failed (SQLite or Redis)
+        └── ResolverError             the optional LLM resolver got no usable answer (the sentence stays unknown)
 """
 
 from __future__ import annotations
@@ -180,3 +181,8 @@ class AgentError(WearbusError):
 
 class StoreError(AgentError):
     """The agent's store failed, whichever backs it (the library's error, if any, is the ``__cause__``)."""
+
+
+class ResolverError(AgentError):
+    """The optional LLM resolver (:mod:`agent.llm`) got no usable answer: no connection, a timeout, an HTTP error,
+    a reply that is not JSON."""

@@ -27,6 +27,12 @@ MAX_BATCH_ITEMS = 1000
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Pct = Annotated[float, Field(ge=0.0, le=100.0, description="percent")]
 Side = Literal["left", "right"]
+#: Why a heart-rate sample was taken (``ring.hr``'s ``source``).
+HrSource = Literal["periodic", "realtime", "sleep", "workout", "spot"]
+#: Why an SpO2 sample was taken (``ring.spo2``'s ``source``): on demand or in the day, or while asleep.
+Spo2Source = Literal["spot", "night"]
+#: A hypnogram stage, as rings report them (``ring.sleep_segment``'s ``stage``).
+SleepStage = Literal["awake", "light", "deep", "rem"]
 Lang = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Za-z]{2,4})?$", description="BCP 47 language, e.g. en, zh")]
 
 
@@ -223,7 +229,7 @@ class HeartRate(Body):
 
     type: Literal["ring.hr"] = "ring.hr"
     bpm: float = health_field(ge=30, le=220)
-    source: Literal["periodic", "realtime", "sleep", "workout", "spot"] = "periodic"
+    source: HrSource = "periodic"
     quality: Unit = 1.0
     src_ts: Ms | None = Field(default=None, description="sample time inside a batch")
 
@@ -243,7 +249,7 @@ class SpO2(Body):
 
     type: Literal["ring.spo2"] = "ring.spo2"
     pct: float = health_field(ge=70, le=100)
-    source: Literal["spot", "night"] = "spot"
+    source: Spo2Source = "spot"
     quality: Unit = 1.0
     src_ts: Ms | None = None
 
@@ -287,7 +293,7 @@ class SleepSegment(Body):
     """A stretch of one sleep stage."""
 
     type: Literal["ring.sleep_segment"] = "ring.sleep_segment"
-    stage: Literal["awake", "light", "deep", "rem"] = health_field()
+    stage: SleepStage = health_field()
     start_ts: Ms
     end_ts: Ms
     src_ts: Ms | None = None

@@ -66,6 +66,15 @@ class Channel(StrEnum):
     DLQ = "dlq"
 
 
+#: The leaf of each channel under ``wb/v1/{user}/agent/``.
+_AGENT_CHANNELS = {
+    Channel.CONTEXT: "context",
+    Channel.HEALTH: "health",
+    Channel.CONSENT: "consent",
+    Channel.CONSENT_SET: "consent/set",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceId:
     """Who a device is: the identity that the topic (and the broker's ACL) gives it."""
@@ -81,7 +90,7 @@ class DeviceId:
     @property
     def prefix(self) -> str:
         """The topic prefix this device owns: ``wb/v1/{user}/{kind}/{device}``."""
-        return f"{ROOT}/{self.user}/{self.kind.value}/{self.device}"
+        return device_prefix(self.user, self.kind.value, self.device)
 
     @property
     def client_id(self) -> str:
@@ -156,59 +165,105 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------------------------- filters and patterns
+# The levels below may be names, ``+`` (a filter) or an ACL placeholder: the topic builders further down check the
+# names; these are for subscriptions and the broker's ACL, which need wildcards.
+
+
+def device_prefix(user: str = "+", kind: str = "+", device: str = "+") -> str:
+    """``wb/v1/{user}/{kind}/{device}``: the prefix of the devices matched (``+`` for any user, kind or device)."""
+    return f"{ROOT}/{user}/{kind}/{device}"
+
+
+def login_prefix(login: str) -> str:
+    """``wb/v1/{login}``: the prefix a device login ``{user}/{kind}/{device}`` owns (Mosquitto's ACL pattern
+    ``%u``, the authenticated username, stands for one)."""
+    return f"{ROOT}/{login}"
+
+
+def device_channel(prefix: str, channel: Channel, leaf: str = "#") -> str:
+    """A device channel under ``prefix`` (see :func:`device_prefix`): ``evt/{leaf}``, ``cmd/{leaf}`` (``leaf`` an
+    event's ``{class}/{name}``, an action, or a wildcard), ``ack``, ``state``, ``shadow/desired`` or
+    ``shadow/reported``."""
+    match channel:
+        case Channel.EVENT:
+            return f"{prefix}/evt/{leaf}"
+        case Channel.COMMAND:
+            return f"{prefix}/cmd/{leaf}"
+        case Channel.ACK | Channel.STATE | Channel.DESIRED | Channel.REPORTED:
+            return f"{prefix}/{channel.value}"
+    raise TopicError(f"{channel.value} is not a device channel")
+
+
+def agent_channel(user: str, channel: Channel) -> str:
+    """``wb/v1/{user}/agent/{context|health|consent|consent/set}`` (``user`` a name or ``+``)."""
+    leaf = _AGENT_CHANNELS.get(channel)
+    if leaf is None:
+        raise TopicError(f"{channel.value} is not a user's agent channel")
+    return f"{ROOT}/{user}/agent/{leaf}"
+
+
+def user_filter(user: str = "+") -> str:
+    """``wb/v1/{user}/#``: everything of a user (``+``: of every user)."""
+    return f"{ROOT}/{user}/#"
+
+
+# ---------------------------------------------------------------------------------------------- topics
+
+
 def event_topic(dev: DeviceId, event_class: EventClass | str, name: str) -> str:
     """``wb/v1/{user}/{kind}/{device}/evt/{class}/{name}``."""
-    return f"{dev.prefix}/evt/{EventClass(event_class).value}/{name}"
+    return device_channel(dev.prefix, Channel.EVENT, f"{EventClass(event_class).value}/{name}")
 
 
 def command_topic(dev: DeviceId, action: str) -> str:
     """``wb/v1/{user}/{kind}/{device}/cmd/{action}``."""
-    return f"{dev.prefix}/cmd/{action}"
+    return device_channel(dev.prefix, Channel.COMMAND, action)
 
 
 def ack_topic(dev: DeviceId) -> str:
     """``wb/v1/{user}/{kind}/{device}/ack``."""
-    return f"{dev.prefix}/ack"
+    return device_channel(dev.prefix, Channel.ACK)
 
 
 def state_topic(dev: DeviceId) -> str:
     """``wb/v1/{user}/{kind}/{device}/state`` (retained; the Will sets it offline)."""
-    return f"{dev.prefix}/state"
+    return device_channel(dev.prefix, Channel.STATE)
 
 
 def desired_topic(dev: DeviceId) -> str:
     """``wb/v1/{user}/{kind}/{device}/shadow/desired`` (retained desired settings)."""
-    return f"{dev.prefix}/shadow/desired"
+    return device_channel(dev.prefix, Channel.DESIRED)
 
 
 def reported_topic(dev: DeviceId) -> str:
     """``wb/v1/{user}/{kind}/{device}/shadow/reported`` (retained settings the device applied)."""
-    return f"{dev.prefix}/shadow/reported"
+    return device_channel(dev.prefix, Channel.REPORTED)
 
 
 def shadow_filter(user: str = "+", kind: str = "+", device: str = "+") -> str:
     """Both shadow documents of the devices matched (``+`` for any user, kind or device)."""
-    return f"{ROOT}/{user}/{kind}/{device}/shadow/+"
+    return f"{device_prefix(user, kind, device)}/shadow/+"
 
 
 def context_topic(user: str) -> str:
     """``wb/v1/{user}/agent/context`` (retained fused context)."""
-    return f"{ROOT}/{check_name(user, 'user')}/agent/context"
+    return agent_channel(check_name(user, "user"), Channel.CONTEXT)
 
 
 def health_topic(user: str) -> str:
     """``wb/v1/{user}/agent/health`` (retained health part of the fused context; agent and the user's app only)."""
-    return f"{ROOT}/{check_name(user, 'user')}/agent/health"
+    return agent_channel(check_name(user, "user"), Channel.HEALTH)
 
 
 def consent_topic(user: str) -> str:
     """``wb/v1/{user}/agent/consent`` (retained: the consent the agent holds, per purpose)."""
-    return f"{ROOT}/{check_name(user, 'user')}/agent/consent"
+    return agent_channel(check_name(user, "user"), Channel.CONSENT)
 
 
 def consent_set_topic(user: str) -> str:
     """``wb/v1/{user}/agent/consent/set`` (a request to change a consent; the agent stores it)."""
-    return f"{ROOT}/{check_name(user, 'user')}/agent/consent/set"
+    return agent_channel(check_name(user, "user"), Channel.CONSENT_SET)
 
 
 def agent_state_topic(instance: str) -> str:
@@ -225,23 +280,19 @@ def user_filters(user: str = "+") -> tuple[str, ...]:
     """What the agent reads of a user (``+``: of every user): their devices' events, acks, states and settings
     reports, and the consent changes asked for them."""
     who = user if user == "+" else check_name(user, "user")
-    base = f"{ROOT}/{who}/+/+"
+    base = device_prefix(who)
     # The shadow's two documents by name, not ``shadow/+``: Mosquitto refuses a subscription broader than the ACL,
     # which lets the agent read each of them (and nothing else that a later level could add).
-    return (
-        f"{base}/evt/#",
-        f"{base}/ack",
-        f"{base}/state",
-        f"{base}/shadow/desired",
-        f"{base}/shadow/reported",
-        f"{ROOT}/{who}/agent/consent/set",
-    )
+    channels = (Channel.EVENT, Channel.ACK, Channel.STATE, Channel.DESIRED, Channel.REPORTED)
+    return (*(device_channel(base, channel) for channel in channels), agent_channel(who, Channel.CONSENT_SET))
 
 
 #: What one agent instance reads: every user's events, acks and device states.
 AGENT_FILTERS = user_filters()
 #: Every agent instance's retained state (devices hold their events while no agent is online).
 AGENT_STATES = f"{ROOT}/_agent/+/state"
+#: Everything under the agents' own root (their states).
+AGENTS_FILTER = f"{ROOT}/_agent/#"
 #: The dead-letter topics: the prefix of each, and the filter that reads them all.
 DLQ_PREFIX = f"{ROOT}/_dlq/"
 DLQ_FILTER = f"{DLQ_PREFIX}#"

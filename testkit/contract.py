@@ -34,7 +34,7 @@ from schemas import codec
 from schemas.actions import DeadLetter
 from schemas.errors import BusError, ContractError
 from schemas.export import asyncapi
-from schemas.topics import DLQ_PREFIX, matches, validate_filter
+from schemas.topics import DLQ_PREFIX, dlq_topic, matches, validate_filter
 from testkit.expect import Expect, Seen, fresh_id
 from testkit.raw import RawBus, RawMessage
 
@@ -320,7 +320,7 @@ class Contract:
                 v.topic,
                 "dlq",
                 f"allowed bad input ({v.rule}: {v.detail}) never reached "
-                f"wb/v1/_dlq/{v.rule.removeprefix('codec/')} within {self.dlq_within:g} s",
+                f"{dlq_topic(v.rule.removeprefix('codec/'))} within {self.dlq_within:g} s",
             )
             for v in pending
             if not routed(v)

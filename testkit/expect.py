@@ -26,7 +26,6 @@ from schemas.envelope import Message, dump
 from schemas.errors import ContractError
 from schemas.shadow import DeviceShadow, ShadowBook
 from schemas.topics import (
-    ROOT,
     DeviceId,
     EventClass,
     Kind,
@@ -39,6 +38,7 @@ from schemas.topics import (
     matches,
     reported_topic,
     state_topic,
+    user_filter,
     validate_filter,
 )
 from testkit.raw import RawBus, RawMessage
@@ -100,7 +100,7 @@ class UserTopics:
     @property
     def all(self) -> str:
         """The filter for everything of this user: ``wb/v1/{user}/#``."""
-        return f"{ROOT}/{self.user}/#"
+        return user_filter(self.user)
 
     def device(self, kind: Kind | str, device: str) -> DeviceId:
         """The identity of one of this user's devices."""
@@ -349,23 +349,23 @@ class Expect:
         self._probe_seen: asyncio.Future[int] | None = None
         options = BusOptions(url=url, client_id=self.client_id, protocol=protocol, name="expect")
         self.bus = RawBus(options, [self._on_raw])
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Self:
         self._t0 = self._clock()
         self._probe_seen = asyncio.get_running_loop().create_future()
-        await self.bus.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.bus)
             await self.bus.subscribe(self.topic_filter, 1)
             await self._probe_qos()
-        except BaseException:
-            await self.bus.__aexit__(None, None, None)
-            raise
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.bus.__aexit__(exc_type, exc, tb)
+        stack, self._stack = self._stack, contextlib.AsyncExitStack()
+        await stack.__aexit__(exc_type, exc, tb)
         self._wake()
 
     async def _probe_qos(self, within: float = 2.0) -> None:

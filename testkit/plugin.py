@@ -22,6 +22,7 @@ the report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -144,18 +145,16 @@ class BrokerThread:
         for attempt in range(3):
             port = self.port or free_port()
             broker = EmbeddedBroker(self.host, port, allow_anonymous=True)
-            try:
-                await broker.__aenter__()
-            except BrokerPortInUse:
-                if self.port is not None or attempt == 2:
-                    raise
-                continue  # the free port was taken meanwhile: try another
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    await stack.enter_async_context(broker)
+                except BrokerPortInUse:
+                    if self.port is not None or attempt == 2:
+                        raise
+                    continue  # the free port was taken meanwhile: try another
                 self.port, self.url = port, broker.url
                 self._ready.set()
                 await self._stop.wait()
-            finally:
-                await broker.__aexit__(None, None, None)
             return
 
 

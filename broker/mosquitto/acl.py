@@ -9,20 +9,40 @@ from schemas.actions import ACCEPTS, ACTIONS
 from schemas.errors import ConfigError
 from schemas.events import EVENTS
 from schemas.health import carries_health
-from schemas.topics import Kind, check_name
+from schemas.topics import (
+    AGENT_STATES,
+    AGENTS_FILTER,
+    DLQ_FILTER,
+    Channel,
+    Kind,
+    agent_channel,
+    check_name,
+    device_channel,
+    device_prefix,
+    login_prefix,
+)
+
+#: What ``%u`` (the authenticated username, ``{user}/{kind}/{device}`` for a device) owns in a pattern line.
+_OWN = login_prefix("%u")
+#: Every device.
+_ANY = device_prefix()
 
 
 def health_filters() -> list[str]:
     """The topic filters whose messages can carry health values, from the contract's health mark: the events of a
     marked model, the commands whose texts may quote a value (``health`` flag), and ``wb/v1/{user}/agent/health``."""
-    out = [f"wb/v1/+/{kind}/+/evt/{cls}/{name}" for (kind, cls, name), model in EVENTS.items() if carries_health(model)]
+    out = [
+        device_channel(device_prefix(kind=kind), Channel.EVENT, f"{cls}/{name}")
+        for (kind, cls, name), model in EVENTS.items()
+        if carries_health(model)
+    ]
     out += [
-        f"wb/v1/+/{kind}/+/cmd/{action}"
+        device_channel(device_prefix(kind=kind), Channel.COMMAND, action)
         for kind in Kind
         for action in sorted(ACCEPTS[kind])
         if carries_health(ACTIONS[action])
     ]
-    out.append("wb/v1/+/agent/health")
+    out.append(agent_channel("+", Channel.HEALTH))
     return out
 
 
@@ -59,18 +79,18 @@ def render_acl(
         "# -- devices",
         "# An ACL line cannot refuse the retain flag (retain_available false is global and would end the",
         "# retained states): the agent dead-letters a retained event, and retained garbage, once.",
-        "pattern write wb/v1/%u/evt/#",
-        "pattern write wb/v1/%u/ack",
+        f"pattern write {device_channel(_OWN, Channel.EVENT)}",
+        f"pattern write {device_channel(_OWN, Channel.ACK)}",
         "# the retained birth message and the Will (offline) go to the state topic",
-        "pattern write wb/v1/%u/state",
-        "pattern read wb/v1/%u/cmd/#",
+        f"pattern write {device_channel(_OWN, Channel.STATE)}",
+        f"pattern read {device_channel(_OWN, Channel.COMMAND)}",
         "# Every login may read the agents' retained online/offline state, so a device knows when to buffer.",
         "# Mosquitto warns at start that this pattern has no %u or %c; that warning is expected (topic lines",
         "# outside a user block would apply to anonymous clients only).",
-        "pattern read wb/v1/_agent/+/state",
+        f"pattern read {AGENT_STATES}",
         "# settings (shadow): a device reads its own desired settings and writes what it applied",
-        "pattern read wb/v1/%u/shadow/desired",
-        "pattern write wb/v1/%u/shadow/reported",
+        f"pattern read {device_channel(_OWN, Channel.DESIRED)}",
+        f"pattern write {device_channel(_OWN, Channel.REPORTED)}",
     ]
     for name in agents:
         check_role_name(name)
@@ -79,18 +99,18 @@ def render_acl(
             f"# -- agent instance {name}: reads device events, acks, states and settings; writes commands,",
             "# desired settings, the per-user context, the DLQ and its own online/offline state",
             f"user {name}",
-            "topic read wb/v1/+/+/+/evt/#",
-            "topic read wb/v1/+/+/+/ack",
-            "topic read wb/v1/+/+/+/state",
-            "topic write wb/v1/+/+/+/cmd/#",
-            "topic read wb/v1/+/+/+/shadow/reported",
-            "topic readwrite wb/v1/+/+/+/shadow/desired",
-            "topic readwrite wb/v1/+/agent/context",
-            "topic readwrite wb/v1/+/agent/health",
-            "topic readwrite wb/v1/+/agent/consent",
-            "topic read wb/v1/+/agent/consent/set",
-            "topic readwrite wb/v1/_agent/#",
-            "topic write wb/v1/_dlq/#",
+            f"topic read {device_channel(_ANY, Channel.EVENT)}",
+            f"topic read {device_channel(_ANY, Channel.ACK)}",
+            f"topic read {device_channel(_ANY, Channel.STATE)}",
+            f"topic write {device_channel(_ANY, Channel.COMMAND)}",
+            f"topic read {device_channel(_ANY, Channel.REPORTED)}",
+            f"topic readwrite {device_channel(_ANY, Channel.DESIRED)}",
+            f"topic readwrite {agent_channel('+', Channel.CONTEXT)}",
+            f"topic readwrite {agent_channel('+', Channel.HEALTH)}",
+            f"topic readwrite {agent_channel('+', Channel.CONSENT)}",
+            f"topic read {agent_channel('+', Channel.CONSENT_SET)}",
+            f"topic readwrite {AGENTS_FILTER}",
+            f"topic write {DLQ_FILTER}",
         ]
     for name in operators:
         check_role_name(name)
@@ -113,15 +133,15 @@ def render_acl(
             "",
             f"# -- {user}'s own app {username}: {user}'s fused context, health part included",
             f"user {username}",
-            f"topic read wb/v1/{user}/agent/context",
-            f"topic read wb/v1/{user}/agent/health",
-            f"topic read wb/v1/{user}/agent/consent",
-            f"topic write wb/v1/{user}/agent/consent/set",
+            f"topic read {agent_channel(user, Channel.CONTEXT)}",
+            f"topic read {agent_channel(user, Channel.HEALTH)}",
+            f"topic read {agent_channel(user, Channel.CONSENT)}",
+            f"topic write {agent_channel(user, Channel.CONSENT_SET)}",
         ]
     for username, user in devices:
         check_name(user, "user")
         if not username.startswith(f"{user}/"):
             raise ConfigError(f"device login {username!r} is not one of {user}'s devices")
         out += ["", f"# -- {user}'s device {username}: the consent state", f"user {username}",
-                f"topic read wb/v1/{user}/agent/consent"]  # fmt: skip
+                f"topic read {agent_channel(user, Channel.CONSENT)}"]  # fmt: skip
     return "\n".join(out) + "\n"

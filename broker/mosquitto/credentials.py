@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError, TopicError
-from schemas.topics import DeviceId, Kind
+from schemas.topics import DeviceId, Kind, login_prefix
 
 MOSQUITTO_SYSTEM_USER = "mosquitto"
 
@@ -56,7 +56,7 @@ class DeviceCredential:
     @property
     def prefix(self) -> str:
         """The topic prefix the device owns: ``wb/v1/{user}/{kind}/{device}``."""
-        return f"wb/v1/{self.username}"
+        return login_prefix(self.username)
 
 
 @dataclass(frozen=True, slots=True)

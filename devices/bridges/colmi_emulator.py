@@ -9,7 +9,6 @@ that drains. It has its own clock, set by ``0x01`` like the ring's; it only logs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import struct
@@ -41,6 +40,7 @@ from devices.bridges.colmi_protocol import (
     to_bcd,
 )
 from schemas.clock import Clock, WallClock
+from schemas.tasks import TaskScope
 
 log = get_logger("bridge.colmi.emulator")
 
@@ -111,12 +111,13 @@ class ColmiRingEmulator:
         self.sent: list[bytes] = []
         self.connected = False
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._streams: dict[int, asyncio.Task[None]] = {}
-        self._stopped: list[asyncio.Task[None]] = []
+        self._streams: dict[int, asyncio.Task[None]] = {}  # the live stream of each kind (all in the scope)
+        self._scope = TaskScope()
 
     # ------------------------------------------------------------------ RingLink
 
     async def __aenter__(self) -> Self:
+        await self._scope.__aenter__()
         self.connected = True
         return self
 
@@ -124,14 +125,8 @@ class ColmiRingEmulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.connected = False
-        tasks = [*self._streams.values(), *self._stopped]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._streams.clear()
-        self._stopped.clear()
+        await self._scope.__aexit__(exc_type, exc, tb)  # cancels and awaits every stream, stopped ones included
 
     async def write(self, packet: bytes) -> None:
         """The bridge wrote to the RX characteristic."""
@@ -254,9 +249,8 @@ class ColmiRingEmulator:
             return
         old = self._streams.pop(kind, None)
         if old is not None:
-            old.cancel()
-            self._stopped.append(old)
-        self._streams[kind] = asyncio.create_task(self._stream(kind), name=f"colmi-emulator.stream[{kind}]")
+            old.cancel()  # the scope awaits it
+        self._streams[kind] = self._scope.start(self._stream(kind), name=f"colmi-emulator.stream[{kind}]")
 
     async def _stream(self, kind: int) -> None:
         n = 0
@@ -270,6 +264,5 @@ class ColmiRingEmulator:
     def _stop(self, kind: int) -> None:
         task = self._streams.pop(kind, None)
         if task is not None:
-            task.cancel()
-            self._stopped = [t for t in self._stopped if not t.done()] + [task]
+            task.cancel()  # the scope awaits it
         self._notify(CMD_RT_STOP, bytes([kind]))

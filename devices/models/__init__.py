@@ -19,13 +19,11 @@ from devices.models.physiology import (
     Physiology,
     SleepSegment,
     SleepSession,
-    SleepStage,
     Vitals,
     measure_latency_ms,
 )
 from devices.models.ring_sampler import (
     HrSample,
-    HrSource,
     HrvSample,
     RespRateSample,
     RingCadence,
@@ -35,7 +33,6 @@ from devices.models.ring_sampler import (
     SleepSegmentSample,
     Spo2Mode,
     Spo2Sample,
-    Spo2Source,
     StepsSample,
     TempDeviationSample,
     next_sync_ms,
@@ -70,6 +67,7 @@ from devices.models.tasks import (
     WebhookChaos,
     is_valid_sequence,
 )
+from schemas.events import HrSource, SleepStage, Spo2Source
 
 __all__ = [
     "FAILURES",

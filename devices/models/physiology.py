@@ -11,6 +11,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from schemas.errors import ConfigError
+from schemas.events import SleepStage
 
 # Documented sanity ranges (reference/devices.md §2.3): every value the model reports is clamped to these.
 HR_RANGE = (30.0, 220.0)
@@ -45,15 +46,6 @@ class Activity(StrEnum):
     WALKING = "walking"
     RUNNING = "running"
     SLEEPING = "sleeping"
-
-
-class SleepStage(StrEnum):
-    """Hypnogram stages, as rings report them."""
-
-    AWAKE = "awake"
-    LIGHT = "light"
-    DEEP = "deep"
-    REM = "rem"
 
 
 class OverrideKind(StrEnum):
@@ -273,16 +265,10 @@ class _True:
     temp_offset: float
 
 
-_STAGE_HR = MappingProxyType({SleepStage.AWAKE: 6.0, SleepStage.LIGHT: 0.0, SleepStage.DEEP: -3.0, SleepStage.REM: 3.0})
-_STAGE_HRV = MappingProxyType(
-    {SleepStage.AWAKE: 0.9, SleepStage.LIGHT: 1.15, SleepStage.DEEP: 1.35, SleepStage.REM: 1.0}
-)
-_STAGE_RESP = MappingProxyType(
-    {SleepStage.AWAKE: 0.5, SleepStage.LIGHT: -1.0, SleepStage.DEEP: -1.5, SleepStage.REM: 0.0}
-)
-_STAGE_MOTION = MappingProxyType(
-    {SleepStage.AWAKE: 0.10, SleepStage.LIGHT: 0.02, SleepStage.DEEP: 0.01, SleepStage.REM: 0.02}
-)
+_STAGE_HR = MappingProxyType({"awake": 6.0, "light": 0.0, "deep": -3.0, "rem": 3.0})
+_STAGE_HRV = MappingProxyType({"awake": 0.9, "light": 1.15, "deep": 1.35, "rem": 1.0})
+_STAGE_RESP = MappingProxyType({"awake": 0.5, "light": -1.0, "deep": -1.5, "rem": 0.0})
+_STAGE_MOTION = MappingProxyType({"awake": 0.10, "light": 0.02, "deep": 0.01, "rem": 0.02})
 # Metabolic equivalents (Compendium of Physical Activities, rounded); active kcal = (MET - 1) * kg * h.
 _MET = MappingProxyType(
     {
@@ -319,7 +305,7 @@ class _Sleep:
         dur = max(_MIN_MS, round(minutes * _MIN_MS))
         start = self._end
         last = self._segments[-1] if self._segments else None
-        if last is not None and last.stage is stage:
+        if last is not None and last.stage == stage:
             self._segments[-1] = SleepSegment(stage, last.start_ms, start + dur)
             return
         self._segments.append(SleepSegment(stage, start, start + dur))
@@ -328,7 +314,7 @@ class _Sleep:
     def _plan_cycle(self) -> None:
         rng = self._rng
         if not self._segments:
-            self._add(SleepStage.AWAKE, rng.uniform(5.0, 20.0))  # sleep latency
+            self._add("awake", rng.uniform(5.0, 20.0))  # sleep latency
         k = self._cycle
         self._cycle += 1
         length = rng.uniform(80.0, 100.0)  # one NREM/REM cycle, ~90 min
@@ -336,13 +322,13 @@ class _Sleep:
         deep = deep if deep >= 4.0 else 0.0
         rem = min(40.0, 10.0 + 8.0 * k + rng.uniform(-3.0, 3.0))  # REM lengthens toward morning
         light = max(10.0, length - deep - rem)
-        self._add(SleepStage.LIGHT, light * 0.6)
+        self._add("light", light * 0.6)
         if deep:
-            self._add(SleepStage.DEEP, deep)
-        self._add(SleepStage.LIGHT, light * 0.4)
-        self._add(SleepStage.REM, rem)
+            self._add("deep", deep)
+        self._add("light", light * 0.4)
+        self._add("rem", rem)
         if rng.random() < 0.3:
-            self._add(SleepStage.AWAKE, rng.uniform(1.0, 4.0))  # brief arousal between cycles
+            self._add("awake", rng.uniform(1.0, 4.0))  # brief arousal between cycles
 
     def stage_at(self, t_ms: int) -> SleepStage:
         while self._end <= t_ms:
@@ -519,7 +505,7 @@ class Physiology:
                 hr = b.resting_hr_bpm + 0.72 * reserve
                 return _Targets(hr, hrv_base * 0.25, b.spo2_pct - 0.7, b.resp_brpm + 13, temp_base - 0.7, 0.85)
             case Activity.SLEEPING:
-                st = self._stage(t_ms) or SleepStage.LIGHT
+                st = self._stage(t_ms) or "light"
                 return _Targets(
                     hr_base - 5 + _STAGE_HR[st],
                     hrv_base * _STAGE_HRV[st],

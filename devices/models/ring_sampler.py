@@ -7,25 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
 
-from devices.models.physiology import Activity, MeasureKind, Physiology, SleepStage
+from devices.models.physiology import Activity, MeasureKind, Physiology
 from schemas.errors import ConfigError
-
-
-class HrSource(StrEnum):
-    """Why a heart-rate sample was taken (``ring.hr`` ``source``)."""
-
-    PERIODIC = "periodic"
-    REALTIME = "realtime"
-    SLEEP = "sleep"
-    WORKOUT = "workout"
-
-
-class Spo2Source(StrEnum):
-    """Why an SpO2 sample was taken; ``PERIODIC`` is daytime sampling in continuous mode."""
-
-    SPOT = "spot"
-    NIGHT = "night"
-    PERIODIC = "periodic"
+from schemas.events import HrSource, SleepStage, Spo2Source
 
 
 class Spo2Mode(StrEnum):
@@ -254,16 +238,14 @@ class RingSampler:
         v = phys.sample(t)
         asleep = v.sleep_stage is not None
         if "hr" in kinds:
-            source = (
-                HrSource.SLEEP if asleep else HrSource.WORKOUT if v.activity is Activity.RUNNING else HrSource.PERIODIC
-            )
+            source: HrSource = "sleep" if asleep else "workout" if v.activity is Activity.RUNNING else "periodic"
             self._buffer.append(HrSample(t, v.hr_bpm, source, v.quality))
         if "temp" in kinds:
             self._buffer.append(SkinTempSample(t, v.skin_temp_c))
         if "hrv" in kinds and asleep:
             self._buffer.append(HrvSample(t, v.hrv_ms, self._cadence.hrv_interval_s))
         if "spo2" in kinds and (asleep or self._cadence.spo2_mode is Spo2Mode.CONTINUOUS):
-            spo2_source = Spo2Source.NIGHT if asleep else Spo2Source.PERIODIC
+            spo2_source: Spo2Source = "night" if asleep else "spot"  # daytime sampling in continuous mode: "spot"
             self._buffer.append(Spo2Sample(t, v.spo2_pct, spo2_source, v.quality))
 
     def _collect_sleep(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from broker import mqtt
+from broker.bus import ERR_QUEUE_SIZE, ERR_SUCCESS
 from broker.client import MAX_REFUSALS, Bus, BusOptions, Outgoing
 from schemas.errors import (
     BusConnectionError,
@@ -243,7 +244,7 @@ async def test_maximum_qos_is_honoured_mqtt_3_2_2_11(broker: FakeBroker) -> None
     opened = await open_connection(broker, v5=True, props={mqtt.MAXIMUM_QOS: 0})
     with pytest.raises(QosNotSupported):
         opened.conn.publish("a/b", b"x", 1)
-    assert opened.conn.publish("a/b", b"x", 0)[0] == mqtt.ERR_SUCCESS
+    assert opened.conn.publish("a/b", b"x", 0)[0] == ERR_SUCCESS
     first, _ = await opened.peer.expect(mqtt.PUBLISH)
     assert first == mqtt.PUBLISH
 
@@ -265,7 +266,7 @@ async def test_maximum_packet_size_of_the_server_is_honoured_mqtt_3_2_2_15(broke
     assert info.value.limit == 100
     assert info.value.size > 100
     fits = 100 - len(publish("a/b", b"", qos=1, mid=1, v5=True)) - 1  # content type block is 1 byte (empty)
-    assert opened.conn.publish("a/b", b"x" * fits, 1)[0] == mqtt.ERR_SUCCESS
+    assert opened.conn.publish("a/b", b"x" * fits, 1)[0] == ERR_SUCCESS
     _, body = await opened.peer.expect(mqtt.PUBLISH)
     assert len(body) + 2 <= 100
     assert opened.conn.connected
@@ -322,7 +323,7 @@ async def test_write_backpressure_bounds_qos0_and_queues_qos1() -> None:
         assert conn.stats.qos0_dropped > 0
         assert conn.unsent < 8 * 1024 * 1024
         codes = {conn.publish("q/1", payload, 1)[0] for _ in range(60)}
-        assert mqtt.ERR_QUEUE_SIZE in codes  # bounded: the caller is told (publish_raw waits and retries)
+        assert ERR_QUEUE_SIZE in codes  # bounded: the caller is told (publish_raw waits and retries)
         stalled.set()
         conn.abort()
 

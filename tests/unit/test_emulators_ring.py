@@ -11,15 +11,12 @@ from hypothesis import strategies as st
 
 from devices.models import (
     HrSample,
-    HrSource,
     MeasureKind,
     RespRateSample,
     RingSample,
     SkinTempSample,
     SleepSegmentSample,
-    SleepStage,
     Spo2Sample,
-    Spo2Source,
     StepsSample,
     TempDeviationSample,
 )
@@ -79,11 +76,11 @@ async def call(handler: Any, body: Body) -> str:
 
 def test_every_stored_sample_becomes_a_valid_batch_item() -> None:
     samples: list[RingSample] = [
-        HrSample(T0, 61.23, HrSource.SLEEP, 0.97),
-        Spo2Sample(T0, 96.44, Spo2Source.PERIODIC, 0.9),
+        HrSample(T0, 61.23, "sleep", 0.97),
+        Spo2Sample(T0, 96.44, "spot", 0.9),
         SkinTempSample(T0, 33.456),
         StepsSample(T0, T0, 900, 120, 8.3, 86.4),
-        SleepSegmentSample(T0, SleepStage.DEEP, T0, T0 + 20 * MIN),
+        SleepSegmentSample(T0, "deep", T0, T0 + 20 * MIN),
         RespRateSample(T0, 14.44),
         TempDeviationSample(T0, 3.7),
     ]

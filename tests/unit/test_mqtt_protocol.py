@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker import mqtt
+from broker.bus import ERR_QUEUE_SIZE, ERR_SUCCESS
 from schemas.errors import BusConnectionError, PublishError
 
 
@@ -192,7 +193,7 @@ async def test_flow_control_queues_beyond_the_brokers_receive_maximum() -> None:
     futures = []
     for i in range(5):
         rc, fut = conn.publish(f"t/{i}", b"x", 1, track=True)
-        assert rc == mqtt.ERR_SUCCESS
+        assert rc == ERR_SUCCESS
         futures.append(fut)
     sent = [await peer.read_packet() for _ in range(2)]
     assert all(first & 0xF0 == mqtt.PUBLISH for first, _ in sent)
@@ -210,7 +211,7 @@ async def test_flow_control_queues_beyond_the_brokers_receive_maximum() -> None:
         await asyncio.wait_for(futures[1], 5)
     # the queue is bounded: ERR_QUEUE_SIZE, never a silent drop
     codes = [conn.publish("t/q", b"x", 1)[0] for _ in range(20)]
-    assert mqtt.ERR_QUEUE_SIZE in codes
+    assert ERR_QUEUE_SIZE in codes
     # the connection ends: what is in flight or queued fails, nothing hangs
     peer.sock.close()
     for fut in futures[2:]:
