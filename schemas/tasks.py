@@ -50,8 +50,7 @@ class TaskScope:
         group, self._group = self._group, None
         if group is None:
             return
-        for task in self._running:  # the scope is over: what still runs stops (the group awaits it below)
-            task.cancel()
+        cancelled = await _cancel_until_done(self._running)  # the scope is over: what still runs stops
         failure: BaseException | None = None
         try:
             await group.__aexit__(exc_type, exc, tb)
@@ -62,6 +61,32 @@ class TaskScope:
                 failure = rest.exceptions[0] if len(rest.exceptions) == 1 else rest
         if failure is not None:
             raise failure
+        if cancelled is not None:  # we were cancelled ourselves while the tasks stopped: that goes on
+            raise cancelled
+
+
+#: Seconds between cancellations of a task that has not stopped yet: longer than any clean stop takes (a bus says
+#: goodbye and waits for its acknowledgements within 4 s), so a task's own clean-up is not cut short.
+RECANCEL_S = 10.0
+
+
+async def _cancel_until_done(tasks: set[asyncio.Task[Any]]) -> asyncio.CancelledError | None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again each ``RECANCEL_S`` those that are not: on
+    Python 3.11 ``asyncio.wait_for`` (in aiomqtt, redis-py) swallows a cancellation that arrives together with the
+    result it waits for (bpo-42130), and a task cancelled once would run on. Returns our own cancellation if one
+    came meanwhile (the caller re-raises it once the tasks are done)."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    cancelled: asyncio.CancelledError | None = None
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+        except asyncio.CancelledError as exc:  # kept and re-raised by the caller: the tasks must end first
+            cancelled = exc
+        for task in pending:
+            task.cancel()
+    return cancelled
 
 
 async def first_of(*jobs: Coroutine[Any, Any, None], name: str = "first_of") -> None:

@@ -34,7 +34,7 @@ from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
-from schemas.tasks import TaskScope, first_of
+from schemas.tasks import RECANCEL_S, TaskScope, first_of
 from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 
@@ -159,6 +159,7 @@ class ClusterMember:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping: dict[int, asyncio.Task[None]] = {}
         self._stop_since: dict[int, float] = {}
+        self._recancel_at: dict[int, float] = {}  # when a stop that has not ended is cancelled again
         self._stop_reported: set[int] = set()
         self._runtimes: dict[int, AgentRuntime] = {}
         self._running: set[int] = set()
@@ -320,6 +321,11 @@ class ClusterMember:
         now = time.monotonic()
         for b, task in self._stopping.items():
             since = self._stop_since.setdefault(b, now)
+            if now >= self._recancel_at.setdefault(b, since + RECANCEL_S):
+                # Again, every RECANCEL_S: on Python 3.11 a library's wait_for can swallow a cancellation
+                # (bpo-42130), and a stop that hangs keeps the bucket from its new owner.
+                self._recancel_at[b] = now + RECANCEL_S
+                task.cancel()
             if now - since > 10 and b not in self._stop_reported:
                 self._stop_reported.add(b)  # a stop should take a second or two: say where it hangs
                 related = {
@@ -331,6 +337,7 @@ class ClusterMember:
                                  related=related)  # fmt: skip
         for b in [b for b in self._stop_since if b not in self._stopping]:
             del self._stop_since[b]
+            self._recancel_at.pop(b, None)
             self._stop_reported.discard(b)
         want = self.target()
         stop = [b for b in self._tasks if b not in want]

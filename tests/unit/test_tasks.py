@@ -120,3 +120,29 @@ async def test_first_of_ends_with_the_first_job_and_cancels_the_others() -> None
     assert ended == ["sleeper"]
     with pytest.raises(Boom):
         await first_of(sleeper(), fail_soon())
+
+
+async def test_a_task_that_swallows_its_first_cancellation_is_cancelled_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's wait_for can swallow a cancellation that comes with its result (bpo-42130): the scope cancels
+    what still runs again until it is done, instead of waiting for ever."""
+    monkeypatch.setattr("schemas.tasks.RECANCEL_S", 0.05)
+    started = asyncio.Event()
+    cancellations: list[int] = []
+
+    async def swallows_once() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancellations.append(1)
+            me = asyncio.current_task()
+            assert me is not None
+            me.uncancel()  # as the 3.11 bug leaves it: the cancellation is gone
+        await asyncio.Event().wait()  # runs on, until cancelled again
+
+    async with asyncio.timeout(10):
+        async with TaskScope() as scope:
+            task = scope.start(swallows_once(), name="swallows-once")
+            await started.wait()
+    assert task.cancelled()
+    assert cancellations == [1]
