@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from broker.bus import MqttProtocol, TransportName
+from broker.bus import BusOptions, MqttProtocol, TransportName
 from schemas.errors import ConfigError
 
 
@@ -64,3 +64,11 @@ def mqtt_choice(protocol: str | None, transport: str | None) -> tuple[MqttProtoc
     if chosen_transport not in ("auto", "native", "paho"):
         raise ConfigError(f"--transport is auto, native or paho, not {chosen_transport!r}")
     return chosen_protocol, chosen_transport  # type: ignore[return-value]  # checked just above
+
+
+def client_options(url: str, name: str) -> BusOptions:
+    """The options of a short-lived command's client (``wearbus shadow``, ``consent``, ``record`` ...): the broker
+    URL and a name, with the MQTT version and client of ``WB_PROTOCOL`` / ``WB_TRANSPORT`` (``3.1.1`` skips the
+    3 s MQTT 5 probe against the embedded broker, which speaks only 3.1.1)."""
+    protocol, transport = mqtt_choice(None, None)
+    return BusOptions(url=url, name=name, protocol=protocol, transport=transport)

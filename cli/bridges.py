@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from broker.logs import configure_logging, get_logger
-from broker.settings import Settings
+from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from devices.bridges.colmi import BleakLink, ColmiRing, RingLink
 from devices.bridges.colmi_emulator import ColmiRingEmulator, Physiology
 from devices.bridges.owntracks import OwnTracksBridge, PhoneMap
@@ -64,6 +64,8 @@ def owntracks(
         ),
     ] = None,
     heartbeat: HeartbeatOpt = 10.0,
+    protocol: ProtocolOpt = None,
+    transport: TransportOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Bridge the OwnTracks app: its locations, regions and battery become a wearbus phone's events.
@@ -74,12 +76,15 @@ def owntracks(
     configure_logging(log_level)
     try:
         parsed = [PhoneMap.parse(m) for m in maps]
+        mqtt = mqtt_choice(protocol, transport)
         config = DeviceConfig(
             url=broker or Settings().broker,
             password=password,
             firmware="owntracks",
             model="owntracks",
             heartbeat_s=heartbeat,
+            protocol=mqtt[0],
+            transport=mqtt[1],
         )
         asyncio.run(_run_owntracks(parsed, config, source, client_id))
     except WearbusError as exc:
@@ -109,6 +114,8 @@ def colmi_ring(
     sync_min: Annotated[float, typer.Option("--sync-min", min=0.05, help="Minutes between syncs of the ring.")] = 30.0,
     seed: Annotated[int, typer.Option("--seed", help="The emulated wearer's seed (with --emulate).")] = 0,
     heartbeat: HeartbeatOpt = 10.0,
+    protocol: ProtocolOpt = None,
+    transport: TransportOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Bridge a Colmi R02 ring (Bluetooth, or --emulate): heart rate, SpO2, steps and battery.
@@ -122,6 +129,7 @@ def colmi_ring(
         check_name(device, "--id")
         if emulate == (address is not None):
             raise ConfigError("give the ring's --address, or --emulate to run without a radio (not both)")
+        mqtt = mqtt_choice(protocol, transport)
         link: RingLink = (
             ColmiRingEmulator(Physiology(seed=seed), interval_s=1.0) if emulate else BleakLink(address or "")
         )
@@ -131,6 +139,8 @@ def colmi_ring(
             firmware="colmi-emulator" if emulate else "colmi",
             model="colmi-r02",
             heartbeat_s=heartbeat,
+            protocol=mqtt[0],
+            transport=mqtt[1],
         )
         asyncio.run(_run_ring(link, user, device, config, sync_min * 60))
     except TopicError as exc:

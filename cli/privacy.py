@@ -22,8 +22,8 @@ from rich.console import Console
 
 from agent.privacy import forget_in_redis, forget_user
 from agent.sealing import new_key_file
-from broker.client import Bus, BusOptions, Outgoing
-from broker.settings import Settings
+from broker.client import Bus, Outgoing
+from broker.settings import Settings, client_options
 from schemas import codec
 from schemas.actions import PURPOSES, ConsentRequest, ConsentState
 from schemas.envelope import make
@@ -94,7 +94,7 @@ def consent_command(
 async def set_consent(url: str, user: str, purpose: str, granted: bool, wait: float) -> bool:
     """Publish a consent change; with ``wait``, return whether the agent's retained state shows it in time."""
     seen = asyncio.Event()
-    async with Bus(BusOptions(url=url, name="consent")) as bus:
+    async with Bus(client_options(url, "consent")) as bus:
         if wait:
             await bus.subscribe(consent_topic(user), 1)
         request = ConsentRequest.model_validate({"purpose": purpose, "granted": granted})
@@ -175,7 +175,7 @@ async def clear_retained(url: str, user: str, *, quiet_s: float = 0.5, within_s:
             retained[raw.topic] = None
             arrived.set()
 
-    async with RawBus(BusOptions(url=url, name="forget"), [on_raw]) as bus, asyncio.timeout(within_s):
+    async with RawBus(client_options(url, "forget"), [on_raw]) as bus, asyncio.timeout(within_s):
         await bus.subscribe(topic_filter, 1)
         with contextlib.suppress(TimeoutError):
             while True:  # until none came for quiet_s

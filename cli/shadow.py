@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from broker.client import Bus, BusOptions
+from broker.client import Bus
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import Settings, client_options
 from broker.shadow import read, wait_applied, write
 from schemas.errors import ConfigError, ContractError, ShadowError, TopicError, WearbusError
 from schemas.shadow import DeviceShadow, ShadowBook, parse_assignments
@@ -136,7 +136,7 @@ def get_command(
 
 
 async def _get(url: str, user: str, dev: DeviceId | None) -> ShadowBook:
-    async with Bus(BusOptions(url=url, name="shadow-get")) as bus:
+    async with Bus(client_options(url, "shadow-get")) as bus:
         return await read(bus, user, dev)
 
 
@@ -179,7 +179,7 @@ def set_command(
 async def _set(
     url: str, dev: DeviceId, patch: dict[str, Any], by: str, version: int | None, wait: float
 ) -> DeviceShadow:
-    async with Bus(BusOptions(url=url, name="shadow-set")) as bus:
+    async with Bus(client_options(url, "shadow-set")) as bus:
         desired = await write(bus, dev, patch, by=by, expected_version=version)
         if wait:
             try:

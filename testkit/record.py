@@ -35,10 +35,10 @@ from typing import IO, Annotated, Any, Protocol
 
 import typer
 
-from broker.client import Bus, BusOptions, Outgoing
+from broker.client import Bus, Outgoing
 from broker.files import open_private
 from broker.logs import configure_logging
-from broker.settings import Settings
+from broker.settings import Settings, client_options
 from schemas import codec
 from schemas.envelope import now_ms
 from schemas.errors import ConfigError, WearbusError
@@ -472,7 +472,7 @@ async def _record(
         typer.echo(f"recording {' '.join(filters)} to {out} (Ctrl-C to stop)", err=True)
 
     try:
-        async with RawBus(BusOptions(url=url, name="record")) as bus, asyncio.TaskGroup() as tasks:
+        async with RawBus(client_options(url, "record")) as bus, asyncio.TaskGroup() as tasks:
             tasks.create_task(announce())
             await record(
                 bus, filters, out, seconds=seconds, count=count, started=started, include_health=include_health
@@ -506,7 +506,7 @@ def replay_command(
 
 async def _replay(url: str, file: Path, speed: float, topics: list[str] | None, loop: int) -> None:
     records = load_recording(file)  # fail on a bad file before connecting
-    async with Bus(BusOptions(url=url, name="replay")) as bus:
+    async with Bus(client_options(url, "replay")) as bus:
         n = await replay(bus, records, speed, topics, loop)
     typer.echo(f"replayed {n} message(s) from {file}", err=True)
 

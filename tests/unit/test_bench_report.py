@@ -122,6 +122,9 @@ def test_ratio_rows_carry_the_ratio() -> None:
     assert rows["utterance to glasses under load (100 users) p50"].baseline == "paho RTT load p50"
     assert rows["p50 under load / paho RTT idle"].ratio == pytest.approx(2.0)
     assert rows["utterance to glasses idle p50"].ratio == pytest.approx(1.5)  # idle against idle
+    assert rows["utterance to glasses idle p50"].target == "<= 2x"  # the targets hold idle too
+    assert rows["utterance to glasses idle p50"].met is True
+    assert rows["utterance to glasses idle p99"].target == "<= 5x"
 
 
 def test_missing_sections_give_fewer_rows_not_errors() -> None:
