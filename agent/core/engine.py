@@ -395,6 +395,7 @@ class AgentCore:
         if not body.final:
             return
         turn.ctx.talk.spoke_on[dev.kind] = dev.name  # its answers go back where the user spoke
+        turn.heard_on = dev.kind
         self._awake(turn)
         tag = body.lang
         normal: str | None = None  # body.text normalised, once it is needed

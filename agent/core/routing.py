@@ -69,9 +69,11 @@ class Turn:
         now: agent time.
         corr: the id of the event that causes what is sent.
         outcome: what the call produces.
+        heard_on: the kind of device the user just spoke to, when this turn answers what they said there (in a
+            quiet setting with nothing to show an answer on, it goes back into the earphones they asked through).
     """
 
-    __slots__ = ("cfg", "corr", "ctx", "now", "outcome", "profile")
+    __slots__ = ("cfg", "corr", "ctx", "heard_on", "now", "outcome", "profile")
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class Turn:
         self.now = now
         self.corr = corr
         self.outcome = outcome
+        self.heard_on: str | None = None
 
     def because(self, corr: str) -> Turn:
         """The same turn, with commands caused by another event."""
@@ -161,7 +164,9 @@ class Turn:
 def chain(turn: Turn, out: Output) -> list[str]:
     """The channels to try, best first: a card on worn glasses, speech in the ear, then the phone.
 
-    In a quiet setting nothing is spoken aloud; a confirmation's phone fallback is a prompt the user can tap.
+    In a quiet setting nothing is spoken aloud, and a confirmation's phone fallback is a prompt the user can tap;
+    an answer to what the user just said into the earphones goes back into them when nothing can show it (an
+    answer nobody receives is worse than a whisper in the ear).
     """
     return _chain(turn, out, hush=quiet(turn.ctx, turn.now, turn.cfg, turn.profile))
 
@@ -178,6 +183,8 @@ def _chain(turn: Turn, out: Output, *, hush: bool) -> list[str]:
         channels.append("speak_glasses")
     if online(ctx, "phone") is not None:
         channels.append("prompt" if out.prompt_id else "notify")
+    if not channels and turn.heard_on == "earphones" and usable(ctx, "earphones") is not None:
+        channels.append("speak_ear")  # quiet, and nothing to show it on: the ear they asked through, not silence
     return channels
 
 

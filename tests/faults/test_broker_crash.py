@@ -66,7 +66,8 @@ async def test_events_queued_for_an_offline_agent_survive_broker_kill9(
     counts = Counts("broker-kill9 queued")
     rng = random.Random(7)
     emitted: list[str] = []
-    async with secure_broker(creds) as broker, contextlib.AsyncExitStack() as stack:
+    # Killed with SIGKILL: the deployed persistence (a save per change) is what is under test.
+    async with secure_broker(creds, autosave_on_changes=True) as broker, contextlib.AsyncExitStack() as stack:
         agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
         stack.push_async_callback(agent.stop)
         db = AgentDb(agent.db)
@@ -136,7 +137,8 @@ async def test_a_live_stream_survives_broker_kill9(
     counts = Counts("broker-kill9 live")
     rng = random.Random(11)
     emitted: list[str] = []
-    async with secure_broker(creds) as broker, contextlib.AsyncExitStack() as stack:
+    # Killed with SIGKILL: the deployed persistence (a save per change) is what is under test.
+    async with secure_broker(creds, autosave_on_changes=True) as broker, contextlib.AsyncExitStack() as stack:
         agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
         stack.push_async_callback(agent.stop)
         db = AgentDb(agent.db)

@@ -72,7 +72,8 @@ async def test_a_flood_does_not_starve_another_user_and_is_sampled_on_the_dlq(
 
         asked = time.monotonic()
         ears.emit(Utterance(text="what's my heart rate"))
-        await wait_for(lambda: sum(ears.carried.values()) > 0, "bob's answer during the flood", 60)
+        # A ceiling, not a timing: the answer's latency is reported (other_user_answer_s), never asserted.
+        await wait_for(lambda: sum(ears.carried.values()) > 0, "bob's answer during the flood", 150)
         answered_s = time.monotonic() - asked
         ids = {env.id for env in flood}
 

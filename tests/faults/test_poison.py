@@ -53,8 +53,7 @@ async def test_poison_ends_on_the_dlq_acknowledged_and_never_comes_back(
 ) -> None:
     creds = fleet(["alice", "bob"])
     counts = Counts("poison")
-    # Never killed: saved once a second (a save per change rewrites ~20 MB of queued poison 1,050 times).
-    async with secure_broker(creds, autosave_on_changes=False) as broker, contextlib.AsyncExitStack() as stack:
+    async with secure_broker(creds) as broker, contextlib.AsyncExitStack() as stack:
         observer = await stack.enter_async_context(Observer(broker.url, TAP.username, TAP.password))
         agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
         stack.push_async_callback(agent.stop)
@@ -110,8 +109,7 @@ async def test_rejected_before_the_connection_is_up_is_dead_lettered_and_acknowl
     creds = fleet(["alice", "bob"])
     counts = Counts("rejected-early")
     garbage = 50
-    # Never killed: saved once a second (a save per change rewrites ~20 MB of queued poison 1,050 times).
-    async with secure_broker(creds, autosave_on_changes=False) as broker, contextlib.AsyncExitStack() as stack:
+    async with secure_broker(creds) as broker, contextlib.AsyncExitStack() as stack:
         observer = await stack.enter_async_context(Observer(broker.url, TAP.username, TAP.password))
         agent = AgentProcess(broker.url, tmp_path / "agent.db", tmp_path / "agent.log")
         stack.push_async_callback(agent.stop)

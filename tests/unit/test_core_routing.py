@@ -62,6 +62,20 @@ def test_quiet_without_glasses_goes_to_the_phone_not_the_ear() -> None:
     assert of(to(out, Kind.RING), Haptic)
 
 
+def test_quiet_with_only_the_earphones_answers_into_them_not_into_silence() -> None:
+    """Late at night, someone with only earphones asks a question through them: the answer goes back into the ear
+    (nothing can show it); what nobody asked for stays silent."""
+    r = rig(glasses=False)
+    r.state(Kind.PHONE, online=False)
+    r.now += 7 * 60 * MIN + 30 * MIN  # 23:30 local (UTC profile)
+    out = r.say("blah blah", kind=Kind.EARPHONES)
+    assert [c.device.kind for c in out.commands if isinstance(c.body, Speak)] == [Kind.EARPHONES]
+    assert of(to(out, Kind.RING), Haptic)  # and the ring taps, as for anything in a quiet setting
+    r.state(Kind.GLASSES)  # with glasses on the table (online, not worn) nothing changes
+    again = r.say("blah blah", kind=Kind.GLASSES)  # asked through something else: no answer in the ear
+    assert of(again, Speak) == []
+
+
 def test_late_night_is_quiet() -> None:
     r = rig()
     r.now += 7 * 60 * MIN + 30 * MIN  # 23:30 local (UTC profile)
