@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Annotated
 
 import typer
@@ -11,6 +10,7 @@ from rich.console import Console
 
 from broker.logs import configure_logging, get_logger
 from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
+from cli.signals import until_signalled
 from devices.bridges.colmi import BleakLink, ColmiRing, RingLink
 from devices.bridges.colmi_emulator import ColmiRingEmulator, Physiology
 from devices.bridges.owntracks import OwnTracksBridge, PhoneMap
@@ -97,7 +97,7 @@ async def _run_owntracks(maps: list[PhoneMap], config: DeviceConfig, source: str
     async with OwnTracksBridge(maps, config, source_url=source, client_id=cid) as bridge:
         for m in maps:
             log.info("owntracks_bridge", owntracks=f"{m.ot_user}/{m.ot_device}", phone=f"{m.user}/phone/{m.device}")
-        await bridge.run_forever()
+        await until_signalled(bridge.run_forever(), name="owntracks-bridge")
 
 
 def colmi_ring(
@@ -154,8 +154,7 @@ def colmi_ring(
 async def _run_ring(link: RingLink, user: str, device: str, config: DeviceConfig, sync_s: float) -> None:
     async with link, ColmiRing(user, device, link, config, sync_s=sync_s) as ring:
         log.info("colmi_bridge", ring=ring.ident.client_id)
-        with contextlib.suppress(asyncio.CancelledError):
-            await ring.run_forever()
+        await until_signalled(ring.run_forever(), name="colmi-bridge")
 
 
 def register(app: typer.Typer) -> None:
