@@ -237,6 +237,13 @@ def third_party_hr(packets: list[bytes]) -> set[tuple[int, int]]:
     return out
 
 
+def emulator_hr(emulator: ColmiRingEmulator) -> set[tuple[int, int]]:
+    """(sample ms, bpm) of today's 5-minute log as the emulated ring holds it."""
+    now_s = int(emulator.now_s())
+    day_s = now_s - now_s % 86_400
+    return {((day_s + i * 300) * 1000, bpm) for i, bpm in enumerate(emulator.hr_rates(day_s)) if bpm}
+
+
 def third_party_steps(packets: list[bytes]) -> set[tuple[int, int, float, int]]:
     """(quarter start ms, steps, kcal, metres) of what colmi-r02-client's SportDetailParser decodes."""
     out: set[tuple[int, int, float, int]] = set()
@@ -297,8 +304,14 @@ async def test_colmi_bridge_publishes_what_the_third_party_parser_decodes(any_br
         hr_packets = [p for p in emulator.sent if p[0] == CMD_HR_LOG]
         theirs = third_party_hr(hr_packets)
         ours = {(it.src_ts, int(it.bpm)) for it in items if isinstance(it, HeartRate)}
+        # colmi-r02-client drops the last packet of today's log (`if self.is_today() and sub_type == 23`): the
+        # slots from 23:30 UTC, which hold readings only after 23:30. Compared where it reads (the test failed
+        # every evening from 23:30 UTC); that we read those slots is checked against the emulator's own log.
+        cut = _ms(datetime.now(UTC).replace(hour=23, minute=30, second=0, microsecond=0))
+        late = {(t, bpm) for t, bpm in ours if t is not None and t >= cut}
+        assert late <= {(t, bpm) for t, bpm in emulator_hr(emulator) if t >= cut}
         assert len(ours) > 100
-        assert ours == theirs
+        assert ours - late == {(t, bpm) for t, bpm in theirs if t < cut}
         assert all(it.source == "periodic" for it in items if isinstance(it, HeartRate))
 
         # The step quarters: same start, steps, calories and distance.
