@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,12 @@ from broker.memory import MemoryBroker
 from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
 AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
+
+
+def needs_binary(name: str, package: str) -> pytest.MarkDecorator:
+    """Skip a test without ``name`` on a laptop; under CI=true never: the test runs and fails on the missing binary."""
+    missing = shutil.which(name) is None and os.environ.get("CI") != "true"
+    return pytest.mark.skipif(missing, reason=f"{name} is not installed (apt-get install {package})")
 
 
 def require_mosquitto() -> None:

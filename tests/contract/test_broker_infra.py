@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -30,10 +30,15 @@ from broker.embedded import EmbeddedBroker, free_port, hash_amqtt_password, serv
 from broker.mosquitto import AgentCredential, Credentials, DeviceCredential, OperatorCredential, TlsListener
 from schemas.errors import BrokerPortInUse, ConfigError
 from testkit.mosquitto import MosquittoProcess, mosquitto_available
+from tests.conftest import needs_binary
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
-needs_mosquitto = pytest.mark.skipif(not mosquitto_available(), reason="the mosquitto binary is not installed")
+# Skipped without mosquitto on a laptop; under CI=true never (the test runs and fails on the missing binary).
+needs_mosquitto = pytest.mark.skipif(
+    not mosquitto_available() and os.environ.get("CI") != "true",
+    reason="mosquitto is not installed (apt-get install mosquitto)",
+)
 
 WAIT = 10.0  # seconds any single wait may take before the test fails
 NOT_AUTHORIZED = 135
@@ -461,7 +466,7 @@ def make_certs(directory: Path, ip: str) -> tuple[Path, Path, Path]:
 
 
 @needs_mosquitto
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@needs_binary("openssl", "openssl")
 async def test_tls_listener_with_readme_certificates(tmp_path: Path) -> None:
     ca, cert, key = make_certs(tmp_path, "127.0.0.1")
     tls = TlsListener(str(ca), str(cert), str(key), port=free_port(), host="127.0.0.1")

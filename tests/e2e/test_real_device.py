@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from cli.up import default_scenario
+from tests.conftest import needs_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -93,7 +93,7 @@ async def read_action(
                 return topic, envelope
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto clients not installed")
+@needs_binary("mosquitto_pub", "mosquitto-clients")
 async def test_readme_mosquitto_pub_gets_a_json_action_with_and_without_ts(tmp_path: Path) -> None:
     async with up_forever(tmp_path) as (port, timeline):
         sub = await asyncio.create_subprocess_exec(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from schemas.topics import (
     dlq_topic,
     state_topic,
 )
+from tests.conftest import needs_binary
 from tests.contract.test_broker_infra import make_certs
 from tests.faults.harness import (
     TAP,
@@ -59,7 +59,7 @@ pytestmark = [
     pytest.mark.broker,
     pytest.mark.slow,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),
+    needs_binary("openssl", "openssl"),
 ]
 
 

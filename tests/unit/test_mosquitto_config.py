@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -44,6 +43,7 @@ from schemas.errors import ConfigError
 from schemas.events import EVENTS
 from schemas.health import carries_health
 from schemas.topics import DeviceId, Kind, matches
+from tests.conftest import needs_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -92,7 +92,7 @@ def test_verify_rejects_malformed_hashes(encoded: str) -> None:
     assert not verify_password("pw", encoded)
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed")
+@needs_binary("mosquitto_passwd", "mosquitto")
 @pytest.mark.parametrize("password", ["secret", "with spaces and : colons", "pässwörd ∑ €", "x" * 200])
 def test_hash_agrees_with_the_real_mosquitto_passwd(tmp_path: Path, password: str) -> None:
     passwd = tmp_path / "passwd"
