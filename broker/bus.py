@@ -333,8 +333,8 @@ class Transport(Protocol):
     def paused(self) -> bool:
         """Whether reading is paused."""
 
-    def disconnect(self) -> None:
-        """DISCONNECT (no Will) and close."""
+    def disconnect(self, *, will: bool = False) -> None:
+        """DISCONNECT (no Will) and close; with ``will``, close without DISCONNECT (the broker publishes the Will)."""
 
 
 # ---------------------------------------------------------------------------------------------- the shared receive side
@@ -393,6 +393,9 @@ class BusCore:
         self._high_water = max(100, options.receive_maximum)
         self._link = 0
         self._closing = False
+        #: the goodbye was not acknowledged at close: the connection ends without DISCONNECT, so that the broker
+        #: publishes the Will (which says the same) instead of dropping it
+        self._leave_with_will = False
         # Rejected before the connection was up (a persistent session's queue arrives right behind the CONNACK):
         # (link, mid, qos, DLQ topic, dead letter), published and acknowledged once it is (:meth:`_release_held`).
         self._held: list[tuple[int, int, int, str, bytes]] = []
@@ -436,9 +439,12 @@ class BusCore:
         self._closing = True
         goodbye = self.options.goodbye
         if self.connected and goodbye is not None:
-            with contextlib.suppress(BusConnectionError, PublishError, TimeoutError):
+            try:
                 async with asyncio.timeout(_GOODBYE_S):
                     await self.publish_raw(goodbye, wait=True)
+            except (BusConnectionError, PublishError, TimeoutError):
+                # A clean DISCONNECT would drop the Will too, and leave the retained birth saying "online".
+                self._leave_with_will = self.options.will is not None
         await self._drain()
         runner = self._runner
         # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives together

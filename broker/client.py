@@ -313,7 +313,9 @@ class Bus(BusCore):
         try:
             await self._serve(conn, protocol, conn.closed)
         finally:
-            conn.disconnect()  # no-op when the connection is already gone; otherwise no Will for a deliberate end
+            # no-op when the connection is already gone; otherwise no Will for a deliberate end, unless the goodbye
+            # did not reach the broker (then the Will must say it)
+            conn.disconnect(will=self._leave_with_will)
             carried = conn.unacknowledged()
             self.stats.lost += conn.stats.lost
             self.stats.qos0_dropped += conn.stats.qos0_dropped
@@ -713,8 +715,9 @@ class PahoTransport:
         """Never: see :meth:`pause`."""
         return False
 
-    def disconnect(self) -> None:
-        """aiomqtt's context manager sends the DISCONNECT."""
+    def disconnect(self, *, will: bool = False) -> None:
+        """aiomqtt's context manager sends the DISCONNECT, whatever ``will`` asks (paho has no public way to end
+        a connection without one): on the paho transport an unacknowledged goodbye leaves the Will unsent."""
 
     def fail_all(self, error: BusConnectionError) -> None:
         """The connection ended: what waits for a PUBACK fails."""

@@ -239,7 +239,8 @@ class MemoryBus(BusCore):
         if self.connected:
             self._connected.clear()
             self.stats.disconnects += 1
-            self.broker.disconnect(self, self.client_id, will=None)  # a clean DISCONNECT: no Will
+            # a clean DISCONNECT: no Will, unless the goodbye did not get through
+            self.broker.disconnect(self, self.client_id, will=self.options.will if self._leave_with_will else None)
 
     @property
     def connected(self) -> bool:

@@ -1070,12 +1070,16 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ ending
 
-    def disconnect(self) -> None:
-        """Send DISCONNECT (the broker then drops the Will) and close once what is written has gone."""
+    def disconnect(self, *, will: bool = False) -> None:
+        """Send DISCONNECT (the broker then drops the Will) and close once what is written has gone; with ``will``,
+        drop the socket without DISCONNECT instead, so that the broker publishes the Will."""
         if self._transport is not None:
-            self._write(bytes((DISCONNECT, 0)))
-            self._flush()
-            self._transport.close()
+            if will:
+                self._transport.abort()
+            else:
+                self._write(bytes((DISCONNECT, 0)))
+                self._flush()
+                self._transport.close()
         self._connected = False
         self._fail_all(BusConnectionError("disconnected before the broker acknowledged the publish"))
         if not self.closed.done():

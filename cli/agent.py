@@ -52,9 +52,6 @@ def register(app: typer.Typer) -> None:
     from cli.eval import eval_command  # noqa: PLC0415
 
     app.command("eval")(eval_command)
-    from bench.agent import register as register_bench  # noqa: PLC0415
-
-    register_bench(app)
 
 
 def tune_gc() -> None:

@@ -400,9 +400,10 @@ COMMANDS: dict[str, str] = {
     "device": "cli.devices:register",
     "bridge": "cli.bridges:register",
     **dict.fromkeys(
-        ("agent", "report", "consent", "forget", "health-key", "up", "replay-agent", "diff", "eval", "bench"),
+        ("agent", "report", "consent", "forget", "health-key", "up", "replay-agent", "diff", "eval"),
         "cli.agent:register",
     ),
+    "bench": "bench.agent:register",  # not with the agent's: it imports the cluster (redis), 0.8 s of every start
 }
 #: Commands of this module itself: they need no extension of wearbus's own.
 BUILT_IN = ("tap", "pub", "hz", "broker", "schema")

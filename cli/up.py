@@ -37,6 +37,7 @@ from cli.report import percentile, print_summary, summarize, timed_note
 from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
+from schemas.tasks import first_of
 from schemas.topics import Channel
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -148,6 +149,35 @@ class Supervisor:
                     await w
 
 
+#: The bounds of the time ``up`` gives the agent to start before the scenario does (3 times the scenario check's).
+AGENT_LEAD_MIN_S = 1.5
+AGENT_LEAD_MAX_S = 60.0
+#: How long ``up`` waits for the agent's presence before it starts the devices anyway.
+AGENT_START_S = 120.0
+
+
+async def wait_for_agent(timeline: Timeline, sup: Supervisor, agent: Proc, ceiling_s: float) -> bool:
+    """Wait until the agent process's retained presence says online (it subscribes before that birth, so it hears
+    the devices from then on). False after ``ceiling_s`` (a broker whose ACL hides presence from this login).
+
+    Raises:
+        WearbusError: the agent exited for good before it came online.
+    """
+    try:
+        async with asyncio.timeout(ceiling_s):
+            while True:
+                pid = agent.process.pid if agent.process is not None else None
+                if pid is not None and pid in timeline.agents_online.values():
+                    return True
+                if agent.done:
+                    raise WearbusError(f"the agent exited before it came online; see {agent.log}")
+                timeline.births.clear()
+                sup.changed.clear()
+                await first_of(timeline.births.wait(), sup.changed.wait(), name="up.wait_for_agent")
+    except TimeoutError:
+        return False
+
+
 def default_scenario() -> Path:
     """The bundled "day in the life"."""
     return Path(str(resources.files("devices") / "scenarios" / "day_in_the_life.yaml"))
@@ -206,7 +236,8 @@ class Timeline:
         self.latencies: dict[str, float] = {}  # ms from an event to the first action it caused, by event id
         self.last_context: dict[str, str] = {}
         self.online_at: dict[str, int] = {}  # "user/kind/device" -> publish time of its last online birth
-        self.births = asyncio.Event()  # set at every online birth
+        self.births = asyncio.Event()  # set at every online birth (a device's or an agent's)
+        self.agents_online: dict[str, int | None] = {}  # agent instance -> its pid, while its presence says online
 
     def feed(self, message: Message) -> None:
         where = message.where
@@ -253,6 +284,14 @@ class Timeline:
                 self._line(stamp, "blue", f"context/{where.user}", "◆", "fused", brief)
         elif ch is Channel.HEALTH and self.show_health:
             self._line(stamp, "blue", f"health/{where.user}", "♥", "health", _brief(data.get("values") or {}))
+        elif ch is Channel.AGENT_STATE:
+            name = str(where.name)
+            if data.get("online"):
+                pid = data.get("pid")
+                self.agents_online[name] = pid if isinstance(pid, int) else None
+                self.births.set()
+            else:
+                self.agents_online.pop(name, None)
         elif ch is Channel.DLQ:
             # what a device sent and the bus or the agent refused: the reason, where the user looks
             field_note = f" ({data['field']})" if data.get("field") else ""
@@ -335,7 +374,11 @@ async def _up(
     if n_users < 1:
         raise ConfigError("--users must be at least 1")
     anchor = int(time.time() * 1000) + 3000
+    probe_start = time.monotonic()
     loaded = await check_scenario(scenario, anchor)  # every problem of the file, before anything starts
+    # how long a wearbus process takes to start on this machine now (the check is one): the agent takes ~3 times as
+    # long (its parser's tables, its instance claim), and the scenario starts once it listens
+    agent_lead_s = min(AGENT_LEAD_MAX_S, max(AGENT_LEAD_MIN_S, 3 * (time.monotonic() - probe_start)))
     user, duration_s = loaded.user, loaded.duration_ms / 1000
     tz = timezone(timedelta(minutes=loaded.tz_offset_min))
     run_dir = workdir / datetime.now().strftime("run-%Y%m%d-%H%M%S")
@@ -381,7 +424,7 @@ async def _up(
             broker_url = f"mqtt://127.0.0.1:{port}"
             given_protocol = "3.1.1"  # amqtt speaks only 3.1.1: spare every process the MQTT 5 probe
         users = [user] + [f"{user}-{i}" for i in range(2, n_users + 1)]
-        anchor = max(anchor, int(time.time() * 1000) + 1500)
+        anchor = max(anchor, int(time.time() * 1000) + int(agent_lead_s * 1000))
         start_ms = loaded.start_ms
         sim = ["--speed", str(speed), "--sim-anchor", str(anchor), "--sim-start", str(start_ms)]
         # --forever: the agent on the scenario's simulated time, then on the wall clock from the scenario's end
@@ -398,16 +441,24 @@ async def _up(
                 timeline.feed(message)
 
         taps.create_task(tap(), name="up.timeline")
-        await sup.start(Proc("agent", [*wearbus, "agent", "--broker", broker_url, "--db", str(db), "--username",
-                                       "agent", "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt,
-                                       *wall_after],
-                             run_dir / "agent.log"))  # fmt: skip
+        agent = Proc("agent", [*wearbus, "agent", "--broker", broker_url, "--db", str(db), "--username", "agent",
+                               "--password", agent_pw, "--profiles", str(scenario), *sim, *mqtt, *wall_after],
+                     run_dir / "agent.log")  # fmt: skip
+        await sup.start(agent)
         if with_console:
             cport = console_port if port_free(console_port) else free_port()
             health = ["--show-health"] if show_health else []
             await sup.start(Proc("console", [*wearbus, "console", "--broker", broker_url, "--port", str(cport),
                                              *health, *mqtt], run_dir / "console.log", restart=True))  # fmt: skip
             err.print(f"[green]web console:[/] http://127.0.0.1:{cport}/")
+        # The devices start once the agent listens: what they say before would reach nobody (it is not retained).
+        if not await wait_for_agent(timeline, sup, agent, AGENT_START_S):
+            err.print(f"[yellow]the agent's presence did not say online within {AGENT_START_S:.0f} s (see "
+                      f"{agent.log}); starting the devices anyway[/]")  # fmt: skip
+        late_s = time.time() - anchor / 1000
+        if late_s > 0:
+            err.print(f"[yellow]the agent took {late_s + agent_lead_s:.1f} s to start (a busy machine?): the "
+                      f"scenario's first {late_s * speed / 60:.0f} simulated minutes play at once[/]")  # fmt: skip
         for i, u in enumerate(users):
             for kind in KINDS:
                 argv = [*wearbus, "device", kind, "--user", u, "--id", DEVICE_IDS[kind], "--broker", broker_url,

@@ -89,7 +89,7 @@ async def _cancel_until_done(tasks: set[asyncio.Task[Any]]) -> asyncio.Cancelled
     return cancelled
 
 
-async def first_of(*jobs: Coroutine[Any, Any, None], name: str = "first_of") -> None:
+async def first_of(*jobs: Coroutine[Any, Any, object], name: str = "first_of") -> None:
     """Run the jobs until the first one ends, then cancel the others; a job's failure comes out as itself.
 
     ``name``: the tasks are named ``{name}.0``, ``{name}.1``, ...

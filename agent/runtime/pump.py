@@ -164,10 +164,11 @@ class AgentRuntime:
             store = self._given_store or Store(s.db, cipher=cipher, max_mb=s.db_max_mb)
             self._store = await stack.enter_async_context(store)
             await self._restore()
-            self._bus = await stack.enter_async_context(self._bus_factory(await self._bus_options()))
+            bus = self._bus_factory(await self._bus_options())
+            for topic_filter in s.subscriptions:  # made on connect, before the birth: "online" means listening
+                await bus.subscribe(topic_filter, 1)
+            self._bus = await stack.enter_async_context(bus)
             stack.push_async_callback(self._save_at_exit)  # after the tasks end, before the bus and store close
-            for topic_filter in s.subscriptions:
-                await self._bus.subscribe(topic_filter, 1)
             gc.callbacks.append(self._gc_clock)
             stack.callback(gc.callbacks.remove, self._gc_clock)
             await stack.enter_async_context(self._tasks)

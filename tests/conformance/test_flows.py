@@ -446,3 +446,33 @@ async def serve_delayed_acks(broker: FakeBroker, log: list[tuple[int, bytes]]) -
         if first & 0xF0 == mqtt.PUBLISH:
             await asyncio.sleep(0.02)
             await peer.send(packet(mqtt.PUBACK, body[2 + int.from_bytes(body[:2], "big") :][:2]))
+
+
+# ------------------------------------------------------------------------------------------ the goodbye and the Will
+
+
+@pytest.mark.parametrize("acked", [True, False], ids=["goodbye-acknowledged", "goodbye-unanswered"])
+async def test_an_unacknowledged_goodbye_leaves_the_will_to_say_it(broker: FakeBroker, acked: bool) -> None:
+    """A clean close publishes the goodbye, then DISCONNECTs (the broker drops the Will). When the goodbye gets no
+    PUBACK in time (a broker too busy), a DISCONNECT would leave the retained birth saying "online" for good: the bus
+    drops the connection without one instead, so that the broker publishes the Will."""
+    offline = Outgoing("wb/v1/_agent/a-1/state", b"offline", 1, True)
+    opts = BusOptions(
+        url=broker.url, protocol="3.1.1", transport="native", will=offline, goodbye=offline, connect_timeout_s=10
+    )
+    sent: list[tuple[int, bytes]] = []
+
+    async def serve_goodbye() -> None:
+        peer = await broker.accept()
+        await peer.expect(mqtt.CONNECT)
+        await peer.send(connack(False))
+        _, body = await peer.expect(mqtt.PUBLISH)
+        if acked:
+            await peer.send(packet(mqtt.PUBACK, body[2 + int.from_bytes(body[:2], "big") :][:2]))
+        sent.extend(await peer.closed_by_client(10))
+
+    served = asyncio.create_task(serve_goodbye())
+    async with Bus(opts) as bus:
+        await bus.wait_connected(10)
+    await asyncio.wait_for(served, 15)
+    assert [first & 0xF0 for first, _ in sent] == ([mqtt.DISCONNECT] if acked else [])

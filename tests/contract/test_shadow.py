@@ -33,6 +33,7 @@ from testkit.expect import Expect
 from testkit.mosquitto import MosquittoProcess
 from testkit.process import ProcessFactory
 from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, require_mosquitto
+from tests.faults.harness import wait_for
 
 pytestmark = [pytest.mark.broker]
 
@@ -241,6 +242,9 @@ async def test_restart_in_the_middle_of_an_update(any_broker: BrokerUnderTest, t
             await write(bus, RING, {"hr_interval_s": 180}, by="test")
             await reports.until(lambda r: r.version == 2)
             assert second.stats.settings_applied == 1
+            # the broker has the report; the ring counts it once the PUBACK is back (a ring switched off before
+            # that owes it, and reports it again at its next boot: at least once, as a device cannot know)
+            await wait_for(lambda: second.stats.reported >= 2, "the ring to hold its report acknowledged", 20)
         async with RingEmulator(USER, "ring-1", config(url, tmp_path)) as third:
             await third.wait_connected()
             await write(bus, RING, {"haptic_strength": 0.5}, by="test")

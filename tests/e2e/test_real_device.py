@@ -122,7 +122,7 @@ async def test_readme_mosquitto_pub_gets_a_json_action_with_and_without_ts(tmp_p
             )
             assert await pub.wait() == 0
             topic, envelope = await read_action(sub, "u2")
-            assert topic == f"{DEVICE}/cmd/display.nav"
+            assert topic == f"{DEVICE}/cmd/display.nav", (topic, envelope)
         finally:
             sub.terminate()
             await sub.wait()

@@ -38,7 +38,7 @@ def test_built_in_commands_are_the_main_modules_own() -> None:
     [
         (["device", "ring"], ["cli.devices:register"]),
         (["agent", "--broker", "mqtt://127.0.0.1:1"], ["cli.agent:register"]),
-        (["bench", "--full"], ["cli.agent:register"]),
+        (["bench", "--full"], ["bench.agent:register"]),
         (["tap", "wb/v1/#"], []),
         (["--help"], OWN),
         ([], OWN),
@@ -53,6 +53,16 @@ def test_a_device_process_does_not_import_the_agent_or_the_console() -> None:
     probe = (
         "import sys; from cli import main; main.register_extensions(['device', 'ring']); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'agent', 'console', 'bench', 'aiohttp', 'pypinyin'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_agent_process_does_not_import_the_tools_or_the_cluster() -> None:
+    """The agent's start-up is on every `wearbus up`'s critical path: no benchmark, console or Redis client in it."""
+    probe = (
+        "import sys; from cli import main; main.register_extensions(['agent']); import cli.agent; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'bench', 'console', 'aiohttp', 'redis'}))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -15,12 +16,12 @@ import pytest
 from rich.console import Console
 
 from broker.mosquitto import config_from_cli
-from cli.up import Timeline
+from cli.up import Proc, Supervisor, Timeline, wait_for_agent
 from schemas import codec
-from schemas.actions import DeadLetter, DeviceState
+from schemas.actions import AgentState, DeadLetter, DeviceState
 from schemas.clock import SimClock
 from schemas.envelope import make
-from schemas.errors import ValidationFailed
+from schemas.errors import ValidationFailed, WearbusError
 from schemas.events import Utterance
 
 NOV_2025 = 1_764_018_000_000
@@ -185,3 +186,42 @@ def test_a_ring_without_a_haptic_motor_is_not_asked_to_buzz() -> None:
         out = rig.say("blah blah")
         assert of(to(out, Kind.GLASSES), ShowCard)  # the card still comes
         assert bool(of(to(out, Kind.RING), Haptic)) is buzzes
+
+
+async def test_up_starts_the_devices_only_once_its_own_agent_listens(tmp_path: Path) -> None:
+    """`wearbus up` waits for the retained presence of the agent process it started (the agent subscribes before
+    that birth): an utterance sent before would reach nobody. Another agent's presence does not count."""
+    line, _ = timeline()
+    sup = Supervisor()
+    agent = Proc("agent", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "agent.log")
+    await sup.start(agent)
+    try:
+        assert agent.process is not None
+        waiting = asyncio.create_task(wait_for_agent(line, sup, agent, 30))
+
+        def presence(pid: int, online: bool = True) -> None:
+            body = AgentState(online=online, instance="agent-1", pid=pid)
+            line.feed(codec.decode("wb/v1/_agent/agent-1/state", codec.encode(make(body, ts=NOV_2025)), retain=True))
+
+        presence(agent.process.pid + 1)  # someone else's agent
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        presence(agent.process.pid)
+        assert await asyncio.wait_for(waiting, 30) is True
+        presence(agent.process.pid, online=False)
+        assert not line.agents_online
+        assert await wait_for_agent(line, sup, agent, 0.1) is False  # a presence the broker hides: up goes on
+    finally:
+        await sup.stop()
+
+
+async def test_up_says_where_to_look_when_its_agent_exits_before_it_listens(tmp_path: Path) -> None:
+    line, _ = timeline()
+    sup = Supervisor()
+    agent = Proc("agent", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "agent.log", restart=False)
+    await sup.start(agent)
+    try:
+        with pytest.raises(WearbusError, match=r"exited before it came online; see .*agent\.log"):
+            await wait_for_agent(line, sup, agent, 60)
+    finally:
+        await sup.stop()
