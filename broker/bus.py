@@ -38,6 +38,7 @@ from broker.ratelog import Sampler
 from schemas import codec
 from schemas.envelope import Message, make, now_ms
 from schemas.errors import BusConnectionError, ContractError, DecodeError, PublishError
+from schemas.tasks import cancel_until_done
 from schemas.topics import DLQ_PREFIX, Channel, dlq_topic, parse
 
 #: The return codes of :meth:`Transport.publish` and ``_publish_nowait``: paho's values (``MQTTErrorCode``), so the
@@ -447,13 +448,12 @@ class BusCore:
                 self._leave_with_will = self.options.will is not None
         await self._drain()
         runner = self._runner
-        # Cancel until it is done: on Python 3.11 aiomqtt's wait_for can swallow a cancellation that arrives together
-        # with the broker's reply (bpo-42130), which would leave the task running. The task group awaits it.
-        while runner is not None and not runner.done():
-            runner.cancel()
-            await asyncio.wait([runner], timeout=1.0)
+        # cancelled again every second: its clean-up (the DISCONNECT) is quick; the task group awaits it
+        cancelled = await cancel_until_done([runner], every_s=1.0) if runner is not None else None
         self._stopped()
         self._wake()
+        if cancelled is not None:  # our own cancellation, which came while the connection task stopped
+            raise cancelled
 
     # ------------------------------------------------------------------ what a subclass provides
 

@@ -9,7 +9,7 @@ rule), so nothing fails unseen while the owner carries on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -50,7 +50,7 @@ class TaskScope:
         group, self._group = self._group, None
         if group is None:
             return
-        cancelled = await _cancel_until_done(self._running)  # the scope is over: what still runs stops
+        cancelled = await cancel_until_done(self._running)  # the scope is over: what still runs stops
         failure: BaseException | None = None
         try:
             await group.__aexit__(exc_type, exc, tb)
@@ -70,8 +70,11 @@ class TaskScope:
 RECANCEL_S = 10.0
 
 
-async def _cancel_until_done(tasks: set[asyncio.Task[Any]]) -> asyncio.CancelledError | None:
-    """Cancel ``tasks`` and wait until they are done, cancelling again each ``RECANCEL_S`` those that are not: on
+async def cancel_until_done(
+    tasks: Iterable[asyncio.Task[Any]], every_s: float | None = None
+) -> asyncio.CancelledError | None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again every ``every_s`` (default ``RECANCEL_S``)
+    those that are not: on
     Python 3.11 ``asyncio.wait_for`` (in aiomqtt, redis-py) swallows a cancellation that arrives together with the
     result it waits for (bpo-42130), and a task cancelled once would run on. Returns our own cancellation if one
     came meanwhile (the caller re-raises it once the tasks are done)."""
@@ -81,7 +84,7 @@ async def _cancel_until_done(tasks: set[asyncio.Task[Any]]) -> asyncio.Cancelled
     cancelled: asyncio.CancelledError | None = None
     while pending:
         try:
-            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S if every_s is None else every_s)
         except asyncio.CancelledError as exc:  # kept and re-raised by the caller: the tasks must end first
             cancelled = exc
         for task in pending:

@@ -107,11 +107,13 @@ async def broker_under_test(kind: str) -> AsyncIterator[BrokerUnderTest]:
             MemoryBroker.forget(broker.name)
     elif kind == "embedded":
         under = EmbeddedUnderTest(EmbeddedBroker(port=free_port(), users={AGENT_USER: AGENT_PASSWORD}))
-        await under.broker.__aenter__()
-        try:
-            yield under
-        finally:
-            await under.broker.__aexit__(None, None, None)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            speak_311(monkeypatch)  # every test on it, whatever fixture brought it
+            await under.broker.__aenter__()
+            try:
+                yield under
+            finally:
+                await under.broker.__aexit__(None, None, None)
     else:
         require_mosquitto()
         async with MosquittoProcess() as process:
@@ -119,16 +121,14 @@ async def broker_under_test(kind: str) -> AsyncIterator[BrokerUnderTest]:
 
 
 @pytest.fixture(params=["embedded", "mosquitto"])
-async def any_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BrokerUnderTest]:
+async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
     """Each contract test runs once against the embedded broker and once against a private Mosquitto.
 
     amqtt speaks only MQTT 3.1.1, so with the embedded broker every process the test starts skips the MQTT 5 probe
     of protocol "auto" (``WB_PROTOCOL``, read by the commands, as ``wearbus up`` passes it): the probe waits 3 s for
     an answer amqtt never gives, per connection. ``test_auto_falls_back_to_3_1_1_on_the_embedded_broker`` covers it.
     """
-    if request.param == "embedded":
-        speak_311(monkeypatch)
-    async with broker_under_test(request.param) as under:
+    async with broker_under_test(request.param) as under:  # the embedded broker: speak_311
         yield under
 
 

@@ -50,7 +50,7 @@ async def claim_instance(settings: AgentSettings, bus_factory: Callable[[BusOpti
     )  # fmt: skip
     probe = bus_factory(options)
     async with probe:
-        await probe.subscribe(topic, 1)
+        await probe.subscribe(topic, 0)  # the retained state at QoS 0: nothing for this probe to acknowledge
         try:
             return await judge_holder(probe, topic, s.instance, log)
         finally:

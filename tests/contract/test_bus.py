@@ -30,7 +30,6 @@ from tests.conftest import (
     MemoryUnderTest,
     broker_under_test,
     require_mosquitto,
-    speak_311,
 )
 
 pytestmark = [pytest.mark.broker]
@@ -51,12 +50,10 @@ class Target:
 
 
 @pytest.fixture(params=["memory", "embedded-native", "embedded-paho", "mosquitto-native", "mosquitto-paho"])
-async def target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
+async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
     """Every case runs on each broker and, on MQTT brokers, on both transports of the Bus (broker/mqtt.py, and paho
     as WebSocket URLs use it); the in-memory bus has no transport and runs once."""
     kind, _, transport = str(request.param).partition("-")
-    if kind == "embedded":
-        speak_311(monkeypatch)  # amqtt: no 3 s MQTT 5 probe per connection
     async with broker_under_test(kind) as under:
         yield Target(under, transport or "auto")
 
