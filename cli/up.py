@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from importlib import resources
@@ -124,10 +125,11 @@ class Supervisor:
             self.changed.clear()
             await self.changed.wait()
 
-    async def stop(self, names: list[str] | None = None, timeout: float = 10.0) -> None:
-        """SIGTERM the processes (all, or the named ones, last started first), then SIGKILL what is left."""
-        self._stopping = names is None or self._stopping
-        targets = [p for p in reversed(self.procs) if names is None or p.name in names]
+    async def stop(self, *, keep: Collection[str] = (), timeout: float = 10.0) -> None:
+        """SIGTERM the processes (last started first) but those named in ``keep`` (left for a later call), then
+        SIGKILL what is left. From the first call on, nothing is restarted."""
+        self._stopping = True
+        targets = [p for p in reversed(self.procs) if p.name not in keep]
         for p in targets:
             if p.process is not None and p.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -141,7 +143,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     p.process.kill()
                 await p.process.wait()
-        if names is None:
+        if not keep:
             for w in self._watchers:
                 w.cancel()
             for w in self._watchers:
@@ -494,8 +496,13 @@ async def _up(
             raise
         err.print("[yellow]stopping...[/]")
     finally:
-        await sup.stop()
-        await stack.aclose()
+        # all but the broker; then the timeline's bus, which saw their last words and now leaves before its broker
+        # goes (no "connection lost" at the end of every run); then the broker
+        await sup.stop(keep={"broker"})
+        try:
+            await stack.aclose()
+        finally:
+            await sup.stop()
     failed = [p for p in sup.procs if p.finite and (not p.exit_codes or p.exit_codes[-1] != 0)]
     if not db.exists():
         err.print(f"[red]the agent wrote no database at {db}; see {run_dir}/agent.log[/]")

@@ -93,14 +93,37 @@ async def read_action(
                 return topic, envelope
 
 
+READY = "test/mosquitto-sub-ready"  # outside wb/v1/: nothing of wearbus hears it
+
+
+async def subscribed(sub: asyncio.subprocess.Process, port: int) -> None:
+    """Wait until ``mosquitto_sub`` (which has no ready signal) hears: publish to its ``READY`` topic until it
+    prints one (a publish before its subscription reaches nobody, and a busy machine may take seconds)."""
+    assert sub.stdout is not None
+    async with asyncio.timeout(60):
+        while True:
+            pub = await asyncio.create_subprocess_exec(
+                "mosquitto_pub", "-q", "1", "-p", str(port), "-t", READY, "-m", "?"
+            )
+            assert await pub.wait() == 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    while True:
+                        line = (await sub.stdout.readline()).decode()
+                        assert line, "mosquitto_sub ended"
+                        if line.startswith(f"{READY} "):
+                            return
+
+
 @needs_binary("mosquitto_pub", "mosquitto-clients")
 async def test_readme_mosquitto_pub_gets_a_json_action_with_and_without_ts(tmp_path: Path) -> None:
     async with up_forever(tmp_path) as (port, timeline):
         sub = await asyncio.create_subprocess_exec(
-            "mosquitto_sub", "-p", str(port), "-R", "-v", "-t", f"{DEVICE}/cmd/#", stdout=asyncio.subprocess.PIPE
-        )
+            "mosquitto_sub", "-p", str(port), "-R", "-v", "-t", f"{DEVICE}/cmd/#", "-t", READY,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
         try:
-            await asyncio.sleep(1)  # the subscription is in place (mosquitto_sub has no ready signal)
+            await subscribed(sub, port)
             now = int(time.time() * 1000)
             line = f'{{"id":"u1","ts":{now},"data":{{"text":"order my usual noodles","lang":"en","final":true}}}}'
             pub = await asyncio.create_subprocess_exec(
