@@ -235,7 +235,11 @@ async def test_console_page_shows_the_live_stack(
     await bus.publish(desired_topic(user.glasses), make(desired), retain=True, wait=True)
     reported = ShadowReported(version=1, settings=GlassesSettings(brightness=0.8, display_lang="zh"))
     await bus.publish(reported_topic(user.glasses), make(reported), retain=True, wait=True)
-    rows = await until(browser, SHADOW_JS, lambda v: len(v) == 2, "the glasses' settings, desired vs reported")
+
+    def both_shown(rows: list[list[str]]) -> bool:  # the desired may show before the reported has come ("0.3 ← —")
+        return len(rows) == 2 and "0.8" in {k: text for k, _, text in rows}.get("brightness", "")
+
+    rows = await until(browser, SHADOW_JS, both_shown, "the glasses' settings, desired vs reported")
     by_key = {k: (cls, text) for k, cls, text in rows}
     assert "pending" in by_key["brightness"][0]
     assert "0.3 ← 0.8" in by_key["brightness"][1]
