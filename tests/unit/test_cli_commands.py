@@ -49,23 +49,24 @@ def test_a_command_line_loads_only_what_it_runs(argv: list[str], expected: list[
     assert sorted(main.extension_targets(argv)) == sorted(expected)
 
 
-def test_a_device_process_does_not_import_the_agent_or_the_console() -> None:
+def imported(command: list[str], then: str, packages: set[str]) -> str:
+    """Which of ``packages`` a fresh process has imported once the command line's commands are registered (and
+    ``then`` ran): a sorted list, as printed."""
     probe = (
-        "import sys; from cli import main; main.register_extensions(['device', 'ring']); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'agent', 'console', 'bench', 'aiohttp', 'pypinyin'}))"
+        f"import sys; from cli import main; main.register_extensions({command!r}); {then}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {packages!r}))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    return done.stdout.strip() + done.stderr
+
+
+def test_a_device_process_does_not_import_the_agent_or_the_console() -> None:
+    assert imported(["device", "ring"], "pass", {"agent", "console", "bench", "aiohttp", "pypinyin"}) == "[]"
 
 
 def test_the_agent_process_does_not_import_the_tools_or_the_cluster() -> None:
     """The agent's start-up is on every `wearbus up`'s critical path: no benchmark, console or Redis client in it."""
-    probe = (
-        "import sys; from cli import main; main.register_extensions(['agent']); import cli.agent; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'bench', 'console', 'aiohttp', 'redis'}))"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert imported(["agent"], "import cli.agent", {"bench", "console", "aiohttp", "redis"}) == "[]"
 
 
 def test_help_lists_every_command() -> None:
