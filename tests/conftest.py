@@ -152,3 +152,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests marked ``slow`` first (otherwise in their usual order): pytest-xdist hands tests out in this order,
     so the long ones start at once on every worker instead of ending the run on one of them."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test when pytest-xdist's ``--dist loadgroup`` lost its group: the tests of one
+    ``xdist_group`` share something a worker holds (a day of `wearbus up`, the cluster's ports), and split they run
+    it twice at once. pytest 9.2 made xdist 3.8's grouping silently do nothing (pytest-dev/pytest-xdist#1386), hence
+    the pin in pyproject.toml; this check says so if an upgrade brings it back."""
+    if not getattr(item.config.option, "loadgroup", False):  # set on the workers of --dist loadgroup only
+        return
+    if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            "--dist loadgroup did not group this test: pytest-xdist cannot rewrite node ids on this pytest "
+            "(pytest-dev/pytest-xdist#1386); install the versions pyproject.toml names (make clean setup)",
+            pytrace=False,
+        )
