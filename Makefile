@@ -8,11 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.wearbus-installed
 ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist: one worker more than the cores (the tests wait on brokers and processes much of the time: on 2 cores,
-# 3 workers take pytest from ~500 s to ~360 s); the tests of one xdist_group (the two cluster failovers) share a
-# worker. WB_PYTEST_WORKERS=auto is one per core, WB_PYTEST_WORKERS=0 runs everything in one process.
+# pytest-xdist: two workers more than the cores (the tests wait on brokers and processes much of the time: on 2 quiet
+# cores pytest takes ~500 s on 2 workers, ~335 s on 3 with the CPU ~60% busy, ~275 s on 4 with it ~80% busy); the
+# tests of one xdist_group (the cluster failovers; the tests of one `wearbus up` day) share a worker.
+# WB_PYTEST_WORKERS=auto is one per core, WB_PYTEST_WORKERS=0 runs everything in one process.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
-WB_PYTEST_WORKERS ?= $(shell echo $$(( $(CORES) + 1 )))
+WB_PYTEST_WORKERS ?= $(shell echo $$(( $(CORES) + 2 )))
 XDIST := $(if $(filter 0,$(WB_PYTEST_WORKERS)),-p no:xdist,-n $(WB_PYTEST_WORKERS) --dist loadgroup)
 
 .PHONY: help setup up test lint typecheck pytest bench system-deps clean
