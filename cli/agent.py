@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agent.core.config import CoreConfig
+from agent.core.config import CoreConfig, at_speed
 from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
@@ -76,7 +76,14 @@ def agent_command(
     users: Annotated[
         str | None, typer.Option(help="Comma-separated users this instance serves (default: all).")
     ] = None,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="Simulated seconds per wall second. Above 1 (without --wall-after, which ends on the wall clock), "
+            "each timer that waits for a reply across the bus (an ack, a quote, a measurement, an answer to a card, "
+            "an undo) gets 2 s of wall time more."
+        ),
+    ] = 1.0,
     sim_start: Annotated[int | None, typer.Option(help="Simulated start time, ms since the epoch.")] = None,
     sim_anchor: Annotated[int | None, typer.Option(help="Wall time (ms) at which the simulation started.")] = None,
     wall_after: Annotated[
@@ -189,7 +196,7 @@ def agent_command(
         username=username,
         password=password,
         users=frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None,
-        core=config,
+        core=at_speed(config, speed) if wall_after is None else config,
         slow_turn_ms=slow_turn_ms,
         linger_s=linger_ms / 1000,
         db_max_mb=db_max_mb,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from schemas.geo import Place
 from schemas.profile import UserProfile, UsualOrder
 
-__all__ = ["CoreConfig", "Place", "UserProfile", "UsualOrder"]
+__all__ = ["REPLY_TIMERS", "REPLY_WALL_S", "CoreConfig", "Place", "UserProfile", "UsualOrder", "at_speed"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NO_BASELINES: Mapping[str, float] = MappingProxyType({})
@@ -134,3 +135,38 @@ class CoreConfig:
     def profile(self, user: str) -> UserProfile:
         """The profile of ``user`` (the default profile if none is configured)."""
         return self.profiles.get(user, self.default_profile)
+
+
+#: The timers that wait for something to come back across the bus: an acknowledgement, a quote, a spot measurement's
+#: result, a person's answer to a card (two hops: the card out, the click back), an undo.
+REPLY_TIMERS = ("ack_deadline_s", "quote_timeout_s", "measure_timeout_s", "confirm_expiry_s", "undo_window_s")
+_HOUR_S = 3600
+#: The wall time :func:`at_speed` adds to each of them on a fast clock.
+REPLY_WALL_S = 2.0
+
+
+def at_speed(config: CoreConfig, speed: float, wall_s: float = REPLY_WALL_S) -> CoreConfig:
+    """The settings for a clock ``speed`` times faster than the wall (``wearbus up``'s simulated day).
+
+    The broker and the processes are no faster on a fast clock: at x240 the 30 s quote timeout is 125 ms of wall time,
+    and on a busy machine a phone's quote that took 185 ms to come back failed the food order it quoted. Each of
+    :data:`REPLY_TIMERS` gets ``wall_s`` seconds of wall time more, counted in simulated seconds (x240: 480 s), up to
+    an hour (a card's longest ``ttl_s``: a confirmation card stays up as long as it can be answered); the thresholds
+    of the rules and the timers that only watch the clock keep their values. At ``speed`` <= 1 (the wall clock, the
+    default) nothing changes.
+    """
+    if speed <= 1:
+        return config
+    extra = math.ceil(speed * wall_s)
+
+    def longer(value: int) -> int:
+        return max(value, min(value + extra, _HOUR_S))
+
+    return replace(  # the fields of REPLY_TIMERS (tests/unit/test_core_confirm.py checks that they are the same)
+        config,
+        ack_deadline_s=longer(config.ack_deadline_s),
+        quote_timeout_s=longer(config.quote_timeout_s),
+        measure_timeout_s=longer(config.measure_timeout_s),
+        confirm_expiry_s=longer(config.confirm_expiry_s),
+        undo_window_s=longer(config.undo_window_s),
+    )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.core.config import REPLY_TIMERS, CoreConfig, at_speed
 from agent.core.engine import AgentCore
 from agent.core.testing import Rig, config, of, to
 from schemas.actions import MediaControl, Prompt, ShowCard, Speak, TaskCancel, TaskConfirm, TaskStart
@@ -162,6 +167,33 @@ def test_no_quote_fails_after_the_timeout() -> None:
     out = r.tick(31)
     assert out.tasks[-1].state == "failed"
     assert "didn't answer" in texts(out)
+
+
+def test_on_a_fast_clock_a_quote_that_took_185_ms_of_wall_time_still_counts() -> None:
+    """`wearbus up --speed 240` on a busy machine: the phone's quote came back 185 ms after the start, 44.4 simulated
+    seconds, and the 30 s quote timeout had failed the food order it quoted (the day's test, once in ten runs).
+    The agent at that speed (:func:`at_speed`) gives the reply its 2 s of wall time."""
+    for cfg, state in ((config(), "failed"), (at_speed(config(), 240), "awaiting_confirmation")):
+        r = Rig(AgentCore(cfg))
+        r.ready()
+        [start] = of(r.say("Order my usual."), TaskStart)
+        ticked = r.tick(44.4)
+        out = r.send(Kind.PHONE, TaskStatus(task_id=start.task_id, skill="order_food", status="quoted", eta_s=1800))
+        states = [t.state for o in (ticked, out) for t in o.tasks]
+        assert states[-1] == state, (cfg.quote_timeout_s, states)
+
+
+@given(speed=st.floats(min_value=0.01, max_value=100_000), wall_s=st.floats(min_value=0, max_value=60))
+def test_at_speed_lengthens_only_the_reply_timers_and_never_past_an_hour(speed: float, wall_s: float) -> None:
+    base = CoreConfig()
+    fast = at_speed(base, speed, wall_s)
+    for f in dataclasses.fields(base):
+        before, after = getattr(base, f.name), getattr(fast, f.name)
+        if f.name not in REPLY_TIMERS or speed <= 1:
+            assert after == before, f.name
+        else:
+            assert before <= after <= max(before, 3600), f.name
+            assert after == min(before + math.ceil(speed * wall_s), 3600) or after == before, f.name
 
 
 def test_a_second_quote_replaces_the_first_confirmation() -> None:
