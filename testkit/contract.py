@@ -17,8 +17,9 @@ What can be checked soundly from a subscriber's seat (docs/testing.md has the lo
   topics asks the store: a retained channel published during the test must have a retained copy, and it must
   be the last message seen on that topic.
 
-Retained messages delivered when the recorder subscribed were published before the test: they are judged only
-on the topics the test owns (its ``wb_topics`` user, or filters given to :meth:`Contract.own`).
+A test answers for the messages on the topics it owns (its ``wb_topics`` user, or filters given to
+:meth:`Contract.own`) and for live messages on the shared topics (``_agent``, ``_dlq``); not for another user's
+messages (another test's, on a shared broker) nor for retained messages published before it (:func:`answers_for`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from schemas import codec
 from schemas.actions import DeadLetter
 from schemas.errors import BusError, ContractError
 from schemas.export import asyncapi
-from schemas.topics import DLQ_PREFIX, dlq_topic, matches, validate_filter
+from schemas.topics import DLQ_PREFIX, ROOT, dlq_topic, matches, validate_filter
 from testkit.expect import Expect, Seen, fresh_id
 from testkit.raw import RawBus, RawMessage
 
@@ -207,6 +208,31 @@ class _Allowance:
     dlq: bool
 
 
+def user_of(topic: str) -> str | None:
+    """The user whose topics ``topic`` is one of (``wb/v1/{user}/...``), or ``None`` for the shared ones
+    (``wb/v1/_agent/...``, ``wb/v1/_dlq/...``: no user name starts with ``_``) and for topics outside ``wb/v1``."""
+    parts = topic.split("/", 3)
+    if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != ROOT or parts[2].startswith("_"):
+        return None
+    return parts[2]
+
+
+def answers_for(seen: Seen, owned: Sequence[str]) -> bool:
+    """Whether a test that owns the filters ``owned`` answers for a message it saw.
+
+    Always for its own topics. Never for a retained message on somebody else's: it was published before the test.
+    Not for a live message on another user's topics either: a test beside it on a shared broker sent it (pytest-xdist
+    workers, ``--wb-broker``), or a test before it whose message the broker delivered late (amqtt broadcasts from a
+    queue: under load a message published in one test reached the recorder of the next). A live message on the
+    shared topics (the agents' states, the DLQ) is judged. A contract that owns nothing judges every live message.
+    """
+    if any(matches(f, seen.topic) for f in owned):
+        return True
+    if seen.raw.retain:
+        return False
+    return not owned or user_of(seen.topic) is None
+
+
 class Contract:
     """Checks each message an :class:`~testkit.expect.Expect` records; :meth:`finish` raises on any.
 
@@ -253,12 +279,12 @@ class Contract:
         return any(matches(f, topic) for f in self.owned)
 
     def violations(self) -> list[Violation]:
-        """The message-level violations recorded so far, allowed ones included."""
+        """The message-level violations recorded so far that this test answers for (:func:`answers_for`), allowed
+        ones included."""
         out: list[Violation] = []
         for seen in self.expect.records:
-            if seen.raw.retain and not self._owns(seen.topic):
-                continue  # published before this test by someone else
-            out += check(seen, self.specs, qos_exact=self.expect.qos_exact)
+            if answers_for(seen, self.owned):
+                out += check(seen, self.specs, qos_exact=self.expect.qos_exact)
         return out
 
     async def verify(self) -> list[Violation]:

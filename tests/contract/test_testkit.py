@@ -374,19 +374,19 @@ def hr(bpm):
 async def test_bad_payload_fails_at_teardown(wb_bus, wb_topics, wb_expect):
     topic = wb_topics.event("ring", "r1", "sensor", "hr")
     await wb_bus.publish_raw(Outgoing(topic, hr(900), 1, False), wait=True)
-    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 5)
+    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 30)
 
 @pytest.mark.wb_contract
 async def test_allowed_without_dlq_passes(wb_bus, wb_topics, wb_expect, wb_contract):
     topic = wb_topics.event("ring", "r1", "sensor", "hr")
     wb_contract.allow(topic, dlq=False)
     await wb_bus.publish_raw(Outgoing(topic, hr(900), 1, False), wait=True)
-    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 5)
+    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 30)
 
 async def test_unmarked_bad_payload(wb_bus, wb_topics, wb_expect):
     topic = wb_topics.event("ring", "r1", "sensor", "hr")
     await wb_bus.publish_raw(Outgoing(topic, hr(900), 1, False), wait=True)
-    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 5)
+    await wb_expect.until(lambda: wb_expect.rejected(topic) or None, 30)
 
 async def test_failure_report_has_process_output(wb_process, wb_expect):
     proc = await wb_process("tap", "wb/v1/nobody/#")

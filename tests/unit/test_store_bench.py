@@ -16,3 +16,7 @@ async def test_the_dedup_index_dirties_at_most_a_page_an_event() -> None:
     # events (v7's (ts, id) wrote ~0.9 KB, but took a retry with a fresh ts for a new event). More than a 4 KB page
     # an event would mean a page written per event besides the index leaf: a regression.
     assert wal_bytes < 4_096, wal_bytes
+
+
+def test_the_floor_runs_and_costs_something() -> None:
+    assert store_bench.floor(2_000, 200, 100) > 0

@@ -16,7 +16,7 @@ from schemas.errors import ContractError
 from schemas.events import EVENT_QOS, EVENTS, HeartRate, Steps
 from schemas.export import asyncapi
 from schemas.topics import EventClass, Kind
-from testkit.contract import ChannelSpec, channel_specs, check, match_channel
+from testkit.contract import ChannelSpec, answers_for, channel_specs, check, match_channel, user_of
 from testkit.expect import Seen
 from testkit.raw import RawMessage
 
@@ -157,3 +157,27 @@ def test_a_channel_carrying_another_body_is_flagged() -> None:
     assert violation.rule == "message"
     assert violation.detail == "channel odd carries Steps, the codec decoded HeartRate"
     assert [v.rule for v in check(_seen(HR, _hr(70)), [], qos_exact=True)] == ["channel"]
+
+
+def test_a_test_answers_for_its_own_topics_and_the_shared_ones_not_another_users() -> None:
+    """On a shared broker (pytest-xdist, --wb-broker) or after a late delivery (amqtt under load delivered the last
+    test's bad reading to the next test's recorder: a suite run failed on it), another user's bad message is not this
+    test's violation; its own and the shared topics' are."""
+    owned = ["wb/v1/alice/#"]
+    bad = _hr(900)
+    assert answers_for(_seen(HR, bad), owned)
+    assert not answers_for(_seen(HR.replace("alice", "bob"), bad), owned)
+    assert answers_for(_seen("wb/v1/_agent/a1/state", bad), owned)  # shared: an agent's state
+    assert answers_for(_seen("wb/v1/_dlq/schema", bad), owned)
+    assert not answers_for(_seen("wb/v1/bob/ring/r1/state", bad, retain=True), owned)  # retained: from before
+    assert answers_for(_seen(STATE, bad, retain=True), owned)  # retained, but on its own topics
+    assert not answers_for(_seen("wb/v1/_agent/a1/state", bad, retain=True), owned)
+    assert answers_for(_seen(HR.replace("alice", "bob"), bad), [])  # owning nothing: every live message
+
+
+@given(user=NAMES, rest=st.sampled_from(["ring/r1/evt/sensor/hr", "agent/context", "glasses/g1/cmd/display.card"]))
+def test_user_of_reads_the_user_of_every_user_topic_and_none_of_the_shared(user: str, rest: str) -> None:
+    assert user_of(f"wb/v1/{user}/{rest}") == user
+    assert user_of(f"wb/v1/_agent/{user}/state") is None
+    assert user_of(f"wb/v1/_dlq/{user}") is None
+    assert user_of(f"other/v1/{user}/{rest}") is None
