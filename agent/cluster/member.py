@@ -34,7 +34,7 @@ from schemas.actions import AgentState
 from schemas.clock import Clock, WallClock
 from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ConfigError, PublishError, StoreError
-from schemas.tasks import RECANCEL_S, TaskScope, first_of
+from schemas.tasks import RECANCEL_S, TaskScope, first_of, raise_if_cancelling
 from schemas.topics import AGENT_STATES, Channel, agent_state_topic
 
 
@@ -359,16 +359,23 @@ class ClusterMember:
         store = RedisBucketStore(self.redis, s.name, bucket, s.instance, cipher=self._cipher)
         waited_from = time.monotonic()
         force = False
-        while True:
-            force = time.monotonic() - waited_from > s.handoff_timeout_s
-            try:
-                holder = await store.claim(self.live(), force=force, now_ms=self.clock.now_ms())
-            except StoreError as exc:
-                self.log.warning("bucket_claim_failed", bucket=bucket, error=str(exc))
-                holder = "?"
-            if holder is None:
-                break
-            await asyncio.sleep(0.1)  # the holder is alive and releases it once it sees the new membership
+        try:
+            while True:
+                force = time.monotonic() - waited_from > s.handoff_timeout_s
+                try:
+                    holder = await store.claim(self.live(), force=force, now_ms=self.clock.now_ms())
+                except StoreError as exc:
+                    self.log.warning("bucket_claim_failed", bucket=bucket, error=str(exc))
+                    holder = "?"
+                if holder is None:
+                    break
+                await asyncio.sleep(0.1)  # the holder is alive and releases it once it sees the new membership
+        except asyncio.CancelledError:
+            # Stopped while claiming: Redis may have run the claim (with the membership we had when we sent it)
+            # and its answer was lost. Left so, the bucket would stay held by a member that does not serve it,
+            # and its owner would wait on it for ever. This member has no other task on this bucket.
+            await store.abandon()
+            raise
         if force:
             self.log.warning("bucket_forced", bucket=bucket, epoch=store.epoch)
         self.stats.takeovers += 1
@@ -425,8 +432,13 @@ class ClusterMember:
             # (cancelled or failed half-way in, e.g. while subscribing, the runtime closes what it had opened)
             async with runtime:
                 self._runtimes[bucket] = runtime
-                # Serving only once subscribed: a new session captures nothing published before its SUBACK.
-                await subscribed.wait()
+                # Serving only once subscribed: a new session captures nothing published before its SUBACK. While
+                # the bus waits to connect (its guard refuses while another member holds the bucket), the epoch is
+                # watched too: a bucket taken over before it ever served ends here as fenced, not wait for ever.
+                await first_of(subscribed.wait(), self._watch(store), name=f"cluster[{s.instance}].b{bucket}].start")
+                # A stop asked for while the runtime started must not be lost in a library (schemas.tasks): a
+                # bucket that runs on after its stop holds up its new owner until the next cancellation.
+                raise_if_cancelling()
                 self._running.add(bucket)
                 await first_of(runtime.run(), self._watch(store), name=f"cluster[{s.instance}].b{bucket}].first_of")
         except asyncio.CancelledError:

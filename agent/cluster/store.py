@@ -36,6 +36,7 @@ from agent.storage import (
     message_class,
 )
 from schemas.errors import StoreError
+from schemas.tasks import cancellation_kept
 
 
 class FencedError(StoreError):
@@ -56,6 +57,14 @@ return {epoch, ARGV[1]}
 
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'holder', '')
+  return 1
+end
+return 0
+"""
+
+_ABANDON = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'holder', '')
   return 1
 end
@@ -148,6 +157,7 @@ class RedisBucketStore:
         self._saved_users: dict[str, str] = {}
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._abandon = redis.register_script(_ABANDON)
 
     def k_hourly(self, user: str) -> str:
         """The key of a user's hourly aggregates (fields: ``[metric, hour_ms]`` as JSON)."""
@@ -155,9 +165,11 @@ class RedisBucketStore:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Redis errors in the block become :class:`StoreError` (a :class:`FencedError` passes as it is)."""
+        """Redis errors in the block become :class:`StoreError` (a :class:`FencedError` passes as it is); a cancellation
+        redis-py swallowed in the block is raised (:func:`~schemas.tasks.cancellation_kept`)."""
         try:
-            yield
+            with cancellation_kept():
+                yield
         except RedisError as exc:
             raise StoreError(f"Redis {what} for bucket {self.bucket} failed: {exc}") from exc
 
@@ -181,30 +193,44 @@ class RedisBucketStore:
 
     async def release(self) -> bool:
         """Give the bucket up (so the next owner need not wait); false when it was already taken."""
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError), cancellation_kept():
             return bool(await self._release(keys=[self.k_meta], args=[str(self.epoch), self.member]))
+        return False
+
+    async def abandon(self) -> bool:
+        """Give the bucket up if this member holds it, whatever the epoch: for a claim whose answer was lost (the
+        claiming task was cancelled while Redis ran it), so the bucket is not left held by a member that does not
+        serve it. Only for a member with no other task on this bucket. False when it held nothing (or on a Redis
+        error: the new owner then takes it over after its hand-over timeout)."""
+        with contextlib.suppress(RedisError), cancellation_kept():
+            return bool(await self._abandon(keys=[self.k_meta], args=[self.member]))
         return False
 
     async def holder(self) -> tuple[str, int]:
         """The current holder (empty when released) and epoch."""
-        meta = await self.redis.hgetall(self.k_meta)
+        with cancellation_kept():
+            meta = await self.redis.hgetall(self.k_meta)
         return _s(meta.get(b"holder", b"")), int(meta.get(b"epoch", 0))
 
     async def _fenced(self, build: Callable[[Any], None]) -> None:
         """Run ``build(pipeline)`` as one transaction, only while this member's epoch is current."""
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.k_meta)
-                current = await pipe.hget(self.k_meta, "epoch")
-                if current is None or int(current) != self.epoch:
-                    raise FencedError(f"bucket {self.bucket} was taken over (epoch {_s(current)}, ours {self.epoch})")
-                pipe.multi()
-                build(pipe)
-                await pipe.execute()
+            with cancellation_kept():
+                await self._fenced_once(build)
         except WatchError as exc:
             raise FencedError(f"bucket {self.bucket} was taken over during a write") from exc
         except RedisError as exc:
             raise StoreError(f"Redis write for bucket {self.bucket} failed: {exc}") from exc
+
+    async def _fenced_once(self, build: Callable[[Any], None]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.k_meta)
+            current = await pipe.hget(self.k_meta, "epoch")
+            if current is None or int(current) != self.epoch:
+                raise FencedError(f"bucket {self.bucket} was taken over (epoch {_s(current)}, ours {self.epoch})")
+            pipe.multi()
+            build(pipe)
+            await pipe.execute()
 
     # ------------------------------------------------------------------ the AgentStore protocol
 

@@ -110,8 +110,28 @@ async def wait_stable(
         if running == want and sum(len(v) for v in view.values()) == len(want):
             return view
         if time.monotonic() > deadline:
-            raise AssertionError(f"buckets not settled after {within:g} s: {view}")
+            why = await diagnose(redis, cluster, members)
+            raise AssertionError(f"buckets not settled after {within:g} s: {view}\n{why}")
         await asyncio.sleep(0.25)
+
+
+async def diagnose(redis: Any, cluster: str, members: list[Member], lines: int = 12) -> str:
+    """What each member reports in Redis, whether its process lives, and the last warnings of its log."""
+    out = []
+    for m in members:
+        fields = await redis.hgetall(f"wb:{cluster}:member:{m.name}")
+        shown = {k.decode(): v.decode() for k, v in fields.items() if k != b"running"}
+        state = "not started" if m.process is None else m.process.returncode
+        out.append(f"--- {m.name} (pid {m.process.pid if m.process else '-'}, exit {state}): {shown}")
+        try:
+            text = m.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            out.append(f"    (no log: {exc})")
+            continue
+        noisy = ('"info"', '"debug"', '"pump_turn_slow"')
+        out += ["    " + line[:400] for line in [x for x in text if not any(n in x for n in noisy)][-lines:]]
+        out += ["    (last info) " + line[:400] for line in text[-3:]]
+    return "\n".join(out)
 
 
 async def device_loop(bus: Any, user: str, kind: str, device: str, stop_at: float, traffic: Traffic) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
@@ -172,3 +173,27 @@ async def test_the_next_holder_learns_where_each_device_was(redis: Any) -> None:
     await a.commit_batch([event("e4", 4), event("e3", 3)], [], [], [])  # handled last: 3
     assert await a.last_seqs() == {("alice", "ring", "r1"): 3}
     assert await store(redis, "c-a2", bucket=4).last_seqs() == {}
+
+
+async def test_a_task_cancelled_while_it_talks_to_redis_stops(redis: Any) -> None:
+    """redis-py sends each command through ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that
+    arrives as the send completes: a bucket stopped while it restored then ran on, unseen, for 10 s (until cancelled
+    again) and held up its hand-over. The store raises such a cancellation; here 64 tasks read the store in a loop
+    and are cancelled together, 20 times: every one of them must end cancelled (without the store's check, one task
+    went on in each of the 20 rounds, in each of three runs)."""
+    s = store(redis, "c-a1")
+    assert await s.claim({"c-a1"}) is None
+    went_on = 0
+    for round_ in range(20):
+
+        async def reader() -> None:
+            for _ in range(200):  # bounded: a task whose cancellation was lost ends here, and is counted
+                await s.holder()
+                await s.resolutions()
+
+        tasks = [asyncio.create_task(reader()) for _ in range(64)]
+        await asyncio.sleep(0.001 * (round_ % 5))
+        asked = [task.cancel() for task in tasks]  # false for a task already done
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        went_on += sum(a and not isinstance(r, asyncio.CancelledError) for a, r in zip(asked, results, strict=True))
+    assert went_on == 0

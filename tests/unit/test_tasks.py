@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from schemas.tasks import TaskScope, first_of
+from schemas.tasks import TaskScope, cancellation_kept, first_of, raise_if_cancelling
 
 
 class Boom(Exception):
@@ -146,3 +146,73 @@ async def test_a_task_that_swallows_its_first_cancellation_is_cancelled_again(mo
             await started.wait()
     assert task.cancelled()
     assert cancellations == [1]
+
+
+async def swallowing_call() -> str:
+    """A library call that swallows a cancellation (as Python 3.11's wait_for does when the result is ready)."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        return "result"
+    return "late"
+
+
+async def test_a_cancellation_swallowed_in_the_block_is_raised_at_its_end() -> None:
+    after: list[str] = []
+
+    async def job() -> None:
+        with cancellation_kept():
+            await swallowing_call()
+        after.append("went on")  # pragma: no cover (must not run)
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert after == []
+
+
+async def test_a_cancellation_handled_on_purpose_is_not_raised_again() -> None:
+    async def job() -> str:
+        with cancellation_kept():
+            try:
+                async with asyncio.timeout(0.01):  # its own cancellation, taken back as TimeoutError
+                    await asyncio.sleep(10)
+            except TimeoutError:
+                return "timed out"
+        return "not reached"  # pragma: no cover
+
+    assert await asyncio.create_task(job()) == "timed out"
+
+
+async def test_clean_up_after_a_delivered_cancellation_is_not_cut_short() -> None:
+    cleaned: list[str] = []
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:  # the task is being cancelled (cancelling() == 1): the clean-up's own calls still complete
+            with cancellation_kept():
+                await asyncio.sleep(0)
+            cleaned.append("saved")
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["saved"]
+
+
+async def test_raise_if_cancelling_raises_a_swallowed_cancellation_later() -> None:
+    async def job() -> None:
+        await swallowing_call()
+        raise_if_cancelling()
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    raise_if_cancelling()  # the test's own task: nothing pending
