@@ -95,9 +95,8 @@ class ChatResolver:
         """An intent for the sentence, or None."""
         lang = lang or detect_lang(text)
         try:
-            reply = await asyncio.wait_for(
-                asyncio.to_thread(self._post, self.request(text, lang)), self.config.timeout_s + 1
-            )
+            async with asyncio.timeout(self.config.timeout_s + 1):
+                reply = await asyncio.to_thread(self._post, self.request(text, lang))
         except (TimeoutError, ResolverError, ConfigError) as exc:
             self.log.warning("llm_unavailable", error=str(exc))
             return None

@@ -130,7 +130,8 @@ async def measure_broker(url: str, users: int, n: int) -> list[str]:
     async with Bus(read_options) as reader:
         t = time.perf_counter()
         await reader.subscribe(topic, 1)
-        await asyncio.wait_for(arrived.wait(), 30)
+        async with asyncio.timeout(30):
+            await arrived.wait()
         takeover = time.perf_counter() - t
         await reader.publish_raw(Outgoing(topic, b"", 1, True), wait=True)  # clear the retained message
     return [

@@ -242,7 +242,8 @@ class Fleet:
                 self._keepalive(now)
             wake = min(heap[0][0] if heap else until, next_report, until)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, min(wake - loop.time(), 0.05)))
+                async with asyncio.timeout(max(0.0, min(wake - loop.time(), 0.05))):
+                    await stop.wait()
 
     def _keepalive(self, now: float) -> None:
         for dev in self.devices:

@@ -153,7 +153,8 @@ async def wait_port(host: str, port: int, timeout: float, proc: asyncio.subproce
         if proc is not None and proc.returncode is not None:
             raise BusError(f"the broker process exited with {proc.returncode} before listening on {port}")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+            async with asyncio.timeout(1.0):
+                _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError):
             await asyncio.sleep(0.05)
             continue
@@ -190,7 +191,8 @@ async def stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> int | N
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)  # its own group (start_new_session): it and its children only
         try:
-            return await asyncio.wait_for(proc.wait(), wait)
+            async with asyncio.timeout(wait):
+                return await proc.wait()
         except TimeoutError:
             continue
     return proc.returncode
@@ -204,7 +206,8 @@ async def run_json(argv: Sequence[str], log: Path, timeout: float) -> dict[str, 
     """
     proc = await spawn(argv, log, stdout_pipe=True)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
     except TimeoutError:
         await stop(proc)
         raise BusError(f"{' '.join(argv[:4])} did not finish within {timeout:g} s; see {log}") from None
@@ -420,7 +423,8 @@ async def mosquitto_sub(
         argv += ["-E"] + (["-c"] if action == "prepare" else [])
         proc = await spawn(argv, log)
         try:
-            code = await asyncio.wait_for(proc.wait(), 15)
+            async with asyncio.timeout(15):
+                code = await proc.wait()
         except TimeoutError:
             await stop(proc)
             code = -1
@@ -428,7 +432,8 @@ async def mosquitto_sub(
     argv += ["-c", "-C", str(expected), "-W", str(int(max_s)), "-F", "%U"]
     proc = await spawn(argv, log, stdout_pipe=True)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), max_s + 10)
+        async with asyncio.timeout(max_s + 10):
+            out, _ = await proc.communicate()
     except TimeoutError:
         await stop(proc)
         out = b""
@@ -486,7 +491,8 @@ async def echo_agent(broker: BrokerHandle, workdir: Path, max_s: float) -> Async
                        stdout_pipe=True)  # fmt: skip
     try:
         assert proc.stdout is not None  # noqa: S101
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        async with asyncio.timeout(20):
+            line = await proc.stdout.readline()
         if b"ready" not in line:
             raise BusError(f"the echo agent did not start; see {workdir / 'echo.log'}")
         yield proc.pid
@@ -582,7 +588,8 @@ class FleetGroup:
             if f.reader is not None:
                 # the final "done" report is the last line: read to the end of the pipe, then give up
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(f.reader), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await asyncio.shield(f.reader)
                 f.reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await f.reader
@@ -657,7 +664,8 @@ async def wait_retained(broker: BrokerHandle, topic: str, want: dict[str, Any], 
         try:
             await client.subscribe([(topic, 1)])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(found.wait(), min(1.0, max(0.05, deadline - time.monotonic())))
+                async with asyncio.timeout(min(1.0, max(0.05, deadline - time.monotonic()))):
+                    await found.wait()
         finally:
             client.disconnect()
         if found.is_set():

@@ -71,9 +71,8 @@ class WireClient(asyncio.Protocol):
         """
         loop = asyncio.get_running_loop()
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(client_id, on_message), host, port), timeout
-            )
+            async with asyncio.timeout(timeout):
+                _, proto = await loop.create_connection(lambda: cls(client_id, on_message), host, port)
         except (OSError, TimeoutError) as exc:
             raise BusConnectionError(f"{client_id}: cannot connect to {host}:{port}: {exc}") from exc
         proto._connack = loop.create_future()
@@ -81,7 +80,8 @@ class WireClient(asyncio.Protocol):
                                 password=password, will=will)  # fmt: skip
         proto._write(mqtt.encode_connect(spec))
         try:
-            rc = await asyncio.wait_for(proto._connack, timeout)
+            async with asyncio.timeout(timeout):
+                rc = await proto._connack
         except TimeoutError as exc:
             proto.abort()
             raise BusConnectionError(f"{client_id}: no CONNACK from {host}:{port} within {timeout} s") from exc
@@ -181,7 +181,8 @@ class WireClient(asyncio.Protocol):
         self._window_limit = limit
         self._window = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._window, timeout)
+            async with asyncio.timeout(timeout):
+                await self._window
         finally:
             self._window = None
 
@@ -195,7 +196,8 @@ class WireClient(asyncio.Protocol):
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._suback[pid] = fut
         self._write(mqtt.encode_subscribe(pid, filters, v5=False))
-        await asyncio.wait_for(fut, timeout)
+        async with asyncio.timeout(timeout):
+            await fut
 
     def ping(self) -> None:
         """Send a PINGREQ (keeps an idle connection alive)."""

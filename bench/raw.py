@@ -226,7 +226,8 @@ async def _drain(finished: asyncio.Event, state: dict[str, Any], idle_s: float, 
     seen, seen_at = -1, start
     while not finished.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(finished.wait(), 0.1)
+            async with asyncio.timeout(0.1):
+                await finished.wait()
         now = time.perf_counter()
         if state["n"] != seen:
             seen, seen_at = state["n"], now
@@ -294,7 +295,8 @@ async def gmqtt_receive(spec: dict[str, Any]) -> dict[str, Any]:
         if action in {"prepare", "clear"}:
             for f in spec["filters"]:
                 client.subscribe(f, qos=int(spec["qos"]))
-            await asyncio.wait_for(subscribed.wait(), 10)
+            async with asyncio.timeout(10):
+                await subscribed.wait()
             return {"ok": True}
         await _drain(finished, state, float(spec.get("idle_s", 3)), float(spec.get("max_s", 60)))
         cpu = cpu_seconds() - cpu0

@@ -250,7 +250,8 @@ class EmbeddedBroker:
             _drop_clients(broker)
             try:
                 # amqtt 0.12 can hang in shutdown() while a QoS 1 delivery waits for its PUBACK: bound it.
-                await asyncio.wait_for(broker.shutdown(), 10.0)
+                async with asyncio.timeout(10.0):
+                    await broker.shutdown()
             except TimeoutError:
                 log.warning("embedded_broker_shutdown_timed_out", url=self.url)
                 await _close_listeners(broker)

@@ -254,7 +254,8 @@ class MemoryBus(BusCore):
             BusConnectionError: not connected within ``timeout`` seconds.
         """
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         except TimeoutError:
             raise BusConnectionError(
                 f"could not connect to {self.url} within {timeout:g} s: {self._last_error or 'no answer'}"

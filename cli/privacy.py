@@ -111,7 +111,8 @@ async def set_consent(url: str, user: str, purpose: str, granted: bool, wait: fl
 
         watcher = asyncio.create_task(watch())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(seen.wait(), wait)
+            async with asyncio.timeout(wait):
+                await seen.wait()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
@@ -180,7 +181,8 @@ async def clear_retained(url: str, user: str, *, quiet_s: float = 0.5, within_s:
         with contextlib.suppress(TimeoutError):
             while True:  # until none came for quiet_s
                 arrived.clear()
-                await asyncio.wait_for(arrived.wait(), quiet_s)
+                async with asyncio.timeout(quiet_s):
+                    await arrived.wait()
         for topic in retained:
             await bus.publish_raw(Outgoing(topic, b"", 1, True), wait=True)
     return list(retained)

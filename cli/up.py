@@ -138,7 +138,8 @@ class Supervisor:
             if p.process is None:
                 continue
             try:
-                await asyncio.wait_for(p.process.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await p.process.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     p.process.kill()

@@ -354,7 +354,8 @@ class ConsoleServer:
             self._pages.add(page)
             while not self._closing.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(page.wake.wait(), _PING_S)
+                    async with asyncio.timeout(_PING_S):
+                        await page.wake.wait()
                 if self._closing.is_set():
                     break
                 page.wake.clear()
@@ -374,7 +375,8 @@ class ConsoleServer:
 
     @staticmethod
     async def _write(response: web.StreamResponse, chunk: bytes) -> None:
-        await asyncio.wait_for(response.write(chunk), _WRITE_TIMEOUT_S)
+        async with asyncio.timeout(_WRITE_TIMEOUT_S):
+            await response.write(chunk)
 
     async def _inject(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":

@@ -393,7 +393,8 @@ class Device:
             return not self._outbox
         self._drained.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
         return not self._outbox
 
     async def _flush(self) -> None:

@@ -379,7 +379,8 @@ class Expect:
         await self.bus.subscribe(self._probe_topic, 1)
         await self.bus.publish_raw(Outgoing(self._probe_topic, b"qos-probe", 0, False))
         try:
-            delivered = await asyncio.wait_for(asyncio.shield(self._probe_seen), within)
+            async with asyncio.timeout(within):
+                delivered = await asyncio.shield(self._probe_seen)
         except TimeoutError:
             self.qos_exact = None  # unknown: QoS checks on live messages are skipped
         else:

@@ -202,7 +202,8 @@ class MosquittoProcess:
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), self._stop_timeout)
+                async with asyncio.timeout(self._stop_timeout):
+                    await process.wait()
             except TimeoutError:
                 process.kill()
                 await process.wait()
@@ -307,7 +308,8 @@ class MosquittoProcess:
             if process.returncode is not None:
                 raise BusError(f"mosquitto exited with code {process.returncode} at start; log:\n{self.log_text()}")
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except (OSError, TimeoutError):
                 if time.monotonic() > deadline:
                     await self.stop()

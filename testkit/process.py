@@ -89,7 +89,8 @@ class WearbusProcess:
             AssertionError: still running after ``within`` seconds.
         """
         try:
-            return await asyncio.wait_for(self._proc.wait(), within)
+            async with asyncio.timeout(within):
+                return await self._proc.wait()
         except TimeoutError:
             raise AssertionError(f"{self.name} (pid {self.pid}) still running after {within:g} s") from None
 
@@ -112,7 +113,8 @@ class WearbusProcess:
             return self.returncode
         self._signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(self._proc.wait(), grace)
+            async with asyncio.timeout(grace):
+                return await self._proc.wait()
         except TimeoutError:
             return await self.kill9()
 

@@ -211,7 +211,8 @@ class TcpProxy:
             pipe.abort()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._server.wait_closed()
 
     def cut(self) -> None:
         """Stop forwarding in both directions without closing anything."""
