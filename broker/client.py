@@ -177,13 +177,15 @@ class Bus(BusCore):
         """
         try:
             async with asyncio.timeout(timeout):
-                waits = [asyncio.ensure_future(event.wait()) for event in (self._login_refused, self._connected)]
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiting in waits:
-                        waiting.cancel()
-                    await asyncio.gather(*waits, return_exceptions=True)
+                # A connection may end again before we look (its subscription failed): then wait for the next one.
+                while not self.connected and not self._login_refused.is_set():
+                    waits = [asyncio.ensure_future(event.wait()) for event in (self._login_refused, self._connected)]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for waiting in waits:
+                            waiting.cancel()
+                        await asyncio.gather(*waits, return_exceptions=True)
             if not self.connected:
                 raise BusConnectionError(
                     f"{self.url.redacted()} refused the login: {self._last_error}. Check the username and "
@@ -225,7 +227,10 @@ class Bus(BusCore):
                 await asyncio.sleep(delay)
 
     async def _session(self, protocol: str) -> None:
+        url = self.url
         await self.before_connect()
+        if self.url != url:  # a subclass moved to another node: the log names the broker we talk to now
+            self._log = self._log.bind(broker=self.url.redacted())
         if self.transport == "native":
             await self._session_native(protocol)
         else:

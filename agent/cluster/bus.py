@@ -53,7 +53,14 @@ class PartitionBus(Bus):
         self._hold_s = hold_s
         self._hold_link = 0
         self._hold_until = 0.0
+        self._wanted: dict[str, int] = {}
         self.holds = 0
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """As :meth:`Bus.subscribe`; the filter is also one :meth:`confirm_subscriptions` insists on."""
+        code = await super().subscribe(topic_filter, qos)
+        self._wanted[topic_filter] = qos
+        return code
 
     async def before_connect(self) -> None:
         if self._guard is not None and not await self._guard():
@@ -88,14 +95,20 @@ class PartitionBus(Bus):
         """
         if not self.connected:
             return False
+        # The Bus stops renewing a filter refused on several reconnects in a row (right for an ACL denial), but a
+        # bucket without its partition is deaf while it looks served: NATS refuses with 0x80 only while busy.
+        filters = {**self._wanted, **self.subscriptions}
         try:
-            granted = await self.subscribe_now(list(self.subscriptions.items()))
+            granted = await self.subscribe_now(list(filters.items()))
         except BusConnectionError as exc:
             self.log.warning("subscription_failed", error=str(exc))
             return False
         if any(code >= 0x80 for code in granted):
-            self.log.warning("subscription_refused", filters=list(self.subscriptions), granted=granted)
+            self.log.warning("subscription_refused", filters=list(filters), granted=granted)
             return False
+        for topic_filter, qos in filters.items():
+            if topic_filter not in self.subscriptions:  # dropped by the Bus: renewed on reconnects again
+                await self.subscribe(topic_filter, qos)
         return True
 
     @property
