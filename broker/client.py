@@ -56,6 +56,7 @@ from broker.bus import (
 from broker.url import BrokerUrl
 from schemas import codec
 from schemas.errors import BusConnectionError, PublishError, QosNotSupported, SubscribeRefused
+from schemas.tasks import cancellation_kept
 from schemas.topics import validate_filter
 
 #: The MQTT protocol version a bus asks for (the name callers import).
@@ -339,7 +340,8 @@ class Bus(BusCore):
         client, wire = self._make_client(protocol)
         async with contextlib.AsyncExitStack() as stack:
             try:
-                await stack.enter_async_context(client)
+                with cancellation_kept():  # connected, but stopped meanwhile: the stack disconnects
+                    await stack.enter_async_context(client)
             except aiomqtt.MqttError as exc:
                 raise _connect_error(exc) from exc
             self._client = client
@@ -685,7 +687,8 @@ class PahoTransport:
         granted: list[int] = []
         for topic_filter, qos in filters:
             try:
-                codes = await self._client.subscribe(topic_filter, qos, timeout=timeout)
+                with cancellation_kept():  # aiomqtt waits with asyncio.wait_for (schemas.tasks)
+                    codes = await self._client.subscribe(topic_filter, qos, timeout=timeout)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"subscribe to {topic_filter!r} failed: {exc}") from exc
             granted += [code if isinstance(code, int) else code.value for code in codes]
@@ -695,7 +698,8 @@ class PahoTransport:
         """UNSUBSCRIBE, one filter at a time."""
         for topic_filter in filters:
             try:
-                await self._client.unsubscribe(topic_filter, timeout=timeout)
+                with cancellation_kept():
+                    await self._client.unsubscribe(topic_filter, timeout=timeout)
             except aiomqtt.MqttError as exc:
                 raise BusConnectionError(f"unsubscribe from {topic_filter!r} failed: {exc}") from exc
 
