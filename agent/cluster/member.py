@@ -278,7 +278,11 @@ class ClusterMember:
         if self._online.get(instance) != body.online:
             self.log.info("member_seen", other=instance, online=body.online)
             if not body.online:
-                self._offline_at[instance] = time.monotonic() - age_s
+                # Not dated by its ts: a Will carries the time its member connected, not the time the broker
+                # published it, and NATS delivers it with the retain flag set. Dated so, the Will of a member whose
+                # node just died was minutes old, past the grace, and its buckets moved away and back (a member
+                # long gone is still dead: its last heartbeat is older than member_timeout_s).
+                self._offline_at[instance] = time.monotonic()
         self._online[instance] = body.online
 
     async def _heartbeat(self) -> None:
