@@ -193,17 +193,19 @@ class RedisBucketStore:
 
     async def release(self) -> bool:
         """Give the bucket up (so the next owner need not wait); false when it was already taken."""
-        with contextlib.suppress(RedisError), cancellation_kept():
-            return bool(await self._release(keys=[self.k_meta], args=[str(self.epoch), self.member]))
-        return False
+        return await self._give_up(self._release, str(self.epoch), self.member)
 
     async def abandon(self) -> bool:
         """Give the bucket up if this member holds it, whatever the epoch: for a claim whose answer was lost (the
         claiming task was cancelled while Redis ran it), so the bucket is not left held by a member that does not
         serve it. Only for a member with no other task on this bucket. False when it held nothing (or on a Redis
         error: the new owner then takes it over after its hand-over timeout)."""
+        return await self._give_up(self._abandon, self.member)
+
+    async def _give_up(self, script: Any, *args: str) -> bool:
+        """Run a script that clears the holder; false when it did not (or on a Redis error)."""
         with contextlib.suppress(RedisError), cancellation_kept():
-            return bool(await self._abandon(keys=[self.k_meta], args=[self.member]))
+            return bool(await script(keys=[self.k_meta], args=list(args)))
         return False
 
     async def holder(self) -> tuple[str, int]:

@@ -197,3 +197,15 @@ async def test_a_task_cancelled_while_it_talks_to_redis_stops(redis: Any) -> Non
         results = await asyncio.gather(*tasks, return_exceptions=True)
         went_on += sum(a and not isinstance(r, asyncio.CancelledError) for a, r in zip(asked, results, strict=True))
     assert went_on == 0
+
+
+async def test_abandon_gives_up_only_what_this_member_holds_whatever_the_epoch(redis: Any) -> None:
+    a, b = store(redis, "c-a1"), store(redis, "c-a2")
+    assert await a.claim({"c-a1"}) is None
+    a.epoch = 0  # the claim's answer was lost: the member does not know the epoch it took
+    assert await b.abandon() is False  # not b's
+    assert await b.holder() == ("c-a1", 1)
+    assert await a.release() is False  # release needs the epoch
+    assert await a.abandon() is True
+    assert await b.holder() == ("", 1)
+    assert await b.claim({"c-a1", "c-a2"}) is None  # free: taken at once
