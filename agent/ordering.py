@@ -147,6 +147,10 @@ class OrderGate(Generic[K, T]):
         if lane.sparse:
             lane.last = seq
             return [item]
+        if seq == lane.last + 1 and not lane.held:  # the usual case: in step, nothing waiting (no dict touched)
+            lane.in_step += not first
+            lane.last = seq
+            return [item]
         slot = lane.held.get(seq)
         if slot is None:
             lane.held[seq] = (now_ms, [item])

@@ -35,12 +35,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.core.engine import AgentCore
+from agent.runtime import AgentSettings
 from agent.workers import WorkerShare
 from bench import harness as hx
 from bench import mix
 from bench.fleet import raise_nofile
 from bench.harness import BrokerHandle, FleetGroup, Row
 from bench.loadgen import WireClient
+from bench.store import replay_floor
 from schemas import codec
 from schemas.errors import BusError, WearbusError
 from schemas.topics import DLQ_FILTER, Kind, agent_state_topic, parse
@@ -268,6 +270,11 @@ async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any) -> 
         results["agent_q1"] = await drain_agent(agent, n, max_s)
     finally:
         await agent.stop()
+    say("ingest: the SQLite floor (the agent's stored rows written again with bare sqlite3)")
+    try:
+        results["store_floor"] = await asyncio.to_thread(replay_floor, agent.db, AgentSettings().batch)
+    except sqlite3.Error as exc:
+        say(f"ingest: no SQLite floor: {exc}")
     # its persistent session would otherwise queue everything the later sections publish
     with contextlib.suppress(WearbusError):
         await hx.raw_receiver(broker, hx.Receiver("agent-clear", "paho", 1, agent.instance), "clear", 0, wd,
@@ -540,6 +547,24 @@ def _get(d: dict[str, Any], *path: str) -> Any:
     return d
 
 
+def _floor_rows(tp: dict[str, Any], agent_cpu: float) -> list[Row]:
+    """What any agent that receives through the Bus and stores each event with its dedup key costs, in this run:
+    the Bus's CPU per message (receive, decode, validate, acknowledge) plus the SQLite floor (the agent's own rows and
+    indexes written again with bare sqlite3); and how much of the agent's CPU per event is above it."""
+    store = _get(tp, "store_floor", "cpu_us_per_event")
+    bus = _get(tp, "bus_q1", "cpu_us_per_msg")
+    if not store:
+        return []
+    rows = [Row("agent ingest", "SQLite floor: the agent's rows, bare sqlite3, CPU per event", store, "µs")]
+    if bus:
+        floor = bus + store
+        rows.append(Row("agent ingest", "floor: Bus CPU per message + SQLite floor", floor, "µs",
+                        hx.ratio(floor, CPU_PER_EVENT_US), f"the {CPU_PER_EVENT_US:g} µs target"))  # fmt: skip
+        if agent_cpu:
+            rows.append(Row("agent ingest", "agent CPU per event above that floor", agent_cpu - floor, "µs"))
+    return rows
+
+
 def summarize(report: dict[str, Any]) -> list[Row]:
     """The report's table: absolute figures, ratios to the same run's baselines, and the targets."""
     rows: list[Row] = []
@@ -583,6 +608,7 @@ def summarize(report: dict[str, Any]) -> list[Row]:
         cpu = agent["cpu_us_per_msg"]
         rows.append(Row("agent ingest", "agent CPU per event", cpu, "µs", target=f"<= {CPU_PER_EVENT_US:g} µs",
                         met=None if not cpu else cpu <= CPU_PER_EVENT_US))  # fmt: skip
+        rows.extend(_floor_rows(tp, cpu))
         lost = agent["lost"] + sum(int(tp[c]["lost"]) for c in tp if isinstance(tp[c], dict) and "lost" in tp[c])
         rows.append(Row("agent ingest", "events lost (all receivers)", float(lost), "msgs", target="0", met=lost == 0))
         if tp.get("broker_dropped") is not None:

@@ -9,6 +9,9 @@ alternating runs).
 Beside it, the floor (:func:`floor`): the same rows, batches and dedup query with bare ``sqlite3`` (the store's
 pragmas, no store code) into a table of the id and the payload only. It is what any per-event durable record with a
 dedup key costs in this Python, so the difference to the store's figure is all the store could still save.
+
+:func:`replay_floor` is the same floor for the agent's own rows: ``wearbus bench`` replays the events its agent stored
+in the ingest section into a fresh table of the same schema with bare ``sqlite3``, in the same run.
 """
 
 from __future__ import annotations
@@ -83,6 +86,46 @@ def floor(n: int, devices: int, batch: int) -> float:
         finally:
             con.close()
     return cpu / n * 1e6
+
+
+def replay_floor(source: Path, batch: int, id_like: str = "bk-%") -> dict[str, float]:
+    """CPU µs per event of storing the events of ``source`` whose id is ``LIKE id_like`` again, with bare ``sqlite3``.
+
+    The rows, the events table and its indexes are the agent's own (copied from ``source``, read only); the pragmas
+    are the store's; each batch of ``batch`` rows is a dedup query by id and one transaction, as the pump does. SQLite
+    checkpoints the WAL itself every 1,000 pages (the agent checkpoints on its store's thread, in its own process,
+    so its CPU counts that too). Measured with this thread's CPU time, so nothing else in the process counts.
+    """
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        ddl = "SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND sql IS NOT NULL ORDER BY type DESC"
+        schema = [sql for (sql,) in src.execute(ddl)]  # the table, then its indexes
+        columns = [row[1] for row in src.execute("PRAGMA table_info(events)") if row[1] != "seq"]
+        names = ", ".join(columns)
+        rows = src.execute(f"SELECT {names} FROM events WHERE id LIKE ? ORDER BY seq", (id_like,)).fetchall()  # noqa: S608
+    finally:
+        src.close()
+    key = columns.index("id")
+    insert = f"INSERT OR IGNORE INTO events ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+    with tempfile.TemporaryDirectory(prefix="wearbus-store-replay-") as tmp:
+        con = sqlite3.connect(Path(tmp) / "replay.db", isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            for sql in schema:
+                con.execute(sql)
+            started = time.thread_time()
+            for k in range(0, len(rows), batch):
+                chunk = rows[k : k + batch]
+                marks = ",".join(["?"] * len(chunk))
+                set(con.execute(f"SELECT id FROM events WHERE id IN ({marks})", [r[key] for r in chunk]))  # noqa: S608
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany(insert, chunk)
+                con.execute("COMMIT")
+            cpu = time.thread_time() - started
+        finally:
+            con.close()
+    return {"events": len(rows), "batch": batch, "cpu_us_per_event": cpu / len(rows) * 1e6 if rows else 0.0}
 
 
 def main() -> None:

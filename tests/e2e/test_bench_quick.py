@@ -49,6 +49,10 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, pytestconfig: pytest.C
     for name in RECEIVERS | {n for n in ("paho_q0", "c_q0", "c_q1", "paho5_q1", "bus_paho_q1") if n in tp}:
         assert tp[name]["rate"] > 0, name
         assert tp[name]["lost"] == 0, name
+    floor = tp["store_floor"]  # the agent's own stored rows, written again with bare sqlite3
+    assert floor["events"] == tp["agent_q1"]["received"]
+    assert floor["cpu_us_per_event"] > 0
+    assert report["ratios"]["floor: Bus CPU per message + SQLite floor"] > 0
     lat = report["latency"]
     assert set(lat) >= LATENCIES
     for name in LATENCIES:
