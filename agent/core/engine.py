@@ -292,6 +292,12 @@ class AgentCore:
         """Users with a context."""
         return list(self._users)
 
+    def timed_users(self) -> list[str]:
+        """Users with a timer of seconds running: an output waiting for its ack (or held while asleep), a
+        confirmation, a question, an undo window, a measurement, a guess asked back, a quote, a settings
+        confirmation. Their ticks are due within seconds; every other timer is minutes apart."""
+        return [user for user, ctx in self._users.items() if _timed(ctx)]
+
     def context(self, user: str) -> UserContext | None:
         """The live context of a user (for inspection and tests)."""
         return self._users.get(user)
@@ -624,6 +630,22 @@ class AgentCore:
 
     def _task_status(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: TaskStatus) -> None:
         tasks.on_status(turn, body, env.corr)
+
+
+def _timed(ctx: UserContext) -> bool:
+    """Whether a timer of seconds runs for this user (see :meth:`AgentCore.timed_users`)."""
+    talk = ctx.talk
+    return bool(
+        ctx.outputs
+        or ctx.held
+        or talk.pending is not None
+        or talk.asking is not None
+        or talk.undo is not None
+        or talk.measure
+        or talk.guess
+        or ctx.settings.pending is not None
+        or any(task.state == "quoting" for task in ctx.tasks.values())
+    )
 
 
 def _sizes(out: Outcome) -> tuple[int, ...]:

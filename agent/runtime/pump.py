@@ -5,8 +5,9 @@ One pump task does everything in order, so the core never runs concurrently with
 1. take what has arrived (up to a batch) from the bus, or wait at most one tick interval;
 2. drop envelope ids already processed (the store's ``events`` table is the dedup set) and refuse what fails
    admission (timestamps, per-device rate) to the DLQ;
-3. let the timers of the next slice of users fire (``tick``: every user once per ``tick_s``, :data:`TICK_SLICE`
-   users per turn); hand each new message to the core with the simulated time;
+3. let the timers of the next slice of users fire (``tick``: the users with a timer of seconds running once per
+   ``tick_s``, every user once per :data:`FULL_TICK_MS`; :data:`TICK_SLICE` users per turn); hand each new
+   message to the core with the simulated time;
 4. commit events, the actions they caused, tasks and alerts in one SQLite transaction;
 5. publish the actions (QoS 1, waiting for the broker), mark them published;
 6. only then acknowledge the MQTT messages (manual ack on a persistent session).
@@ -72,6 +73,12 @@ PRUNE_EVERY_S = 60.0
 #: Users ticked in one pump turn at most. Every user is ticked once per ``tick_s``, in slices: a tick of thousands
 #: of users at once held the event loop for tens of ms, five times a second, and every event waited behind it.
 TICK_SLICE = 100
+#: Agent ms between two rounds that tick every user. The rounds in between (every ``tick_s``) tick only the users
+#: with a timer of seconds running (:meth:`AgentCore.timed_users`: an action waiting for its ack, a question, an
+#: undo window...); the others' timers (the night's close, leave-now, reminders, the quiet/asleep/moving flags) are
+#: minutes apart. At 2,500 users ticking everyone five times a second was ~10 % of a core. Agent time, so a
+#: simulated clock that runs faster ticks everyone on every round.
+FULL_TICK_MS = 1000
 #: Waiting messages that end a linger (``linger_s``): their turn's fixed cost (a dedup query, a transaction) is
 #: already spread thin, and behind a backlog a linger for more would leave the pump idle while the broker sends.
 LINGER_ENOUGH = 64
@@ -113,7 +120,8 @@ class AgentRuntime:
         self.snapshots = Snapshots(settings.snapshot_s)
         self._next_prune = 0.0  # the health retention: first pass at start
         self._last_tick = 0.0
-        self._tick_users: list[str] = []  # this round of ticks: every user, ticked TICK_SLICE per pump turn
+        self._tick_users: list[str] = []  # this round of ticks, ticked TICK_SLICE per pump turn
+        self._full_tick_ms = 0  # agent time of the last round that ticked every user
         self._tick_pos = 0
         self._last_liveness = 0.0
         self._replaying = False
@@ -346,7 +354,7 @@ class AgentRuntime:
             turn = Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
                 self._last_tick = mono
-                self._tick_users, self._tick_pos = self.core.users, 0
+                self._tick_users, self._tick_pos = self._tick_round(), 0
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     silent = self._liveness.silent_devices(bus, self.clock, self.log)
@@ -379,6 +387,15 @@ class AgentRuntime:
                     self.log.info("health_pruned", rows=pruned)
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
                 self.log.warning("pump_turn_slow", **turn.report())
+
+    def _tick_round(self) -> list[str]:
+        """The users of the next round of ticks: every user once per :data:`FULL_TICK_MS` of agent time, else
+        those with a timer of seconds running."""
+        now = self.clock.now_ms()
+        if now - self._full_tick_ms >= FULL_TICK_MS or now < self._full_tick_ms:
+            self._full_tick_ms = now
+            return self.core.users
+        return self.core.timed_users()
 
     def _tick_slice(self, outcome: Outcome) -> list[TickRow]:
         """Tick the next :data:`TICK_SLICE` users of this round; the tick to store if it changed anything."""

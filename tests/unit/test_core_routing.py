@@ -164,6 +164,26 @@ def test_a_tick_of_some_users_leaves_the_others_timers_alone() -> None:
     assert core.tick(late).commands == []
 
 
+def test_a_user_waiting_for_an_ack_is_timed_until_it_comes_or_the_deadline_passes() -> None:
+    """The runtime ticks only :meth:`AgentCore.timed_users` between its rounds of every user: a card waiting for
+    its ack must be among them (its fallback is due in seconds), an idle user not."""
+    core = AgentCore(config())
+    alice, bob, carol = Rig(core, user="alice"), Rig(core, user="bob"), Rig(core, user="carol")
+    for r in (alice, bob, carol):
+        r.ready()
+    assert core.timed_users() == []  # devices worn and online, nothing asked: every timer is minutes away
+    [card_a] = alice.say("blah blah").commands
+    bob.say("blah blah")
+    assert core.timed_users() == ["alice", "bob"]
+    alice.ack(card_a)
+    assert core.timed_users() == ["bob"]
+    assert bob.tick(6).commands  # past the deadline: the fallback went out and waits for its own ack
+    assert core.timed_users() == ["bob"]
+    for _ in range(5):  # nobody acks: each fallback's deadline passes in turn, down to the last device
+        bob.tick(10)
+    assert core.timed_users() == []
+
+
 def test_an_acked_card_needs_no_fallback_and_shows_in_the_context() -> None:
     r = rig()
     [card] = r.say("blah blah").commands
