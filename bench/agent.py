@@ -22,6 +22,7 @@ import os
 import random
 import shlex
 import sqlite3
+import statistics
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class Sizes:
     scale_window_s: float
     scale_probes: int
     core_users: int
+    ingest_rounds: int = 1
 
 
 QUICK = Sizes(backlog_users=200, backlog_per_user=100, rtt_samples=1000, rtt_warmup=100, probe_users=50,
@@ -83,7 +85,7 @@ QUICK = Sizes(backlog_users=200, backlog_per_user=100, rtt_samples=1000, rtt_war
               scale_probes=0, core_users=200)  # fmt: skip
 FULL = Sizes(backlog_users=1000, backlog_per_user=100, rtt_samples=10_000, rtt_warmup=300, probe_users=50,
              load_users=1000, load_warmup_s=8.0, scale_users=2500, scale_warmup_s=15.0, scale_window_s=60.0,
-             scale_probes=2000, core_users=1000)  # fmt: skip
+             scale_probes=2000, core_users=1000, ingest_rounds=3)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -98,6 +100,8 @@ class BenchOptions:
             named in the report, so a surprising figure can be looked into).
         scale_users: override the number of users of the scale section.
         workers: ``wearbus agent --workers`` of the agent the latency and scale sections measure (1: one process).
+        rounds: drains of the ingest backlog per receiver, each figure the median (None: the mode's, quick 1,
+            full 3).
     """
 
     full: bool = False
@@ -107,6 +111,7 @@ class BenchOptions:
     scale_users: int | None = None
     only: frozenset[str] = SECTIONS
     workers: int = 1
+    rounds: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- the agent process
@@ -242,13 +247,14 @@ class DlqWatch:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any) -> dict[str, Any]:
-    """Raw receivers and the agent drain the same preloaded backlog, one at a time."""
+async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any, rounds: int = 1) -> dict[str, Any]:
+    """Raw receivers and the agent drain the same preloaded backlog, one at a time, ``rounds`` times over.
+
+    Each round preloads the backlog again and drains it with every receiver in turn, the agent last, on a fresh
+    agent database; each receiver's figures are the medians over the rounds (its losses the sum), with every
+    round's figures under ``rounds``: on a shared host one drain swings with its neighbours' load.
+    """
     tag = f"{os.getpid()}-{int(time.time())}"
-    agent = AgentProcess(broker, wd, f"bench-ingest-{tag}")
-    say("ingest: starting the agent once to create its persistent session")
-    await agent.start()
-    await agent.stop()
     cases = hx.receivers(broker, tag)
     for recv in cases:
         await hx.raw_receiver(broker, recv, "prepare", 0, wd, idle_s=1, max_s=15)
@@ -257,28 +263,40 @@ async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any) -> 
     sys_watch = hx.SysWatch()
     await sys_watch.open(broker)
     dropped0 = await sys_watch.current()
-    say(f"ingest: preloading {n:,} events of {sizes.backlog_users} users into {len(cases) + 1} persistent sessions")
-    preload_s = await hx.publish_all(broker, backlog, qos=1)
-    del backlog
-    results: dict[str, Any] = {"events": n, "users": sizes.backlog_users, "preload_s": preload_s}
+    results: dict[str, Any] = {"events": n, "users": sizes.backlog_users, "rounds": rounds}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*(recv.name for recv in cases), "agent_q1"]}
     max_s = 30.0 + n / 1000
-    for recv in cases:
-        say(f"ingest: draining with {recv.name}")
-        results[recv.name] = await hx.raw_receiver(broker, recv, "drain", n, wd, idle_s=3, max_s=max_s)
-    say("ingest: draining with the agent (its own process)")
-    try:
-        results["agent_q1"] = await drain_agent(agent, n, max_s)
-    finally:
+    for r in range(1, rounds + 1):
+        of = f" (round {r} of {rounds})" if rounds > 1 else ""
+        agent = AgentProcess(broker, wd, f"bench-ingest-{tag}" + (f"-r{r}" if rounds > 1 else ""))
+        say(f"ingest{of}: starting the agent once to create its persistent session")
+        await agent.start()
         await agent.stop()
-    say("ingest: the SQLite floor (the agent's stored rows written again with bare sqlite3)")
-    try:
-        results["store_floor"] = await asyncio.to_thread(replay_floor, agent.db, AgentSettings().batch)
-    except sqlite3.Error as exc:
-        say(f"ingest: no SQLite floor: {exc}")
-    # its persistent session would otherwise queue everything the later sections publish
-    with contextlib.suppress(WearbusError):
-        await hx.raw_receiver(broker, hx.Receiver("agent-clear", "paho", 1, agent.instance), "clear", 0, wd,
-                              idle_s=1, max_s=15)  # fmt: skip
+        say(f"ingest{of}: preloading {n:,} events of {sizes.backlog_users} users into {len(cases) + 1} persistent"
+            " sessions")  # fmt: skip
+        preload_s = await hx.publish_all(broker, backlog, qos=1)
+        results.setdefault("preload_s", preload_s)  # the first round's
+        for recv in cases:
+            say(f"ingest{of}: draining with {recv.name}")
+            runs[recv.name].append(await hx.raw_receiver(broker, recv, "drain", n, wd, idle_s=3, max_s=max_s))
+        say(f"ingest{of}: draining with the agent (its own process)")
+        try:
+            runs["agent_q1"].append(await drain_agent(agent, n, max_s))
+        finally:
+            await agent.stop()
+        # its persistent session would otherwise queue everything the later sections publish
+        with contextlib.suppress(WearbusError):
+            await hx.raw_receiver(broker, hx.Receiver("agent-clear", "paho", 1, agent.instance), "clear", 0, wd,
+                                  idle_s=1, max_s=15)  # fmt: skip
+        if r == 1:
+            say("ingest: the SQLite floor (the agent's stored rows written again with bare sqlite3)")
+            try:
+                results["store_floor"] = await asyncio.to_thread(replay_floor, agent.db, AgentSettings().batch)
+            except sqlite3.Error as exc:
+                say(f"ingest: no SQLite floor: {exc}")
+    del backlog
+    for name, done in runs.items():
+        results[name] = median_run(done)
     dropped1 = await sys_watch.current()
     sys_watch.close()
     results["broker_dropped"] = None if dropped0 is None or dropped1 is None else dropped1 - dropped0
@@ -286,6 +304,23 @@ async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any) -> 
         with contextlib.suppress(WearbusError):
             await hx.raw_receiver(broker, recv, "clear", 0, wd, idle_s=1, max_s=15)
     return results
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One receiver's figures over its rounds: the median of each figure, the sum of the losses, and the rounds."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        numbers: list[float] = [v for run in runs if isinstance(v := run.get(key), int | float) and v is not True]
+        if key == "lost":
+            merged[key] = sum(numbers)
+        elif len(numbers) == len(runs) and not isinstance(first, bool):
+            merged[key] = statistics.median(numbers)
+        else:
+            merged[key] = first
+    merged["rounds"] = runs
+    return merged
 
 
 def mix_now() -> int:
@@ -514,7 +549,8 @@ async def run_bench(options: BenchOptions, say: Any = None) -> dict[str, Any]:
         await dlq.open(broker)
         try:
             if "ingest" in options.only:
-                report["throughput"] = await throughput(broker, wd, sizes, say)
+                rounds = options.rounds or sizes.ingest_rounds
+                report["throughput"] = await throughput(broker, wd, sizes, say, rounds)
             if options.only & {"latency", "scale"}:
                 agent = AgentProcess(broker, wd, f"bench-agent-{os.getpid()}", options.workers)
                 await agent.start()
@@ -728,6 +764,14 @@ def bench_command(
         str | None,
         typer.Option(help="Run only these sections, comma-separated: ingest, latency, scale, core (default: all)."),
     ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=20,
+            help="Drains of the ingest backlog per receiver, each figure the median (default: quick 1, full 3).",
+        ),
+    ] = None,
 ) -> None:
     """Measure the bus and the agent against raw MQTT baselines taken in the same run, and print a table."""
     sections = SECTIONS
@@ -744,6 +788,7 @@ def bench_command(
         scale_users=users,
         only=sections,
         workers=workers,
+        rounds=rounds,
     )
     try:
         report = asyncio.run(run_bench(options))

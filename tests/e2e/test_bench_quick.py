@@ -24,7 +24,7 @@ SMALL = (
     "import dataclasses, typer, bench.agent as b; "
     "b.QUICK = dataclasses.replace(b.QUICK, backlog_users=40, backlog_per_user=50, rtt_samples=100, rtt_warmup=20, "
     "probe_users=10, load_users=20, load_warmup_s=1.0, scale_users=40, scale_warmup_s=1.0, scale_window_s=3.0, "
-    "core_users=40); typer.run(b.bench_command)"
+    "core_users=40, ingest_rounds=2); typer.run(b.bench_command)"
 )
 TOP_KEYS = {"schema", "mode", "started", "machine", "mix", "workdir", "broker", "throughput", "latency", "scale",
             "dlq", "core_memory", "duration_s", "rows", "ratios", "targets"}  # fmt: skip
@@ -49,6 +49,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, pytestconfig: pytest.C
     for name in RECEIVERS | {n for n in ("paho_q0", "c_q0", "c_q1", "paho5_q1", "bus_paho_q1") if n in tp}:
         assert tp[name]["rate"] > 0, name
         assert tp[name]["lost"] == 0, name
+    assert tp["rounds"] == 2  # each figure the median of two drains, every drain's figures kept
+    assert [run["lost"] for run in tp["agent_q1"]["rounds"]] == [0, 0]
     floor = tp["store_floor"]  # the agent's own stored rows, written again with bare sqlite3
     assert floor["events"] == tp["agent_q1"]["received"]
     assert floor["cpu_us_per_event"] > 0
