@@ -392,7 +392,9 @@ class AgentCore:
         turn.changed()
 
     def _playback(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: PlaybackState) -> None:
-        turn.ctx.speaking = None if body.state == "idle" else (body.text or body.state)[:64]
+        # the context is public (every app reads it): a flagged text quotes a health value, so only the state shows
+        text = None if body.health else body.text
+        turn.ctx.speaking = None if body.state == "idle" else (text or body.state)[:64]
         turn.changed()
 
     # --- conversation

@@ -277,7 +277,9 @@ def on_ack(turn: Turn, action_id: str, action: str, status: str) -> None:
             ctx.display = _DISPLAY_APP[kind]
             turn.changed()
         elif kind == "audio.speak":
-            ctx.speaking = clip(pending.out.speech or pending.out.title, 64) if pending else "speech"
+            # the context is public (every app reads it): a sentence that quotes a health value is not repeated there
+            out = pending.out if pending is not None else None
+            ctx.speaking = clip(out.speech or out.title, 64) if out is not None and not out.health else "speech"
             turn.changed()
         return
     if pending is not None:

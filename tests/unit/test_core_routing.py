@@ -217,6 +217,29 @@ def test_playback_state_shows_in_the_context() -> None:
     assert r.core.snapshot("alice").speaking is None
 
 
+def test_a_spoken_health_value_does_not_show_in_the_public_context() -> None:
+    """The context goes to every app (``wb/v1/{user}/agent/context``); a sentence that quotes a health value (its
+    ``health`` flag) is health data, so the context says only that something is being said."""
+    r = rig()
+    r.send(Kind.EARPHONES, PlaybackState(state="speaking", text="Your blood oxygen is 87%.", health=True))
+    assert r.core.snapshot("alice").speaking == "speaking"
+    r.send(Kind.EARPHONES, PlaybackState(state="speaking", text="Turn left in 200 m."))
+    assert r.core.snapshot("alice").speaking == "Turn left in 200 m."
+
+
+def test_an_acked_health_answer_does_not_show_in_the_public_context() -> None:
+    r = rig(glasses=False)
+    r.send(Kind.RING, HeartRate(bpm=72))
+    out = r.say("what's my heart rate")
+    [speak] = [c for c in out.commands if isinstance(c.body, Speak)]
+    assert speak.body.health, "the answer quotes the heart rate"
+    r.ack(speak)
+    assert r.core.snapshot("alice").speaking == "speech"
+    [plain] = [c for c in r.say("blah blah").commands if isinstance(c.body, Speak)]
+    r.ack(plain)
+    assert r.core.snapshot("alice").speaking == SORRY
+
+
 def test_an_answer_goes_to_the_glasses_the_user_spoke_to() -> None:
     """A real pair of glasses beside an emulated one (``wearbus up --forever``): the emulator is seen more recently
     (its head pose) when the phone's quote comes, but the card goes where the user spoke, while that device is
