@@ -232,6 +232,7 @@ def test_an_acked_health_answer_does_not_show_in_the_public_context() -> None:
     r.send(Kind.RING, HeartRate(bpm=72))
     out = r.say("what's my heart rate")
     [speak] = [c for c in out.commands if isinstance(c.body, Speak)]
+    assert isinstance(speak.body, Speak)
     assert speak.body.health, "the answer quotes the heart rate"
     r.ack(speak)
     assert r.core.snapshot("alice").speaking == "speech"
