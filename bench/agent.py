@@ -312,10 +312,12 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
     merged: dict[str, Any] = {}
     for key, first in runs[0].items():
-        numbers: list[float] = [v for run in runs if isinstance(v := run.get(key), int | float) and v is not True]
+        numbers: list[float] = [
+            v for run in runs if isinstance(v := run.get(key), int | float) and not isinstance(v, bool)
+        ]
         if key == "lost":
             merged[key] = sum(numbers)
-        elif len(numbers) == len(runs) and not isinstance(first, bool):
+        elif len(numbers) == len(runs):
             merged[key] = statistics.median(numbers)
         else:
             merged[key] = first
