@@ -83,6 +83,18 @@ _DOWN = (
 )
 _QUIET_LEAD = re.compile(r"^.*?(?:hours?|disturb|dnd|免打扰|勿扰)\s*(?:时间|时段)?\s*(?:from|为|设为|是|从|:)?\s*")
 _UP = r"up|higher|brighter|louder|stronger|more|调高|调亮|调大|提高|亮一点|亮点|高一点|大一点|大点|强一点|重一点|强"
+_QUIET = r"quiet hours?|do not disturb|dnd|免打扰|勿扰"
+_WAKE = r"wake ?word|唤醒词"
+_HR = r"heart[- ]?rate|心率"
+_LEVELS = (
+    ("brightness", r"brightness|bright|dim|darker|亮度|屏幕|亮|暗", Kind.GLASSES),
+    ("volume", r"volume|louder|quieter|音量|声音", Kind.EARPHONES),
+    ("haptic_strength", r"vibration|haptics?|buzz|震动|振动", Kind.RING),
+)
+_DISPLAY = r"display|language|显示|语言"
+#: What every settings request holds one of (each branch of :func:`parse` needs one to match): most sentences
+#: are not settings requests, and this one search turns them away instead of a dozen.
+TRIGGER = re.compile("|".join((_QUIET, _WAKE, _OFF, _ON, _HR, *(p for _, p, _ in _LEVELS), _DISPLAY)))
 
 
 def _num(text: str) -> int | None:
@@ -134,10 +146,10 @@ def _clock(text: str) -> str | None:
 def parse(text: str) -> SettingRequest | None:
     """A settings request in one English or Chinese sentence, or ``None`` when it is not one."""
     t = text.strip().lower()
-    if len(t) > 200:
+    if len(t) > 200 or not TRIGGER.search(t):
         return None
     kind = _kind(t)
-    if re.search(r"quiet hours?|do not disturb|dnd|免打扰|勿扰", t):
+    if re.search(_QUIET, t):
         if re.search(_OFF, t) and not re.search(r"from|到|至|-", t):
             return SettingRequest("quiet_hours", kind, None)
         m = re.search(r"(?:from\s+)?(.+?)\s*(?:to|until|till|-|到|至)\s*(.+?)(?:[.!?。！]|$)", t)
@@ -148,7 +160,7 @@ def parse(text: str) -> SettingRequest | None:
                 return SettingRequest("quiet_hours", kind, QuietHours(start=start, end=end).model_dump())
         return None
     m = re.search(
-        r"(?:wake ?word|唤醒词)\s*(?:to|为|改成|改为|换成|设为|设成|=)\s*[\"'“「]?([^\"'”」]+?)[\"'”」]?\s*[.!?。！]?$",
+        r"(?:" + _WAKE + r")\s*(?:to|为|改成|改为|换成|设为|设成|=)\s*[\"'“「]?([^\"'”」]+?)[\"'”」]?\s*[.!?。！]?$",
         t,
     )
     if m:
@@ -159,18 +171,14 @@ def parse(text: str) -> SettingRequest | None:
         for stream, pattern in _STREAMS:
             if re.search(pattern, t):
                 return SettingRequest("streams", Kind.RING, stream, stream_on=off is None)
-    if re.search(r"heart[- ]?rate|心率", t) and (
+    if re.search(_HR, t) and (
         m := re.search(r"(?:every|每隔|每|间隔)\s*" + _N + r"?\s*(min|minutes?|mins?|分钟|hours?|hrs?|小时)", t)
     ):
         n = _num(m.group(1)) if m.group(1) else 1
         if n:
             seconds = n * (3600 if m.group(2)[0] in "h小" else 60)
             return SettingRequest("hr_interval_s", Kind.RING, seconds)
-    for key, pattern, default_kind in (
-        ("brightness", r"brightness|bright|dim|darker|亮度|屏幕|亮|暗", Kind.GLASSES),
-        ("volume", r"volume|louder|quieter|音量|声音", Kind.EARPHONES),
-        ("haptic_strength", r"vibration|haptics?|buzz|震动|振动", Kind.RING),
-    ):
+    for key, pattern, default_kind in _LEVELS:
         if not re.search(pattern, t):
             continue
         if (m := re.search(r"(\d{1,3})\s*(%|percent|％)", t)) or (m := re.search(r"百分之" + _N, t)):
@@ -181,7 +189,7 @@ def parse(text: str) -> SettingRequest | None:
             return SettingRequest(key, kind or default_kind, step=-1)
         if re.search(_UP, t):
             return SettingRequest(key, kind or default_kind, step=+1)
-    if re.search(r"display|language|显示|语言", t) and (kind in {None, Kind.GLASSES}):
+    if re.search(_DISPLAY, t) and (kind in {None, Kind.GLASSES}):
         if re.search(r"chinese|中文|汉语", t):
             return SettingRequest("display_lang", Kind.GLASSES, "zh")
         if re.search(r"english|英文|英语", t):

@@ -3,10 +3,14 @@ context, and rejections told to the user."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent.core import settings as settings_skill
 from agent.core.engine import AgentCore
 from agent.core.settings import CONFIRM_S, SettingRequest, parse, tier, where_applied
 from agent.core.state import dump, load
@@ -58,6 +62,35 @@ def test_sentences(text: str, want: SettingRequest) -> None:
 )
 def test_other_sentences_are_not_settings(text: str) -> None:
     assert parse(text) is None
+
+
+#: Words of settings requests and of ordinary sentences, English and Chinese, for sentences made at random.
+_WORDS = (
+    "turn", "off", "on", "stop", "start", "the", "glasses", "ring", "earbuds", "phone", "brightness", "volume", "dim",
+    "louder", "vibration", "heart rate", "every", "5", "minutes", "hours", "quiet hours", "from", "10pm", "to", "7am",
+    "do not disturb", "wake word", "hey nova", "display", "language", "chinese", "english", "steps", "sleep",
+    "blood oxygen", "how many", "today", "what time is it", "order", "noodles", "30%", "down", "up", "a bit", "-",
+    "眼镜", "戒指", "耳机", "亮度", "调低", "一点", "音量", "关闭", "打开", "心率", "每隔", "五分钟",
+    "免打扰", "晚上十点", "到", "早上七点", "唤醒词", "改成", "显示", "英文", "中文", "步数", "睡眠", "今天",
+    "走了多少步", "帮我", "点外卖",
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=8), st.sampled_from([" ", ""]))
+def test_the_quick_refusal_never_turns_away_a_settings_request(words: list[str], sep: str) -> None:
+    """``parse`` turns a sentence away with one search when it holds no trigger word; the full parse (every branch
+    tried) must agree on every sentence."""
+    text = sep.join(words)
+    quick = parse(text)
+    everything = re.compile("")  # matches every sentence: the full parse
+    original = settings_skill.TRIGGER
+    settings_skill.TRIGGER = everything
+    try:
+        full = parse(text)
+    finally:
+        settings_skill.TRIGGER = original
+    assert quick == full
 
 
 def test_tiers() -> None:
