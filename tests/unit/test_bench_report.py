@@ -115,6 +115,15 @@ def test_agent_cpu_per_event_is_judged() -> None:
     assert verdicts(summarize(rep))["agent CPU per event"] is None
 
 
+def test_events_lost_counts_each_receiver_once() -> None:
+    rep = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
+    rep["throughput"]["agent_q1"]["lost"] = 3
+    rep["throughput"]["paho_q1"]["lost"] = 2
+    rows = {r.metric: r for r in summarize(rep)}
+    assert rows["events lost (all receivers)"].value == 5  # the agent's 3 once, not twice
+    assert rows["events lost (all receivers)"].met is False
+
+
 def test_ratio_rows_carry_the_ratio() -> None:
     rows = {r.metric: r for r in summarize(report(agent_rate=10_000, e2e_p50=400, per_user_kb=8))}
     assert rows["agent / paho, QoS 1"].ratio == pytest.approx(0.5)
