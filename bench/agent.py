@@ -647,8 +647,8 @@ def summarize(report: dict[str, Any]) -> list[Row]:
         rows.append(Row("agent ingest", "agent CPU per event", cpu, "µs", target=f"<= {CPU_PER_EVENT_US:g} µs",
                         met=None if not cpu else cpu <= CPU_PER_EVENT_US))  # fmt: skip
         rows.extend(_floor_rows(tp, cpu))
-        lost = sum(int(tp[c]["lost"]) for c in tp if isinstance(tp[c], dict) and "lost" in tp[c])  # agent_q1 too
-        rows.append(Row("agent ingest", "events lost (all receivers)", float(lost), "msgs", target="0", met=lost == 0))
+        lost = float(sum(int(tp[c]["lost"]) for c in tp if isinstance(tp[c], dict) and "lost" in tp[c]))  # agent too
+        rows.append(Row("agent ingest", "events lost (all receivers)", lost, "msgs", target="0", met=lost == 0))
         if tp.get("broker_dropped") is not None:
             dropped = float(tp["broker_dropped"])
             rows.append(Row("agent ingest", "broker drops ($SYS)", dropped, "msgs", target="0", met=dropped == 0))
