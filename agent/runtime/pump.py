@@ -338,18 +338,28 @@ class AgentRuntime:
                     continue
             ticking = self._tick_pos < len(self._tick_users)
             backlog = ticking or self.snapshots.round is not None or self.contexts.due(time.monotonic())
-            # Up to two batches from the bus (the receive maximum), a fair batch of them handled: one user's
-            # backlog does not fill the batch while others wait (agent.fairness).
+            # Up to two batches in hand (the receive maximum), a fair batch of them handled: one user's backlog
+            # does not fill the batch while others wait (agent.fairness). Only what fits beside those already in
+            # hand is taken from the bus: QoS 0 samples are never acknowledged, so behind a flood of them nothing
+            # else would stop the agent from holding all of it; the rest waits in the bus, whose reading pauses at
+            # its high-water mark (TCP backpressure), then in the broker, under the broker's own limits.
             fair = self._fair
-            if backlog or fair:
-                batch = await bus.next_batch(2 * s.batch, timeout=0.0)
+            room = 2 * s.batch - len(fair)
+            if room <= 0:
+                batch = []
+                await asyncio.sleep(0)  # the event loop runs once per turn, as a next_batch would let it
+            elif backlog or fair:
+                batch = await bus.next_batch(room, timeout=0.0)
             else:
                 batch = await bus.next_batch(
-                    2 * s.batch, timeout=s.tick_s, linger=s.linger_s, urgent=interactive, enough=LINGER_ENOUGH
+                    room, timeout=s.tick_s, linger=s.linger_s, urgent=interactive, enough=LINGER_ENOUGH
                 )
             if fair or len(batch) > s.batch:
                 fair.add(batch)
+                self.stats.in_hand_peak = max(self.stats.in_hand_peak, len(fair))
                 batch = fair.take(s.batch)
+            elif len(batch) > self.stats.in_hand_peak:
+                self.stats.in_hand_peak = len(batch)
             mono = time.monotonic()
             turn = Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:

@@ -106,3 +106,4 @@ class AgentStats:
     llm_late: int = 0  # utterances handled after the LLM resolver answered (off the pump)
     sampled_out: int = 0  # refused for rate and counted, without a dead letter of their own
     order_gaps: int = 0
+    in_hand_peak: int = 0  # the most messages taken from the bus and not handled yet (at most two batches)

@@ -8,14 +8,17 @@ import asyncio
 from pathlib import Path
 
 from agent.runtime import AgentRuntime, AgentSettings
-from broker.bus import BusOptions
+from bench import mix
+from broker.bus import BusOptions, Outgoing
 from broker.connect import open_bus
 from broker.memory import MemoryBroker
 from devices.sdk import Device, DeviceConfig, on_action
 from schemas.actions import Ack, ShowCard, Speak
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, now_ms
 from schemas.events import GlassesWear, Utterance
 from schemas.topics import Kind
+
+HEAD_POSE = {"type": "glasses.head_pose", "roll_deg": 1.0, "pitch_deg": -2.0, "heading_deg": 90.0}
 
 
 class Buds(Device):
@@ -60,3 +63,29 @@ async def test_a_sentence_becomes_an_action_a_device_acknowledges(tmp_path: Path
         assert ack.detail in {"said", "shown"}
     finally:
         MemoryBroker.forget("flow")
+
+
+async def test_behind_a_flood_of_qos0_samples_the_agent_holds_at_most_two_batches(tmp_path: Path) -> None:
+    """QoS 0 samples are never acknowledged, so the receive maximum does not bound them: the agent takes from the
+    bus only what fits beside the two batches it may hold; the rest waits in the bus (whose reading pauses at its
+    high-water mark on a socket) and then in the broker, not in the agent's memory."""
+    broker = MemoryBroker.named("flood")
+    batch, users, per_device = 50, 30, 20
+    try:
+        settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance="agent-flood", batch=batch)
+        sender = open_bus(BusOptions(url=broker.url, name="glasses"))
+        async with AgentRuntime(settings) as agent, sender:
+            await agent.wait_connected(5)
+            now = now_ms()
+            # All of it is in the agent's bus before its pump turns: the memory bus delivers at once.
+            for i in range(per_device):
+                for u in range(users):
+                    topic = f"wb/v1/u{u}/glasses/g1/evt/sensor/head_pose"
+                    sender.publish_unconfirmed(Outgoing(topic, mix.pack(f"hp-{u}-{i}", now, 0, HEAD_POSE), 0))
+            async with asyncio.timeout(20):
+                while agent.stats.processed < users * per_device:  # noqa: ASYNC110 (bounded)
+                    await asyncio.sleep(0.01)
+        assert agent.stats.in_hand_peak <= 2 * batch
+        assert agent.stats.refused == 0
+    finally:
+        MemoryBroker.forget("flood")
