@@ -344,11 +344,8 @@ class AgentRuntime:
             # else would stop the agent from holding all of it; the rest waits in the bus, whose reading pauses at
             # its high-water mark (TCP backpressure), then in the broker, under the broker's own limits.
             fair = self._fair
-            room = 2 * s.batch - len(fair)
-            if room <= 0:
-                batch = []
-                await asyncio.sleep(0)  # the event loop runs once per turn, as a next_batch would let it
-            elif backlog or fair:
+            room = 2 * s.batch - len(fair)  # at least a batch: each turn hands one to the pump
+            if backlog or fair:
                 batch = await bus.next_batch(room, timeout=0.0)
             else:
                 batch = await bus.next_batch(
