@@ -125,6 +125,7 @@ class AgentRuntime:
         self._tick_pos = 0
         self._last_liveness = 0.0
         self._replaying = False
+        self._deferred = False  # the last turn left its snapshot and context slices to this one (_answer_waits)
         self._acked: list[str] = []  # actions whose PUBACK came, to mark published
         self._republish = False
         self._liveness = Liveness(settings.heartbeat_misses, settings.users)
@@ -375,13 +376,14 @@ class AgentRuntime:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
                     republished = False
-            self.snapshots.begin_when_due(self.core, mono)
-            if self.snapshots.round is not None:
-                turn.snapshot_users = await self.snapshots.write_slice(self.store, self.core, self.clock)
-                turn.lap("snapshot")
-            self._refusals.flush_rate_counts(bus, mono)
-            turn.contexts = await self.publish_contexts()
-            turn.lap("contexts")
+            if not await self._answer_waits():  # else the slices wait a turn: a person waits on the next one
+                self.snapshots.begin_when_due(self.core, mono)
+                if self.snapshots.round is not None:
+                    turn.snapshot_users = await self.snapshots.write_slice(self.store, self.core, self.clock)
+                    turn.lap("snapshot")
+                self._refusals.flush_rate_counts(bus, mono)
+                turn.contexts = await self.publish_contexts()
+                turn.lap("contexts")
             if mono >= self._next_prune:
                 self._next_prune = mono + PRUNE_EVERY_S
                 now_wall = wall_ms()
@@ -394,6 +396,17 @@ class AgentRuntime:
                     self.log.info("health_pruned", rows=pruned)
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
                 self.log.warning("pump_turn_slow", **turn.report())
+
+    async def _answer_waits(self) -> bool:
+        """Whether something a person waits on came while this turn ran (the transport reads the socket now): the
+        next turn answers it before this one's snapshot and context slices, which are only caught up on. At most
+        one turn in a row skips them, so a stream of taps cannot starve them."""
+        if self._deferred:
+            self._deferred = False
+            return False
+        await asyncio.sleep(0)  # one pass of the event loop: what arrived during the turn is read
+        self._deferred = any(map(interactive, self.bus.inbox))
+        return self._deferred
 
     def _tick_round(self) -> list[str]:
         """The users of the next round of ticks: every user once per :data:`FULL_TICK_MS` of agent time, else

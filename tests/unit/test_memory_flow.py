@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import ClassVar
+
+import msgpack
 
 from agent.runtime import AgentRuntime, AgentSettings
 from bench import mix
 from broker.bus import BusOptions, Outgoing
 from broker.connect import open_bus
-from broker.memory import MemoryBroker
+from broker.memory import MemoryBroker, MemoryBus
 from devices.sdk import Device, DeviceConfig, on_action
+from schemas import codec
 from schemas.actions import Ack, ShowCard, Speak
 from schemas.envelope import Envelope, now_ms
 from schemas.events import GlassesWear, Utterance
@@ -89,3 +93,45 @@ async def test_behind_a_flood_of_qos0_samples_the_agent_holds_at_most_two_batche
         assert agent.stats.refused == 0
     finally:
         MemoryBroker.forget("flood")
+
+
+class Recorder(MemoryBus):
+    """The agent's bus: records what the agent publishes, and when its first answer goes out, the user says a
+    second sentence (it reaches the agent's inbox during that pump turn: the memory broker delivers at once)."""
+
+    sent: ClassVar[list[str]] = []
+
+    def publish_future(self, out: Outgoing, *, fmt: codec.Format | None = None) -> asyncio.Future[None]:
+        corr = msgpack.unpackb(out.payload).get("corr") or ""
+        Recorder.sent.append(f"answer:{corr}")
+        if corr == "q-1":
+            topic = "wb/v1/alice/earphones/e1/evt/voice/utterance"
+            payload = mix.pack("q-2", now_ms(), 2, mix.utterance("what time is it"))
+            self.broker.publish(topic, payload, 1, False, codec.content_type("msgpack"))
+        return super().publish_future(out, fmt=fmt)
+
+    async def publish_raw(self, out: Outgoing, *, wait: bool = False, fmt: codec.Format | None = None) -> None:
+        if out.topic.endswith("/agent/context"):
+            Recorder.sent.append("context")
+        await super().publish_raw(out, wait=wait, fmt=fmt)
+
+
+async def test_a_sentence_that_came_during_a_turn_is_answered_before_that_turns_context_slice(tmp_path: Path) -> None:
+    broker = MemoryBroker.named("answer-first")
+    Recorder.sent = []
+    try:
+        settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance="agent-first", heartbeat_misses=0)
+        earphones = open_bus(BusOptions(url=broker.url, name="earphones"))
+        async with AgentRuntime(settings, bus_factory=lambda o: Recorder(o, broker=broker)) as agent, earphones:
+            await agent.wait_connected(5)
+            topic = "wb/v1/alice/earphones/e1/evt/voice/utterance"
+            earphones.publish_unconfirmed(
+                Outgoing(topic, mix.pack("q-1", now_ms(), 1, mix.utterance("how are you")), 1)
+            )
+            async with asyncio.timeout(10):
+                while "context" not in Recorder.sent or "answer:q-2" not in Recorder.sent:  # noqa: ASYNC110 (bounded)
+                    await asyncio.sleep(0.01)
+        sent = Recorder.sent
+        assert sent.index("answer:q-1") < sent.index("answer:q-2") < sent.index("context")
+    finally:
+        MemoryBroker.forget("answer-first")
