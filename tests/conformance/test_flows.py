@@ -300,6 +300,26 @@ async def test_held_messages_do_not_block_control_packets_mqtt_4_9_0_3(broker: F
     assert [t for t, *_ in opened.received[:3]] == ["a/0", "a/1", "a/2"]
 
 
+async def test_held_messages_past_their_bound_stop_the_reading(broker: FakeBroker, v5: bool) -> None:
+    """A held message counts its payload, its topic and what the process spends to hold it; past
+    ``max_held_bytes`` the socket is no longer read (TCP backpressure), and all of it is delivered on resume.
+    (Counting the payload and 64 bytes each, 200 of these came to 32,800 bytes, under the bound: an agent behind a
+    backlog held ~100 MiB under a 32 MiB bound.)"""
+    opened = await open_connection(broker, v5=v5, manual_ack=True)
+    conn = opened.conn
+    conn.max_held_bytes = 50_000
+    conn.pause()
+    topic = "a/" + "t" * 100
+    backlog = b"".join(publish(topic, b"x" * 100, qos=1, mid=i + 1, v5=v5) for i in range(200))  # ~78,800 bytes held
+    await opened.peer.send(backlog)
+    async with asyncio.timeout(5):
+        while not conn.stats.read_pauses:  # noqa: ASYNC110 (bounded)
+            await asyncio.sleep(0.01)
+    assert opened.received == []
+    conn.resume()
+    assert len(opened.received) == 200
+
+
 async def test_write_backpressure_bounds_qos0_and_queues_qos1() -> None:
     """The issue: 100,000 QoS 0 publishes to a stalled broker grew the write buffer to 104 MB. With a broker that
     stops reading, QoS 0 beyond the bound is dropped and counted; QoS 1 waits in the bounded queue."""
