@@ -342,8 +342,8 @@ class AgentRuntime:
             # Up to two batches in hand (the receive maximum), a fair batch of them handled: one user's backlog
             # does not fill the batch while others wait (agent.fairness). Only what fits beside those already in
             # hand is taken from the bus: QoS 0 samples are never acknowledged, so behind a flood of them nothing
-            # else would stop the agent from holding all of it; the rest waits in the bus, whose reading pauses at
-            # its high-water mark (TCP backpressure), then in the broker, under the broker's own limits.
+            # else would stop the agent from holding all of it; the rest waits in the bus up to its high-water mark,
+            # then on the connection up to its bound (then the socket is not read), then in the broker.
             fair = self._fair
             room = 2 * s.batch - len(fair)  # at least a batch: each turn hands one to the pump
             if backlog or fair:
