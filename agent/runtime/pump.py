@@ -352,12 +352,10 @@ class AgentRuntime:
                 batch = await bus.next_batch(
                     room, timeout=s.tick_s, linger=s.linger_s, urgent=interactive, enough=LINGER_ENOUGH
                 )
+            self.stats.in_hand_peak = max(self.stats.in_hand_peak, len(fair) + len(batch))
             if fair or len(batch) > s.batch:
                 fair.add(batch)
-                self.stats.in_hand_peak = max(self.stats.in_hand_peak, len(fair))
                 batch = fair.take(s.batch)
-            elif len(batch) > self.stats.in_hand_peak:
-                self.stats.in_hand_peak = len(batch)
             mono = time.monotonic()
             turn = Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
