@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -65,6 +66,17 @@ def test_json_sender_needs_no_seq_or_src_ts() -> None:
     assert message.envelope.src_ts == 1764100000000
     assert message.where.device == "buds-1"
     assert message.data.type == "voice.utterance"  # type: ignore[attr-defined]
+
+
+def test_a_message_is_a_slotted_record_and_replace_copies_it() -> None:
+    # Read-only to mypy (schemas.envelope.record), without a frozen dataclass's cost on every received message.
+    topic = "wb/v1/alice/earphones/buds-1/evt/voice/utterance"
+    message = codec.decode(topic, b'{"id":"u1","ts":1764100000000,"data":{"text":"hi","lang":"en"}}', qos=1, mid=7)
+    assert not hasattr(message, "__dict__")
+    copy = dataclasses.replace(message, mid=8)
+    assert (copy.mid, message.mid) == (8, 7)
+    assert copy.envelope is message.envelope
+    assert copy == dataclasses.replace(copy)
 
 
 def test_content_type_wins_over_first_byte() -> None:
