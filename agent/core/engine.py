@@ -326,7 +326,7 @@ class AgentCore:
         was = dev.online
         dev.online = body.online
         if body.battery_pct is not None:
-            dev.battery = body.battery_pct
+            _set_battery(turn, dev, body.battery_pct)
         if body.online:  # a birth that lists its actions is taken at its word; an empty list means "not said"
             dev.actions = tuple(body.capabilities) or None
         if was != body.online:
@@ -363,7 +363,8 @@ class AgentCore:
             turn.changed()
 
     def _glasses_battery(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: GlassesBattery) -> None:
-        dev.battery, dev.charging, dev.in_case = body.level_pct, body.charging, body.in_case
+        dev.charging, dev.in_case = body.charging, body.in_case
+        _set_battery(turn, dev, body.level_pct)
         if body.cells:
             cx.set_cells(dev, [(c.slot, c.level_pct, c.present) for c in body.cells])
         rules.on_glasses_battery(turn, dev)
@@ -380,10 +381,12 @@ class AgentCore:
         dev.cells = cells
 
     def _ear_battery(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: EarBattery) -> None:
-        dev.battery, dev.charging = min(body.left_pct, body.right_pct), body.charging
+        dev.charging = body.charging
+        _set_battery(turn, dev, min(body.left_pct, body.right_pct))
 
     def _battery(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: RingBattery | PhoneBattery) -> None:
-        dev.battery, dev.charging = body.level_pct, body.charging
+        dev.charging = body.charging
+        _set_battery(turn, dev, body.level_pct)
 
     def _display(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: DisplayState) -> None:
         turn.ctx.display = body.app if body.on and body.app != "none" else None
@@ -632,6 +635,13 @@ class AgentCore:
 
     def _task_status(self, turn: Turn, dev: DeviceInfo, env: Envelope[Any], body: TaskStatus) -> None:
         tasks.on_status(turn, body, env.corr)
+
+
+def _set_battery(turn: Turn, dev: DeviceInfo, level: float) -> None:
+    """A device's battery level; the retained context shows it, so a new level republishes it."""
+    if level != dev.battery:
+        dev.battery = level
+        turn.changed()
 
 
 def _timed(ctx: UserContext) -> bool:

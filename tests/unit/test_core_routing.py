@@ -8,7 +8,19 @@ from agent.core.engine import AgentCore
 from agent.core.testing import Rig, config, of, to
 from schemas.actions import Haptic, Notify, ShowCard, Speak, TaskStart
 from schemas.display import wrap
-from schemas.events import Activity, CalendarNext, GlassesWear, HeartRate, Money, PlaybackState, TaskStatus
+from schemas.events import (
+    Activity,
+    CalendarNext,
+    EarBattery,
+    GlassesBattery,
+    GlassesWear,
+    HeartRate,
+    Money,
+    PhoneBattery,
+    PlaybackState,
+    RingBattery,
+    TaskStatus,
+)
 from schemas.topics import Kind
 
 MIN = 60_000
@@ -215,6 +227,22 @@ def test_playback_state_shows_in_the_context() -> None:
     assert r.core.snapshot("alice").speaking == "calm piano"
     r.send(Kind.EARPHONES, PlaybackState(state="idle"))
     assert r.core.snapshot("alice").speaking is None
+
+
+def test_a_new_battery_level_republishes_the_context_and_the_same_one_does_not() -> None:
+    r = rig()
+    r.state(Kind.RING)
+    levels = {
+        Kind.GLASSES: (GlassesBattery(level_pct=64.5, charging=False), 64.5),
+        Kind.RING: (RingBattery(level_pct=31.0, charging=True), 31.0),
+        Kind.EARPHONES: (EarBattery(left_pct=40.0, right_pct=35.5, case_pct=90.0, charging=False), 35.5),
+        Kind.PHONE: (PhoneBattery(level_pct=77.0, charging=False), 77.0),
+    }
+    names = {kind: r.dev(kind).device for kind in levels}
+    for kind, (body, shown) in levels.items():
+        assert r.send(kind, body).context_changed == {"alice"}, kind
+        assert r.core.snapshot("alice").devices[names[kind]].battery_pct == shown
+        assert not r.send(kind, body).context_changed, kind  # nothing new: no republish
 
 
 def test_a_spoken_health_value_does_not_show_in_the_public_context() -> None:
