@@ -36,6 +36,7 @@ from bench.loadgen import WireClient
 from broker.embedded import free_port
 from broker.url import BrokerUrl
 from schemas.errors import BusConnectionError, BusError, ConfigError
+from schemas.tasks import cancel_and_wait
 from schemas.topics import AGENT_FILTERS
 from testkit.mosquitto import MosquittoProcess, mosquitto_available
 
@@ -590,9 +591,7 @@ class FleetGroup:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5.0):
                         await asyncio.shield(f.reader)
-                f.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await f.reader
+                await cancel_and_wait(f.reader)
 
     @staticmethod
     async def _read(fleet: FleetProcess) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -284,22 +283,35 @@ def _exit_now(status: int) -> None:
 
 
 async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:
+    """Run ``job`` until it ends or SIGINT or SIGTERM stops it: the signal cancels this task, and that cancellation
+    (ours) is a clean end. Any other cancellation goes on."""
     task = asyncio.current_task()
+    assert task is not None  # noqa: S101 (called by asyncio.run)
+    signalled = 0  # a second signal cancels a slow clean-up too
+
+    def stop() -> None:
+        nonlocal signalled
+        signalled += 1
+        task.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
-    with contextlib.suppress(asyncio.CancelledError):
+        loop.add_signal_handler(sig, stop)
+    try:
         await job
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        for _ in range(signalled):
+            task.uncancel()  # handled: the stop asked for
 
 
 async def _run_agent(settings: AgentSettings, clock: SimClock, bus_factory: Callable[[BusOptions], Bus]) -> None:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
-    with contextlib.suppress(asyncio.CancelledError):
+    async def run() -> None:
         async with AgentRuntime(settings, clock, bus_factory=bus_factory) as agent:
             await agent.run()
+
+    await _until_signalled(run())
 
 
 def report_command(

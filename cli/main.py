@@ -29,6 +29,7 @@ from broker.settings import Settings, mqtt_choice
 from schemas import codec
 from schemas.envelope import Message, dump, new_id, now_ms
 from schemas.errors import WearbusError
+from schemas.tasks import cancel_and_wait
 from schemas.topics import validate_filter
 
 app = typer.Typer(
@@ -369,9 +370,7 @@ async def _hz(url: str, topic_filter: str, window: float, seconds: float) -> Non
                     await asyncio.sleep(0.5)
                     live.update(table())
         finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            await cancel_and_wait(consumer)
 
 
 # ---------------------------------------------------------------------------------------------- schema

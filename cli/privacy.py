@@ -28,6 +28,7 @@ from schemas import codec
 from schemas.actions import PURPOSES, ConsentRequest, ConsentState
 from schemas.envelope import make
 from schemas.errors import ConfigError, WearbusError
+from schemas.tasks import cancel_and_wait
 from schemas.topics import check_name, consent_set_topic, consent_topic, matches, user_filter
 from testkit.raw import RawBus, RawMessage
 
@@ -113,9 +114,7 @@ async def set_consent(url: str, user: str, purpose: str, granted: bool, wait: fl
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await seen.wait()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await cancel_and_wait(watcher)
     return seen.is_set()
 
 

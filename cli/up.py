@@ -38,7 +38,7 @@ from cli.report import percentile, print_summary, summarize, timed_note
 from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
-from schemas.tasks import first_of
+from schemas.tasks import cancel_and_wait, first_of
 from schemas.topics import Channel
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -145,11 +145,7 @@ class Supervisor:
                     p.process.kill()
                 await p.process.wait()
         if not keep:
-            for w in self._watchers:
-                w.cancel()
-            for w in self._watchers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
+            await cancel_and_wait(*self._watchers)
 
 
 #: The bounds of the time ``up`` gives the agent to start before the scenario does (3 times the scenario check's).
@@ -392,14 +388,14 @@ async def _up(
     sup = Supervisor()
     agent_pw = secrets.token_urlsafe(12)
     task = asyncio.current_task()
+    assert task is not None  # noqa: S101 (run by asyncio.run)
     loop = asyncio.get_running_loop()
-    interrupted = False
+    interrupted = 0  # signals: each cancels this task (a second one cuts a slow stop short)
 
     def on_signal() -> None:
         nonlocal interrupted
-        interrupted = True
-        if task is not None:
-            task.cancel()
+        interrupted += 1
+        task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -495,6 +491,8 @@ async def _up(
     except asyncio.CancelledError:
         if not interrupted:
             raise
+        for _ in range(interrupted):
+            task.uncancel()  # the stop asked for (on_signal), handled here
         err.print("[yellow]stopping...[/]")
     finally:
         # all but the broker; then the timeline's bus, which saw their last words and now leaves before its broker

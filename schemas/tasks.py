@@ -93,6 +93,22 @@ async def cancel_until_done(
     return cancelled
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Stop helper tasks of our own: cancel them and wait until they are done.
+
+    Unlike ``task.cancel()`` then ``await`` under ``suppress(CancelledError)``, this does not swallow a cancellation
+    of the caller that comes meanwhile: it goes on once the tasks are done. A task that had failed before it was
+    cancelled raises its failure here.
+    """
+    cancelled = await cancel_until_done(tasks)
+    if cancelled is not None:
+        raise cancelled
+    for task in tasks:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+
+
 @contextlib.contextmanager
 def cancellation_kept() -> Iterator[None]:
     """Raise :class:`asyncio.CancelledError` at the end of the block if the task was cancelled inside it and a

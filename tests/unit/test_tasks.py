@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from schemas.tasks import TaskScope, cancellation_kept, first_of, raise_if_cancelling
+from schemas.tasks import TaskScope, cancel_and_wait, cancellation_kept, first_of, raise_if_cancelling
 
 
 class Boom(Exception):
@@ -216,3 +216,40 @@ async def test_raise_if_cancelling_raises_a_swallowed_cancellation_later() -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     raise_if_cancelling()  # the test's own task: nothing pending
+
+
+async def test_cancel_and_wait_stops_the_helpers_and_keeps_the_callers_own_cancellation() -> None:
+    stopping = asyncio.Event()
+    helpers: list[asyncio.Task[None]] = []
+    carried_on: list[bool] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopping.set()
+            await asyncio.sleep(10)  # its clean-up takes a while (the owner's own cancellation cuts it short)
+
+    async def owner() -> None:
+        helpers.append(asyncio.create_task(slow_to_stop()))
+        await asyncio.sleep(0)  # the helper runs up to its wait
+        await cancel_and_wait(*helpers)
+        carried_on.append(True)  # must not happen: the owner was cancelled meanwhile
+
+    task = asyncio.create_task(owner())
+    await stopping.wait()  # the owner waits in cancel_and_wait for its helper's clean-up
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert helpers[0].done()  # no helper outlives its owner's wait
+    assert not carried_on
+
+
+async def test_cancel_and_wait_returns_for_cancelled_helpers_and_raises_a_helpers_failure() -> None:
+    idle = asyncio.create_task(asyncio.Event().wait())
+    failed = asyncio.create_task(fail_soon())
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(idle)
+    assert idle.cancelled()
+    with pytest.raises(Boom):
+        await cancel_and_wait(failed)
