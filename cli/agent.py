@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.core.config import CoreConfig, at_speed
+from agent.core.fuzzy import warm as warm_parser
 from agent.failfast import EXIT_STORE, StoreFailed, unrecoverable
 from agent.llm import ChatResolver, ResolverConfig
 from agent.profile import load_profiles
@@ -28,6 +29,7 @@ from broker.connect import open_bus
 from broker.logs import configure_logging
 from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from cli.report import print_summary, summarize
+from schemas import codec
 from schemas.clock import SimClock
 from schemas.errors import WearbusError
 from schemas.profile import profile_from
@@ -54,12 +56,23 @@ def register(app: typer.Typer) -> None:
 
 
 def tune_gc() -> None:
-    """Collect garbage less often in the agent process.
+    """Collect garbage less often in the agent process, and never walk what it keeps for its whole life.
 
     The agent keeps many long-lived objects (the contexts of thousands of users), and CPython's default thresholds
     (700, 10, 10) walk all of them in a full collection every ~70,000 allocations: at 2,500 users that was a tenth of
     the agent's CPU (py-spy, docs/benchmarks.md). Its own garbage is short-lived and reference counting frees it.
+
+    What the process keeps from its start to its end (the modules, the parser's word and pinyin tables, every
+    envelope validator, ~78,000 objects) is loaded here and then frozen (``gc.freeze``): a full collection no longer
+    walks it. It was most of what a full collection walked: 46-50 ms with the event loop stopped, against 7-10 ms
+    frozen, with the contexts of 1,000 users (docs/benchmarks.md, section 11). Before the fork of ``--workers``, as
+    the ``gc`` documentation advises: the collector no longer writes to those objects, so fewer of their pages are
+    copied into each worker.
     """
+    warm_parser()  # the runtime warms both too (cached): a library user of AgentRuntime gets them at start as well
+    codec.warm()
+    gc.collect()
+    gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
 
@@ -208,10 +221,10 @@ def agent_command(
         else None,
     )
     clock = SimClock(speed, sim_start, sim_anchor, wall_after)
-    tune_gc()
     if cluster is not None and workers != 1:
         err.print("[bold red]error:[/] --workers is for one host; a cluster scales with more members (--cluster)")
         raise typer.Exit(2)
+    tune_gc()
     if cluster is not None:
         _run_cluster_member(
             settings, clock, cluster, member or instance, buckets, nodes, state, partitions, escape_dots=escape_dots
