@@ -380,7 +380,9 @@ class AgentRuntime:
                     turn.snapshot_users = await self.snapshots.write_slice(self.store, self.core, self.clock)
                     turn.lap("snapshot")
                 self._refusals.flush_rate_counts(bus, mono)
-                turn.contexts = await self.publish_contexts()
+                # behind: more than this turn's batch was waiting (in hand, or a batch of it in the bus)
+                behind = bool(fair) or len(bus.inbox) >= s.batch
+                turn.contexts = await self.publish_contexts(behind=behind)
                 turn.lap("contexts")
             if mono >= self._next_prune:
                 self._next_prune = mono + PRUNE_EVERY_S
@@ -708,6 +710,6 @@ class AgentRuntime:
             ids, self._acked = self._acked, []
             await self.store.mark_published(ids, wall_ms())
 
-    async def publish_contexts(self) -> int:
-        """Republish the retained context of the users due; how many."""
-        return await self.contexts.publish(self.bus, self.store, self.core, self.clock)
+    async def publish_contexts(self, *, behind: bool = False) -> int:
+        """Republish the retained context of the users due (fewer while the agent is ``behind``); how many."""
+        return await self.contexts.publish(self.bus, self.store, self.core, self.clock, behind=behind)

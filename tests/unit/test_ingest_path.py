@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import agent.runtime.contexts as contexts_module
 import agent.runtime.pump as pump_module
 import agent.store as store_module
 from agent.core.api import TaskRecord
@@ -298,6 +299,29 @@ async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> Non
         assert [o.topic for o in bus.published if o.topic.endswith("/agent/context")] == first
         assert agent.contexts.dirty == {f"{USER}00000"}
         assert await sqlite(agent).scalar("SELECT COUNT(*) FROM context") == 1
+
+
+async def test_behind_a_backlog_a_context_published_before_waits_longer(tmp_path: Path) -> None:
+    user = f"{USER}00000"
+    every = 0.2  # BEHIND_WAIT (10) times that: 2 s, far more than a busy CI host stalls between two lines
+
+    def contexts(bus: Any) -> int:
+        return sum(o.topic == f"wb/v1/{user}/agent/context" for o in bus.published)
+
+    async with runtime(tmp_path / "a.db", context_s=every) as (agent, bus):
+        await agent.process(births())
+        assert await agent.publish_contexts(behind=True) == 1  # a user's first context is not held back
+        ring_gone = mix.state_payload("ring-off", NOON, Kind.RING, online=False)
+        await agent.process([wire(f"wb/v1/{user}/ring/r1/state", ring_gone)])
+        await asyncio.sleep(2 * every)  # due now, were the agent not behind (Contexts reads time.monotonic)
+        assert await agent.publish_contexts(behind=True) == 0
+        assert contexts(bus) == 1
+        assert await agent.publish_contexts() == 1  # caught up: it goes
+        ring_back = mix.state_payload("ring-on", NOON + 1, Kind.RING, online=True)
+        await agent.process([wire(f"wb/v1/{user}/ring/r1/state", ring_back)])
+        await asyncio.sleep(contexts_module.BEHIND_WAIT * every + every)  # behind for longer than it waits
+        assert await agent.publish_contexts(behind=True) == 1  # it waited long enough: it goes though still behind
+        assert contexts(bus) == 3
 
 
 async def test_the_retained_consent_is_sent_only_when_it_changed(tmp_path: Path) -> None:
