@@ -141,9 +141,9 @@ def record(cls: type[C]) -> type[C]:
     A frozen dataclass sets each field through ``object.__setattr__``: for :class:`Message` that was 2.8 µs of
     every received message against 0.4 µs (``python -m bench.decode``, row "Message"), a tenth of what the bus
     spends on one. ``mypy --strict`` still refuses an assignment to a field (``dataclass_transform``'s
-    ``frozen_default``); ``dataclasses.replace`` makes a changed copy, as for a frozen one.
+    ``frozen_default``); ``dataclasses.replace`` makes a changed copy, and it hashes by its fields, as a frozen one.
     """
-    return dataclass(slots=True)(cls)
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 @record

@@ -77,6 +77,7 @@ def test_a_message_is_a_slotted_record_and_replace_copies_it() -> None:
     assert (copy.mid, message.mid) == (8, 7)
     assert copy.envelope is message.envelope
     assert copy == dataclasses.replace(copy)
+    assert hash(copy) == hash(dataclasses.replace(copy))  # hashable by its fields, as the frozen dataclass was
 
 
 def test_content_type_wins_over_first_byte() -> None:
