@@ -248,7 +248,7 @@ async def test_cancel_and_wait_stops_the_helpers_and_keeps_the_callers_own_cance
 async def test_cancel_and_wait_returns_for_cancelled_helpers_and_raises_a_helpers_failure() -> None:
     idle = asyncio.create_task(asyncio.Event().wait())
     failed = asyncio.create_task(fail_soon())
-    await asyncio.sleep(0.01)
+    await asyncio.wait([failed])  # it failed before it was stopped
     await cancel_and_wait(idle)
     assert idle.cancelled()
     with pytest.raises(Boom):
