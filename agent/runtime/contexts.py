@@ -55,13 +55,23 @@ class Contexts:
         """Whether a user's republish is due at ``mono``."""
         return bool(self._due) and self._due[0][0] <= mono
 
-    async def publish(self, bus: Bus, store: AgentStore, core: AgentCore, clock: Clock, *, behind: bool = False) -> int:
+    async def publish(
+        self,
+        bus: Bus,
+        store: AgentStore,
+        core: AgentCore,
+        clock: Clock,
+        *,
+        behind: bool = False,
+        mono: float | None = None,
+    ) -> int:
         """Republish the retained context of the users due (changed, and not republished for ``every_s``; when the
-        agent is ``behind``, for :data:`BEHIND_WAIT` times that)."""
+        agent is ``behind``, for :data:`BEHIND_WAIT` times that) at ``mono`` (default: ``time.monotonic()``)."""
         due_heap = self._due
         if not due_heap or not bus.connected:
             return 0
-        mono = time.monotonic()
+        if mono is None:
+            mono = time.monotonic()
         until = mono - (BEHIND_WAIT - 1) * self._every_s if behind else mono
         if due_heap[0][0] > until:  # nobody is due yet: no scan of every changed user on each pump turn
             return 0

@@ -710,6 +710,7 @@ class AgentRuntime:
             ids, self._acked = self._acked, []
             await self.store.mark_published(ids, wall_ms())
 
-    async def publish_contexts(self, *, behind: bool = False) -> int:
-        """Republish the retained context of the users due (fewer while the agent is ``behind``); how many."""
-        return await self.contexts.publish(self.bus, self.store, self.core, self.clock, behind=behind)
+    async def publish_contexts(self, *, behind: bool = False, mono: float | None = None) -> int:
+        """Republish the retained context of the users due (fewer while the agent is ``behind``) at the monotonic
+        time ``mono`` (default: now); how many."""
+        return await self.contexts.publish(self.bus, self.store, self.core, self.clock, behind=behind, mono=mono)

@@ -303,24 +303,27 @@ async def test_contexts_are_republished_once_per_interval(tmp_path: Path) -> Non
 
 async def test_behind_a_backlog_a_context_published_before_waits_longer(tmp_path: Path) -> None:
     user = f"{USER}00000"
-    every = 0.2  # BEHIND_WAIT (10) times that: 2 s, far more than a busy CI host stalls between two lines
+    every = 1.0  # BEHIND_WAIT (10) times that: 10 s of the monotonic time given to each call
 
     def contexts(bus: Any) -> int:
         return sum(o.topic == f"wb/v1/{user}/agent/context" for o in bus.published)
 
     async with runtime(tmp_path / "a.db", context_s=every) as (agent, bus):
+        t0 = 1_000.0
         await agent.process(births())
-        assert await agent.publish_contexts(behind=True) == 1  # a user's first context is not held back
+        assert await agent.publish_contexts(behind=True, mono=t0) == 1  # a user's first context is not held back
         ring_gone = mix.state_payload("ring-off", NOON, Kind.RING, online=False)
         await agent.process([wire(f"wb/v1/{user}/ring/r1/state", ring_gone)])
-        await asyncio.sleep(2 * every)  # due now, were the agent not behind (Contexts reads time.monotonic)
-        assert await agent.publish_contexts(behind=True) == 0
+        due = t0 + 2 * every  # due, were the agent not behind
+        assert await agent.publish_contexts(behind=True, mono=due) == 0
         assert contexts(bus) == 1
-        assert await agent.publish_contexts() == 1  # caught up: it goes
+        assert await agent.publish_contexts(mono=due) == 1  # caught up: it goes
         ring_back = mix.state_payload("ring-on", NOON + 1, Kind.RING, online=True)
         await agent.process([wire(f"wb/v1/{user}/ring/r1/state", ring_back)])
-        await asyncio.sleep(contexts_module.BEHIND_WAIT * every + every)  # behind for longer than it waits
-        assert await agent.publish_contexts(behind=True) == 1  # it waited long enough: it goes though still behind
+        still_behind = due + contexts_module.BEHIND_WAIT * every - every / 2
+        assert await agent.publish_contexts(behind=True, mono=still_behind) == 0  # not waited long enough yet
+        waited = due + contexts_module.BEHIND_WAIT * every
+        assert await agent.publish_contexts(behind=True, mono=waited) == 1  # waited long enough: goes though behind
         assert contexts(bus) == 3
 
 
