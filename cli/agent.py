@@ -6,7 +6,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -33,6 +32,7 @@ from schemas import codec
 from schemas.clock import SimClock
 from schemas.errors import WearbusError
 from schemas.profile import profile_from
+from schemas.tasks import SignalStop
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -298,25 +298,12 @@ def _exit_now(status: int) -> None:
 async def _until_signalled(job: Coroutine[Any, Any, None]) -> None:
     """Run ``job`` until it ends or SIGINT or SIGTERM stops it: the signal cancels this task, and that cancellation
     (ours) is a clean end. Any other cancellation goes on."""
-    task = asyncio.current_task()
-    assert task is not None  # noqa: S101 (called by asyncio.run)
-    signalled = 0  # a second signal cancels a slow clean-up too
-
-    def stop() -> None:
-        nonlocal signalled
-        signalled += 1
-        task.cancel()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+    stop = SignalStop()
     try:
         await job
     except asyncio.CancelledError:
-        if not signalled:
+        if not stop.taken():
             raise
-        for _ in range(signalled):
-            task.uncancel()  # handled: the stop asked for
 
 
 async def _run_agent(settings: AgentSettings, clock: SimClock, bus_factory: Callable[[BusOptions], Bus]) -> None:

@@ -38,7 +38,7 @@ from cli.report import percentile, print_summary, summarize, timed_note
 from schemas import codec
 from schemas.envelope import Message, dump
 from schemas.errors import ConfigError, WearbusError
-from schemas.tasks import cancel_and_wait, first_of
+from schemas.tasks import SignalStop, cancel_and_wait, first_of
 from schemas.topics import Channel
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -387,18 +387,7 @@ async def _up(
     wearbus = [sys.executable, "-m", "cli.main"]
     sup = Supervisor()
     agent_pw = secrets.token_urlsafe(12)
-    task = asyncio.current_task()
-    assert task is not None  # noqa: S101 (run by asyncio.run)
-    loop = asyncio.get_running_loop()
-    interrupted = 0  # signals: each cancels this task (a second one cuts a slow stop short)
-
-    def on_signal() -> None:
-        nonlocal interrupted
-        interrupted += 1
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop = SignalStop()  # Ctrl-C and SIGTERM stop the stack cleanly
     timeline = Timeline(out, show=not quiet, show_health=show_health, tz=tz)
     # The timeline's tap, then its bus: on the way out the bus closes first, which ends the tap's loop.
     stack = contextlib.AsyncExitStack()
@@ -489,10 +478,8 @@ async def _up(
             await asyncio.Event().wait()
         await asyncio.sleep(min(3.0, max(1.0, 60 / speed)))  # let the last actions and acks land
     except asyncio.CancelledError:
-        if not interrupted:
+        if not stop.taken():
             raise
-        for _ in range(interrupted):
-            task.uncancel()  # the stop asked for (on_signal), handled here
         err.print("[yellow]stopping...[/]")
     finally:
         # all but the broker; then the timeline's bus, which saw their last words and now leaves before its broker
@@ -528,7 +515,7 @@ async def _up(
         data["failed_processes"] = [p.name for p in failed]
         data["restarts"] = {p.name: p.restarts for p in sup.procs if p.restarts}
         _write_json(json_summary, data)
-    if interrupted:
+    if stop.signals:
         return 130
     if failed:
         err.print(f"[red]these emulators did not finish cleanly: {', '.join(p.name for p in failed)}[/]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -107,6 +108,36 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
         failure = None if task.cancelled() else task.exception()
         if failure is not None:
             raise failure
+
+
+class SignalStop:
+    """SIGINT and SIGTERM cancel the task that made this (a second signal cuts a slow clean-up short too).
+
+    In that task's ``except asyncio.CancelledError``, :meth:`taken` tells the stop asked for (and takes its
+    cancellation back, ``Task.uncancel``) from any other cancellation, which the caller re-raises.
+    """
+
+    __slots__ = ("_task", "signals")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("SignalStop needs a running task")
+        self._task = task
+        self.signals = 0  # how many came
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop)
+
+    def _stop(self) -> None:
+        self.signals += 1
+        self._task.cancel()
+
+    def taken(self) -> bool:
+        """Whether the cancellation being handled is the stop a signal asked for; if so, it is taken back."""
+        for _ in range(self.signals):
+            self._task.uncancel()
+        return self.signals > 0
 
 
 @contextlib.contextmanager

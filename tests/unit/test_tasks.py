@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -253,3 +256,34 @@ async def test_cancel_and_wait_returns_for_cancelled_helpers_and_raises_a_helper
     assert idle.cancelled()
     with pytest.raises(Boom):
         await cancel_and_wait(failed)
+
+
+SIGNAL_PROBE = """
+import asyncio, json, os, signal
+from schemas.tasks import SignalStop
+
+async def stopped_by(cause: str) -> str:
+    stop = SignalStop()
+    try:
+        if cause == "signal":
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            asyncio.get_running_loop().call_soon(asyncio.current_task().cancel)
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        if not stop.taken():
+            return "re-raised"
+        return f"taken, still cancelling: {asyncio.current_task().cancelling()}"
+    return "not stopped"
+
+async def main() -> list[str]:
+    return [await asyncio.create_task(stopped_by(cause)) for cause in ("signal", "other")]
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_a_signal_stop_is_taken_back_and_any_other_cancellation_is_not() -> None:
+    # In a process of its own: the probe sends SIGTERM to itself.
+    done = subprocess.run([sys.executable, "-c", SIGNAL_PROBE], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == ["taken, still cancelling: 0", "re-raised"]
