@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.envelope import Message
+from schemas.topics import DeviceKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class Admission:
         self.config = config or AdmissionConfig()
         # (user, kind, device) -> (tokens, ms the device's last event was charged at), least recently seen first (a
         # plain dict keeps insertion order: a device seen again is popped and put back at the end)
-        self._buckets: dict[tuple[str | None, str | None, str], tuple[float, int]] = {}
+        self._buckets: dict[DeviceKey, tuple[float, int]] = {}
 
     def check(self, message: Message, now_ms: int) -> tuple[str, str] | None:
         """``None`` when admitted, else ``(reason, explanation)``."""
@@ -50,9 +51,9 @@ class Admission:
         if ts < now_ms - cfg.max_past_s * 1000 and not message.retain:
             return "stale", f"publish time {ts} is {(now_ms - ts) / 86_400_000:.1f} days old"
         where = message.where
-        if where.device is None:
+        key = where.key
+        if key is None:
             return None
-        key = (where.user, where.kind._value_ if where.kind else None, where.device)  # a str hashes in C, an enum not
         # charged when it was published, never later than now nor earlier than the backlog allowance
         sent = now_ms if ts > now_ms else max(ts, now_ms - int(cfg.backlog_s * 1000))
         burst, rate = cfg.burst, cfg.rate_per_s
@@ -73,7 +74,7 @@ class Admission:
         self._remember(key, tokens - 1, sent)
         return None
 
-    def _remember(self, key: tuple[str | None, str | None, str], tokens: float, now_ms: int) -> None:
+    def _remember(self, key: DeviceKey, tokens: float, now_ms: int) -> None:
         buckets = self._buckets
         buckets[key] = (tokens, now_ms)
         if len(buckets) > self.config.max_devices:

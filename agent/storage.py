@@ -26,6 +26,7 @@ from schemas.errors import ContractError, StoreError
 from schemas.events import EVENTS
 from schemas.health import REDACTED, always_health
 from schemas.health import marks as marks_of
+from schemas.topics import DeviceKey
 
 #: The ``type`` of every event that always carries a health value (by the contract's mark): the retention applies.
 HEALTH_EVENT_TYPES = frozenset(str(m.model_fields["type"].default) for m in EVENTS.values() if always_health(m))
@@ -190,7 +191,7 @@ class AgentStore(Protocol):
         """What happened after a position, in order: ``("event", EventRow, seq)`` and ``("tick", TickRow, n)``."""
         ...
 
-    async def last_seqs(self, recent: int = 100_000) -> dict[tuple[str, str, str], int]:
+    async def last_seqs(self, recent: int = 100_000) -> dict[DeviceKey, int]:
         """The ``seq`` of each device's last handled event among the ``recent`` last ones, by (user, kind, device)."""
         ...
 

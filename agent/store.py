@@ -66,6 +66,7 @@ from broker.files import private_dir, private_file
 from broker.logs import get_logger
 from schemas.errors import StoreError
 from schemas.health import REDACTED
+from schemas.topics import DeviceKey
 
 # The rows and the protocol are defined in agent.storage; these names stay importable from here.
 __all__ = ["CHECKPOINT_EVERY_S", "MIGRATIONS", "USER_TABLES", "ActionRow", "EventRow", "Mark", "Snapshot", "Store",
@@ -588,10 +589,10 @@ class Store:
         out.sort(key=lambda x: (x[0], x[1]))
         return [item for _, _, item in out]
 
-    async def last_seqs(self, recent: int = 100_000) -> dict[tuple[str, str, str], int]:
+    async def last_seqs(self, recent: int = 100_000) -> dict[DeviceKey, int]:
         """The ``seq`` of each device's last handled event among the ``recent`` last events stored, by (user, kind,
         device): where a restarted agent's per-device order gate takes up (agent/ordering.py)."""
-        out: dict[tuple[str, str, str], int] = {}
+        out: dict[DeviceKey, int] = {}
         for user, kind, device, dev_seq in await self.rows(
             "SELECT user, kind, device, dev_seq FROM events WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ?"
             " AND channel = 'evt' AND dev_seq > 0 ORDER BY seq",

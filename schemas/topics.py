@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
@@ -75,6 +75,12 @@ _AGENT_CHANNELS = {
 }
 
 
+#: ``(user, kind, device)``, the kind as its string: what the agent keeps each device's state under (rate limits,
+#: liveness, the per-device order, the language it speaks). Strings hash in C and an enum member does not, and a
+#: parsed topic carries its device's key already built (:attr:`Topic.key`), so a message's device costs no tuple.
+DeviceKey = tuple[str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceId:
     """Who a device is: the identity that the topic (and the broker's ACL) gives it."""
@@ -97,6 +103,11 @@ class DeviceId:
         """The MQTT client id (and username) a device connects with: ``{user}/{kind}/{device}``."""
         return f"{self.user}/{self.kind.value}/{self.device}"
 
+    @property
+    def key(self) -> DeviceKey:
+        """This device's :data:`DeviceKey`."""
+        return (self.user, self.kind._value_, self.device)  # _value_: a plain attribute, not enum's property
+
     def __str__(self) -> str:
         return self.client_id
 
@@ -111,6 +122,9 @@ class Topic:
         kind: the device kind (device topics only).
         device: the device id (device topics only).
         name: the event class/name (``sensor/hr``), the action (``display.card``), the agent instance or the DLQ reason.
+        key: the device's :data:`DeviceKey` (device topics only; derived, not compared). Built once per parsed
+            topic, so every module that keeps state per device looks it up without building a tuple per message, and
+            their dictionaries share the one tuple instead of each keeping its own.
     """
 
     channel: Channel
@@ -119,6 +133,11 @@ class Topic:
     device: str | None = None
     event_class: EventClass | None = None
     name: str | None = None
+    key: DeviceKey | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.user is not None and self.kind is not None and self.device is not None:
+            object.__setattr__(self, "key", (self.user, self.kind._value_, self.device))
 
     @property
     def device_id(self) -> DeviceId:

@@ -37,6 +37,7 @@ from agent.storage import (
 )
 from schemas.errors import StoreError
 from schemas.tasks import cancellation_kept
+from schemas.topics import DeviceKey
 
 
 class FencedError(StoreError):
@@ -441,10 +442,10 @@ class RedisBucketStore:
                 out.append((kind, item, position))
         return out
 
-    async def last_seqs(self, recent: int = 20_000) -> dict[tuple[str, str, str], int]:
+    async def last_seqs(self, recent: int = 20_000) -> dict[DeviceKey, int]:
         """The ``seq`` of each device's last handled event among the ``recent`` last log entries (see
         :meth:`agent.storage.AgentStore.last_seqs`)."""
-        out: dict[tuple[str, str, str], int] = {}
+        out: dict[DeviceKey, int] = {}
         with self._errors("read of the log"):
             entries = await self.redis.xrevrange(self.k_log, max="+", min="-", count=recent)
         for _, f in entries:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.actions import DeviceState
 from schemas.envelope import Message
-from schemas.topics import Channel
+from schemas.topics import Channel, DeviceKey
 
 
 class Languages:
@@ -13,10 +13,10 @@ class Languages:
     __slots__ = ("_json", "_msgpack_pinned")
 
     def __init__(self) -> None:
-        self._json: dict[tuple[str, str, str], bool] = {}  # device -> pinned by its birth
-        self._msgpack_pinned: set[tuple[str, str, str]] = set()  # births that asked for msgpack whatever they speak
+        self._json: dict[DeviceKey, bool] = {}  # device -> pinned by its birth
+        self._msgpack_pinned: set[DeviceKey] = set()  # births that asked for msgpack whatever they speak
 
-    def speaks_json(self, device: tuple[str, str, str]) -> bool:
+    def speaks_json(self, device: DeviceKey) -> bool:
         """Whether ``(user, kind, device)`` is answered in JSON."""
         return device in self._json
 
@@ -24,9 +24,9 @@ class Languages:
         """Answer a device in the language it speaks: JSON once its birth, an event or an ack came as JSON (or its
         birth's ``encoding`` says so); msgpack again when it speaks msgpack, unless its birth asked for JSON."""
         where = message.where
-        if where.user is None or where.kind is None or where.device is None:
+        key = where.key
+        if key is None:
             return
-        key = (where.user, where.kind._value_, where.device)
         body = message.data
         if where.channel is Channel.STATE and isinstance(body, DeviceState):
             if not body.online:

@@ -9,7 +9,7 @@ from broker.bus import Bus
 from schemas.actions import DeviceState
 from schemas.clock import Clock
 from schemas.envelope import Message, envelope_of, new_id
-from schemas.topics import Channel, DeviceId, Kind, parse, state_topic
+from schemas.topics import Channel, DeviceId, DeviceKey, Kind, parse, state_topic
 
 #: Seconds between two passes over every device's last sign of life (heartbeats come every 10 s or more).
 LIVENESS_SCAN_S = 1.0
@@ -27,17 +27,17 @@ class Liveness:
         self._misses = misses
         self._users = users
         # (user, kind, device) -> [heartbeat_s, monotonic time of its last message]
-        self._alive: dict[tuple[str, str, str], list[float]] = {}
+        self._alive: dict[DeviceKey, list[float]] = {}
         self._connects_seen = 0
 
     def observe(self, message: Message, mono: float) -> None:
         """Note that a device spoke at ``mono`` (any message proves it is alive, even a duplicate or a refused one)."""
         where = message.where
-        if where.user is None or where.kind is None or where.device is None or self._misses <= 0:
+        key = where.key
+        if key is None or self._misses <= 0:
             return
         if self._users is not None and where.user not in self._users:
             return
-        key = (where.user, where.kind._value_, where.device)  # _value_: a plain attribute, not enum's property
         body = message.data
         if where.channel is Channel.STATE and isinstance(body, DeviceState):
             if body.online and body.heartbeat_s:

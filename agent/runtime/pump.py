@@ -66,7 +66,7 @@ from schemas.envelope import Message, make
 from schemas.errors import BusConnectionError, ContractError, PublishError, StoreError
 from schemas.health import holds_health
 from schemas.tasks import TaskScope
-from schemas.topics import Channel, agent_state_topic, desired_topic
+from schemas.topics import Channel, DeviceKey, agent_state_topic, desired_topic
 
 #: How often the agent looks for health events past their retention time (wall seconds).
 PRUNE_EVERY_S = 60.0
@@ -148,7 +148,7 @@ class AgentRuntime:
             else None
         )
         # Each device's events in seq order: (user, kind, device) -> held messages (agent/ordering.py).
-        self._order: OrderGate[tuple[str, str, str], Message] = OrderGate(round(settings.order_wait_s * 1000))
+        self._order: OrderGate[DeviceKey, Message] = OrderGate(round(settings.order_wait_s * 1000))
 
     @property
     def store(self) -> AgentStore:
@@ -579,8 +579,7 @@ class AgentRuntime:
         created = wall_ms()
         speaks_json = self._languages.speaks_json
         actions = [
-            action_row(cmd, now, created, json_payload=speaks_json((cmd.device.user, cmd.device.kind._value_,
-                                                                    cmd.device.device)))
+            action_row(cmd, now, created, json_payload=speaks_json(cmd.device.key))
             for cmd in outcome.commands
         ]  # fmt: skip
         tasks = outcome.tasks  # the core's records, copied when they were made
@@ -651,10 +650,10 @@ class AgentRuntime:
         out: list[Message] = []
         for message in batch:
             where = message.where
-            if where.user is None or where.kind is None or where.device is None:
+            key = where.key
+            if key is None:
                 out.append(message)
                 continue
-            key = (where.user, where.kind._value_, where.device)
             seq = message.envelope.seq
             if where.channel is Channel.EVENT and seq > 0:
                 out += gate.offer(key, seq, message, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -66,6 +67,28 @@ def test_other_topics() -> None:
     assert parse(agent_state_topic("a1")).name == "a1"
     assert parse(dlq_topic("schema")).name == "schema"
     assert DeviceId("alice", Kind.RING, "ring-1").client_id == "alice/ring/ring-1"
+
+
+@given(user=names, device=names, kind=kinds, name=leaves)
+def test_every_topic_of_a_device_carries_its_key_and_no_other_topic_does(
+    user: str, device: str, kind: Kind, name: str
+) -> None:
+    dev = DeviceId(user, kind, device)
+    key = (user, kind.value, device)
+    assert dev.key == key
+    for topic in (event_topic(dev, EventClass.SENSOR, name), state_topic(dev), ack_topic(dev),
+                  command_topic(dev, "display.card")):  # fmt: skip
+        parsed = parse(topic)
+        assert parsed.key == key
+        assert all(type(part) is str for part in parsed.key)  # a str hashes in C, an enum member does not
+        assert parse(topic).key is parsed.key  # built once per parsed topic, not per message
+    for topic in (context_topic(user), agent_state_topic("a1"), dlq_topic("schema")):
+        assert parse(topic).key is None
+    # derived: not compared, and a changed copy derives its own
+    parsed = parse(state_topic(dev))
+    moved = "spare" if device != "spare" else "spare-2"
+    assert dataclasses.replace(parsed, device=moved).key == (user, kind.value, moved)
+    assert dataclasses.replace(parsed) == parsed
 
 
 @pytest.mark.parametrize(
