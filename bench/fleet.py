@@ -40,6 +40,18 @@ from schemas.topics import Kind
 MAX_INFLIGHT = 500  # per connection; a device whose broker stops acknowledging stops sending (and counts it)
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One periodic stream of one device, with what every send of it needs worked out once: the fleet sends ~14,000
+    events a second at 2,500 users, on the same two cores as the broker and the agent it measures, so what it spends
+    per event is taken from them (an enum's ``.value`` and the QoS lookup cost more than the send's own Python)."""
+
+    stream: mix.Stream
+    topic: bytes
+    qos: int
+    key: str  # the ``by_stream`` counter's name
+
+
 @dataclass(slots=True)
 class Device:
     """One emulated device."""
@@ -47,7 +59,7 @@ class Device:
     user: str
     kind: Kind
     prefix: str
-    streams: list[mix.Stream]
+    lanes: list[Lane]
     client: WireClient | None = None
     seq: int = 0
     commands: int = 0
@@ -110,8 +122,9 @@ class Fleet:
         for u in range(first, first + users):
             user = mix.user_name(u, prefix)
             for kind in mix.DEVICE_IDS:
-                own = [s for s in streams if s.kind is kind]
-                self.devices.append(Device(user, kind, mix.device_prefix(user, kind), own))
+                lanes = [Lane(s, mix.topic_of(user, s).encode(), s.qos, f"{kind.value}/{s.name}")
+                         for s in streams if s.kind is kind]  # fmt: skip
+                self.devices.append(Device(user, kind, mix.device_prefix(user, kind), lanes))
         self._heap: list[tuple[float, int, int, int]] = []
         self._tie = 0
 
@@ -165,11 +178,11 @@ class Fleet:
         t = self._now_ms()
         client.publish(f"{dev.prefix}/state", mix.state_payload(self._id(), t, dev.kind, True), 1, retain=True)
         self.stats.published += 1
-        for si, stream in enumerate(dev.streams):
-            if stream.period_s == 0:
-                self._send(dev, stream)
+        for li, lane in enumerate(dev.lanes):
+            if lane.stream.period_s == 0:
+                self._send(dev, lane)
             else:
-                self._push(now + self.rng.uniform(0, stream.period_s), index, si)
+                self._push(now + self.rng.uniform(0, lane.stream.period_s), index, li)
 
     def _lost(self, dev: Device) -> None:
         if dev.client is not None:
@@ -178,25 +191,25 @@ class Fleet:
 
     # ------------------------------------------------------------------ traffic
 
-    def _push(self, due: float, index: int, stream_index: int) -> None:
+    def _push(self, due: float, index: int, lane_index: int) -> None:
         self._tie += 1
-        heapq.heappush(self._heap, (due, self._tie, index, stream_index))
+        heapq.heappush(self._heap, (due, self._tie, index, lane_index))
 
-    def _send(self, dev: Device, stream: mix.Stream) -> None:
+    def _send(self, dev: Device, lane: Lane) -> None:
         client = dev.client
         if client is None or not client.connected:
             self.stats.skipped += 1
             return
-        if stream.qos and len(client.inflight) >= MAX_INFLIGHT:
+        if lane.qos and len(client.inflight) >= MAX_INFLIGHT:
             self.stats.skipped += 1
             return
         dev.seq += 1
         t = self._now_ms()
-        payload = mix.pack(self._id(), t, dev.seq, stream.build(self.rng, t))
-        client.publish(f"{dev.prefix}/evt/{stream.event_class.value}/{stream.name}", payload, stream.qos)
+        payload = mix.pack(self._id(), t, dev.seq, lane.stream.build(self.rng, t))
+        client.publish(lane.topic, payload, lane.qos)
         self.stats.published += 1
-        key = f"{stream.kind.value}/{stream.name}"
-        self.stats.by_stream[key] = self.stats.by_stream.get(key, 0) + 1
+        by_stream = self.stats.by_stream
+        by_stream[lane.key] = by_stream.get(lane.key, 0) + 1
 
     def _on_command(self, dev: Device, client: WireClient, topic: str, payload: bytes) -> None:
         if "/cmd/" not in topic:
@@ -225,15 +238,18 @@ class Fleet:
                 break
             n = 0
             while heap and heap[0][0] <= now and n < 20_000:
-                due, _, index, si = heapq.heappop(heap)
+                due, _, index, li = heap[0]
                 dev = self.devices[index]
-                stream = dev.streams[si]
-                self._send(dev, stream)
+                lane = dev.lanes[li]
+                self._send(dev, lane)
                 n += 1
-                nxt = next_due(due, now, stream.period_s)
-                if nxt > due + stream.period_s:
-                    self.stats.late += 1
-                self._push(nxt, index, si)
+                period = lane.stream.period_s
+                nxt = due + period
+                if nxt <= now:
+                    nxt = next_due(due, now, period)
+                    self.stats.late += nxt > due + period
+                self._tie += 1
+                heapq.heapreplace(heap, (nxt, self._tie, index, li))  # pop this lane and push its next send at once
             if now >= next_report:
                 next_report += progress_s
                 self.report("progress")

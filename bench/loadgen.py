@@ -11,6 +11,7 @@ sockets, so Nagle never delays a packet (P1 of shared/reference/performance.md).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from broker import mqtt
@@ -156,7 +157,7 @@ class WireClient(asyncio.Protocol):
         if self.transport is None:
             raise BusConnectionError(f"{self.client_id}: not connected")
         self.transport.write(data)
-        self.last_write = asyncio.get_running_loop().time()
+        self.last_write = time.monotonic()  # the event loop's clock (``loop.time()``), without its method call
 
     def _pid(self) -> int:
         for _ in range(65_535):
@@ -165,13 +166,15 @@ class WireClient(asyncio.Protocol):
                 return self._next_pid
         raise BusConnectionError(f"{self.client_id}: 65,535 publishes unacknowledged")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Write a PUBLISH now (QoS 1 is tracked until its PUBACK; see :meth:`window`)."""
+    def publish(self, topic: str | bytes, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Write a PUBLISH now (QoS 1 is tracked until its PUBACK; see :meth:`window`). ``topic`` may be given
+        already encoded (UTF-8), as a fleet that sends the same topics over and over does."""
         pid = 0
         if qos:
             pid = self._pid()
             self.inflight.add(pid)
-        self._write(mqtt.encode_publish(topic.encode(), payload, qos, retain, pid, b""))
+        name = topic if isinstance(topic, bytes) else topic.encode()
+        self._write(mqtt.encode_publish(name, payload, qos, retain, pid, b""))
         self.published += 1
 
     async def window(self, limit: int, timeout: float = 30.0) -> None:
