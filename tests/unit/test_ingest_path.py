@@ -327,6 +327,27 @@ async def test_behind_a_backlog_a_context_published_before_waits_longer(tmp_path
         assert contexts(bus) == 3
 
 
+async def test_behind_a_backlog_a_round_of_every_users_ticks_waits_longer(tmp_path: Path) -> None:
+    """Every user is ticked once per FULL_TICK_MS of agent time; while the agent is behind, once per
+    FULL_TICK_BEHIND times that. In between, only the users with a timer of seconds (none here)."""
+    clock = ManualClock(NOON)
+    every_s = pump_module.FULL_TICK_MS / 1000
+    async with runtime(tmp_path / "a.db", clock) as (agent, _):
+        await agent.process(births())
+        everyone = agent.core.users
+        assert everyone
+        assert agent.core.timed_users() == []
+        assert agent._tick_round(behind=True) == everyone  # the first round ticks everyone
+        clock.advance(every_s)
+        assert agent._tick_round(behind=True) == []  # due, were the agent not behind
+        clock.advance(every_s * (pump_module.FULL_TICK_BEHIND - 1) - 0.001)
+        assert agent._tick_round(behind=True) == []  # not waited long enough yet
+        clock.advance(0.001)
+        assert agent._tick_round(behind=True) == everyone  # waited long enough: everyone though behind
+        clock.advance(every_s)
+        assert agent._tick_round() == everyone  # caught up: once per FULL_TICK_MS again
+
+
 async def test_the_retained_consent_is_sent_only_when_it_changed(tmp_path: Path) -> None:
     user = f"{USER}00000"
     async with runtime(tmp_path / "a.db", context_s=0.0) as (agent, bus):
