@@ -90,5 +90,10 @@ async def _console(
     )
     if open_page:
         webbrowser.open(page)
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise  # this task is cancelled (Ctrl-C, or its caller): not ours to swallow
+        # SIGTERM cancelled the serving task: a clean stop

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -34,12 +35,13 @@ from typer.testing import CliRunner
 
 from broker.client import Bus, BusOptions
 from broker.embedded import EmbeddedBroker, free_port
-from console.cli import register
+from console.cli import _console, register
 from console.server import ConsoleServer
 from schemas import actions as act
 from schemas import events as ev
 from schemas.envelope import Message, make, now_ms
 from schemas.shadow import GlassesSettings, ShadowDesired, ShadowReported
+from schemas.tasks import cancel_and_wait
 from schemas.topics import (
     DeviceId,
     Kind,
@@ -522,6 +524,33 @@ async def test_read_only_by_default_and_serves_the_page() -> None:
         status, snap = await _http(console.port, "GET", "/api/snapshot")
         assert status == 200
         assert json.loads(snap)["inject"]["enabled"] is False
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("stop", ["sigterm", "cancel"])
+async def test_sigterm_stops_the_console_cleanly_and_a_cancellation_goes_on(
+    stop: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (from `wearbus up` or a service manager) ends `wearbus console` as a clean stop; a cancellation of
+    the console's own task (Ctrl-C: asyncio.run cancels it) is not swallowed."""
+    loop = asyncio.get_running_loop()
+    async with EmbeddedBroker(port=free_port()) as broker:
+        task = asyncio.create_task(_console(broker.url, "127.0.0.1", 0, False, False, ("auto", "auto")))
+        try:
+            async with asyncio.timeout(30):
+                while "wearbus console: http://" not in capsys.readouterr().out:  # noqa: ASYNC110 (printed, bounded)
+                    await asyncio.sleep(0.02)
+            if stop == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # its handler cancels the serving task
+                await task  # ends without an exception
+                assert not task.cancelled()
+            else:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            await cancel_and_wait(task)
 
 
 def test_console_command_says_when_its_port_is_taken() -> None:
