@@ -42,9 +42,10 @@ MAX_INFLIGHT = 500  # per connection; a device whose broker stops acknowledging 
 
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One periodic stream of one device, with what every send of it needs worked out once: the fleet sends ~14,000
+    """One periodic stream of one device, with what every send of it needs worked out once (the topic's bytes, its
+    QoS, the counter's name; they were formatted, looked up and encoded on every send): the fleet sends ~14,000
     events a second at 2,500 users, on the same two cores as the broker and the agent it measures, so what it spends
-    per event is taken from them (an enum's ``.value`` and the QoS lookup cost more than the send's own Python)."""
+    per event is taken from them."""
 
     stream: mix.Stream
     topic: bytes

@@ -61,8 +61,8 @@ def _heartbeat(rng: random.Random, t: int) -> dict[str, Any]:
 
 
 def _head_pose(rng: random.Random, t: int) -> dict[str, Any]:
-    # rng.uniform(a, b) is a + (b - a) * rng.random(): written out, the same values at a third less of the fleet's
-    # CPU for its most frequent event
+    # rng.uniform(a, b) is a + (b - a) * rng.random(): written out, the same values without a Python call each, for
+    # the fleet's most frequent event
     r = rng.random
     return {
         "type": "glasses.head_pose",
