@@ -204,6 +204,27 @@ class AgentProcess:
         return self.total("SELECT COALESCE(MAX(seq), 0) FROM events")
 
 
+def _cpu_budget(sc: dict[str, Any]) -> list[Row]:
+    """What the agent spent per stored event, what the offered rate needs at that cost, and what it could have had:
+    what it used plus what the host left idle, at most a core per agent process. The broker and the load generator
+    share this host with it, so when the need is over what it could have had, it cannot keep up whatever it does
+    with the CPU it gets."""
+    stored = sc["stored_per_s"]
+    if stored <= 0:
+        return []
+    per_event = sc["agent_cpu_pct"] / 100 / stored * 1e6
+    need = per_event * sc["offered_per_s"] / 1e4  # % of a core
+    rows = [Row("scale", "agent CPU per stored event", per_event, "µs")]
+    could = None
+    if sc.get("host_idle_pct") is not None:
+        could = min(100.0 * sc.get("workers", 1), sc["agent_cpu_pct"] + sc["host_idle_pct"])
+        rows.append(Row("scale", "host CPU idle during the window", sc["host_idle_pct"], "% core"))
+        rows.append(Row("scale", "CPU the agent could have had (its own + idle)", could, "% core"))
+    rows.append(Row("scale", "agent CPU the offered rate needs at that cost", need, "% core", hx.ratio(need, could),
+                    "what it could have had"))  # fmt: skip
+    return rows
+
+
 def _query(db: Path, sql: str, *args: Any) -> tuple[Any, ...]:
     if not db.exists():
         return ()
@@ -448,7 +469,7 @@ async def scale(
         "fleet_cpu_pct": usage["fleet"].cpu_pct, "fleet_rss_mb": usage["fleet"].rss_mb,
         "broker_cpu_pct": usage["broker"].cpu_pct if "broker" in usage else None,
         "broker_rss_mb": usage["broker"].rss_mb if "broker" in usage else None,
-        "broker_rss_before_mb": broker_rss0 or None,
+        "broker_rss_before_mb": broker_rss0 or None, "host_idle_pct": sampler.host_idle_pct,
     })  # fmt: skip
     dropped1 = await sys_watch.current()
     sys_watch.close()
@@ -699,6 +720,7 @@ def summarize(report: dict[str, Any]) -> list[Row]:
         if sc.get("broker_cpu_pct") is not None:
             rows.append(Row("scale", "broker CPU", sc["broker_cpu_pct"], "% core"))
         rows.append(Row("scale", "fleet CPU (load generator)", sc["fleet_cpu_pct"], "% core"))
+        rows += _cpu_budget(sc)
         rows.append(Row("scale", "agent RSS", sc["agent_rss_mb"], "MiB"))
         if sc.get("broker_rss_mb") is not None:
             rows.append(Row("scale", "broker RSS", sc["broker_rss_mb"], "MiB"))

@@ -245,6 +245,10 @@ class Sampler:
 
     Args:
         pids: name -> pid (a name may stand for several processes, summed).
+
+    Attributes:
+        host_idle_pct: after :meth:`stop`, the host's idle CPU over the window (idle and I/O wait, summed over its
+            cores), as % of one core.
     """
 
     def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
@@ -258,6 +262,8 @@ class Sampler:
         self._cpu0: dict[str, float] = {}
         self._t0 = 0.0
         self._rss_max: dict[str, float] = {}
+        self._idle0 = 0.0
+        self.host_idle_pct = 0.0
 
     def _cpu(self, name: str) -> float:
         total = 0.0
@@ -277,6 +283,7 @@ class Sampler:
     def start(self) -> None:
         """Begin the window."""
         self._t0 = time.monotonic()
+        self._idle0 = _host_idle_s()
         self._cpu0 = {name: self._cpu(name) for name in self.procs}
         self._rss_max = {name: self._rss(name) for name in self.procs}
 
@@ -288,12 +295,19 @@ class Sampler:
     def stop(self) -> dict[str, Usage]:
         """End the window: CPU over it, RSS now and at most."""
         wall = max(1e-9, time.monotonic() - self._t0)
+        self.host_idle_pct = 100.0 * (_host_idle_s() - self._idle0) / wall
         self.sample()
         out = {}
         for name in self.procs:
             cpu_s = self._cpu(name) - self._cpu0.get(name, 0.0)
             out[name] = Usage(100.0 * cpu_s / wall, cpu_s, self._rss(name), self._rss_max.get(name, 0.0))
         return out
+
+
+def _host_idle_s() -> float:
+    """Seconds the host's cores have been idle or waiting for I/O since boot (summed over the cores)."""
+    t = psutil.cpu_times()
+    return float(t.idle + getattr(t, "iowait", 0.0))
 
 
 def rss_mb(pid: int) -> float:

@@ -64,6 +64,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, pytestconfig: pytest.C
     for key in ("offered_per_s", "stored_per_s", "agent_cpu_pct", "agent_rss_mb", "fleet_cpu_pct"):
         assert sc[key] > 0, key
     assert sc["connections"] == 4 * sc["users"]
+    assert sc["host_idle_pct"] >= 0
     assert sc["fleet"]["connect_failed"] == 0
     assert report["core_memory"]["bytes_per_user"] > 0
     assert report["ratios"]["agent / paho, QoS 1"] > 0

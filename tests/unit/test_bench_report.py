@@ -180,6 +180,23 @@ def test_no_samples_is_reported_as_missed_not_as_zero_latency() -> None:
     assert rows["agent RSS growth per user"].value is None
 
 
+def test_the_scale_section_shows_the_cpu_the_agent_needs_against_what_the_host_leaves_it() -> None:
+    busy = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
+    busy["scale"].update(agent_cpu_pct=80.0, stored_per_s=10_000.0, offered_per_s=12_000.0, host_idle_pct=4.0)
+    rows = {r.metric: r for r in summarize(busy)}
+    assert rows["agent CPU per stored event"].value == pytest.approx(80.0)
+    assert rows["CPU the agent could have had (its own + idle)"].value == pytest.approx(84.0)
+    need = rows["agent CPU the offered rate needs at that cost"]
+    assert need.value == pytest.approx(96.0)
+    assert need.ratio == pytest.approx(96 / 84)
+    busy["scale"]["host_idle_pct"] = 150.0  # a core and more idle: one process uses one at most
+    assert {r.metric: r for r in summarize(busy)}["CPU the agent could have had (its own + idle)"].value == 100
+    del busy["scale"]["host_idle_pct"]  # a report of before: the need alone
+    metrics = {r.metric for r in summarize(busy)}
+    assert "agent CPU the offered rate needs at that cost" in metrics
+    assert "CPU the agent could have had (its own + idle)" not in metrics
+
+
 def test_scale_probes_that_got_no_answer_are_a_row_not_a_silence() -> None:
     behind = report(agent_rate=21_000, e2e_p50=350, per_user_kb=8)
     behind["scale"]["e2e_scale"] = {"n": 0.0, "p50_us": 0.0, "p99_us": 0.0, "timeouts": 20, "aborted": True}
