@@ -17,6 +17,7 @@ from broker.logs import configure_logging
 from broker.settings import ProtocolOpt, Settings, TransportOpt, mqtt_choice
 from console.server import serve_console
 from schemas.errors import WearbusError
+from schemas.tasks import cancellation_kept
 
 _err = Console(stderr=True)
 
@@ -90,10 +91,6 @@ async def _console(
     )
     if open_page:
         webbrowser.open(page)
-    try:
+    # SIGTERM cancels the serving task: a clean stop. A cancellation of this task (Ctrl-C, or its caller) goes on.
+    with cancellation_kept(), contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        me = asyncio.current_task()
-        if me is not None and me.cancelling():
-            raise  # this task is cancelled (Ctrl-C, or its caller): not ours to swallow
-        # SIGTERM cancelled the serving task: a clean stop

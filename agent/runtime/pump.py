@@ -365,8 +365,7 @@ class AgentRuntime:
             turn = Turn(len(batch), self._gc_clock)
             if not ticking and mono - self._last_tick >= s.tick_s:
                 self._last_tick = mono
-                behind = bool(fair) or len(bus.inbox) >= s.batch
-                self._tick_users, self._tick_pos = self._tick_round(behind=behind), 0
+                self._tick_users, self._tick_pos = self._tick_round(behind=self._behind()), 0
                 if mono - self._last_liveness >= LIVENESS_SCAN_S:  # one pass over every device: not every tick
                     self._last_liveness = mono
                     silent = self._liveness.silent_devices(bus, self.clock, self.log)
@@ -387,9 +386,7 @@ class AgentRuntime:
                     turn.snapshot_users = await self.snapshots.write_slice(self.store, self.core, self.clock)
                     turn.lap("snapshot")
                 self._refusals.flush_rate_counts(bus, mono)
-                # behind: more than this turn's batch was waiting (in hand, or a batch of it in the bus)
-                behind = bool(fair) or len(bus.inbox) >= s.batch
-                turn.contexts = await self.publish_contexts(behind=behind)
+                turn.contexts = await self.publish_contexts(behind=self._behind())
                 turn.lap("contexts")
             if mono >= self._next_prune:
                 self._next_prune = mono + PRUNE_EVERY_S
@@ -414,6 +411,10 @@ class AgentRuntime:
         await asyncio.sleep(0)  # one pass of the event loop: what arrived during the turn is read
         self._deferred = any(map(interactive, self.bus.inbox))
         return self._deferred
+
+    def _behind(self) -> bool:
+        """Whether more than a turn's batch is waiting: messages in hand, or a batch of them in the bus."""
+        return bool(self._fair) or len(self.bus.inbox) >= self.settings.batch
 
     def _tick_round(self, *, behind: bool = False) -> list[str]:
         """The users of the next round of ticks: every user once per :data:`FULL_TICK_MS` of agent time (while the
