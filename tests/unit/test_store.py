@@ -85,6 +85,24 @@ async def test_v8_keys_the_events_on_their_id_alone(tmp_path: Path) -> None:
         assert await store.known(many) == {"e1", "e2", "e3", "e4"}
 
 
+async def test_the_dedup_query_takes_a_few_shapes_whatever_the_batch_sizes(tmp_path: Path) -> None:
+    """Each distinct SQL text is a prepared statement in the connection's cache (128 of them, ~94 KiB each for
+    hundreds of ids: 12 MiB outside Python's heap). Batches of every size from 1 to 1,100 ask at most ten shapes of
+    the dedup query, and each answer is exact (the padding repeats an id)."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.commit_batch([event(i) for i in range(0, 1200, 3)], [], [], [])
+        shapes: set[int] = set()  # the ids in each dedup query (the trace shows them bound)
+        store.writer.set_trace_callback(
+            lambda sql: shapes.add(sql.count(",") + 1) if sql.startswith("SELECT id FROM events WHERE id IN") else None
+        )
+        rng = random.Random(5)
+        for n in [*range(1, 600), 1024, 1100]:
+            ids = [f"e{i}" for i in rng.sample(range(1300), n)]
+            assert await store.known(ids) == {i for i in ids if int(i[1:]) % 3 == 0 and int(i[1:]) < 1200}
+        store.writer.set_trace_callback(None)
+    assert 0 < len(shapes) <= 10
+
+
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     async with Store(db) as store:
