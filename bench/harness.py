@@ -704,6 +704,21 @@ def workdir(keep: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix="wearbus-bench-"))
 
 
+#: The SQLite files a run leaves: the agents' databases, their logs and side files (``agent.parking``).
+DATABASE_GLOBS = ("*.db", "*.db-wal", "*.db-shm", "*.db-journal", "*.db.retained", "*.db.attempts")
+
+
+def drop_databases(wd: Path) -> int:
+    """Remove the SQLite files a run left in ``wd`` (a full run's are ~0.5-0.7 GB); the bytes freed. Logs stay."""
+    freed = 0
+    for pattern in DATABASE_GLOBS:
+        for path in wd.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """``a / b``, None when either is missing or ``b`` is 0."""
     if a is None or b is None or b == 0:

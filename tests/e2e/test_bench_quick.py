@@ -42,6 +42,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, pytestconfig: pytest.C
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "agent / paho, QoS 1" in done.stdout
     report = json.loads(out.read_text())
+    assert report["databases_removed_mib"] == 0  # --keep: everything stays
+    assert list((tmp_path / "run").glob("bench-agent-*.db"))
     assert set(report) >= TOP_KEYS
     assert report["mode"] == "quick"
     tp = report["throughput"]
@@ -80,6 +82,8 @@ def test_only_runs_the_chosen_sections_and_refuses_unknown_ones(tmp_path: Path) 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["core_memory"]["bytes_per_user"] > 0
+    assert not list(Path(report["workdir"]).glob("*.db"))  # no --keep: the logs stay, the databases go
+    assert report["databases_removed_mib"] == 0  # (this section leaves none)
     assert "throughput" not in report
     assert "latency" not in report
     bad = subprocess.run([*BENCH, "--only", "ingest,speed"], capture_output=True, text=True, timeout=60, check=False)

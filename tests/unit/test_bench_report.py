@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,22 @@ def test_scale_latency_is_judged_against_the_raw_round_trip_under_the_same_load(
     assert (none_lost.value, none_lost.met) == (0, True)  # shown also when none timed out
     scaled["scale"]["e2e_scale"]["p99_us"] = 21_000
     assert verdicts(summarize(scaled))["utterance to glasses at 100 users p99 / paho RTT under scale load"] is False
+
+
+def test_without_keep_a_run_leaves_its_logs_and_not_its_databases(tmp_path: Path) -> None:
+    """A full run's databases are 0.4-0.7 GB: left in the temporary directory each time, they filled /tmp."""
+    db = tmp_path / "bench-agent-1.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (x)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()  # the -wal and -shm files exist while it is open
+    for side in ("bench-agent-1.db.retained", "bench-agent-1.db.attempts"):
+        (tmp_path / side).write_text("x")
+    (tmp_path / "bench-agent-1.log").write_text("a log line\n")
+    (tmp_path / "mosquitto.conf").write_text("listener 1883\n")
+    size = sum(p.stat().st_size for p in tmp_path.iterdir() if ".db" in p.name)
+    con.close()  # (SQLite removes the -wal at close: what is left is counted again below)
+    freed = hx.drop_databases(tmp_path)
+    assert 0 < freed <= size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-agent-1.log", "mosquitto.conf"]
