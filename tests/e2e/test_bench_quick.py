@@ -77,13 +77,17 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, pytestconfig: pytest.C
 
 def test_only_runs_the_chosen_sections_and_refuses_unknown_ones(tmp_path: Path) -> None:
     out = tmp_path / "core.json"
-    done = subprocess.run([sys.executable, "-c", SMALL, "--only", "core", "--json", str(out)],
+    done = subprocess.run([sys.executable, "-c", SMALL, "--only", "core,scale", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["core_memory"]["bytes_per_user"] > 0
-    assert not list(Path(report["workdir"]).glob("*.db"))  # no --keep: the logs stay, the databases go
-    assert report["databases_removed_mib"] == 0  # (this section leaves none)
+    assert report["scale"]["stored_per_s"] > 0
+    workdir = Path(report["workdir"])  # no --keep: a temporary directory where the logs stay, the databases go
+    assert list(workdir.glob("bench-agent-*.log"))
+    assert not list(workdir.glob("*.db*"))
+    assert report["databases_removed_mib"] > 0
+    assert "databases, " in done.stdout
     assert "throughput" not in report
     assert "latency" not in report
     bad = subprocess.run([*BENCH, "--only", "ingest,speed"], capture_output=True, text=True, timeout=60, check=False)
