@@ -380,7 +380,9 @@ class AgentRuntime:
                     # Stored but not all published: they go out after the reconnect (unpublished rows).
                     self.log.warning("publish_interrupted", error=str(exc))
                     republished = False
-            if not await self._answer_waits():  # else the slices wait a turn: a person waits on the next one
+            waiting = await self._answer_waits()
+            turn.lap("read")  # the loop's pass: what came during the turn was read and decoded (the bus decodes)
+            if not waiting:  # else the slices wait a turn: a person waits on the next one
                 self.snapshots.begin_when_due(self.core, mono)
                 if self.snapshots.round is not None:
                     turn.snapshot_users = await self.snapshots.write_slice(self.store, self.core, self.clock)
@@ -469,6 +471,8 @@ class AgentRuntime:
         for message in batch:  # once all of it is stored (a crash before this: the broker delivers it again)
             if message.envelope.id not in held:  # one waiting for the LLM is acked once it is handled and stored
                 ack(message)
+        if turn is not None:
+            turn.lap("ack")
 
     async def _process_guarded(self, batch: list[Message], turn: Turn) -> None:
         """:meth:`process`, counting an attempt for the messages in hand when it fails (and the process ends).

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import msgpack
+import structlog.testing
 
 from agent.runtime import AgentRuntime, AgentSettings
 from bench import mix
@@ -135,3 +136,33 @@ async def test_a_sentence_that_came_during_a_turn_is_answered_before_that_turns_
         assert sent.index("answer:q-1") < sent.index("answer:q-2") < sent.index("context")
     finally:
         MemoryBroker.forget("answer-first")
+
+
+async def test_a_slow_turns_report_times_the_loops_pass_apart_from_the_slices_after_it(tmp_path: Path) -> None:
+    """The pass of the event loop at the end of a turn reads (and the bus decodes) what came during the turn: it is
+    its own part of the report (``read_ms``), not part of the snapshot or context slices that follow it."""
+    broker = MemoryBroker.named("turn-report")
+    try:
+        settings = AgentSettings(url=broker.url, db=tmp_path / "a.db", instance="agent-turns", slow_turn_ms=1e-6)
+        sender = open_bus(BusOptions(url=broker.url, name="glasses"))
+        with structlog.testing.capture_logs() as logs:
+            async with AgentRuntime(settings) as agent, sender:
+                await agent.wait_connected(5)
+                now = now_ms()
+                for i in range(20):
+                    topic = "wb/v1/u1/glasses/g1/evt/sensor/head_pose"
+                    sender.publish_unconfirmed(Outgoing(topic, mix.pack(f"hp-{i}", now, i + 1, HEAD_POSE), 0))
+                async with asyncio.timeout(20):
+                    while agent.stats.processed < 20:  # noqa: ASYNC110 (bounded)
+                        await asyncio.sleep(0.01)
+        turns = [entry for entry in logs if entry["event"] == "pump_turn_slow"]
+        handled = [entry for entry in turns if "process_ms" in entry]
+        assert handled
+        assert all({"order_ms", "read_ms"} <= set(entry) for entry in turns)
+        assert all("ack_ms" in entry for entry in handled)
+        for entry in turns:
+            laps = [value for key, value in entry.items() if key.endswith("_ms") and key not in {"total_ms", "gc_ms"}]
+            parts = sum(laps)
+            assert parts <= entry["total_ms"] + 0.1 * len(laps)  # laps of the turn (each rounded to 0.1 ms)
+    finally:
+        MemoryBroker.forget("turn-report")
