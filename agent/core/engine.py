@@ -147,19 +147,24 @@ class AgentCore:
         ctx = self._context(where.user)
         self._dirty.add(where.user)
         ctx.now = max(ctx.now, now_ms)
-        profile = self.config.profile(where.user)
-        turn = Turn(self.config, profile, ctx, now=now_ms, corr=message.envelope.id, outcome=out)
         dev = cx.device(ctx, where.kind._value_, where.device)  # _value_: enum's .value is a slower property
         body = message.envelope.data
         if where.channel is Channel.EVENT:
             dev.last_seen = now_ms
+            handler = self._handlers.get(type(body))
+            if handler is None and dev.online:
+                # A sample the context keeps only the time of (a head pose: most of what devices send): no turn is
+                # made for it (~0.5 µs of the ~2.4 each such event cost).
+                return out
+            turn = self._turn(ctx, now_ms, message.envelope.id, out)
             if not dev.online:
                 dev.online = True
                 turn.changed()
-            handler = self._handlers.get(type(body))
             if handler is not None:
                 handler(turn, dev, message.envelope, body)
-        elif where.channel is Channel.ACK and isinstance(body, Ack):
+            return out
+        turn = self._turn(ctx, now_ms, message.envelope.id, out)
+        if where.channel is Channel.ACK and isinstance(body, Ack):
             routing.on_ack(turn, body.action_id, body.action, body.status)
         elif where.channel is Channel.STATE and isinstance(body, DeviceState):
             self._state(turn, dev, body)
@@ -167,6 +172,10 @@ class AgentCore:
         elif isinstance(body, ShadowDesired | ShadowReported):
             settings.on_shadow(turn, f"{dev.kind}/{dev.name}", dev.kind, body)
         return out
+
+    def _turn(self, ctx: UserContext, now_ms: int, corr: str, out: Outcome) -> Turn:
+        """A turn of ``handle`` for the user of ``ctx``: what it sends is caused by ``corr``."""
+        return Turn(self.config, self.config.profile(ctx.user), ctx, now=now_ms, corr=corr, outcome=out)
 
     def tick(self, now_ms: int, users: Iterable[str] | None = None) -> Outcome:
         """Let timers fire: expiries, undo windows, ack deadlines and fallbacks, time-driven rules.

@@ -26,6 +26,7 @@ from schemas.events import (
     CalendarNext,
     Cell,
     GlassesBattery,
+    HeadPose,
     HeartRate,
     Location,
     Money,
@@ -349,3 +350,19 @@ def test_any_order_of_events_is_handled(steps: list[int]) -> None:
     state = json.loads(json.dumps(r.core.export_state()))
     AgentCore(config()).restore(state)
     r.core.snapshot("alice")
+
+
+def test_a_sample_the_context_keeps_only_the_time_of_changes_nothing_else_and_is_still_saved() -> None:
+    """A head pose has no handler: from a device already online it only refreshes ``last_seen`` (and the user is
+    still saved in the next snapshot); from a device not seen online yet it also brings it online."""
+    r = Rig()
+    first = r.send(Kind.GLASSES, HeadPose(roll_deg=1.0, pitch_deg=2.0, heading_deg=90.0))
+    assert first.context_changed == {"alice"}  # the glasses came online with it
+    assert r.core.take_changed() == ["alice"]
+    r.now += 5_000
+    again = r.send(Kind.GLASSES, HeadPose(roll_deg=1.0, pitch_deg=2.0, heading_deg=91.0))
+    assert (again.commands, again.tasks, again.alerts, again.desired, again.context_changed) == ([], [], [], [], set())
+    assert r.core.take_changed() == ["alice"]
+    saved = r.core.export_users(["alice"])["users"]["alice"]
+    assert saved["devices"]["glasses/g1"]["last_seen"] == r.now
+    assert saved["devices"]["glasses/g1"]["online"] is True
