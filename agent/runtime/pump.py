@@ -397,6 +397,7 @@ class AgentRuntime:
                     now_wall - int(s.health_retention_s * 1000),
                     hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
                 )
+                turn.lap("prune")
                 if pruned:
                     self._next_prune = mono  # more may be due: the next turn goes on
                     self.log.info("health_pruned", rows=pruned)
