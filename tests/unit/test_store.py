@@ -113,6 +113,8 @@ async def test_v9_lists_the_health_events_the_retention_has_yet_to_redact(tmp_pa
         assert await store.prune_health(2004) == 1  # e1 (received 2001); e4 and e5 are not due yet
         assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(4,), (5,)]
         assert await store.prune_health(2004) == 0
+        await store.forget("a")  # erasing the user takes their events off the list too
+        assert await store.rows("SELECT seq FROM health_due") == []
 
 
 async def test_the_health_retention_reads_what_is_due_not_the_log(tmp_path: Path) -> None:
