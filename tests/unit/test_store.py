@@ -106,7 +106,7 @@ async def test_v9_lists_the_health_events_the_retention_has_yet_to_redact(tmp_pa
     con.executemany(_INSERT_EVENT, [event(1), redacted, sample(3, 5), event(4)])
     con.close()
     async with Store(db) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 9
+        assert await store.schema_version() == len(MIGRATIONS) >= 9
         assert await store.rows("SELECT seq, received_wall_ms FROM health_due ORDER BY seq") == [(1, 2001), (4, 2004)]
         await store.commit_batch([event(5), sample(6, 9), event(1)], [], [], [])  # e1 again: listed once
         assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(1,), (4,), (5,)]
