@@ -95,22 +95,34 @@ class OrderGate(Generic[K, T]):
         max_held: events held for one device at most; one more gives up the gap at once.
         gaps_kept: how many of the latest gaps :attr:`recent_gaps` keeps.
         sparse_after: gaps given up, with no event ever in step, after which a device is no longer held.
+        max_lanes: devices remembered at most; past it the longest-known device holding nothing is forgotten (its
+            next event starts it afresh, as a device's first one does), so device ids that keep changing cannot
+            grow the gate without bound.
 
     ``offer`` an event when it arrives, call ``due`` regularly (each turn of the consumer) to release what waited
     long enough, and ``epoch`` when a device announces its session epoch. Each returns the events to handle now, in
     order. The first event of a device not seen before (unless :meth:`note` said where it is) sets where it starts.
     """
 
-    def __init__(self, wait_ms: int, *, max_held: int = 1000, gaps_kept: int = 100, sparse_after: int = 2) -> None:
-        if wait_ms < 0 or max_held < 1 or sparse_after < 1:
-            raise ValueError("wait_ms must be >= 0, max_held and sparse_after >= 1")
+    def __init__(
+        self, wait_ms: int, *, max_held: int = 1000, gaps_kept: int = 100, sparse_after: int = 2,
+        max_lanes: int = 100_000,
+    ) -> None:  # fmt: skip
+        if wait_ms < 0 or max_held < 1 or sparse_after < 1 or max_lanes < 1:
+            raise ValueError("wait_ms must be >= 0, max_held, sparse_after and max_lanes >= 1")
         self.wait_ms = wait_ms
         self.max_held = max_held
         self.sparse_after = sparse_after
+        self.max_lanes = max_lanes
         self.stats = GateStats()
         self.recent_gaps: deque[Gap[K]] = deque(maxlen=gaps_kept)
         self._lanes: dict[K, _Lane[T]] = {}
         self._waiting: set[K] = set()  # lanes holding something
+
+    @property
+    def devices(self) -> int:
+        """Devices the gate remembers now."""
+        return len(self._lanes)
 
     @property
     def holding(self) -> int:
@@ -129,7 +141,7 @@ class OrderGate(Generic[K, T]):
             return
         lane = self._lanes.get(key)
         if lane is None:
-            self._lanes[key] = _Lane(last=seq)
+            self._add(key, _Lane(last=seq))
         elif seq > lane.last and not lane.held:
             lane.last = seq
 
@@ -138,7 +150,7 @@ class OrderGate(Generic[K, T]):
         lane = self._lanes.get(key)
         first = lane is None or lane.last < 0  # its first event says where it is
         if lane is None:
-            lane = self._lanes[key] = _Lane(last=seq - 1)
+            lane = self._add(key, _Lane(last=seq - 1))
         elif lane.last < 0:  # known by its epoch only
             lane.last = seq - 1
         if seq <= lane.last:
@@ -193,7 +205,7 @@ class OrderGate(Generic[K, T]):
             return []
         lane = self._lanes.get(key)
         if lane is None:
-            self._lanes[key] = _Lane(last=_UNKNOWN, epoch=epoch)
+            self._add(key, _Lane(last=_UNKNOWN, epoch=epoch))
             return []
         if lane.epoch in (0, epoch):
             lane.epoch = epoch
@@ -203,6 +215,17 @@ class OrderGate(Generic[K, T]):
         self._lanes[key] = _Lane(last=0, epoch=epoch)
         self._waiting.discard(key)
         return out
+
+    def _add(self, key: K, lane: _Lane[T]) -> _Lane[T]:
+        """Remember a device not known yet; past ``max_lanes`` forget the longest-known one that holds nothing."""
+        lanes = self._lanes
+        if len(lanes) >= self.max_lanes:
+            waiting = self._waiting
+            old = next((k for k in lanes if k not in waiting), None)  # the oldest first (insertion order)
+            if old is not None:
+                del lanes[old]
+        lanes[key] = lane
+        return lane
 
     def _skip(self, key: K, lane: _Lane[T], now_ms: int) -> list[T]:
         """Give up the gap before the lowest held ``seq`` and release from there."""

@@ -15,6 +15,22 @@ WAIT = 1000
 Case = tuple[dict[str, int], list[tuple[str, int]], set[tuple[str, int]]]
 
 
+def offer_all(
+    gate: OrderGate[str, tuple[str, int]], order: list[tuple[str, int]], spacing: int, most: int | None = None
+) -> tuple[list[tuple[str, int]], int]:
+    """Offer ``order`` spread over ``spacing`` ms, with the gate's due events each time: what came out, and the
+    time of the last offer. With ``most``: the gate never remembers more devices than that (or than it has)."""
+    out: list[tuple[str, int]] = []
+    now = 0
+    for key, seq in order:
+        now += spacing // max(1, len(order))
+        out += gate.due(now)
+        out += gate.offer(key, seq, (key, seq), now_ms=now)
+        if most is not None:
+            assert gate.devices <= max(most, len({k for k, _ in order}))
+    return out, now
+
+
 def released_seqs(items: list[tuple[str, int]], key: str) -> list[int]:
     return [seq for k, seq in items if k == key]
 
@@ -57,12 +73,7 @@ def test_lost_events_cost_a_bounded_wait_then_the_rest_comes_in_order(case: Case
     gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT, sparse_after=10**6)  # every gap waited for
     for key in counts:
         gate.note(key, 0)
-    out: list[tuple[str, int]] = []
-    now = 0
-    for key, seq in order:
-        now += spacing // max(1, len(order))
-        out += gate.due(now)
-        out += gate.offer(key, seq, (key, seq), now_ms=now)
+    out, now = offer_all(gate, order, spacing)
     due = gate.next_due()
     assert due is None or due <= now + WAIT
     out += gate.due(now + WAIT)  # nothing waits longer than the wait
@@ -83,15 +94,34 @@ def test_whatever_comes_each_event_goes_out_once_and_nothing_waits_longer_than_t
 ) -> None:
     _, order, _ = case
     gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT, sparse_after=sparse_after)
-    out: list[tuple[str, int]] = []
-    now = 0
-    for key, seq in order:
-        now += spacing // max(1, len(order))
-        out += gate.due(now)
-        out += gate.offer(key, seq, (key, seq), now_ms=now)
-    out += gate.due(now + WAIT)
+    out, now = offer_all(gate, order, spacing)
+    assert sorted(out + gate.due(now + WAIT)) == sorted(order)
     assert gate.holding == 0
-    assert sorted(out) == sorted(order)
+
+
+@given(deliveries(lost=True), st.integers(0, 3 * WAIT), st.integers(1, 3))
+def test_with_fewer_lanes_than_devices_each_event_still_goes_out_once(case: Case, spacing: int, lanes: int) -> None:
+    """Past ``max_lanes`` the gate forgets a device holding nothing: nothing it holds is lost, and it stays bounded
+    by the devices holding something."""
+    _, order, _ = case
+    gate: OrderGate[str, tuple[str, int]] = OrderGate(WAIT, max_lanes=lanes)
+    out, now = offer_all(gate, order, spacing, most=lanes)
+    assert sorted(out + gate.due(now + WAIT)) == sorted(order)
+    assert gate.holding == 0
+
+
+def test_device_ids_that_keep_changing_do_not_grow_the_gate() -> None:
+    gate: OrderGate[str, int] = OrderGate(WAIT, max_lanes=100)
+    assert gate.offer("held", 1, 1, 0) == [1]
+    assert gate.offer("held", 3, 3, 0) == []  # waits for seq 2: never forgotten while it holds something
+    for n in range(10_000):
+        assert gate.offer(f"device-{n}", 1, n, 0) == [n]
+        gate.note(f"noted-{n}", 5)
+        gate.epoch(f"epoch-{n}", 1)
+    assert gate.devices == 100
+    assert gate.offer("held", 2, 2, 1) == [2, 3]  # in order: its lane was kept
+    with pytest.raises(ValueError, match="max_lanes"):
+        OrderGate(WAIT, max_lanes=0)
 
 
 def test_a_missing_event_is_waited_for_and_then_skipped_with_a_gap() -> None:
