@@ -306,6 +306,8 @@ class Store:
             await self.db.execute("PRAGMA synchronous=NORMAL")
             await self.db.execute("PRAGMA foreign_keys=ON")
             await self._migrate()
+            await self.db.execute(_HOURLY_TABLE)  # once per open: a database of an agent of before has none yet
+            await self.db.execute(_HOURLY_INDEX)
             self._writer = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             self._writer.execute("PRAGMA synchronous=NORMAL")
             self._writer.execute("PRAGMA foreign_keys=ON")
@@ -410,8 +412,6 @@ class Store:
         time). Synchronous on the writer connection, like every write: it reads only the events due, from
         ``health_due`` (migration v9), never the log."""
         with self._transaction("the health retention") as con:
-            con.execute(_HOURLY_TABLE)
-            con.execute(_HOURLY_INDEX)
             rows = con.execute(
                 "SELECT h.seq, e.id, e.topic, e.user, e.payload FROM health_due h JOIN events e ON e.seq = h.seq"
                 " WHERE h.received_wall_ms < ? ORDER BY h.received_wall_ms LIMIT ?",
@@ -440,10 +440,6 @@ class Store:
 
     async def health_hourly(self, user: str) -> list[tuple[str, int, Hourly]]:
         """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
-        try:
-            self.writer.execute(_HOURLY_TABLE)  # an agent of before has none yet
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not create the hourly table in {self.path}: {exc}") from exc
         async with self._reading("the hourly aggregates") as db:
             rows = await db.execute_fetchall(
                 "SELECT metric, hour_ms, data FROM health_hourly WHERE user = ? ORDER BY hour_ms, metric", (user,)
