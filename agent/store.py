@@ -237,8 +237,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-#: Hourly aggregates of health values, kept longer than the raw samples (created when first needed, outside the
-#: numbered migrations: an agent of before simply has none).
+#: Hourly aggregates of health values, kept longer than the raw samples (made when the store opens, outside the
+#: numbered migrations: a database of an agent of before simply has none).
 _HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
     user TEXT NOT NULL, metric TEXT NOT NULL, hour_ms INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (user, metric, hour_ms))"""
