@@ -268,12 +268,16 @@ class DlqWatch:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any, rounds: int = 1) -> dict[str, Any]:
+async def throughput(
+    broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any, rounds: int = 1, workers: int = 1
+) -> dict[str, Any]:
     """Raw receivers and the agent drain the same preloaded backlog, one at a time, ``rounds`` times over.
 
     Each round preloads the backlog again and drains it with every receiver in turn, the agent last, on a fresh
     agent database; each receiver's figures are the medians over the rounds (its losses the sum), with every
-    round's figures under ``rounds``: on a shared host one drain swings with its neighbours' load.
+    round's figures under ``rounds``: on a shared host one drain swings with its neighbours' load. With
+    ``workers`` > 1 the agent is ``wearbus agent --workers N``: each worker's session gets the whole backlog (each
+    passes over the others' users unread) and the agent's figures are sums over its processes and databases.
     """
     tag = f"{os.getpid()}-{int(time.time())}"
     cases = hx.receivers(broker, tag)
@@ -284,17 +288,17 @@ async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any, rou
     sys_watch = hx.SysWatch()
     await sys_watch.open(broker)
     dropped0 = await sys_watch.current()
-    results: dict[str, Any] = {"events": n, "users": sizes.backlog_users, "rounds": rounds}
+    results: dict[str, Any] = {"events": n, "users": sizes.backlog_users, "rounds": rounds, "workers": workers}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*(recv.name for recv in cases), "agent_q1"]}
     max_s = 30.0 + n / 1000
     for r in range(1, rounds + 1):
         of = f" (round {r} of {rounds})" if rounds > 1 else ""
-        agent = AgentProcess(broker, wd, f"bench-ingest-{tag}" + (f"-r{r}" if rounds > 1 else ""))
-        say(f"ingest{of}: starting the agent once to create its persistent session")
+        agent = AgentProcess(broker, wd, f"bench-ingest-{tag}" + (f"-r{r}" if rounds > 1 else ""), workers)
+        say(f"ingest{of}: starting the agent once to create its persistent session" + ("s" if workers > 1 else ""))
         await agent.start()
         await agent.stop()
-        say(f"ingest{of}: preloading {n:,} events of {sizes.backlog_users} users into {len(cases) + 1} persistent"
-            " sessions")  # fmt: skip
+        say(f"ingest{of}: preloading {n:,} events of {sizes.backlog_users} users into"
+            f" {len(cases) + len(agent.instances)} persistent sessions")  # fmt: skip
         preload_s = await hx.publish_all(broker, backlog, qos=1)
         results.setdefault("preload_s", preload_s)  # the first round's
         for recv in cases:
@@ -305,14 +309,15 @@ async def throughput(broker: BrokerHandle, wd: Path, sizes: Sizes, say: Any, rou
             runs["agent_q1"].append(await drain_agent(agent, n, max_s))
         finally:
             await agent.stop()
-        # its persistent session would otherwise queue everything the later sections publish
-        with contextlib.suppress(WearbusError):
-            await hx.raw_receiver(broker, hx.Receiver("agent-clear", "paho", 1, agent.instance), "clear", 0, wd,
-                                  idle_s=1, max_s=15)  # fmt: skip
+        # its persistent sessions would otherwise queue everything the later sections publish
+        for instance in agent.instances:
+            with contextlib.suppress(WearbusError):
+                await hx.raw_receiver(broker, hx.Receiver("agent-clear", "paho", 1, instance), "clear", 0, wd,
+                                      idle_s=1, max_s=15)  # fmt: skip
         if r == 1:
             say("ingest: the SQLite floor (the agent's stored rows written again with bare sqlite3)")
             try:
-                results["store_floor"] = await asyncio.to_thread(replay_floor, agent.db, AgentSettings().batch)
+                results["store_floor"] = await asyncio.to_thread(replay_floor, agent.dbs[0], AgentSettings().batch)
             except sqlite3.Error as exc:
                 say(f"ingest: no SQLite floor: {exc}")
     del backlog
@@ -352,29 +357,36 @@ def mix_now() -> int:
 
 
 async def drain_agent(agent: AgentProcess, expected: int, max_s: float) -> dict[str, Any]:
-    """Start the agent on its queued session and wait until it has stored ``expected`` events (or stalls)."""
+    """Start the agent on its queued sessions and wait until it has stored ``expected`` events (or stalls).
+
+    The rate is the stored backlog's (first arrival excluded) over the span of its arrival times, across the
+    workers' databases; the CPU is the sum over the agent's processes (with workers: the parent and its workers)."""
     await agent.start(wait_online=False)
     t0 = time.monotonic()
     cpu0: float | None = None
+    pids: list[int] = []
     last, last_change = -1, t0
     while True:
         await asyncio.sleep(0.1)
         count = agent.stored()
         now = time.monotonic()
         if count and cpu0 is None:
-            cpu0 = hx.cpu_s(agent.pid)
+            pids = agent.pids
+            cpu0 = sum(map(hx.cpu_s, pids))
         if count != last:
             last, last_change = count, now
         # A stall is judged once it has stored something: on a busy host its start-up (imports) alone took 13 s, and
         # an agent still starting was stopped as stalled, every event counted lost. ``max_s`` bounds the start.
         if count >= expected or (count and now - last_change > 8.0) or now - t0 > max_s:
             break
-    cpu1 = hx.cpu_s(agent.pid)
-    row = agent.query("SELECT COUNT(*), MIN(received_wall_ms), MAX(received_wall_ms) FROM events WHERE id LIKE 'bk-%'")
-    n, first, final = (int(row[0]), int(row[1] or 0), int(row[2] or 0)) if row else (0, 0, 0)
-    at_first = agent.query("SELECT COUNT(*) FROM events WHERE received_wall_ms = ?", first)
+    cpu1 = sum(map(hx.cpu_s, pids)) if cpu0 is not None else 0.0
+    backlog = "SELECT COUNT(*), MIN(received_wall_ms), MAX(received_wall_ms) FROM events WHERE id LIKE 'bk-%'"
+    spans = [_query(db, backlog) for db in agent.dbs]
+    n = sum(int(row[0]) for row in spans if row)
+    first = min((int(row[1]) for row in spans if row and row[1] is not None), default=0)
+    final = max((int(row[2]) for row in spans if row and row[2] is not None), default=0)
     span = (final - first) / 1000
-    counted = n - (int(at_first[0]) if at_first else 0)
+    counted = n - agent.total("SELECT COUNT(*) FROM events WHERE received_wall_ms = ?", first)
     rate = counted / span if span > 0 else 0.0
     cpu = (cpu1 - cpu0) if cpu0 is not None else 0.0
     return {"received": n, "expected": expected, "lost": max(0, expected - n), "rate": rate, "span_s": span,
@@ -573,7 +585,7 @@ async def run_bench(options: BenchOptions, say: Any = None) -> dict[str, Any]:
         try:
             if "ingest" in options.only:
                 rounds = options.rounds or sizes.ingest_rounds
-                report["throughput"] = await throughput(broker, wd, sizes, say, rounds)
+                report["throughput"] = await throughput(broker, wd, sizes, say, rounds, options.workers)
             if options.only & {"latency", "scale"}:
                 agent = AgentProcess(broker, wd, f"bench-agent-{os.getpid()}", options.workers)
                 await agent.start()
@@ -787,9 +799,7 @@ def bench_command(
         Path | None,
         typer.Option(help="Keep logs and databases in this directory (otherwise the databases are removed at the end)"),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Run the agent of the latency and scale sections as `wearbus agent --workers N`.")
-    ] = 1,
+    workers: Annotated[int, typer.Option(help="Run the agent of every section as `wearbus agent --workers N`.")] = 1,
     only: Annotated[
         str | None,
         typer.Option(help="Run only these sections, comma-separated: ingest, latency, scale, core (default: all)."),

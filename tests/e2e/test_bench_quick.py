@@ -7,6 +7,7 @@ nothing was lost, and that the JSON report has the keys docs/benchmarks.md docum
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,32 @@ def test_only_runs_the_chosen_sections_and_refuses_unknown_ones(tmp_path: Path) 
     bad = subprocess.run([*BENCH, "--only", "ingest,speed"], capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2
     assert "--only takes some of" in bad.stdout + bad.stderr
+
+
+def test_the_ingest_of_an_agent_as_workers_counts_every_worker(tmp_path: Path) -> None:
+    """``--workers 2``: each worker's session gets the backlog, each stores its own users' share, and the agent's
+    figures are the sums over both databases and processes (the rate from their arrival times together)."""
+    out = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, "-c", SMALL, "--only", "ingest", "--rounds", "1", "--workers", "2", "--json", str(out),
+         "--keep", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tp = json.loads(out.read_text())["throughput"]
+    assert tp["workers"] == 2
+    agent = tp["agent_q1"]
+    assert agent["received"] == agent["expected"] == tp["events"]
+    assert agent["lost"] == 0
+    assert agent["rate"] > 0
+    assert agent["cpu_s"] > 0
+    stored = []
+    for db in sorted((tmp_path / "run").glob("bench-ingest-*.w?.db")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            stored.append(con.execute("SELECT COUNT(*) FROM events WHERE id LIKE 'bk-%'").fetchone()[0])
+        finally:
+            con.close()
+    assert len(stored) == 2
+    assert all(stored)  # each worker stored its own users' share
+    assert sum(stored) == agent["received"]
