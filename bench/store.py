@@ -31,8 +31,9 @@ from schemas.topics import DeviceId, Kind, event_topic
 PAYLOAD = b"\x80" * 120  # about a sensor event's msgpack envelope
 
 
-def events(n: int, devices: int, seed: int = 1) -> list[EventRow]:
-    """``n`` events of ``devices`` devices at random, publish times 2 ms apart with ±3 s of jitter."""
+def events(n: int, devices: int, seed: int = 1, qos: int = 1) -> list[EventRow]:
+    """``n`` events of ``devices`` devices at random, publish times 2 ms apart with ±3 s of jitter, delivered at
+    ``qos`` (0: samples, which the store's dedup index does not hold)."""
     rng = random.Random(seed)
     prefixes = [f"{rng.getrandbits(48):012x}" for _ in range(devices)]
     counters = [0] * devices
@@ -45,30 +46,34 @@ def events(n: int, devices: int, seed: int = 1) -> list[EventRow]:
         user = f"u{d // 4}"
         topic = event_topic(DeviceId(user, Kind.RING, "r1"), "sensor", "hr")
         eid = f"{prefixes[d]}-{counters[d]:x}"
-        rows.append(EventRow(eid, topic, user, "ring", "r1", "evt", "ring.hr", ts, None, counters[d], None, ts, ts, 1,
+        rows.append(EventRow(eid, topic, user, "ring", "r1", "evt", "ring.hr", ts, None, counters[d], None, ts, ts, qos,
                              False, PAYLOAD))  # fmt: skip
     return rows
 
 
-async def run(n: int, devices: int, batch: int) -> tuple[float, float]:
-    """CPU µs and WAL bytes per event."""
-    rows = events(n, devices)
+async def run(n: int, devices: int, batch: int, qos: int = 1) -> tuple[float, float]:
+    """CPU µs and WAL bytes per event, the events delivered at ``qos``."""
+    rows = events(n, devices, qos=qos)
     with tempfile.TemporaryDirectory(prefix="wearbus-store-bench-") as tmp:
         db = Path(tmp) / "a.db"
         async with Store(db) as store:
             started = time.process_time()
             for k in range(0, n, batch):
                 chunk = rows[k : k + batch]
-                await store.known([r.id for r in chunk])
+                await store.known([r.id for r in chunk if r.qos])  # as the pump: QoS 1 ids only
                 await store.commit_batch(chunk, [], [], [])
             cpu = time.process_time() - started
             wal = db.with_name(db.name + "-wal").stat().st_size
     return cpu / n * 1e6, wal / n
 
 
-def _bare_cpu_us(schema: list[str], insert: str, rows: list[tuple[Any, ...]], batch: int, key: int = 0) -> float:
+def _bare_cpu_us(
+    schema: list[str], insert: str, rows: list[tuple[Any, ...]], batch: int, key: int = 0, qos: int | None = None
+) -> float:
     """CPU µs per row (this thread's CPU time) of writing ``rows`` into a fresh database of ``schema`` with bare
-    ``sqlite3`` and the store's pragmas: per batch, a dedup query by the id (column ``key``) and one transaction."""
+    ``sqlite3`` and the store's pragmas: per batch, a dedup query by the id (column ``key``) and one transaction.
+    With ``qos`` (the QoS column), only the QoS 1 rows are looked up, as the agent does (its dedup index holds
+    those only)."""
     with tempfile.TemporaryDirectory(prefix="wearbus-store-floor-") as tmp:
         con = sqlite3.connect(Path(tmp) / "floor.db", isolation_level=None)
         try:
@@ -79,8 +84,10 @@ def _bare_cpu_us(schema: list[str], insert: str, rows: list[tuple[Any, ...]], ba
             started = time.thread_time()
             for k in range(0, len(rows), batch):
                 chunk = rows[k : k + batch]
-                marks = ",".join(["?"] * len(chunk))
-                set(con.execute(f"SELECT id FROM events WHERE id IN ({marks})", [r[key] for r in chunk]))  # noqa: S608
+                ids = [r[key] for r in chunk if qos is None or r[qos]]
+                marks = ",".join(["?"] * len(ids))
+                where = "qos > 0 AND " if qos is not None else ""
+                set(con.execute(f"SELECT id FROM events WHERE {where}id IN ({marks})", ids))  # noqa: S608
                 con.execute("BEGIN IMMEDIATE")
                 con.executemany(insert, chunk)
                 con.execute("COMMIT")
@@ -115,7 +122,7 @@ def replay_floor(source: Path, batch: int, id_like: str = "bk-%") -> dict[str, f
     finally:
         src.close()
     insert = f"INSERT OR IGNORE INTO events ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
-    cpu_us = _bare_cpu_us(schema, insert, rows, batch, key=columns.index("id"))
+    cpu_us = _bare_cpu_us(schema, insert, rows, batch, key=columns.index("id"), qos=columns.index("qos"))
     return {"events": len(rows), "batch": batch, "cpu_us_per_event": cpu_us}
 
 
@@ -126,9 +133,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per commit")
     args = parser.parse_args()
     cpu, wal = asyncio.run(run(args.events, args.devices, args.batch))
+    cpu0, wal0 = asyncio.run(run(args.events, args.devices, args.batch, qos=0))
     bare = floor(args.events, args.devices, args.batch)
     print(f"{args.events} events of {args.devices} devices in batches of {args.batch}: "
           f"{cpu:.1f} µs of CPU an event (dedup query and commit), {wal:,.0f} B of WAL an event; "
+          f"as QoS 0 samples {cpu0:.1f} µs and {wal0:,.0f} B; "
           f"the floor (bare sqlite3, id and payload only): {bare:.1f} µs")  # fmt: skip
 
 

@@ -73,9 +73,9 @@ async def test_v8_keys_the_events_on_their_id_alone(tmp_path: Path) -> None:
         rows = await store.rows("SELECT seq, id, ts FROM events ORDER BY seq")
         assert rows == [(1, "e1", 1), (2, "e2", 2), (3, "e3", 3), (4, "e2#dup4", 9)]  # the log keeps what happened
         indexes = await store.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
-        assert indexes == [("events_id",)]
-        plan = await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE id IN ('e1', 'e2')")
-        assert "events_id" in str(plan)
+        assert indexes == [("events_id_q1",)]  # v10: of the QoS 1 events
+        plan = await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE qos > 0 AND id IN ('e1', 'e2')")
+        assert "events_id_q1" in str(plan)
         retry = event(3)._replace(ts=7)  # the same event again, stamped anew by the device
         assert await store.known(["e3", "e4"]) == {"e3"}
         await store.commit_batch([retry, event(4)], [], [], [])  # the retry is ignored by the store as well
@@ -117,6 +117,34 @@ async def test_v9_lists_the_health_events_the_retention_has_yet_to_redact(tmp_pa
         assert await store.rows("SELECT seq FROM health_due") == []
 
 
+async def test_v10_deduplicates_the_qos_1_events_and_lets_samples_append(tmp_path: Path) -> None:
+    """A v9 database upgrades with every event kept; the dedup index then holds the QoS 1 events only (the
+    contract's exactly-once is for QoS 1; a QoS 0 message is delivered at most once). A QoS 1 repeat is still
+    ignored; a sample's id is neither looked up nor indexed; the dedup query and the retention's listing still
+    read by index or by the batch's rows, never the whole table."""
+    db = tmp_path / "a.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:9], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con.executemany(_INSERT_EVENT, [event(1), sample(2, 5), event(3)])
+    con.close()
+    async with Store(db) as store:
+        assert await store.schema_version() == len(MIGRATIONS) >= 10
+        assert await store.rows("SELECT seq, id FROM events ORDER BY seq") == [(1, "e1"), (2, "p2"), (3, "e3")]
+        assert await store.known(["e1", "p2", "e3", "e4"]) == {"e1", "e3"}  # the sample is not looked up
+        plan = str(await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE qos > 0 AND id IN ('e1', 'e2')"))
+        assert "events_id_q1" in plan
+        assert "SCAN" not in plan
+        health0 = event(4)._replace(qos=0)  # a health value sent at QoS 0: still listed for the retention
+        await store.commit_batch([event(1), health0, sample(2, 6), event(5)], [], [], [])
+        rows = await store.rows("SELECT seq, id, qos FROM events WHERE seq > 3 ORDER BY seq")
+        assert rows == [(4, "e4", 0), (5, "p2", 0), (6, "e5", 1)]  # e1 again: ignored; the sample again: stored
+        # this batch's health events (the raw inserts into the v9 file above were never listed)
+        assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(4,), (6,)]
+        due = str(await store.rows(f"EXPLAIN QUERY PLAN {agent.store._INSERT_DUE}", 3, "e4"))
+        assert "SEARCH events USING INTEGER PRIMARY KEY" in due  # the batch's rows, not the log
+
+
 async def test_the_health_retention_reads_what_is_due_not_the_log(tmp_path: Path) -> None:
     """The retention runs once a minute on the writer, on the event loop. It read the whole log to find what was due
     (0.4-0.8 s at 2 million events); now the work of a pass is the same for a log of 2,000 events and of 40,000:
@@ -153,9 +181,8 @@ async def test_the_dedup_query_takes_a_few_shapes_whatever_the_batch_sizes(tmp_p
     async with Store(tmp_path / "a.db") as store:
         await store.commit_batch([event(i) for i in range(0, 1200, 3)], [], [], [])
         shapes: set[int] = set()  # the ids in each dedup query (the trace shows them bound)
-        store.writer.set_trace_callback(
-            lambda sql: shapes.add(sql.count(",") + 1) if sql.startswith("SELECT id FROM events WHERE id IN") else None
-        )
+        dedup = "SELECT id FROM events WHERE qos > 0 AND id IN"
+        store.writer.set_trace_callback(lambda sql: shapes.add(sql.count(",") + 1) if sql.startswith(dedup) else None)
         rng = random.Random(5)
         for n in [*range(1, 600), 1024, 1100]:
             ids = [f"e{i}" for i in rng.sample(range(1300), n)]
