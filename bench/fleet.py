@@ -61,9 +61,17 @@ class Device:
     kind: Kind
     prefix: str
     lanes: list[Lane]
+    id_tag: str  # its own id prefix, as every real device has (schemas.envelope.new_id)
     client: WireClient | None = None
     seq: int = 0
     commands: int = 0
+    ids: int = 0
+
+    def new_id(self) -> str:
+        """An event id as a device makes it: its own random prefix, then its counter. Ids from one counter for the
+        whole fleet would all append to one end of the agent's dedup index, which real devices never do."""
+        self.ids += 1
+        return f"{self.id_tag}-{self.ids:x}"
 
 
 @dataclass(slots=True)
@@ -116,8 +124,6 @@ class Fleet:
         self.connect_rate = connect_rate
         self.username, self.password = username, password
         self.stats = FleetStats()
-        self.tag = f"{prefix}{first}-{os.getpid():x}"
-        self._n = 0
         streams = mix.default_streams(head_pose_hz)
         self.devices: list[Device] = []
         for u in range(first, first + users):
@@ -125,13 +131,10 @@ class Fleet:
             for kind in mix.DEVICE_IDS:
                 lanes = [Lane(s, mix.topic_of(user, s).encode(), s.qos, f"{kind.value}/{s.name}")
                          for s in streams if s.kind is kind]  # fmt: skip
-                self.devices.append(Device(user, kind, mix.device_prefix(user, kind), lanes))
+                tag = os.urandom(6).hex()  # unique across the fleet's processes, as new_id's per process
+                self.devices.append(Device(user, kind, mix.device_prefix(user, kind), lanes, tag))
         self._heap: list[tuple[float, int, int, int]] = []
         self._tie = 0
-
-    def _id(self) -> str:
-        self._n += 1
-        return f"{self.tag}-{self._n:x}"
 
     @staticmethod
     def _now_ms() -> int:
@@ -162,7 +165,8 @@ class Fleet:
 
     async def _connect(self, index: int, now: float) -> None:
         dev = self.devices[index]
-        will = Will(f"{dev.prefix}/state", mix.state_payload(self._id(), self._now_ms(), dev.kind, False), retain=True)
+        gone = mix.state_payload(dev.new_id(), self._now_ms(), dev.kind, False)
+        will = Will(f"{dev.prefix}/state", gone, retain=True)
         try:
             client = await WireClient.open(
                 self.host, self.port, f"{dev.user}/{dev.kind.value}/{mix.DEVICE_IDS[dev.kind]}",
@@ -177,7 +181,7 @@ class Fleet:
             return
         self.stats.connected += 1
         t = self._now_ms()
-        client.publish(f"{dev.prefix}/state", mix.state_payload(self._id(), t, dev.kind, True), 1, retain=True)
+        client.publish(f"{dev.prefix}/state", mix.state_payload(dev.new_id(), t, dev.kind, True), 1, retain=True)
         self.stats.published += 1
         for li, lane in enumerate(dev.lanes):
             if lane.stream.period_s == 0:
@@ -206,7 +210,7 @@ class Fleet:
             return
         dev.seq += 1
         t = self._now_ms()
-        payload = mix.pack(self._id(), t, dev.seq, lane.stream.build(self.rng, t))
+        payload = mix.pack(dev.new_id(), t, dev.seq, lane.stream.build(self.rng, t))
         client.publish(lane.topic, payload, lane.qos)
         self.stats.published += 1
         by_stream = self.stats.by_stream
@@ -222,7 +226,7 @@ class Fleet:
             action_id = str(env["id"])
         except (ValueError, KeyError, TypeError, msgpack.ExtraData):
             return
-        ack = mix.ack_payload(self._id(), self._now_ms(), action_id, topic.rsplit("/", 1)[-1])
+        ack = mix.ack_payload(dev.new_id(), self._now_ms(), action_id, topic.rsplit("/", 1)[-1])
         with contextlib.suppress(BusConnectionError):
             client.publish(f"{dev.prefix}/ack", ack, 1)
             self.stats.acks_sent += 1
