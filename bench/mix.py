@@ -10,6 +10,7 @@ against the wire contract (tests/unit/test_bench_mix.py).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,7 +240,8 @@ def backlog(
     """A realistic backlog: each user's births, then ``per_user`` events of each, in the steady-state proportions.
 
     Events are drawn by weight (rate) from the periodic streams, interleaved across users as they would arrive.
-    Every id is unique (``{id_prefix}-{n}``).
+    Every id is unique and made as a device makes it: ``{id_prefix}-{the device's own prefix}-{its counter}``
+    (ids from one counter would only ever append to the agent's dedup index; devices' ids do not).
 
     Returns:
         ``(topic, payload)`` pairs, in publishing order.
@@ -248,24 +250,28 @@ def backlog(
     streams = [s for s in every if s.period_s > 0]
     weights = [s.rate() for s in streams]
     seqs: dict[tuple[int, Kind], int] = {}
+    made: dict[tuple[int, Kind], int] = {}
     out: list[tuple[str, bytes]] = []
-    n = 0
+
+    def new_id(u: int, kind: Kind) -> str:
+        made[u, kind] = n = made.get((u, kind), 0) + 1
+        tag = hashlib.blake2b(f"{u}/{kind.value}".encode(), digest_size=6).hexdigest()
+        return f"{id_prefix}-{tag}-{n:x}"
+
     for u in range(users):
         # what a user's devices say when they connect: births, then wear and in-ear
         user = user_name(u, prefix)
         for kind in DEVICE_IDS:
-            n += 1
-            out.append((f"{device_prefix(user, kind)}/state", state_payload(f"{id_prefix}-{n}", now_ms, kind, True)))
+            out.append((f"{device_prefix(user, kind)}/state", state_payload(new_id(u, kind), now_ms, kind, True)))
         for stream in (s for s in every if s.period_s == 0):
-            n += 1
-            out.append((topic_of(user, stream), pack(f"{id_prefix}-{n}", now_ms, 0, stream.build(rng, now_ms))))
+            body = stream.build(rng, now_ms)
+            out.append((topic_of(user, stream), pack(new_id(u, stream.kind), now_ms, 0, body)))
     for _ in range(per_user):
         for u in range(users):
             stream = rng.choices(streams, weights)[0]
             user = user_name(u, prefix)
             key = (u, stream.kind)
             seqs[key] = seq = seqs.get(key, 0) + 1
-            n += 1
             body = stream.build(rng, now_ms)
-            out.append((topic_of(user, stream), pack(f"{id_prefix}-{n}", now_ms, seq, body)))
+            out.append((topic_of(user, stream), pack(new_id(u, stream.kind), now_ms, seq, body)))
     return out
