@@ -253,12 +253,13 @@ _HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
     PRIMARY KEY (user, metric, hour_ms))"""
 
 _HOURLY_INDEX = "CREATE INDEX IF NOT EXISTS health_hourly_hour ON health_hourly(hour_ms)"  # its retention's DELETE
-#: A health event just stored whose payload still holds its values, onto the retention's list: found among the rows
-#: after ``seq`` (the table's end before the batch; the id index holds QoS 1 events only). A repeat the insert
-#: ignored was listed when it was first stored; a payload redacted already, as without the user's consent, is not.
+#: The health events a batch just stored whose payload still holds its values, onto the retention's list: one pass
+#: over the batch's own rows, after ``seq`` (the table's end before the batch; the id index holds QoS 1 events only,
+#: so they are not looked up by id). A repeat the insert ignored was listed when it was first stored; a payload
+#: redacted already, as without the user's consent, is not.
 _INSERT_DUE = (
     "INSERT OR IGNORE INTO health_due (seq, received_wall_ms) SELECT seq, received_wall_ms FROM events"  # noqa: S608
-    f" WHERE seq > ? AND id = ? AND instr(payload, {_REDACTED_SQL}) = 0"
+    f" WHERE seq > ? AND type IN ({_HEALTH_TYPES_SQL}) AND instr(payload, {_REDACTED_SQL}) = 0"
 )
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
@@ -495,12 +496,12 @@ class Store:
             if events:
                 if self.seal.cipher is not None:
                     events = [self.seal.seal_event(row) for row in events]
-                due = [row.id for row in events if row.type in HEALTH_EVENT_TYPES]
+                due = any(row.type in HEALTH_EVENT_TYPES for row in events)
                 if due:
                     end = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
                 if due:
-                    con.executemany(_INSERT_DUE, [(end, event_id) for event_id in due])
+                    con.execute(_INSERT_DUE, (end,))
             if actions:
                 con.executemany(
                     "INSERT OR IGNORE INTO actions (id, topic, user, kind, device, type, corr, reason, created_ms,"
