@@ -145,6 +145,21 @@ async def test_v10_deduplicates_the_qos_1_events_and_lets_samples_append(tmp_pat
         assert "SEARCH events USING INTEGER PRIMARY KEY" in due  # one pass over the batch's rows, not the log
 
 
+async def test_a_batch_of_health_events_is_listed_for_the_retention_in_one_pass(tmp_path: Path) -> None:
+    """A ring's backlog after the agent was away is a batch of health events only: they are listed in one statement
+    over the batch's rows (one per event, each a pass over the batch, was quadratic in the batch's size)."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.commit_batch([event(i) for i in range(1, 101)], [], [], [])
+        listings: list[str] = []
+        store.writer.set_trace_callback(
+            lambda sql: listings.append(sql) if sql.startswith("INSERT OR IGNORE INTO health_due") else None
+        )
+        await store.commit_batch([event(i) for i in range(101, 501)], [], [], [])
+        store.writer.set_trace_callback(None)
+        assert len(listings) == 1
+        assert await store.scalar("SELECT COUNT(*) FROM health_due") == 500
+
+
 async def test_the_health_retention_reads_what_is_due_not_the_log(tmp_path: Path) -> None:
     """The retention runs once a minute on the writer, on the event loop. It read the whole log to find what was due
     (0.4-0.8 s at 2 million events); now the work of a pass is the same for a log of 2,000 events and of 40,000:
