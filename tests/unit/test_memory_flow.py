@@ -152,8 +152,11 @@ async def test_a_slow_turns_report_times_the_loops_pass_apart_from_the_slices_af
                 for i in range(20):
                     topic = "wb/v1/u1/glasses/g1/evt/sensor/head_pose"
                     sender.publish_unconfirmed(Outgoing(topic, mix.pack(f"hp-{i}", now, i + 1, HEAD_POSE), 0))
-                async with asyncio.timeout(20):
-                    while agent.stats.processed < 20:  # noqa: ASYNC110 (bounded)
+                async with asyncio.timeout(20):  # every event handled, and a turn that handled some reported
+                    # (its report comes at the turn's end: leaving once the count is reached raced with it)
+                    while agent.stats.processed < 20 or not any(  # noqa: ASYNC110 (bounded)
+                        entry["event"] == "pump_turn_slow" and "process_ms" in entry for entry in logs
+                    ):
                         await asyncio.sleep(0.01)
         turns = [entry for entry in logs if entry["event"] == "pump_turn_slow"]
         handled = [entry for entry in turns if "process_ms" in entry]
