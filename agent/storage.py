@@ -140,7 +140,8 @@ class AgentStore(Protocol):
     # ---- the ingest path
 
     async def known(self, ids: Iterable[str]) -> set[str]:
-        """Which of these envelope ids were already processed (the dedup check)."""
+        """Which of these envelope ids were already processed (the dedup check), among the events delivered at QoS 1:
+        the contract deduplicates those; a QoS 0 message comes at most once, and the pump never asks for its id."""
         ...
 
     async def commit_batch(

@@ -250,7 +250,8 @@ class RedisBucketStore:
         return 0
 
     async def known(self, ids: Iterable[str]) -> set[str]:
-        """Which ids were processed (by any member, within the dedup horizon)."""
+        """Which ids were processed (by any member, within the dedup horizon): QoS 1 events only, as the contract's
+        dedup (a QoS 0 message comes at most once, and its id is not kept)."""
         wanted = list(ids)
         if not wanted:
             return set()
@@ -290,8 +291,9 @@ class RedisBucketStore:
                                                                    sealed]))  # fmt: skip
                     pipe.zadd(self.k_health_due, {e.id: e.received_wall_ms})
                     pipe.zadd(self.k_health_at, {e.id: now_ms})
-            if events:
-                pipe.zadd(self.k_seen, {e.id: now for e in events})
+            seen = {e.id: now for e in events if e.qos}  # the dedup covers QoS 1 events (as the SQLite store's v10)
+            if seen:
+                pipe.zadd(self.k_seen, seen)
             for tick in ticks:
                 users = "" if tick.users is None else json.dumps(tick.users)
                 pipe.xadd(self.k_log, {"k": "t", "at": tick.at_ms, "users": users, "by": by})

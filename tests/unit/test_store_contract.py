@@ -170,6 +170,15 @@ async def test_a_batch_reads_back_through_every_query(backend: Backend, cipher: 
         assert await store.stored_counts() == {"events": 3, "actions": 1, "tasks": 2, "alerts": 3, "context": 0}
 
 
+async def test_the_dedup_keeps_the_ids_of_qos_1_events_only(backend: Backend, cipher: HealthCipher) -> None:
+    """The contract deduplicates QoS 1 events; a QoS 0 sample is stored (and replayed) but its id is not kept."""
+    async with backend.open(cipher) as store:
+        sample = steps("s1", "alice", 13, 3)._replace(qos=0)
+        await store.commit_batch([hr("e1", "alice", 10, 1), sample], [], [], [])
+        assert await store.known(["s1", "e1"]) == {"e1"}
+        assert [item for kind, item, _ in await store.since(0) if kind == "event"] == [hr("e1", "alice", 10, 1), sample]
+
+
 async def test_the_outbox_publish_times_and_acks(backend: Backend) -> None:
     async with backend.open(None) as store:
         await store.commit_batch(
