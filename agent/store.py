@@ -110,6 +110,8 @@ def _rebuild_events(table: str, id_column: str) -> str:
 #: The health event types and the redaction mark as SQL literals (constants of this code, not input).
 _HEALTH_TYPES_SQL = ",".join(f"'{t}'" for t in sorted(HEALTH_EVENT_TYPES))
 _REDACTED_SQL = f"X'{REDACTED.encode().hex()}'"
+#: An event the retention has yet to redact: a health event whose payload still holds its values.
+_DUE_SQL = f"type IN ({_HEALTH_TYPES_SQL}) AND instr(payload, {_REDACTED_SQL}) = 0"
 
 MIGRATIONS: tuple[str, ...] = (
     # v1
@@ -230,8 +232,7 @@ MIGRATIONS: tuple[str, ...] = (
     # by ~20 million an hour at 1,000 users. Now it reads only what is due.
     f"""
     CREATE TABLE health_due (seq INTEGER PRIMARY KEY, received_wall_ms INTEGER NOT NULL);
-    INSERT INTO health_due SELECT seq, received_wall_ms FROM events
-        WHERE type IN ({_HEALTH_TYPES_SQL}) AND instr(payload, {_REDACTED_SQL}) = 0;
+    INSERT INTO health_due SELECT seq, received_wall_ms FROM events WHERE {_DUE_SQL};
     CREATE INDEX health_due_at ON health_due(received_wall_ms);
     """,  # noqa: S608 (constants only)
     # v10: the dedup index holds the QoS 1 events only, the ones the contract deduplicates (a QoS 0 message is
@@ -259,7 +260,7 @@ _HOURLY_INDEX = "CREATE INDEX IF NOT EXISTS health_hourly_hour ON health_hourly(
 #: redacted already, as without the user's consent, is not.
 _INSERT_DUE = (
     "INSERT OR IGNORE INTO health_due (seq, received_wall_ms) SELECT seq, received_wall_ms FROM events"  # noqa: S608
-    f" WHERE seq > ? AND type IN ({_HEALTH_TYPES_SQL}) AND instr(payload, {_REDACTED_SQL}) = 0"
+    f" WHERE seq > ? AND {_DUE_SQL}"
 )
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (id, topic, user, kind, device, channel, type, ts, src_ts, dev_seq, corr,"
@@ -486,9 +487,10 @@ class Store:
         if not (events or actions or tasks or alerts or ticks or resolutions):
             return
         with self._transaction(f"a batch of {len(events)} events") as con:
+            due = any(row.type in HEALTH_EVENT_TYPES for row in events)
+            # the log's end before this batch: where its ticks go, and after which its health events are found
+            last = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) if ticks or due else 0
             if ticks:
-                row = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-                last = int(row[0]) if row else 0
                 con.executemany(
                     "INSERT INTO ticks (after_event_seq, at_ms, users) VALUES (?, ?, ?)",
                     [(last, t.at_ms, None if t.users is None else json.dumps(t.users)) for t in ticks],
@@ -496,12 +498,9 @@ class Store:
             if events:
                 if self.seal.cipher is not None:
                     events = [self.seal.seal_event(row) for row in events]
-                due = any(row.type in HEALTH_EVENT_TYPES for row in events)
-                if due:
-                    end = con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
                 con.executemany(_INSERT_EVENT, events)  # an EventRow is a tuple in column order
                 if due:
-                    con.execute(_INSERT_DUE, (end,))
+                    con.execute(_INSERT_DUE, (last,))
             if actions:
                 con.executemany(
                     "INSERT OR IGNORE INTO actions (id, topic, user, kind, device, type, corr, reason, created_ms,"

@@ -251,11 +251,14 @@ def backlog(
     weights = [s.rate() for s in streams]
     seqs: dict[tuple[int, Kind], int] = {}
     made: dict[tuple[int, Kind], int] = {}
+    tags: dict[tuple[int, Kind], str] = {}
     out: list[tuple[str, bytes]] = []
 
     def new_id(u: int, kind: Kind) -> str:
         made[u, kind] = n = made.get((u, kind), 0) + 1
-        tag = hashlib.blake2b(f"{u}/{kind.value}".encode(), digest_size=6).hexdigest()
+        tag = tags.get((u, kind))
+        if tag is None:
+            tag = tags[u, kind] = hashlib.blake2b(f"{u}/{kind.value}".encode(), digest_size=6).hexdigest()
         return f"{id_prefix}-{tag}-{n:x}"
 
     for u in range(users):
