@@ -155,7 +155,8 @@ class AgentStore(Protocol):
     ) -> None:
         """Store one batch atomically: events, the actions they caused, tasks, alerts ``(rule, user, text, at_ms)``,
         ticks and resolved intents ``(event_id, intent JSON)``. Health event payloads are sealed when the store has
-        a key."""
+        a key. The events are stored as given: the caller asked :meth:`known` first (the pump does), and the QoS 1
+        ids among them are known from then on."""
         ...
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:

@@ -4,9 +4,11 @@ Its callers use the protocol's domain operations; ``rows`` and ``scalar`` (SQL) 
 
 What it keeps:
 
-- ``events``: every processed event, ack and device state, keyed by envelope id alone (the dedup key of the wire
-  contract: a retry keeps its id, not necessarily its ts), in the order the
-  agent handled it, with the simulated time it was handled at (so a restart can replay it into the core);
+- ``events``: every processed event, ack and device state, in the order the agent handled it, with the simulated
+  time it was handled at (so a restart can replay it into the core); no index: a new row goes at its end;
+- ``dedup``: the envelope ids of the QoS 1 events (the dedup key of the wire contract: a retry keeps its id, not
+  necessarily its ts), merged in sorted runs; those stored after ``dedup_mark`` are held in memory
+  (:class:`Unmerged`);
 - ``actions``: every command the core decided, stored *before* it is published, with ``published`` and the
   device's ack;
 - ``tasks``, ``alerts``, ``context`` (the last snapshot per user) and ``core_state`` (periodic snapshots of the
@@ -41,7 +43,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -70,8 +72,8 @@ from schemas.health import REDACTED
 from schemas.topics import DeviceKey
 
 # The rows and the protocol are defined in agent.storage; these names stay importable from here.
-__all__ = ["CHECKPOINT_EVERY_S", "MIGRATIONS", "USER_TABLES", "ActionRow", "EventRow", "Mark", "Snapshot", "Store",
-           "TickRow", "erase_user"]  # fmt: skip
+__all__ = ["CHECKPOINT_EVERY_S", "DEDUP_TABLE", "MERGE_SQL", "MIGRATIONS", "USER_TABLES", "ActionRow", "EventRow",
+           "Mark", "Snapshot", "Store", "TickRow", "Unmerged", "erase_user"]  # fmt: skip
 
 #: The columns of the events table after ``seq`` and ``id``, as every version of it has them.
 _EVENT_FIELDS = """
@@ -106,6 +108,9 @@ def _rebuild_events(table: str, id_column: str) -> str:
     ALTER TABLE {table} RENAME TO events;
     """  # noqa: S608 (constants only)
 
+
+#: The QoS 1 events' ids (store v11): the dedup check's table, filled in sorted runs (:class:`Unmerged`).
+DEDUP_TABLE = "CREATE TABLE dedup (id TEXT PRIMARY KEY) WITHOUT ROWID"
 
 #: The health event types and the redaction mark as SQL literals (constants of this code, not input).
 _HEALTH_TYPES_SQL = ",".join(f"'{t}'" for t in sorted(HEALTH_EVENT_TYPES))
@@ -244,6 +249,19 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX events_id;
     CREATE UNIQUE INDEX events_id_q1 ON events(id) WHERE qos > 0;
     """,
+    # v11: the QoS 1 ids in a table of their own, merged into it in sorted runs. An index on the events put each
+    # QoS 1 event on its own device's leaf page (a device's ids share its prefix): a batch of events of different
+    # devices dirtied a page an event, 4 KB of log and again at the checkpoint, 12-22 us of SQLite CPU an event
+    # (docs/benchmarks.md, section 16). The events now only append; the ids stored since ``dedup_mark`` are held in
+    # memory (:class:`Unmerged`, read back from the events on open) and written to ``dedup`` in sorted chunks, a
+    # device's ids of a whole run on its page at once.
+    f"""
+    {DEDUP_TABLE};
+    INSERT OR IGNORE INTO dedup SELECT id FROM events WHERE qos > 0 ORDER BY id;
+    DROP INDEX events_id_q1;
+    CREATE TABLE dedup_mark (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL);
+    INSERT INTO dedup_mark VALUES (1, (SELECT COALESCE(MAX(seq), 0) FROM events));
+    """,  # noqa: S608 (constants only)
 )
 
 
@@ -255,9 +273,8 @@ _HOURLY_TABLE = """CREATE TABLE IF NOT EXISTS health_hourly (
 
 _HOURLY_INDEX = "CREATE INDEX IF NOT EXISTS health_hourly_hour ON health_hourly(hour_ms)"  # its retention's DELETE
 #: The health events a batch just stored whose payload still holds its values, onto the retention's list: one pass
-#: over the batch's own rows, after ``seq`` (the table's end before the batch; the id index holds QoS 1 events only,
-#: so they are not looked up by id). A repeat the insert ignored was listed when it was first stored; a payload
-#: redacted already, as without the user's consent, is not.
+#: over the batch's own rows, after ``seq`` (the table's end before the batch; the events have no index on the id).
+#: A payload redacted already, as without the user's consent, is not listed.
 _INSERT_DUE = (
     "INSERT OR IGNORE INTO health_due (seq, received_wall_ms) SELECT seq, received_wall_ms FROM events"  # noqa: S608
     f" WHERE seq > ? AND {_DUE_SQL}"
@@ -267,6 +284,16 @@ _INSERT_EVENT = (
     " handled_ms, received_wall_ms, qos, retain, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _KNOWN_CHUNK = 512  # ids per dedup query at most: a power of two (see _known_sql), under SQLite's parameter limit
+#: QoS 1 ids held in memory, not yet in the dedup table, at which a merge of them begins (store v11). The more a run
+#: holds, the more of a device's ids share each page it writes; sorting it holds the event loop ~2 ms.
+MERGE_AT = 8_192
+#: Ids of a merge written with each batch at least (and at least twice the QoS 1 ids the batch adds, so a merge
+#: ends while at most half a run more comes in): a merge is spread over batches, never one long transaction.
+MERGE_CHUNK = 512
+#: Writes an id of a merge into the dedup table (one already there, from a merge a crash cut short, is ignored).
+MERGE_SQL = "INSERT OR IGNORE INTO dedup (id) VALUES (?)"
+_MARK_SQL = "UPDATE dedup_mark SET seq = ? WHERE one = 1"
+_UNMERGED_SQL = "SELECT id FROM events WHERE qos > 0 AND seq > (SELECT seq FROM dedup_mark WHERE one = 1)"
 CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WAL (when something was written)
 WAL_KEEP_BYTES = 64 * 2**20  # the WAL file is cut back to this once its log starts over (SQLite's journal_size_limit)
 
@@ -276,7 +303,58 @@ def _known_sql(size: int) -> str:
     """The dedup query for ``size`` ids. Only powers of two are asked for, so the connection's statement cache holds
     at most ten of them. One text per batch size filled that cache with 128 statements of up to ~94 KiB each (12 MiB
     of SQLite's memory, out of Python's sight) over minutes of batches of every size."""
-    return f"SELECT id FROM events WHERE qos > 0 AND id IN ({','.join(['?'] * size)})"  # noqa: S608 (the index's rows)
+    return f"SELECT id FROM dedup WHERE id IN ({','.join(['?'] * size)})"  # noqa: S608 (placeholders only)
+
+
+class Unmerged:
+    """The QoS 1 ids stored after the dedup table's mark and not yet merged into it, and the merge in progress.
+
+    Pure bookkeeping (the store does the I/O): a batch's transaction writes :meth:`chunk` of the run into the dedup
+    table, and the mark once the run ends there (:meth:`ends`); after the commit, :meth:`committed` drops the merged
+    ids and takes the batch's own, and begins the next run (all the ids held, sorted) once :data:`MERGE_AT` wait. A
+    sorted run puts each device's ids of the run on its page in one go: a page written per device, not per event.
+
+    Every QoS 1 id at or before the mark is in the table; every one after it is held here (and, from a crash
+    between two chunks, maybe in the table too: merging it again is ignored). So ``id in unmerged or id in table``
+    is exactly the stored QoS 1 ids.
+    """
+
+    def __init__(self, ids: Iterable[str] = (), *, merge_at: int = MERGE_AT, chunk: int = MERGE_CHUNK) -> None:
+        self.ids: set[str] = set(ids)
+        self.merge_at = merge_at
+        self.min_chunk = chunk
+        self.run: list[str] = []
+        self.pos = 0
+        self.run_mark = 0  # the events' seq the run covers: the dedup table's mark once it is merged
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def chunk(self, added: int) -> list[str]:
+        """The ids of the run to merge with a batch that adds ``added`` QoS 1 ids (none when no run is going)."""
+        size = max(self.min_chunk, 2 * added)
+        return self.run[self.pos : self.pos + size]
+
+    def ends(self, chunk: Sequence[str]) -> bool:
+        """Whether ``chunk`` (from :meth:`chunk`) is the run's last."""
+        return bool(chunk) and self.pos + len(chunk) >= len(self.run)
+
+    def committed(self, chunk: Sequence[str], added: Iterable[str], mark: Callable[[], int]) -> bool:
+        """The batch that wrote ``chunk`` and stored the QoS 1 ids ``added`` committed; ``mark()`` reads the events'
+        last seq (only when a run begins). Whether a run began."""
+        if chunk:
+            self.pos += len(chunk)
+            self.ids.difference_update(chunk)
+            if self.pos >= len(self.run):
+                self.run, self.pos = [], 0
+        self.ids.update(added)
+        if self.run or len(self.ids) < self.merge_at:
+            return False
+        self.run, self.pos, self.run_mark = sorted(self.ids), 0, mark()
+        return True
 
 
 class Store:
@@ -294,6 +372,7 @@ class Store:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpointed = time.monotonic()
         self._catch_up = False  # a background checkpoint ended: the writer finishes it before its next transaction
+        self.unmerged = Unmerged()  # the QoS 1 ids not yet in the dedup table (read back on open: _read_unmerged)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -329,6 +408,7 @@ class Store:
                 page = int(self._writer.execute("PRAGMA page_size").fetchone()[0])
                 pages = max(1, int(self.max_mb * 1024 * 1024 / page))
                 self._writer.execute(f"PRAGMA max_page_count = {pages}")
+            self._read_unmerged()
         except (sqlite3.Error, OSError, StoreError) as exc:
             await self._close()  # close aiosqlite's thread now, not when the event loop is gone
             if isinstance(exc, StoreError):
@@ -461,9 +541,12 @@ class Store:
     async def known(self, ids: Iterable[str]) -> set[str]:
         """Which of these events were already processed (the dedup check), by envelope id alone: a device keeps the
         id of an event across its retries, even when it stamps a fresh ``ts``. Only events delivered at QoS 1 are
-        looked up and found (migration v10): the contract deduplicates those; a QoS 0 message comes at most once."""
-        wanted = list(ids)
-        found: set[str] = set()
+        looked up and found (migration v10): the contract deduplicates those; a QoS 0 message comes at most once.
+        Those stored lately are held in memory (v11: :class:`Unmerged`); the rest are looked up in the dedup table."""
+        unmerged = self.unmerged
+        asked = list(ids)
+        found = {key for key in asked if key in unmerged}
+        wanted = [key for key in asked if key not in unmerged] if found else asked
         con = self.writer
         try:
             for i in range(0, len(wanted), _KNOWN_CHUNK):
@@ -483,9 +566,14 @@ class Store:
         ticks: Sequence[TickRow] = (),
         resolutions: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Store one batch atomically (events, the actions they caused, tasks, alerts, ticks, resolutions)."""
+        """Store one batch atomically (events, the actions they caused, tasks, alerts, ticks, resolutions), and the
+        next chunk of the dedup table's merge (:class:`Unmerged`). The caller asked :meth:`known` first: the events
+        are stored as given."""
         if not (events or actions or tasks or alerts or ticks or resolutions):
             return
+        unmerged = self.unmerged
+        added = [row.id for row in events if row.qos]
+        merge = unmerged.chunk(len(added))
         with self._transaction(f"a batch of {len(events)} events") as con:
             due = any(row.type in HEALTH_EVENT_TYPES for row in events)
             # the log's end before this batch: where its ticks go, and after which its health events are found
@@ -530,6 +618,20 @@ class Store:
                 con.executemany("INSERT INTO alerts (rule, user, text, at_ms) VALUES (?,?,?,?)", alerts)
             if resolutions:
                 con.executemany("INSERT OR REPLACE INTO resolutions (event_id, intent) VALUES (?,?)", resolutions)
+            if merge:
+                con.executemany(MERGE_SQL, [(key,) for key in merge])
+                if unmerged.ends(merge):
+                    con.execute(_MARK_SQL, (unmerged.run_mark,))
+        unmerged.committed(merge, added, self._last_seq)
+
+    def _read_unmerged(self) -> None:
+        """The QoS 1 ids stored after the dedup table's mark, from the events (on open, and after an erasure)."""
+        ids = (row[0] for row in self.writer.execute(_UNMERGED_SQL))
+        self.unmerged = Unmerged(ids, merge_at=MERGE_AT, chunk=MERGE_CHUNK)
+
+    def _last_seq(self) -> int:
+        """The events' last seq (the writer's view)."""
+        return int(self.writer.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:
         """Record that these actions reached the broker (at ``wall_ms``)."""
@@ -700,6 +802,7 @@ class Store:
         with self._transaction(f"the erasure of {user}") as con:
             removed = erase_user(con, user)
         try:
+            self._read_unmerged()  # without the user's ids
             self.writer.execute("VACUUM")
         except sqlite3.Error as exc:
             raise StoreError(f"could not compact {self.path} after erasing a user: {exc}") from exc
@@ -787,6 +890,8 @@ def erase_user(con: sqlite3.Connection, user: str) -> dict[str, int]:
     the stored ticks' user lists; rows deleted per table (``core_state`` 1 when the saved state held the user)."""
     removed: dict[str, int] = {}
     con.execute("DELETE FROM health_due WHERE seq IN (SELECT seq FROM events WHERE user = ?)", (user,))
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dedup'").fetchone():  # v11 on
+        con.execute("DELETE FROM dedup WHERE id IN (SELECT id FROM events WHERE user = ? AND qos > 0)", (user,))
     removed["resolutions"] = con.execute(
         "DELETE FROM resolutions WHERE event_id IN (SELECT id FROM events WHERE user = ?)", (user,)
     ).rowcount

@@ -6,9 +6,10 @@ temporary directory, a dedup query before each commit as the pump does, and prin
 of WAL per event. The WAL figure does not depend on the machine's load; the CPU figure does (compare versions in
 alternating runs).
 
-Beside it, the floor (:func:`floor`): the same rows, batches and dedup query with bare ``sqlite3`` (the store's
-pragmas, no store code) into a table of the id and the payload only. It is what any per-event durable record with a
-dedup key costs in this Python, so the difference to the store's figure is all the store could still save.
+Beside it, the floor (:func:`floor`): the same rows, batches, dedup query and merge of the dedup table with bare
+``sqlite3`` (the store's pragmas and SQL, no store code) into a table of the id and the payload only. It is what a
+per-event durable record with a dedup key costs in this Python, so the difference to the store's figure is all the
+store could still save.
 
 :func:`replay_floor` is the same floor for the agent's own rows: ``wearbus bench`` replays the events its agent stored
 in the ingest section into a fresh table of the same schema with bare ``sqlite3``, in the same run.
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.store import EventRow, Store
+from agent.store import DEDUP_TABLE, MERGE_SQL, EventRow, Store, Unmerged
 from schemas.topics import DeviceId, Kind, event_topic
 
 PAYLOAD = b"\x80" * 120  # about a sensor event's msgpack envelope
@@ -71,26 +72,33 @@ def _bare_cpu_us(
     schema: list[str], insert: str, rows: list[tuple[Any, ...]], batch: int, key: int = 0, qos: int | None = None
 ) -> float:
     """CPU µs per row (this thread's CPU time) of writing ``rows`` into a fresh database of ``schema`` with bare
-    ``sqlite3`` and the store's pragmas: per batch, a dedup query by the id (column ``key``) and one transaction.
-    With ``qos`` (the QoS column), only the QoS 1 rows are looked up, as the agent does (its dedup index holds
-    those only)."""
+    ``sqlite3`` and the store's pragmas, deduplicated as the store does (v11): per batch, a dedup query by the id
+    (column ``key``) for the ids not held in memory, and one transaction that appends the rows and merges the next
+    chunk of held ids into the dedup table (:class:`agent.store.Unmerged`). With ``qos`` (the QoS column), only the
+    QoS 1 rows are looked up and merged, as the agent does."""
     with tempfile.TemporaryDirectory(prefix="wearbus-store-floor-") as tmp:
         con = sqlite3.connect(Path(tmp) / "floor.db", isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
-            for sql in schema:
+            for sql in [*schema, DEDUP_TABLE]:
                 con.execute(sql)
+            held = Unmerged()
             started = time.thread_time()
             for k in range(0, len(rows), batch):
                 chunk = rows[k : k + batch]
                 ids = [r[key] for r in chunk if qos is None or r[qos]]
-                marks = ",".join(["?"] * len(ids))
-                where = "qos > 0 AND " if qos is not None else ""
-                set(con.execute(f"SELECT id FROM events WHERE {where}id IN ({marks})", ids))  # noqa: S608
+                wanted = [i for i in ids if i not in held]
+                if wanted:
+                    marks = ",".join(["?"] * len(wanted))
+                    set(con.execute(f"SELECT id FROM dedup WHERE id IN ({marks})", wanted))  # noqa: S608
+                merge = held.chunk(len(ids))
                 con.execute("BEGIN IMMEDIATE")
                 con.executemany(insert, chunk)
+                if merge:
+                    con.executemany(MERGE_SQL, [(i,) for i in merge])
                 con.execute("COMMIT")
+                held.committed(merge, ids, lambda: 0)
             cpu = time.thread_time() - started
         finally:
             con.close()
@@ -100,15 +108,16 @@ def _bare_cpu_us(
 def floor(n: int, devices: int, batch: int) -> float:
     """CPU µs per event of the floor: bare ``sqlite3``, the id and the payload, a dedup query and a commit a batch."""
     rows: list[tuple[Any, ...]] = [(r.id, r.payload) for r in events(n, devices)]
-    schema = ["CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, payload BLOB NOT NULL)"]
-    return _bare_cpu_us(schema, "INSERT OR IGNORE INTO events (id, payload) VALUES (?, ?)", rows, batch)
+    schema = ["CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, payload BLOB NOT NULL)"]
+    return _bare_cpu_us(schema, "INSERT INTO events (id, payload) VALUES (?, ?)", rows, batch)
 
 
 def replay_floor(source: Path, batch: int, id_like: str = "bk-%") -> dict[str, float]:
     """CPU µs per event of storing the events of ``source`` whose id is ``LIKE id_like`` again, with bare ``sqlite3``.
 
     The rows, the events table and its indexes are the agent's own (copied from ``source``, read only); the pragmas
-    are the store's; each batch of ``batch`` rows is a dedup query by id and one transaction, as the pump does. SQLite
+    are the store's; each batch of ``batch`` rows is a dedup query by id and one transaction with the merge of the
+    dedup table, as the pump and the store do (:func:`_bare_cpu_us`). SQLite
     checkpoints the WAL itself every 1,000 pages (the agent checkpoints on its store's thread, in its own process,
     so its CPU counts that too). Measured with this thread's CPU time, so nothing else in the process counts.
     """
@@ -121,7 +130,7 @@ def replay_floor(source: Path, batch: int, id_like: str = "bk-%") -> dict[str, f
         rows = src.execute(f"SELECT {names} FROM events WHERE id LIKE ? ORDER BY seq", (id_like,)).fetchall()  # noqa: S608
     finally:
         src.close()
-    insert = f"INSERT OR IGNORE INTO events ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+    insert = f"INSERT INTO events ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
     cpu_us = _bare_cpu_us(schema, insert, rows, batch, key=columns.index("id"), qos=columns.index("qos"))
     return {"events": len(rows), "batch": batch, "cpu_us_per_event": cpu_us}
 

@@ -29,6 +29,14 @@ def action(i: int) -> ActionRow:
                      "skill", 1000 + i, 3000 + i, b"\x80")  # fmt: skip
 
 
+def database_at(db: Path, version: int) -> sqlite3.Connection:
+    """A new database at schema ``version`` (the migrations up to it), open for the test to fill and close."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:version], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    return con
+
+
 async def test_migrates_and_reopens(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     async with Store(db) as store:
@@ -41,9 +49,7 @@ async def test_migrates_and_reopens(tmp_path: Path) -> None:
 async def test_v4_keeps_the_events_and_their_order(tmp_path: Path) -> None:
     """A v3 database (AUTOINCREMENT, the user index) upgrades with every event, seq and tick watermark kept."""
     db = tmp_path / "a.db"
-    con = sqlite3.connect(db, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:3], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con = database_at(db, 3)
     con.executemany(_INSERT_EVENT, [event(i) for i in range(1, 6)])
     con.execute("INSERT INTO ticks (after_event_seq, at_ms) VALUES (4, 99)")
     con.close()
@@ -62,9 +68,7 @@ async def test_v8_keys_the_events_on_their_id_alone(tmp_path: Path) -> None:
     """A v7 database (keyed on (ts, id)) upgrades with every event kept; the dedup key is then the id alone, as the
     contract says: a device's retry with a fresh ts is the same event, and is not acted on twice."""
     db = tmp_path / "a.db"
-    con = sqlite3.connect(db, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:7], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con = database_at(db, 7)
     con.executemany(_INSERT_EVENT, [event(i) for i in range(1, 4)])
     con.execute(_INSERT_EVENT, event(2)._replace(ts=9))  # under v7 a retry with a fresh ts was stored (and acted on)
     con.close()
@@ -73,12 +77,11 @@ async def test_v8_keys_the_events_on_their_id_alone(tmp_path: Path) -> None:
         rows = await store.rows("SELECT seq, id, ts FROM events ORDER BY seq")
         assert rows == [(1, "e1", 1), (2, "e2", 2), (3, "e3", 3), (4, "e2#dup4", 9)]  # the log keeps what happened
         indexes = await store.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
-        assert indexes == [("events_id_q1",)]  # v10: of the QoS 1 events
-        plan = await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE qos > 0 AND id IN ('e1', 'e2')")
-        assert "events_id_q1" in str(plan)
+        assert indexes == []  # v11: the QoS 1 ids are in a table of their own
+        assert await store.rows("SELECT id FROM dedup ORDER BY id") == [("e1",), ("e2",), ("e2#dup4",), ("e3",)]
         retry = event(3)._replace(ts=7)  # the same event again, stamped anew by the device
-        assert await store.known(["e3", "e4"]) == {"e3"}
-        await store.commit_batch([retry, event(4)], [], [], [])  # the retry is ignored by the store as well
+        assert await store.known([retry.id, "e4"]) == {"e3"}  # so the pump does not store it again
+        await store.commit_batch([event(4)], [], [], [])
         assert await store.rows("SELECT id, ts FROM events WHERE id IN ('e3', 'e4') ORDER BY seq") == [
             ("e3", 3),
             ("e4", 4),
@@ -99,16 +102,14 @@ async def test_v9_lists_the_health_events_the_retention_has_yet_to_redact(tmp_pa
     from schemas.health import REDACTED  # noqa: PLC0415
 
     db = tmp_path / "a.db"
-    con = sqlite3.connect(db, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:8], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con = database_at(db, 8)
     redacted = event(2)._replace(payload=b"\x81\xa1x" + REDACTED.encode())  # stored without the user's consent
     con.executemany(_INSERT_EVENT, [event(1), redacted, sample(3, 5), event(4)])
     con.close()
     async with Store(db) as store:
         assert await store.schema_version() == len(MIGRATIONS) >= 9
         assert await store.rows("SELECT seq, received_wall_ms FROM health_due ORDER BY seq") == [(1, 2001), (4, 2004)]
-        await store.commit_batch([event(5), sample(6, 9), event(1)], [], [], [])  # e1 again: listed once
+        await store.commit_batch([event(5), sample(6, 9)], [], [], [])
         assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(1,), (4,), (5,)]
         assert await store.prune_health(2004) == 1  # e1 (received 2001); e4 and e5 are not due yet
         assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(4,), (5,)]
@@ -117,32 +118,75 @@ async def test_v9_lists_the_health_events_the_retention_has_yet_to_redact(tmp_pa
         assert await store.rows("SELECT seq FROM health_due") == []
 
 
-async def test_v10_deduplicates_the_qos_1_events_and_lets_samples_append(tmp_path: Path) -> None:
-    """A v9 database upgrades with every event kept; the dedup index then holds the QoS 1 events only (the
-    contract's exactly-once is for QoS 1; a QoS 0 message is delivered at most once). A QoS 1 repeat is still
-    ignored; a sample's id is neither looked up nor indexed; the dedup query and the retention's listing still
-    read by index or by the batch's rows, never the whole table."""
+async def test_v10_and_v11_keep_the_qos_1_ids_only_in_a_table_of_their_own(tmp_path: Path) -> None:
+    """A v9 database upgrades with every event kept; the QoS 1 ids go into the dedup table (v10 indexed those only,
+    v11 moves them out of the events, which are then never indexed: a new row goes at the end), the mark at the
+    log's end and nothing held in memory. A sample's id is neither looked up nor kept (the contract's exactly-once
+    is for QoS 1; a QoS 0 message is delivered at most once); the dedup query searches the table's key, and the
+    retention's listing reads the batch's rows, never the whole table."""
     db = tmp_path / "a.db"
-    con = sqlite3.connect(db, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:9], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    con = database_at(db, 9)
     con.executemany(_INSERT_EVENT, [event(1), sample(2, 5), event(3)])
     con.close()
     async with Store(db) as store:
-        assert await store.schema_version() == len(MIGRATIONS) >= 10
+        assert await store.schema_version() == len(MIGRATIONS) >= 11
         assert await store.rows("SELECT seq, id FROM events ORDER BY seq") == [(1, "e1"), (2, "p2"), (3, "e3")]
+        assert await store.rows("SELECT id FROM dedup ORDER BY id") == [("e1",), ("e3",)]
+        assert await store.scalar("SELECT seq FROM dedup_mark") == 3
+        assert len(store.unmerged) == 0
+        assert await store.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'") == []
         assert await store.known(["e1", "p2", "e3", "e4"]) == {"e1", "e3"}  # the sample is not looked up
-        plan = str(await store.rows("EXPLAIN QUERY PLAN SELECT id FROM events WHERE qos > 0 AND id IN ('e1', 'e2')"))
-        assert "events_id_q1" in plan
-        assert "SCAN" not in plan
+        plan = str(await store.rows("EXPLAIN QUERY PLAN SELECT id FROM dedup WHERE id IN ('e1', 'e2')"))
+        assert "SEARCH dedup USING PRIMARY KEY" in plan
         health0 = event(4)._replace(qos=0)  # a health value sent at QoS 0: still listed for the retention
-        await store.commit_batch([event(1), health0, sample(2, 6), event(5)], [], [], [])
+        await store.commit_batch([health0, sample(2, 6), event(5)], [], [], [])
         rows = await store.rows("SELECT seq, id, qos FROM events WHERE seq > 3 ORDER BY seq")
-        assert rows == [(4, "e4", 0), (5, "p2", 0), (6, "e5", 1)]  # e1 again: ignored; the sample again: stored
+        assert rows == [(4, "e4", 0), (5, "p2", 0), (6, "e5", 1)]  # the sample again: stored
+        assert await store.known(["e4", "p2", "e5"]) == {"e5"}
         # this batch's health events (the raw inserts into the v9 file above were never listed)
         assert await store.rows("SELECT seq FROM health_due ORDER BY seq") == [(4,), (6,)]
         due = str(await store.rows(f"EXPLAIN QUERY PLAN {agent.store._INSERT_DUE}", 3))
         assert "SEARCH events USING INTEGER PRIMARY KEY" in due  # one pass over the batch's rows, not the log
+
+
+def device_event(device: int, n: int, user: str = "a", qos: int = 1) -> EventRow:
+    """The ``n``-th event of a device, its id made as devices make them (the device's prefix, then a counter)."""
+    return event(n)._replace(id=f"{device:012x}-{n:x}", user=user, device=f"r{device}", qos=qos)
+
+
+async def test_v11_merges_the_held_ids_in_sorted_runs_and_reads_them_back_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across runs of the merge, a reopen in the middle of one (the memory lost, as in a crash) and an erasure, the
+    dedup check answers exactly the QoS 1 ids stored: those held in memory and those in the table."""
+    monkeypatch.setattr(agent.store, "MERGE_AT", 64)
+    monkeypatch.setattr(agent.store, "MERGE_CHUNK", 8)
+    db = tmp_path / "a.db"
+    stored: list[str] = []
+    batches = [[device_event(d, b, user=f"u{d % 3}") for d in range(12)] for b in range(1, 30)]
+    async with Store(db) as store:
+        for batch in batches[:20]:
+            assert await store.known([e.id for e in batch]) == set()
+            await store.commit_batch([*batch, device_event(99, 0, qos=0)._replace(id=f"s{len(stored)}")], [], [], [])
+            stored += [e.id for e in batch]
+        merged = {row[0] for row in await store.rows("SELECT id FROM dedup")}
+        assert merged  # runs merged
+        assert merged < set(stored)  # the last one still going
+        assert merged | store.unmerged.ids == set(stored)
+        assert await store.scalar("SELECT seq FROM dedup_mark") > 0
+    async with Store(db) as store:  # reopened mid-run: what the table lacks is read back from the events
+        assert set(stored) - merged <= store.unmerged.ids
+        assert await store.known([*stored, "s0", "nope"]) == set(stored)  # the samples' ids are not kept
+        for batch in batches[20:]:
+            await store.commit_batch(batch, [], [], [])
+            stored += [e.id for e in batch]
+        assert await store.known([*stored, "nope"]) == set(stored)
+        await store.forget("u1")
+        left = {e.id for batch in batches for e in batch if e.user != "u1"}
+        assert await store.known(stored) == left
+        assert {row[0] for row in await store.rows("SELECT id FROM dedup")} <= left
+    async with Store(db) as store:
+        assert await store.known(stored) == left
 
 
 async def test_a_batch_of_health_events_is_listed_for_the_retention_in_one_pass(tmp_path: Path) -> None:
@@ -196,7 +240,7 @@ async def test_the_dedup_query_takes_a_few_shapes_whatever_the_batch_sizes(tmp_p
     async with Store(tmp_path / "a.db") as store:
         await store.commit_batch([event(i) for i in range(0, 1200, 3)], [], [], [])
         shapes: set[int] = set()  # the ids in each dedup query (the trace shows them bound)
-        dedup = "SELECT id FROM events WHERE qos > 0 AND id IN"
+        dedup = "SELECT id FROM dedup WHERE id IN"
         store.writer.set_trace_callback(lambda sql: shapes.add(sql.count(",") + 1) if sql.startswith(dedup) else None)
         rng = random.Random(5)
         for n in [*range(1, 600), 1024, 1100]:
@@ -246,7 +290,8 @@ async def test_batch_dedup_publish_and_acks(tmp_path: Path) -> None:
         task = TaskRecord("t1", "a", "order_food", "awaiting_confirmation", {"dish": "noodles"}, 1, ("address",), (),
                        None, 1, 2)  # fmt: skip
         await store.commit_batch([event(1), event(2)], [action(1)], [task], [("low_spo2", "a", "re-measure", 5)])
-        await store.commit_batch([event(2), event(3)], [], [], [])  # e2 again: ignored
+        assert await store.known(["e2", "e3"]) == {"e2"}  # e2 again: the pump does not store it twice
+        await store.commit_batch([event(3)], [], [], [])
         assert await store.known(["e1", "e2", "e3", "e4"]) == {"e1", "e2", "e3"}
         assert await store.scalar("SELECT COUNT(*) FROM events") == 3
         assert [a[0] for a in await store.unpublished()] == ["a1"]
