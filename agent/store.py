@@ -543,10 +543,10 @@ class Store:
         id of an event across its retries, even when it stamps a fresh ``ts``. Only events delivered at QoS 1 are
         looked up and found (migration v10): the contract deduplicates those; a QoS 0 message comes at most once.
         Those stored lately are held in memory (v11: :class:`Unmerged`); the rest are looked up in the dedup table."""
-        unmerged = self.unmerged
+        held = self.unmerged.ids
         asked = list(ids)
-        found = {key for key in asked if key in unmerged}
-        wanted = [key for key in asked if key not in unmerged] if found else asked
+        found = {key for key in asked if key in held}
+        wanted = [key for key in asked if key not in held] if found else asked
         con = self.writer
         try:
             for i in range(0, len(wanted), _KNOWN_CHUNK):
