@@ -254,7 +254,8 @@ MIGRATIONS: tuple[str, ...] = (
     # devices dirtied a page an event, 4 KB of log and again at the checkpoint, 12-22 us of SQLite CPU an event
     # (docs/benchmarks.md, section 16). The events now only append; the ids stored since ``dedup_mark`` are held in
     # memory (:class:`Unmerged`, read back from the events on open) and written to ``dedup`` in sorted chunks, a
-    # device's ids of a whole run on its page at once.
+    # device's ids of a whole run on its page at once. The ids are copied and sorted once: a large database takes a
+    # while to upgrade.
     f"""
     {DEDUP_TABLE};
     INSERT OR IGNORE INTO dedup SELECT id FROM events WHERE qos > 0 ORDER BY id;
