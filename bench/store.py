@@ -117,9 +117,9 @@ def replay_floor(source: Path, batch: int, id_like: str = "bk-%") -> dict[str, f
 
     The rows, the events table and its indexes are the agent's own (copied from ``source``, read only); the pragmas
     are the store's; each batch of ``batch`` rows is a dedup query by id and one transaction with the merge of the
-    dedup table, as the pump and the store do (:func:`_bare_cpu_us`). SQLite
-    checkpoints the WAL itself every 1,000 pages (the agent checkpoints on its store's thread, in its own process,
-    so its CPU counts that too). Measured with this thread's CPU time, so nothing else in the process counts.
+    dedup table, as the pump and the store do (:func:`_bare_cpu_us`). SQLite checkpoints the WAL itself every 1,000
+    pages (the agent checkpoints on its store's thread, in its own process, so its CPU counts that too). Measured
+    with this thread's CPU time, so nothing else in the process counts.
     """
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
