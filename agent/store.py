@@ -296,6 +296,7 @@ MERGE_CHUNK = 64
 MERGE_SQL = "INSERT OR IGNORE INTO dedup (id) VALUES (?)"
 _MARK_SQL = "UPDATE dedup_mark SET seq = ? WHERE one = 1"
 _UNMERGED_SQL = "SELECT id FROM events WHERE qos > 0 AND seq > (SELECT seq FROM dedup_mark WHERE one = 1)"
+_LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"
 CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WAL (when something was written)
 WAL_KEEP_BYTES = 64 * 2**20  # the WAL file is cut back to this once its log starts over (SQLite's journal_size_limit)
 
@@ -579,7 +580,7 @@ class Store:
         with self._transaction(f"a batch of {len(events)} events") as con:
             due = any(row.type in HEALTH_EVENT_TYPES for row in events)
             # the log's end before this batch: where its ticks go, and after which its health events are found
-            last = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) if ticks or due else 0
+            last = int(con.execute(_LAST_SEQ_SQL).fetchone()[0]) if ticks or due else 0
             if ticks:
                 con.executemany(
                     "INSERT INTO ticks (after_event_seq, at_ms, users) VALUES (?, ?, ?)",
@@ -633,7 +634,7 @@ class Store:
 
     def _last_seq(self) -> int:
         """The events' last seq (the writer's view)."""
-        return int(self.writer.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        return int(self.writer.execute(_LAST_SEQ_SQL).fetchone()[0])
 
     async def mark_published(self, ids: Sequence[str], wall_ms: int) -> None:
         """Record that these actions reached the broker (at ``wall_ms``)."""

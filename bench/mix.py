@@ -250,16 +250,13 @@ def backlog(
     streams = [s for s in every if s.period_s > 0]
     weights = [s.rate() for s in streams]
     seqs: dict[tuple[int, Kind], int] = {}
-    made: dict[tuple[int, Kind], int] = {}
-    tags: dict[tuple[int, Kind], str] = {}
+    made: dict[tuple[int, Kind], tuple[str, int]] = {}  # each device's own id prefix and how many ids it made
     out: list[tuple[str, bytes]] = []
 
     def new_id(u: int, kind: Kind) -> str:
-        made[u, kind] = n = made.get((u, kind), 0) + 1
-        tag = tags.get((u, kind))
-        if tag is None:
-            tag = tags[u, kind] = hashlib.blake2b(f"{u}/{kind.value}".encode(), digest_size=6).hexdigest()
-        return f"{id_prefix}-{tag}-{n:x}"
+        tag, n = made.get((u, kind)) or (hashlib.blake2b(f"{u}/{kind.value}".encode(), digest_size=6).hexdigest(), 0)
+        made[u, kind] = (tag, n + 1)
+        return f"{id_prefix}-{tag}-{n + 1:x}"
 
     for u in range(users):
         # what a user's devices say when they connect: births, then wear and in-ear

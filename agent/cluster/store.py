@@ -291,7 +291,7 @@ class RedisBucketStore:
                                                                    sealed]))  # fmt: skip
                     pipe.zadd(self.k_health_due, {e.id: e.received_wall_ms})
                     pipe.zadd(self.k_health_at, {e.id: now_ms})
-            seen = {e.id: now for e in events if e.qos}  # the dedup covers QoS 1 events (as the SQLite store's v10)
+            seen = {e.id: now for e in events if e.qos}  # the dedup covers QoS 1 events (as the SQLite store's)
             if seen:
                 pipe.zadd(self.k_seen, seen)
             for tick in ticks:

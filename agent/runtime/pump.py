@@ -514,7 +514,7 @@ class AgentRuntime:
         stats = self.stats
         keys = [m.envelope.id for m in batch]
         # The contract deduplicates QoS 1 events; a QoS 0 message comes at most once and is not looked up (the
-        # store's dedup index holds QoS 1 events only). A repeat within the batch is still dropped, whatever its QoS.
+        # store keeps the ids of QoS 1 events only). A repeat within the batch is still dropped, whatever its QoS.
         wanted = [key for m, key in zip(batch, keys, strict=True) if m.qos]
         known = await self.store.known(wanted) if wanted else set()
         fresh: list[Message] = []

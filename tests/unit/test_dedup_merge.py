@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from agent.store import Unmerged
 
+MOST = 40  # QoS 1 ids a batch adds at most
 # A step: a batch of this many new QoS 1 ids, its transaction committed or not, and a crash after it or not.
-steps = st.lists(st.tuples(st.integers(0, 40), st.booleans(), st.booleans()), max_size=80)
+steps = st.lists(st.tuples(st.integers(0, MOST), st.booleans(), st.booleans()), max_size=80)
 
 
 @settings(max_examples=300, deadline=None)
@@ -42,7 +43,7 @@ def test_held_and_merged_ids_are_exactly_the_stored_ones(
         assert set(rows[:mark]) <= table
         assert table <= set(rows)
         if not crashed:  # a merge outpaces what comes in (2x), so what is held stays bounded
-            assert len(held) <= 2 * (merge_at + 40), len(held)
+            assert len(held) <= 2 * (merge_at + MOST), len(held)
 
 
 def test_a_run_is_written_sorted_in_chunks_of_twice_what_a_batch_adds() -> None:
