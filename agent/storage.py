@@ -217,6 +217,13 @@ class AgentStore(Protocol):
         until ``hourly_before_ms`` (sample time; None: for ever). At most ``limit`` events a call; how many."""
         ...
 
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 1_000) -> int:
+        """Retention of the events log: delete at most ``limit`` of the oldest events received before
+        ``before_wall_ms`` (None: none by age; a store with a size cap also deletes the oldest as it nears it) that
+        no restart needs any more (a snapshot covers them), and their ids from the dedup check with them: a repeat
+        of an event is recognised for as long as the event is kept. How many."""
+        ...
+
     async def health_hourly(self, user: str) -> list[tuple[str, int, Hourly]]:
         """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""
         ...

@@ -5,7 +5,8 @@ Its callers use the protocol's domain operations; ``rows`` and ``scalar`` (SQL) 
 What it keeps:
 
 - ``events``: every processed event, ack and device state, in the order the agent handled it, with the simulated
-  time it was handled at (so a restart can replay it into the core); no index: a new row goes at its end;
+  time it was handled at (so a restart can replay it into the core); no index: a new row goes at its end; the
+  oldest are deleted past the log's retention once no restart needs them (:meth:`Store.prune_log`);
 - ``dedup``: the envelope ids of the QoS 1 events (the dedup key of the wire contract: a retry keeps its id, not
   necessarily its ts), merged in sorted runs; those stored after ``dedup_mark`` are held in memory
   (:class:`Unmerged`);
@@ -297,6 +298,20 @@ MERGE_SQL = "INSERT OR IGNORE INTO dedup (id) VALUES (?)"
 _MARK_SQL = "UPDATE dedup_mark SET seq = ? WHERE one = 1"
 _UNMERGED_SQL = "SELECT id FROM events WHERE qos > 0 AND seq > (SELECT seq FROM dedup_mark WHERE one = 1)"
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"
+#: Events the log's retention deletes in one transaction at most (:meth:`Store.prune_log`): each QoS 1 event's id
+#: leaves the dedup table by a search of its own, so a call holds the event loop a few ms; the pump calls again while
+#: it deletes.
+LOG_PRUNE_CHUNK = 1_000
+#: The share of ``max_mb`` the file's pages in use may reach before the log's retention deletes the oldest events
+#: it may delete whatever their age, so a capped database makes room instead of failing every write.
+LOG_PRESSURE = 0.8
+#: The newest event the log's retention may delete: at or before the last complete snapshot round's start (a
+#: restart replays only what follows), merged into the dedup table (its id leaves the table with it), and never the
+#: last event (a table emptied would number its next event 1 again).
+_PRUNABLE_SQL = (
+    "SELECT MIN((SELECT event_seq FROM core_state WHERE id = 1), (SELECT seq FROM dedup_mark WHERE one = 1),"
+    " (SELECT MAX(seq) FROM events) - 1)"
+)
 CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WAL (when something was written)
 WAL_KEEP_BYTES = 64 * 2**20  # the WAL file is cut back to this once its log starts over (SQLite's journal_size_limit)
 
@@ -370,6 +385,7 @@ class Store:
         self.path = Path(path)
         self.seal = HealthSeal(cipher, str(self.path))  # health payloads, per-user state and context at rest
         self.max_mb = max_mb  # a cap on the file's size (SQLite's max_page_count; 0: none)
+        self._max_pages = 0  # that cap in pages, once open
         self._db: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Task[None] | None = None
@@ -411,6 +427,7 @@ class Store:
                 page = int(self._writer.execute("PRAGMA page_size").fetchone()[0])
                 pages = max(1, int(self.max_mb * 1024 * 1024 / page))
                 self._writer.execute(f"PRAGMA max_page_count = {pages}")
+                self._max_pages = pages
             self._read_unmerged()
         except (sqlite3.Error, OSError, StoreError) as exc:
             await self._close()  # close aiosqlite's thread now, not when the event loop is gone
@@ -532,6 +549,44 @@ class Store:
             if hourly_before_ms is not None:
                 con.execute("DELETE FROM health_hourly WHERE hour_ms < ?", (hourly_before_ms,))
         return len(rows)
+
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = LOG_PRUNE_CHUNK) -> int:
+        """Retention of the events log (:meth:`agent.storage.AgentStore.prune_log`).
+
+        Deletes, oldest first, at most ``limit`` events received before ``before_wall_ms`` (None: none by age), and
+        the oldest whatever their age while the file's pages in use pass :data:`LOG_PRESSURE` of ``max_mb``. Only
+        events no restart needs (:data:`_PRUNABLE_SQL`); with them their ids leave the dedup table (the dedup's
+        horizon is the log's), their LLM resolutions and their place on the health retention's list. Reads the
+        log's first ``limit`` rows by its key, never the log."""
+        with self._transaction("the log's retention") as con:
+            upto = con.execute(_PRUNABLE_SQL).fetchone()[0]
+            if upto is None or upto < 1:
+                return 0
+            pressed = self._pressed(con)
+            rows = con.execute(
+                "SELECT seq, received_wall_ms FROM events WHERE seq <= ? ORDER BY seq LIMIT ?", (upto, limit)
+            ).fetchall()
+            last = 0
+            for seq, received in rows:
+                if not pressed and (before_wall_ms is None or received >= before_wall_ms):
+                    break
+                last = seq
+            if not last:
+                return 0
+            con.execute("DELETE FROM dedup WHERE id IN (SELECT id FROM events WHERE seq <= ? AND qos > 0)", (last,))
+            con.execute(
+                "DELETE FROM resolutions WHERE event_id IN (SELECT id FROM events WHERE seq <= ? AND qos > 0)", (last,)
+            )
+            con.execute("DELETE FROM health_due WHERE seq <= ?", (last,))
+            return int(con.execute("DELETE FROM events WHERE seq <= ?", (last,)).rowcount)
+
+    def _pressed(self, con: sqlite3.Connection) -> bool:
+        """Whether the file's pages in use passed :data:`LOG_PRESSURE` of ``max_mb`` (never without a cap)."""
+        if not self._max_pages:
+            return False
+        pages = int(con.execute("PRAGMA page_count").fetchone()[0])
+        free = int(con.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages - free > LOG_PRESSURE * self._max_pages
 
     async def health_hourly(self, user: str) -> list[tuple[str, int, Hourly]]:
         """The hourly aggregates of a user: ``(metric, hour_ms, {n, sum, min, max})``, oldest first."""

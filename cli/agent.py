@@ -116,6 +116,13 @@ def agent_command(
             "(a sentence or a gesture never waits; 0: never)."
         ),
     ] = 5.0,
+    log_retention_days: Annotated[
+        float,
+        typer.Option(
+            help="Keep each event in the log this long (by arrival), and recognise a repeat of it this long; "
+            "0: for ever. The log grows ~50 MB a day per user of glasses at 5 Hz head poses."
+        ),
+    ] = 7.0,
     health_retention_days: Annotated[
         float,
         typer.Option(help="Keep the raw payload of health events this long, then store a redacted copy."),
@@ -176,8 +183,9 @@ def agent_command(
     db_max_mb: Annotated[
         float,
         typer.Option(
-            help="Cap the database at this many MiB (0: no cap); past it the agent stops acknowledging and exits "
-            "with status 74, as on a full disk."
+            help="Cap the database at this many MiB (0: no cap). Past 80 % of it the oldest events a restart no "
+            "longer needs are deleted, whatever --log-retention-days says; if that cannot make room, the agent "
+            "stops acknowledging and exits with status 74, as on a full disk."
         ),
     ] = 0.0,
     escape_dots: Annotated[
@@ -213,6 +221,7 @@ def agent_command(
         linger_s=linger_ms / 1000,
         db_max_mb=db_max_mb,
         max_attempts=max_attempts,
+        log_retention_s=log_retention_days * 86_400,
         health_retention_s=health_retention_days * 86_400,
         health_hourly_retention_s=health_hourly_days * 86_400,
         health_key=health_key,

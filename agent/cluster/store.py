@@ -482,6 +482,11 @@ class RedisBucketStore:
 
     # ------------------------------------------------------------------ health data and privacy
 
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 1_000) -> int:
+        """Nothing to do here: a bucket's log is trimmed with each snapshot to ``log_retention_s`` before it, and its
+        dedup set to ``dedup_horizon_s`` (:meth:`save_core`)."""
+        return 0
+
     async def prune_health(self, before_wall_ms: int, *, limit: int = 500, hourly_before_ms: int | None = None) -> int:
         """Retention, as in SQLite: the payloads of health events received before ``before_wall_ms`` are replaced by
         a redacted copy after their values were folded into the hourly aggregates, which are kept until

@@ -68,7 +68,7 @@ from schemas.health import holds_health
 from schemas.tasks import TaskScope
 from schemas.topics import Channel, DeviceKey, agent_state_topic, desired_topic
 
-#: How often the agent looks for health events past their retention time (wall seconds).
+#: How often the agent looks for health events and events of the log past their retention times (wall seconds).
 PRUNE_EVERY_S = 60.0
 #: Users ticked in one pump turn at most. Every user is ticked once per ``tick_s``, in slices: a tick of thousands
 #: of users at once held the event loop for tens of ms, five times a second, and every event waited behind it.
@@ -397,10 +397,16 @@ class AgentRuntime:
                     now_wall - int(s.health_retention_s * 1000),
                     hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
                 )
+                logged = await self.store.prune_log(
+                    now_wall - int(s.log_retention_s * 1000) if s.log_retention_s > 0 else None
+                )
                 turn.lap("prune")
-                if pruned:
+                if pruned or logged:
                     self._next_prune = mono  # more may be due: the next turn goes on
+                if pruned:
                     self.log.info("health_pruned", rows=pruned)
+                if logged:
+                    self.log.debug("log_pruned", events=logged)
             if s.slow_turn_ms and turn.total_ms() > s.slow_turn_ms:
                 self.log.warning("pump_turn_slow", **turn.report())
 

@@ -50,7 +50,13 @@ class AgentSettings:
         max_attempts: a message in a batch the agent did not survive this many times is parked on the DLQ
             (``wb/v1/_dlq/parked``) instead of being handled again (agent.parking); 0: never.
         db_max_mb: a cap on the database's size (SQLite's ``max_page_count``): past it every write fails with
-            "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`); 0: none.
+            "database or disk is full", as on a full disk, and the agent ends (:mod:`agent.failfast`), unless the log's
+            retention can make room first: past :data:`agent.store.LOG_PRESSURE` of it, the oldest events a restart
+            no longer needs are deleted whatever their age; 0: none.
+        log_retention_s: how long the events log keeps an event (by its arrival), and so how long a repeat of a QoS 1
+            event is recognised (its id leaves the dedup check with it); the agent deletes older events while it
+            runs, but never one a restart still needs; 0: for ever (with ``db_max_mb``, the oldest still go as the
+            file nears the cap).
         health_retention_s: how long the raw payload of a health event (heart rate, SpO2, ...) is kept; then the
             agent, while it runs, replaces it by a redacted copy (the fused baselines and the context stay).
         health_hourly_retention_s: how long the hourly aggregates (count, sum, min, max) of pruned health values
@@ -84,6 +90,7 @@ class AgentSettings:
     linger_s: float = 0.005
     db_max_mb: float = 0.0
     max_attempts: int = 3
+    log_retention_s: float = 7 * 86_400.0
     health_retention_s: float = 7 * 86_400.0
     health_key: Path | None = None
     health_hourly_retention_s: float = 365 * 86_400.0

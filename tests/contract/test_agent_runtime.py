@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import AgentRuntime, AgentSettings
+from agent import store as agent_store
+from agent.runtime import AgentRuntime, AgentSettings, pump
 from agent.store import Store
 from broker.bus import Bus, BusOptions
 from broker.connect import open_bus
 from schemas.actions import DeviceState
 from schemas.envelope import Message, make
-from schemas.events import GlassesWear, Money, RingGesture, TaskStatus, Utterance
+from schemas.events import GlassesWear, HeartRate, Money, RingGesture, TaskStatus, Utterance
 from schemas.topics import Channel, Kind
 from tests.conftest import AGENT_PASSWORD, AGENT_USER, BrokerUnderTest, broker_under_test
 
@@ -141,3 +142,35 @@ async def test_a_retry_with_a_fresh_ts_is_acted_on_once(any_broker: BrokerUnderT
         assert kinds == ["photo", "video"]
     async with Store(tmp_path / "a.db") as store:
         assert await store.scalar("SELECT COUNT(*) FROM events WHERE id = ?", first.id) == 1
+
+
+async def test_the_agent_deletes_events_past_the_log_retention_as_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pump's retention pass deletes what is older than ``log_retention_s`` once a snapshot covers it, and the
+    event's id with it: the dedup's horizon is the log's, and what is younger stays."""
+    monkeypatch.setattr(pump, "PRUNE_EVERY_S", 0.05)
+    monkeypatch.setattr(agent_store, "MERGE_AT", 4)  # the dedup table's mark moves every few events, not 8,192
+    monkeypatch.setattr(agent_store, "MERGE_CHUNK", 4)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    topic = f"wb/v1/{user}/ring/r1/evt/sensor/hr"
+    async with broker_under_test("memory") as under:
+        settings = AgentSettings(url=under.url, db=tmp_path / "a.db", instance=f"agent-{user}",
+                                 log_retention_s=0.5, snapshot_s=0.05)  # fmt: skip
+        async with AgentRuntime(settings) as runtime, open_bus(BusOptions(url=under.url)) as dev:
+            await runtime.wait_connected(15)
+            store = runtime.store
+            assert isinstance(store, Store)
+            first = make(HeartRate(bpm=61))
+            await dev.publish(topic, first, wait=True)
+            async with asyncio.timeout(30):
+                while not await store.scalar("SELECT COUNT(*) FROM events WHERE id = ?", first.id):  # noqa: ASYNC110 (a database: nothing to wait on)
+                    await asyncio.sleep(0.02)
+                while await store.scalar("SELECT COUNT(*) FROM events WHERE id = ?", first.id):
+                    await dev.publish(topic, make(HeartRate(bpm=62)), wait=True)  # batches move the merge on
+                    await asyncio.sleep(0.1)
+            assert await store.known([first.id]) == set()
+            newest = await store.scalar("SELECT MAX(received_wall_ms) FROM events")
+            young = await store.rows("SELECT id FROM events WHERE received_wall_ms > ?", newest - 250)
+            assert young, "what is younger than the retention stays"
+            assert await store.known([row[0] for row in young]) == {row[0] for row in young}

@@ -189,6 +189,92 @@ async def test_v11_merges_the_held_ids_in_sorted_runs_and_reads_them_back_on_ope
         assert await store.known(stored) == left
 
 
+async def test_the_log_retention_deletes_old_events_no_restart_needs_and_their_ids_with_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oldest first, in chunks: events received before the horizon, at or before the last complete snapshot round's
+    start and merged into the dedup table, never the last one; their ids, LLM resolutions and places on the health
+    retention's list go with them, and what a restart replays stays."""
+    monkeypatch.setattr(agent.store, "MERGE_AT", 16)
+    monkeypatch.setattr(agent.store, "MERGE_CHUNK", 8)
+    batches = [
+        [device_event(d, b)._replace(received_wall_ms=1000 * b) for d in range(4)]
+        + [device_event(9, b, qos=0)._replace(id=f"s{b}", received_wall_ms=1000 * b)]
+        for b in range(1, 31)
+    ]
+    ids = [e.id for batch in batches for e in batch]
+    async with Store(tmp_path / "a.db") as store:
+        for i, batch in enumerate(batches, start=1):
+            await store.commit_batch(batch, [], [], [], resolutions=[(batch[0].id, "{}")])
+            if i == 20:
+                assert await store.prune_log(None) == 0  # no snapshot yet: a restart replays the whole log
+                assert await store.prune_log(10**9) == 0
+                await store.save_core(AgentCore().export_users([]), 0, 0)
+        covered = await store.scalar("SELECT event_seq FROM core_state")
+        assert covered == 100  # the snapshot after batch 20 covers its 100 events
+        mark = await store.scalar("SELECT seq FROM dedup_mark")
+        assert mark > 25
+        upto = min(covered, mark)
+        assert await store.prune_log(None) == 0  # no age given, no size cap: nothing
+        assert await store.prune_log(5_500, limit=12) == 12  # a chunk at a time
+        assert await store.prune_log(5_500) == 13  # the 25 events received before 5.5 s
+        assert await store.prune_log(5_500) == 0
+        assert await store.prune_log(10**9) == upto - 25  # then all the merged ones the snapshot covers
+        assert await store.prune_log(10**9) == 0
+        gone, kept = ids[:upto], ids[upto:]
+        assert await store.scalar("SELECT MIN(seq) FROM events") == upto + 1
+        assert await store.known(gone) == set()
+        assert await store.known(kept) == {i for i in kept if not i.startswith("s")}
+        assert await store.scalar("SELECT COUNT(*) FROM health_due WHERE seq <= ?", upto) == 0
+        assert await store.scalar("SELECT COUNT(*) FROM resolutions") == 30 - upto // 5
+        assert [kind for kind, _, _ in await store.since(covered)] == ["event"] * (150 - covered)
+        await store.save_core(AgentCore().export_users([]), 0, 0)  # covers everything now
+        for _ in range(10):
+            await store.commit_batch([], [], [], [], [TickRow(1, None)])  # no events: the merge does not move
+        while await store.prune_log(10**9):
+            pass
+        last = await store.scalar("SELECT MAX(seq) FROM events")
+        assert last == 150
+        await store.commit_batch([device_event(5, 1)], [], [], [])
+        assert await store.scalar("SELECT MAX(seq) FROM events") == 151  # the numbering goes on
+
+
+async def test_a_capped_log_deletes_its_oldest_events_as_it_nears_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``max_mb``, past :data:`agent.store.LOG_PRESSURE` of the cap the oldest events a restart no longer needs
+    go whatever their age, until the pages in use are under it again; without a cap, age alone decides."""
+    monkeypatch.setattr(agent.store, "MERGE_AT", 16)
+    monkeypatch.setattr(agent.store, "MERGE_CHUNK", 64)
+    big = [[device_event(d, b)._replace(payload=bytes(2000)) for d in range(8)] for b in range(1, 201)]
+    pressure = agent.store.LOG_PRESSURE * 2 * 2**20  # bytes
+
+    def in_use() -> int:
+        pages, free = (int(store.writer.execute(f"PRAGMA {p}").fetchone()[0]) for p in ("page_count", "freelist_count"))
+        return (pages - free) * int(store.writer.execute("PRAGMA page_size").fetchone()[0])
+
+    async with Store(tmp_path / "a.db", max_mb=2.0) as store:
+        stored = 0
+        for batch in big:  # up to just past the pressure (the cap itself would refuse the batch)
+            await store.commit_batch(batch, [], [], [])
+            stored += len(batch)
+            if in_use() > pressure:
+                break
+        assert in_use() > pressure
+        await store.save_core(AgentCore().export_users([]), 0, 0)
+        deleted = 0
+        while n := await store.prune_log(None, limit=50):
+            deleted += n
+        assert deleted > 0
+        assert in_use() <= pressure
+        assert await store.scalar("SELECT COUNT(*) FROM events") == stored - deleted
+    async with Store(tmp_path / "b.db") as store:
+        for batch in big[:10]:
+            await store.commit_batch(batch, [], [], [])
+        await store.save_core(AgentCore().export_users([]), 0, 0)
+        assert await store.prune_log(None) == 0
+
+
 async def test_a_batch_of_health_events_is_listed_for_the_retention_in_one_pass(tmp_path: Path) -> None:
     """A ring's backlog after the agent was away is a batch of health events only: they are listed in one statement
     over the batch's rows (one per event, each a pass over the batch, was quadratic in the batch's size)."""
