@@ -217,7 +217,7 @@ class AgentStore(Protocol):
         until ``hourly_before_ms`` (sample time; None: for ever). At most ``limit`` events a call; how many."""
         ...
 
-    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 1_000) -> int:
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 250) -> int:
         """Retention of the events log: delete at most ``limit`` of the oldest events received before
         ``before_wall_ms`` (None: none by age; a store with a size cap also deletes the oldest as it nears it) that
         no restart needs any more (a snapshot covers them), and their ids from the dedup check with them: a repeat

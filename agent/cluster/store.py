@@ -482,7 +482,7 @@ class RedisBucketStore:
 
     # ------------------------------------------------------------------ health data and privacy
 
-    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 1_000) -> int:
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 250) -> int:
         """Nothing to do here: a bucket's log is trimmed with each snapshot to ``log_retention_s`` before it, and its
         dedup set to ``dedup_horizon_s`` (:meth:`save_core`)."""
         return 0

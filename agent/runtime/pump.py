@@ -54,7 +54,7 @@ from agent.runtime.settings import VERSION, AgentSettings, AgentStats
 from agent.runtime.snapshots import Snapshots
 from agent.sealing import HealthCipher
 from agent.storage import ActionRow, AgentStore, EventRow, Mark, TickRow
-from agent.store import Store
+from agent.store import LOG_PRUNE_CHUNK, Store
 from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing
 from broker.connect import open_bus
 from broker.logs import get_logger
@@ -398,7 +398,8 @@ class AgentRuntime:
                     hourly_before_ms=now_wall - int(s.health_hourly_retention_s * 1000),
                 )
                 logged = await self.store.prune_log(
-                    now_wall - int(s.log_retention_s * 1000) if s.log_retention_s > 0 else None
+                    now_wall - int(s.log_retention_s * 1000) if s.log_retention_s > 0 else None,
+                    limit=max(LOG_PRUNE_CHUNK, 2 * len(batch)),  # past the horizon, faster than events come
                 )
                 turn.lap("prune")
                 if pruned or logged:
