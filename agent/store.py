@@ -313,6 +313,11 @@ _PRUNABLE_SQL = (
     " (SELECT MAX(seq) FROM events) - 1)"
 )
 CHECKPOINT_EVERY_S = 1.0  # seconds between two background checkpoints of the WAL (when something was written)
+#: Seconds between two catch-ups of a background checkpoint on the writer (:meth:`Store._checkpoint_wal`), each of
+#: which lets the log start over. A catch-up holds the event loop for its fsyncs: 7 ms at the median and up to 18 ms
+#: at 2,500 users, whatever it copies, so it comes once in this many checkpoints, not after each (the log then
+#: holds up to this many seconds of writes: ~80 MB at that load).
+CATCH_UP_EVERY_S = 10.0
 WAL_KEEP_BYTES = 64 * 2**20  # the WAL file is cut back to this once its log starts over (SQLite's journal_size_limit)
 
 
@@ -391,6 +396,7 @@ class Store:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpointed = time.monotonic()
         self._catch_up = False  # a background checkpoint ended: the writer finishes it before its next transaction
+        self._caught_up = time.monotonic()  # when the writer last did
         self.unmerged = Unmerged()  # the QoS 1 ids not yet in the dedup table (read back on open: _read_unmerged)
 
     @property
@@ -477,6 +483,7 @@ class Store:
         try:
             if self._catch_up:  # between two transactions: see _checkpoint_wal
                 self._catch_up = False
+                self._caught_up = time.monotonic()
                 con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -505,8 +512,9 @@ class Store:
         copied. Under a steady stream of batches that never happened: each transaction added frames while this
         checkpoint ran, so the log grew for as long as the agent ran (3.1 GB in 5.5 minutes at 1,000 users, 5.3
         times the database). The writer now copies what came meanwhile before its next ``BEGIN``, which then starts
-        the log over (6-16 ms of the event loop once a second at 2,500 users, the checkpoint's fsyncs included);
-        ``journal_size_limit`` gives the disk back.
+        the log over; ``journal_size_limit`` gives the disk back. That catch-up is fsync-bound (7 ms of the event
+        loop at the median, up to 18 ms, at 2,500 users, for the ~50 frames that came meanwhile), so it follows one
+        checkpoint in :data:`CATCH_UP_EVERY_S` seconds' worth rather than each.
         """
         try:
             async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
@@ -514,7 +522,7 @@ class Store:
         except (sqlite3.Error, StoreError, ValueError) as exc:  # closed meanwhile, or the disk is failing
             get_logger("store").warning("checkpoint_failed", db=str(self.path), error=str(exc))
             return
-        self._catch_up = True
+        self._catch_up = time.monotonic() - self._caught_up >= CATCH_UP_EVERY_S
 
     # ------------------------------------------------------------------ the batch transaction
 

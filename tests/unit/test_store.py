@@ -342,24 +342,33 @@ async def test_the_log_starts_over_under_a_steady_stream_of_batches(
     """Batch after batch while background checkpoints run (one per batch here): SQLite starts its log over only when a
     write begins on a log wholly copied into the database, and a stream of batches each added frames while the last
     checkpoint ran, so the log never started over and grew for as long as the agent ran (3.1 GB in 5.5 minutes at
-    1,000 users). The writer now finishes each background checkpoint before its next transaction, and the log starts
-    over. Each start bumps the checkpoint sequence number in the log's header (bytes 12-15): before, it stayed at
-    its first value for 2,500 batches; now it moves within a few dozen. Counted, not timed: a slow disk only makes
-    the test take more batches."""
+    1,000 users). The writer now finishes a background checkpoint before its next transaction (one in
+    ``CATCH_UP_EVERY_S``: each after the other here), and the log starts over. Each start bumps the checkpoint
+    sequence number in the log's header (bytes 12-15): before, it stayed at its first value for 2,500 batches; now it
+    moves within a few dozen. Counted, not timed: a slow disk only makes the test take more batches. With catch-ups
+    an hour apart, the same batches never start it over: the catch-up is what does."""
     monkeypatch.setattr(agent.store, "CHECKPOINT_EVERY_S", 0.0)
-    log = tmp_path / "a.db-wal"
-    starts: set[int] = set()
-    per_batch, most = 20, 10_000
-    async with Store(tmp_path / "a.db") as store:
-        n = 0
-        while len(starts) < 3 and n < most:  # the log as first written, then two starts over
-            await store.commit_batch([event(i) for i in range(n * per_batch, (n + 1) * per_batch)], [], [], [])
-            await asyncio.sleep(0)  # the pump's other awaits: the background checkpoint runs meanwhile
-            with log.open("rb") as header:
-                starts.add(int.from_bytes(header.read(16)[12:16], "big"))
-            n += 1
-        assert await store.count_events() == n * per_batch
-    assert len(starts) >= 3, f"the log never started over in {n} batches"
+
+    async def starts_over(catch_up_every_s: float, db: Path, most: int) -> tuple[int, int]:
+        monkeypatch.setattr(agent.store, "CATCH_UP_EVERY_S", catch_up_every_s)
+        log = db.with_name(db.name + "-wal")
+        starts: set[int] = set()
+        per_batch = 20
+        async with Store(db) as store:
+            n = 0
+            while len(starts) < 3 and n < most:  # the log as first written, then two starts over
+                await store.commit_batch([event(i) for i in range(n * per_batch, (n + 1) * per_batch)], [], [], [])
+                await asyncio.sleep(0)  # the pump's other awaits: the background checkpoint runs meanwhile
+                with log.open("rb") as header:
+                    starts.add(int.from_bytes(header.read(16)[12:16], "big"))
+                n += 1
+            assert await store.count_events() == n * per_batch
+        return len(starts), n
+
+    started, n = await starts_over(0.0, tmp_path / "a.db", 10_000)
+    assert started >= 3, f"the log never started over in {n} batches"
+    started, n = await starts_over(3600.0, tmp_path / "b.db", 300)
+    assert started == 1, f"the log started over without a catch-up ({n} batches)"
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
