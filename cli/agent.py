@@ -120,7 +120,7 @@ def agent_command(
         float,
         typer.Option(
             help="Keep each event in the log this long (by arrival), and recognise a repeat of it this long; "
-            "0: for ever. The log grows ~50 MB a day per user of glasses at 5 Hz head poses."
+            "0: for ever. The log grows ~150 MB a day per user whose glasses send head poses at 5 Hz."
         ),
     ] = 7.0,
     health_retention_days: Annotated[
