@@ -16,23 +16,47 @@ from schemas.errors import AgentError
 T = TypeVar("T")
 
 
+#: Types dumped as they are, looked up by exact type first (the values of a user's state are mostly these).
+_PLAIN = frozenset({type(None), bool, int, float, str})
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass, None for any other class; once per class (``dataclasses.fields`` builds its
+    tuple on every call: a snapshot's dump called it for every object of every user's state)."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls)) if is_dataclass(cls) else None
+        return names
+
+
 def dump(obj: Any) -> Any:
     """JSON-ready data (dicts with string keys, lists, str, int, float, bool, None) of a state object."""
-    if obj is None or isinstance(obj, bool | int | float | str):
+    if type(obj) in _PLAIN or obj is None or isinstance(obj, bool | int | float | str):
         return obj
     if isinstance(obj, Enum):
         return obj.value
     to_data = getattr(obj, "to_data", None)
     if to_data is not None:
         return to_data()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: dump(getattr(obj, f.name)) for f in fields(obj)}
+    # Below, a plain value is taken as it is without a call (most of a state's values; ~155 calls a user before).
+    plain = _PLAIN
+    names = _field_names(type(obj))
+    if names is not None:
+        out: dict[str, Any] = {}
+        for name in names:
+            value = getattr(obj, name)
+            out[name] = value if type(value) in plain else dump(value)
+        return out
     if isinstance(obj, list | tuple | deque):
-        return [dump(x) for x in obj]
+        return [x if type(x) in plain else dump(x) for x in obj]
     if isinstance(obj, set | frozenset):
         return sorted(dump(x) for x in obj)
     if isinstance(obj, Mapping):
-        return {str(k): dump(v) for k, v in obj.items()}
+        return {str(k): v if type(v) in plain else dump(v) for k, v in obj.items()}
     raise AgentError(f"cannot export a {type(obj).__name__}")
 
 

@@ -366,3 +366,52 @@ def test_a_sample_the_context_keeps_only_the_time_of_changes_nothing_else_and_is
     saved = r.core.export_users(["alice"])["users"]["alice"]
     assert saved["devices"]["glasses/g1"]["last_seen"] == r.now
     assert saved["devices"]["glasses/g1"]["online"] is True
+
+
+def test_dump_gives_json_ready_data_of_every_shape_a_state_holds() -> None:
+    """The shapes of the core's state, dumped as before the field names were cached and plain values taken without
+    a call: enums by value, sets sorted, sequences as lists, mapping keys as strings, nested dataclasses as maps."""
+    from dataclasses import dataclass, field  # noqa: PLC0415
+    from enum import Enum, IntEnum, StrEnum  # noqa: PLC0415
+
+    from agent.core.state import dump  # noqa: PLC0415
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    class Level(IntEnum):
+        HIGH = 2
+
+    class Mood(Enum):
+        CALM = "calm"
+
+    @dataclass
+    class Inner:
+        at: int = 1
+        mood: Mood = Mood.CALM
+
+    @dataclass
+    class Outer:
+        name: str = "a"
+        flag: bool = True
+        ratio: float = 0.5
+        none: None = None
+        colour: Colour = Colour.RED
+        level: Level = Level.HIGH
+        tags: set[str] = field(default_factory=lambda: {"b", "a"})
+        recent: deque[int] = field(default_factory=lambda: deque([3, 4]))
+        pair: tuple[int, str] = (1, "x")
+        by_hour: dict[int, Inner] = field(default_factory=lambda: {7: Inner(2)})
+        inner: Inner = field(default_factory=Inner)
+        items: list[Inner | None] = field(default_factory=lambda: [Inner(), None])
+
+    data = dump(Outer())
+    assert data == {
+        "name": "a", "flag": True, "ratio": 0.5, "none": None, "colour": Colour.RED, "level": Level.HIGH,
+        "tags": ["a", "b"], "recent": [3, 4], "pair": [1, "x"], "by_hour": {"7": {"at": 2, "mood": "calm"}},
+        "inner": {"at": 1, "mood": "calm"}, "items": [{"at": 1, "mood": "calm"}, None],
+    }  # fmt: skip
+    assert json.loads(json.dumps(data)) == {**data, "colour": "red", "level": 2}
+    for odd in (object(), Inner):  # a dataclass itself is not its instance
+        with pytest.raises(AgentError, match="cannot export"):
+            dump(odd)
