@@ -35,7 +35,7 @@ def _field_names(cls: type) -> tuple[str, ...] | None:
 
 def dump(obj: Any) -> Any:
     """JSON-ready data (dicts with string keys, lists, str, int, float, bool, None) of a state object."""
-    if type(obj) in _PLAIN or obj is None or isinstance(obj, bool | int | float | str):
+    if type(obj) in _PLAIN or isinstance(obj, bool | int | float | str):  # (their subclasses too: a str enum)
         return obj
     if isinstance(obj, Enum):
         return obj.value
