@@ -55,6 +55,7 @@ from agent.core.api import TaskRecord
 from agent.sealing import HealthCipher
 from agent.storage import (
     HEALTH_EVENT_TYPES,
+    LOG_PRUNE_CHUNK,
     ActionRow,
     EventRow,
     HealthSeal,
@@ -298,10 +299,6 @@ MERGE_SQL = "INSERT OR IGNORE INTO dedup (id) VALUES (?)"
 _MARK_SQL = "UPDATE dedup_mark SET seq = ? WHERE one = 1"
 _UNMERGED_SQL = "SELECT id FROM events WHERE qos > 0 AND seq > (SELECT seq FROM dedup_mark WHERE one = 1)"
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"
-#: Events the log's retention deletes in one transaction at most (:meth:`Store.prune_log`): each QoS 1 event's id
-#: leaves the dedup table by a search of its own (~8 µs an event, ~2.5 with 85 % samples at QoS 0), so a call holds
-#: the event loop 0.6-2 ms; the pump calls again while it deletes.
-LOG_PRUNE_CHUNK = 250
 #: The share of ``max_mb`` the file's pages in use may reach before the log's retention deletes the oldest events
 #: it may delete whatever their age, so a capped database makes room instead of failing every write.
 LOG_PRESSURE = 0.8
@@ -338,8 +335,8 @@ class Unmerged:
     sorted run puts each device's ids of the run on its page in one go: a page written per device, not per event.
 
     Every QoS 1 id at or before the mark is in the table; every one after it is held here (and, from a crash
-    between two chunks, maybe in the table too: merging it again is ignored). So ``id in unmerged or id in table``
-    is exactly the stored QoS 1 ids.
+    between two chunks, maybe in the table too: merging it again is ignored). So ``unmerged.ids`` and the table
+    together are exactly the stored QoS 1 ids.
     """
 
     def __init__(self, ids: Iterable[str] = (), *, merge_at: int = MERGE_AT, chunk: int = MERGE_CHUNK) -> None:
@@ -349,9 +346,6 @@ class Unmerged:
         self.run: list[str] = []
         self.pos = 0
         self.run_mark = 0  # the events' seq the run covers: the dedup table's mark once it is merged
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.ids
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -582,9 +576,8 @@ class Store:
             if not last:
                 return 0
             con.execute("DELETE FROM dedup WHERE id IN (SELECT id FROM events WHERE seq <= ? AND qos > 0)", (last,))
-            con.execute(
-                "DELETE FROM resolutions WHERE event_id IN (SELECT id FROM events WHERE seq <= ? AND qos > 0)", (last,)
-            )
+            if con.execute("SELECT 1 FROM resolutions LIMIT 1").fetchone():  # (an LLM resolver's; a search each)
+                con.execute("DELETE FROM resolutions WHERE event_id IN (SELECT id FROM events WHERE seq <= ?)", (last,))
             con.execute("DELETE FROM health_due WHERE seq <= ?", (last,))
             return int(con.execute("DELETE FROM events WHERE seq <= ?", (last,)).rowcount)
 

@@ -23,6 +23,7 @@ from agent.core.api import TaskRecord
 from agent.sealing import HealthCipher
 from agent.storage import (
     HEALTH_EVENT_TYPES,
+    LOG_PRUNE_CHUNK,
     ActionRow,
     EventRow,
     HealthSeal,
@@ -482,7 +483,7 @@ class RedisBucketStore:
 
     # ------------------------------------------------------------------ health data and privacy
 
-    async def prune_log(self, before_wall_ms: int | None, *, limit: int = 250) -> int:
+    async def prune_log(self, before_wall_ms: int | None, *, limit: int = LOG_PRUNE_CHUNK) -> int:
         """Nothing to do here: a bucket's log is trimmed with each snapshot to ``log_retention_s`` before it, and its
         dedup set to ``dedup_horizon_s`` (:meth:`save_core`)."""
         return 0

@@ -53,8 +53,8 @@ from agent.runtime.rows import action_row, event_row, intent_json, intent_of
 from agent.runtime.settings import VERSION, AgentSettings, AgentStats
 from agent.runtime.snapshots import Snapshots
 from agent.sealing import HealthCipher
-from agent.storage import ActionRow, AgentStore, EventRow, Mark, TickRow
-from agent.store import LOG_PRUNE_CHUNK, Store
+from agent.storage import LOG_PRUNE_CHUNK, ActionRow, AgentStore, EventRow, Mark, TickRow
+from agent.store import Store
 from broker.bus import Bus, BusOptions, MqttProtocol, Outgoing
 from broker.connect import open_bus
 from broker.logs import get_logger
