@@ -88,7 +88,7 @@ def _bare_cpu_us(
             for k in range(0, len(rows), batch):
                 chunk = rows[k : k + batch]
                 ids = [r[key] for r in chunk if qos is None or r[qos]]
-                wanted = [i for i in ids if i not in held]
+                wanted = [i for i in ids if i not in held.ids]
                 if wanted:
                     marks = ",".join(["?"] * len(wanted))
                     set(con.execute(f"SELECT id FROM dedup WHERE id IN ({marks})", wanted))  # noqa: S608
